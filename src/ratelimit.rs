@@ -6,22 +6,89 @@
 //! estimate can only err on the side of refusing. In any span of one window at most
 //! `requests` are admitted; a client at saturation gets at least
 //! `SUB_WINDOWS / (SUB_WINDOWS + 1)` of the limit.
+//!
+//! # The algorithm
+//!
+//! Let `W` be the window in milliseconds and `S = W / SUB_WINDOWS` the length of a
+//! sub-window. Sub-window `k` is the interval `[k·S, (k+1)·S)` of milliseconds since the
+//! Unix epoch (aligned to multiples of `S`, so every replica and the store agree on the
+//! boundaries). At time `now` the *count* is the sum of the counters of every sub-window
+//! that overlaps `[now − W, now]`: sub-windows `⌊(now − W)/S⌋ ..= ⌊now/S⌋`, which is
+//! `SUB_WINDOWS + 1` of them, the oldest partly expired but counted whole.
+//!
+//! A request of `cost` is admitted iff `count + cost ≤ requests`; an admitted request adds
+//! `cost` to the counter of the current sub-window `⌊now/S⌋`. A refused request adds
+//! nothing, so a client that keeps retrying is never locked out (the trap of counting
+//! refusals).
+//!
+//! **At most `requests` in any span of length `W`.** Take any closed span `[a, a + W]` and
+//! let `t` be the time of the last admission in it. Every admission in the span happened
+//! at a time in `[a, t] ⊆ [t − W, t]` (because `a ≥ t − W`), so it was recorded in a
+//! sub-window with index between `⌊(t − W)/S⌋` and `⌊t/S⌋`, exactly the sub-windows the
+//! check at `t` summed. Admissions are serialised (one lock per tenant, one script in the
+//! store), so that sum included every earlier admission of the span, and the check at `t`
+//! admitted only because `sum + cost ≤ requests`. Hence the span holds at most
+//! `requests`. Counting the oldest sub-window whole is what makes this hold: it may count
+//! up to `S` of requests older than `now − W`, which only ever refuses more.
+//!
+//! **At least `SUB_WINDOWS / (SUB_WINDOWS + 1)` of the limit at saturation.** The count
+//! covers at most `W + S = W·(SUB_WINDOWS + 1)/SUB_WINDOWS`, so a client that always has
+//! a request waiting is refused only while the last `W + S` hold more than
+//! `requests − cost`: over a long run it is admitted about `requests` per `W + S`, i.e.
+//! `20/21` of the limit (each aligned run of 21 sub-windows ends with a check that sums
+//! exactly those 21, and the client fills them up to `requests − cost + 1` at least).
+//!
+//! Memory is `SUB_WINDOWS + 1` counters per tenant whatever the limit, unlike a log of
+//! every request.
 
 pub mod local;
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
+
+pub use local::LocalLimiter;
 
 /// Sub-windows per window: the memory per tenant (one counter each) and the worst-case
 /// under-admission (1 / (SUB_WINDOWS + 1)).
 pub const SUB_WINDOWS: u64 = 20;
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// Legacy `X-RateLimit-Limit`: the plan's `requests`.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// Legacy `X-RateLimit-Remaining`.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// Legacy `X-RateLimit-Reset`: seconds until the full quota is back (a delta, not a time).
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// `requests` per `window` (whole seconds, at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limit {
     pub requests: u64,
     pub window: Duration,
+}
+
+impl Limit {
+    /// The length of one sub-window in milliseconds: `window / SUB_WINDOWS`, at least 1 ms.
+    /// Exact for whole-second windows; a window that is not a multiple of
+    /// `SUB_WINDOWS` ms is rounded up (a longer window only ever refuses more). Every
+    /// limiter must use this, so that all of them agree on the sub-window boundaries.
+    pub fn sub_window_millis(&self) -> u64 {
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        window.div_ceil(SUB_WINDOWS).max(1)
+    }
+
+    /// The window in milliseconds as the limiters apply it:
+    /// `SUB_WINDOWS × sub_window_millis()` (the configured window for whole seconds).
+    pub fn window_millis(&self) -> u64 {
+        self.sub_window_millis().saturating_mul(SUB_WINDOWS)
+    }
 }
 
 /// The limiter's answer for one request.
@@ -54,17 +121,226 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that only moves when told to (tests, including integration tests, drive the
+/// window without sleeping). Starts at the value given to [`ManualClock::new`]
+/// (default 0, the epoch).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    millis: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock reading `millis` ms since the epoch.
+    pub fn new(millis: u64) -> Self {
+        ManualClock { millis: AtomicU64::new(millis) }
+    }
+
+    /// Sets the time to `millis` ms since the epoch (it may go backwards).
+    pub fn set(&self, millis: u64) {
+        self.millis.store(millis, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `by` (saturating at `u64::MAX` ms).
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        // fetch_update never fails with a closure that always returns Some.
+        let _ = self.millis.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| Some(m.saturating_add(by)));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.millis.load(Ordering::SeqCst)
+    }
+}
+
+/// Whole seconds, rounded up: a client told to wait `t` must not come back early.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `plan` as an RFC 8941 sf-string (`"` and `\` escaped), or `None` if it holds a
+/// character an sf-string cannot carry (only printable ASCII can). Policy validation
+/// only lets ASCII identifiers through; this is belt and braces.
+fn sf_string(plan: &str) -> Option<String> {
+    let mut out = String::with_capacity(plan.len() + 2);
+    out.push('"');
+    for c in plan.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => return None,
+        }
+    }
+    out.push('"');
+    Some(out)
+}
+
 impl Decision {
     /// Adds `RateLimit-Policy`, `RateLimit`, `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
     /// `X-RateLimit-Reset` and, when refused, `Retry-After` (whole seconds, at least 1,
     /// rounded up).
+    ///
+    /// `RateLimit-Policy` and `X-RateLimit-Limit` describe `limit` (the plan's), so a
+    /// decision taken under the reduced per-replica limit of the `local` fallback still
+    /// advertises the plan. Existing headers of these names are replaced. A header whose
+    /// value cannot be built (a plan name outside printable ASCII) is left out; this never
+    /// panics.
     pub fn write_headers(&self, plan: &str, limit: &Limit, headers: &mut HeaderMap) {
-        let _ = (plan, limit, headers);
-        todo!("ratelimit helper")
+        let reset = ceil_secs(self.reset);
+        if let Some(plan) = sf_string(plan) {
+            let mut policy = plan.clone();
+            let _ = write!(policy, ";q={};w={}", limit.requests, ceil_secs(limit.window));
+            if let Ok(v) = HeaderValue::from_str(&policy) {
+                headers.insert(RATELIMIT_POLICY, v);
+            }
+            let mut current = plan;
+            let _ = write!(current, ";r={};t={}", self.remaining, reset);
+            if let Ok(v) = HeaderValue::from_str(&current) {
+                headers.insert(RATELIMIT, v);
+            }
+        }
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
     }
 
-    /// `Retry-After` in whole seconds (rounded up, at least 1), for refused decisions.
+    /// `Retry-After` in whole seconds (rounded up, at least 1), for refused decisions;
+    /// `None` when admitted. A refused decision without `retry_after` (never built by the
+    /// limiters here) falls back to `reset`.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        todo!("ratelimit helper")
+        if self.allowed {
+            return None;
+        }
+        Some(ceil_secs(self.retry_after.unwrap_or(self.reset)).max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u64, secs: u64) -> Limit {
+        Limit { requests, window: Duration::from_secs(secs) }
+    }
+
+    fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        h.get(name).map(|v| v.to_str().expect("ascii header"))
+    }
+
+    #[test]
+    fn sub_window_geometry() {
+        assert_eq!(limit(1, 60).sub_window_millis(), 3_000);
+        assert_eq!(limit(1, 60).window_millis(), 60_000);
+        assert_eq!(limit(1, 1).sub_window_millis(), 50);
+        // Degenerate windows never divide by zero and round up.
+        assert_eq!(limit(1, 0).sub_window_millis(), 1);
+        let odd = Limit { requests: 1, window: Duration::from_millis(1_001) };
+        assert_eq!(odd.sub_window_millis(), 51);
+        assert_eq!(odd.window_millis(), 1_020);
+        let huge = Limit { requests: 1, window: Duration::MAX };
+        assert_eq!(huge.window_millis(), u64::MAX);
+    }
+
+    #[test]
+    fn headers_when_admitted() {
+        let d = Decision {
+            allowed: true,
+            limit: 300,
+            remaining: 299,
+            reset: Duration::from_millis(61_001),
+            retry_after: None,
+        };
+        let mut h = HeaderMap::new();
+        d.write_headers("pro", &limit(300, 60), &mut h);
+        assert_eq!(header(&h, "ratelimit-policy"), Some(r#""pro";q=300;w=60"#));
+        assert_eq!(header(&h, "ratelimit"), Some(r#""pro";r=299;t=62"#));
+        assert_eq!(header(&h, "x-ratelimit-limit"), Some("300"));
+        assert_eq!(header(&h, "x-ratelimit-remaining"), Some("299"));
+        assert_eq!(header(&h, "x-ratelimit-reset"), Some("62"));
+        assert_eq!(header(&h, "retry-after"), None);
+        assert_eq!(h.len(), 5);
+        assert_eq!(d.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn headers_when_refused() {
+        let d = Decision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset: Duration::from_secs(60),
+            retry_after: Some(Duration::from_millis(12_000)),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("999"));
+        d.write_headers("free", &limit(10, 60), &mut h);
+        assert_eq!(header(&h, "ratelimit-policy"), Some(r#""free";q=10;w=60"#));
+        assert_eq!(header(&h, "ratelimit"), Some(r#""free";r=0;t=60"#));
+        assert_eq!(header(&h, "x-ratelimit-limit"), Some("10"));
+        assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
+        assert_eq!(header(&h, "x-ratelimit-reset"), Some("60"));
+        assert_eq!(header(&h, "retry-after"), Some("12"));
+        assert_eq!(h.get_all("retry-after").iter().count(), 1);
+        assert_eq!(d.retry_after_secs(), Some(12));
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_and_at_least_one() {
+        let mut d = Decision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset: Duration::ZERO,
+            retry_after: Some(Duration::from_millis(1)),
+        };
+        assert_eq!(d.retry_after_secs(), Some(1));
+        d.retry_after = Some(Duration::ZERO);
+        assert_eq!(d.retry_after_secs(), Some(1));
+        d.retry_after = Some(Duration::from_millis(2_001));
+        assert_eq!(d.retry_after_secs(), Some(3));
+        d.retry_after = None;
+        d.reset = Duration::from_millis(4_500);
+        assert_eq!(d.retry_after_secs(), Some(5));
+        let mut h = HeaderMap::new();
+        d.write_headers("p", &limit(1, 1), &mut h);
+        assert_eq!(header(&h, "retry-after"), Some("5"));
+    }
+
+    #[test]
+    fn plan_names_are_escaped_or_skipped() {
+        let d = Decision { allowed: true, limit: 1, remaining: 0, reset: Duration::ZERO, retry_after: None };
+        let mut h = HeaderMap::new();
+        d.write_headers(r#"a"b\c"#, &limit(1, 1), &mut h);
+        assert_eq!(header(&h, "ratelimit-policy"), Some(r#""a\"b\\c";q=1;w=1"#));
+        assert_eq!(header(&h, "ratelimit"), Some(r#""a\"b\\c";r=0;t=0"#));
+
+        for bad in ["new\nline", "nul\0", "caf\u{e9}", "tab\t"] {
+            let mut h = HeaderMap::new();
+            d.write_headers(bad, &limit(1, 1), &mut h);
+            assert!(h.get("ratelimit-policy").is_none(), "{bad:?}");
+            assert!(h.get("ratelimit").is_none(), "{bad:?}");
+            assert_eq!(header(&h, "x-ratelimit-limit"), Some("1"));
+        }
+    }
+
+    #[test]
+    fn manual_clock() {
+        let c = ManualClock::new(5);
+        assert_eq!(c.now_millis(), 5);
+        c.advance(Duration::from_millis(1_500));
+        assert_eq!(c.now_millis(), 1_505);
+        c.set(7);
+        assert_eq!(c.now_millis(), 7);
+        c.set(u64::MAX - 1);
+        c.advance(Duration::from_secs(10));
+        assert_eq!(c.now_millis(), u64::MAX);
+        assert!(SystemClock.now_millis() > 1_600_000_000_000);
     }
 }
