@@ -1,16 +1,54 @@
-//! The subcommands of the `keygate` binary (SPEC 1). `main.rs` parses the command line
-//! with clap and calls [`run`]; each subcommand lives in its own module.
+//! The command line (SPEC 1). `main.rs` parses it with clap and calls [`run`]; each
+//! subcommand lives in its own module.
 
+pub mod check;
+pub mod demo;
+pub mod explain;
 pub mod keys;
+pub mod serve;
 pub mod tenants;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
+
 use crate::keys::store::FileStore;
 use crate::keys::Peppers;
 use crate::policy::Policy;
 use crate::settings::Settings;
+
+/// keygate: API keys, scopes and plan rate limits in front of your service.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, long_about = None)]
+pub struct Cli {
+    /// The config file. Default: $KEYGATE_CONFIG, else config/keygate.toml.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output (keys, tenants, check, explain).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the proxy.
+    Serve,
+    /// Validates the config and the policy it names; exits 0 if valid, 1 if not.
+    Check,
+    /// Shows how a request would be routed and whether a key or scope set would pass.
+    Explain(explain::ExplainArgs),
+    /// Starts an echo upstream and the proxy with demo keys, and prints curl commands.
+    Demo,
+    /// Accounts and their plans.
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
+    /// Key lifecycle.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+}
 
 /// What the key and tenant commands work with: the settings, the current policy (plans
 /// and scopes), the peppers and the store named in `[keys]`.
@@ -35,10 +73,44 @@ impl CliError {
     pub fn input(message: impl std::fmt::Display) -> Self {
         CliError { message: message.to_string(), exit_code: 1 }
     }
+
+    /// An invalid configuration (exit 78, EX_CONFIG).
+    pub fn config(message: impl std::fmt::Display) -> Self {
+        CliError { message: message.to_string(), exit_code: EX_CONFIG }
+    }
 }
+
+/// sysexits.h EX_CONFIG: the exit code of `serve` with an invalid configuration.
+pub const EX_CONFIG: i32 = 78;
 
 /// The config path of SPEC 1: `--config`, else `$KEYGATE_CONFIG`, else `config/keygate.toml`.
 pub fn config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/keygate.toml"))
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let config = config_path(cli.config);
+    match cli.command {
+        Command::Serve => serve::run(&config),
+        Command::Check => check::run(&config, cli.json),
+        Command::Explain(args) => explain::run(&config, args, cli.json),
+        Command::Demo => demo::run(),
+        Command::Tenants(command) => tenants::run(command, &context(&config, cli.json)?),
+        Command::Keys(command) => keys::run(command, &context(&config, cli.json)?),
+    }
+}
+
+/// Loads what the key and tenant commands need; any config error is one line per problem.
+fn context(config: &std::path::Path, json: bool) -> Result<Context, CliError> {
+    let (settings, _) = Settings::load(config).map_err(diagnostics_error)?;
+    let (policy, peppers, _) = crate::app::load_parts(&settings).map_err(diagnostics_error)?;
+    let store = crate::app::open_store(&settings).map_err(CliError::input)?;
+    Ok(Context { settings, policy: Arc::new(policy), peppers, store, json })
+}
+
+fn diagnostics_error(diagnostics: Vec<crate::diag::Diagnostic>) -> CliError {
+    let lines: Vec<String> = diagnostics.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+    CliError::input(format!("{} (run `keygate check` for details)", lines.join("\n")))
 }

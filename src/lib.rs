@@ -1,15 +1,29 @@
 //! keygate: an auth-enforcing reverse-proxy sidecar. API keys, scopes and plan rate
 //! limits in front of a service (see SPEC.md). The binary in `main.rs` only parses the
 //! command line and calls into this library, so tests run the real server in-process.
+//!
+//! The request pipeline, phase by phase, is in [`pipeline`].
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
 pub mod cli;
 pub mod diag;
 pub mod duration;
+pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod path;
+pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
+pub mod server;
 pub mod settings;
+pub mod upstream;
+
+pub use app::{start, Options, Running, StartError};
+pub use settings::Settings;

@@ -1,1 +1,32 @@
-fn main(){}
+//! The `keygate` binary: parses the command line and calls the library.
+
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = keygate::cli::Cli::parse();
+    init_logging(&cli.command);
+    if let Err(error) = keygate::cli::run(cli) {
+        eprintln!("keygate: {}", error.message);
+        std::process::exit(error.exit_code);
+    }
+}
+
+/// `serve` logs JSON lines to stdout (SPEC 6). The other commands keep stdout for their
+/// output (`--json` must stay parseable), so their log and audit lines go to stderr; the
+/// demo is quiet unless `RUST_LOG` asks otherwise, so its curl lines stay readable.
+fn init_logging(command: &keygate::cli::Command) {
+    use keygate::cli::Command;
+    let default = match command {
+        Command::Demo | Command::Check | Command::Explain(_) => "warn",
+        _ => "info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false);
+    match command {
+        Command::Serve => builder.with_writer(std::io::stdout).init(),
+        _ => builder.with_writer(std::io::stderr).init(),
+    }
+}

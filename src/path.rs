@@ -131,10 +131,7 @@ static PLAIN: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = b'!';
     while b <= b'~' {
-        table[b as usize] = !matches!(
-            b,
-            b'%' | b'/' | b';' | b'\\' | b'#' | b'?' | b'"' | b'<' | b'>'
-        );
+        table[b as usize] = !matches!(b, b'%' | b'/' | b';' | b'\\' | b'#' | b'?' | b'"' | b'<' | b'>');
         b += 1;
     }
     table
@@ -250,11 +247,7 @@ fn push_decoded(out: &mut Vec<u8>, value: u8, options: PathOptions) -> Result<()
         b';' if !options.keep_semicolon => return Err(PathError::Semicolon),
         _ => {}
     }
-    out.extend_from_slice(&[
-        b'%',
-        HEX_UPPER[usize::from(value >> 4)],
-        HEX_UPPER[usize::from(value & 0x0F)],
-    ]);
+    out.extend_from_slice(&[b'%', HEX_UPPER[usize::from(value >> 4)], HEX_UPPER[usize::from(value & 0x0F)]]);
     Ok(())
 }
 
@@ -271,10 +264,7 @@ fn end_segment(out: &mut Vec<u8>, seg_start: usize, more: bool) -> Result<(), Pa
             let Some(without_slash) = out.len().checked_sub(1).filter(|&n| n > 0) else {
                 return Err(PathError::AboveRoot);
             };
-            let cut = out
-                .get(..without_slash)
-                .and_then(|s| s.iter().rposition(|&c| c == b'/'))
-                .map_or(1, |p| p + 1);
+            let cut = out.get(..without_slash).and_then(|s| s.iter().rposition(|&c| c == b'/')).map_or(1, |p| p + 1);
             out.truncate(cut);
         }
         _ => {
@@ -293,25 +283,13 @@ mod tests {
     use PathError::*;
 
     /// Defaults: encoded slashes and semicolons refused.
-    const D: PathOptions = PathOptions {
-        keep_encoded_slash: false,
-        keep_semicolon: false,
-    };
+    const D: PathOptions = PathOptions { keep_encoded_slash: false, keep_semicolon: false };
     /// `encoded_slash = "keep"` only.
-    const KS: PathOptions = PathOptions {
-        keep_encoded_slash: true,
-        keep_semicolon: false,
-    };
+    const KS: PathOptions = PathOptions { keep_encoded_slash: true, keep_semicolon: false };
     /// `semicolon = "keep"` only.
-    const KC: PathOptions = PathOptions {
-        keep_encoded_slash: false,
-        keep_semicolon: true,
-    };
+    const KC: PathOptions = PathOptions { keep_encoded_slash: false, keep_semicolon: true };
     /// Both kept.
-    const K: PathOptions = PathOptions {
-        keep_encoded_slash: true,
-        keep_semicolon: true,
-    };
+    const K: PathOptions = PathOptions { keep_encoded_slash: true, keep_semicolon: true };
 
     type Row = (&'static str, PathOptions, Result<&'static str, PathError>);
 
@@ -484,17 +462,9 @@ mod tests {
         assert!(CASES.len() >= 40);
         for &(input, options, ref want) in CASES {
             let got = normalize(input, options);
-            assert_eq!(
-                got,
-                want.clone().map(str::to_owned),
-                "normalize({input:?}, {options:?})"
-            );
+            assert_eq!(got, want.clone().map(str::to_owned), "normalize({input:?}, {options:?})");
             // The general path agrees with the fast path on every row.
-            assert_eq!(
-                rewrite(input.as_bytes(), options),
-                got,
-                "rewrite({input:?}, {options:?})"
-            );
+            assert_eq!(rewrite(input.as_bytes(), options), got, "rewrite({input:?}, {options:?})");
             if let Ok(out) = got {
                 assert_eq!(normalize(&out, options), Ok(out.clone()), "not idempotent");
             }
@@ -518,10 +488,7 @@ mod tests {
         assert_eq!(normalize(&encoded_climb, D), Ok("/".to_owned()));
 
         let big_segment = format!("/{}", "%41".repeat(30_000));
-        assert_eq!(
-            normalize(&big_segment, D),
-            Ok(format!("/{}", "A".repeat(30_000)))
-        );
+        assert_eq!(normalize(&big_segment, D), Ok(format!("/{}", "A".repeat(30_000))));
     }
 
     #[test]
@@ -577,9 +544,8 @@ mod tests {
                 i += 3;
                 continue;
             }
-            let ok = c.is_ascii_alphanumeric()
-                || "/-._~!$&'()*+,=:@{}|^`[]".contains(c)
-                || (c == ';' && o.keep_semicolon);
+            let ok =
+                c.is_ascii_alphanumeric() || "/-._~!$&'()*+,=:@{}|^`[]".contains(c) || (c == ';' && o.keep_semicolon);
             if !ok {
                 return Err(());
             }
@@ -606,26 +572,23 @@ mod tests {
     }
 
     const TOKENS: &[&str] = &[
-        "/", "/", "/", "/", ".", ".", "..", "a", "b", "v1", "%2e", "%2E", "%2f", "%2F", "%5c",
-        "%25", "%3b", "%3B", ";", "\\", "#", "%00", "%0a", "%7f", "%", "%z", "%4", "%41", "%61",
-        "%7e", "~", "-", "_", "%c3%a9", "\u{e9}", " ", "?", "\0", "\t", "%23", "%20", "*", ":",
-        "@",
+        "/", "/", "/", "/", ".", ".", "..", "a", "b", "v1", "%2e", "%2E", "%2f", "%2F", "%5c", "%25", "%3b", "%3B",
+        ";", "\\", "#", "%00", "%0a", "%7f", "%", "%z", "%4", "%41", "%61", "%7e", "~", "-", "_", "%c3%a9", "\u{e9}",
+        " ", "?", "\0", "\t", "%23", "%20", "*", ":", "@",
     ];
     const VALID_TOKENS: &[&str] = &[
-        "/", "/", "/", "/", ".", ".", "..", "a", "b", "v1", "%2e", "%2E", "%2f", "%5C", "%25",
-        "%3b", ";", "%41", "%61", "%7e", "~", "-", "%c3%a9", "%23", "%20", "*", ":",
+        "/", "/", "/", "/", ".", ".", "..", "a", "b", "v1", "%2e", "%2E", "%2f", "%5C", "%25", "%3b", ";", "%41",
+        "%61", "%7e", "~", "-", "%c3%a9", "%23", "%20", "*", ":",
     ];
 
     fn from_tokens(tokens: &'static [&'static str]) -> impl Strategy<Value = String> {
-        (
-            prop::bool::weighted(0.95),
-            prop::collection::vec(prop::sample::select(tokens), 0..24),
-        )
-            .prop_map(|(absolute, parts)| {
+        (prop::bool::weighted(0.95), prop::collection::vec(prop::sample::select(tokens), 0..24)).prop_map(
+            |(absolute, parts)| {
                 let mut s = String::from(if absolute { "/" } else { "" });
                 parts.iter().for_each(|p| s.push_str(p));
                 s
-            })
+            },
+        )
     }
 
     fn paths() -> impl Strategy<Value = String> {
@@ -639,10 +602,7 @@ mod tests {
     }
 
     fn options() -> impl Strategy<Value = PathOptions> {
-        (any::<bool>(), any::<bool>()).prop_map(|(s, c)| PathOptions {
-            keep_encoded_slash: s,
-            keep_semicolon: c,
-        })
+        (any::<bool>(), any::<bool>()).prop_map(|(s, c)| PathOptions { keep_encoded_slash: s, keep_semicolon: c })
     }
 
     proptest! {

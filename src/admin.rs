@@ -1,0 +1,90 @@
+//! The admin listener (SPEC 5.1): `/metrics`, `/healthz`, `/readyz`. Never proxied.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+
+/// Serves the admin endpoints until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.settings.server.header_read_timeout);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(respond(&app, &request)) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = watcher.watch(connection.into_owned()).await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+fn respond(app: &App, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", app.metrics.encode()),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => readyz(app),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: /metrics, /healthz, /readyz\n".into()),
+    }
+}
+
+/// 200 once listeners are bound and a policy is loaded, until shutdown begins. The body
+/// says what was checked. A store outage does not make keygate unready.
+fn readyz(app: &App) -> Response<Full<Bytes>> {
+    let draining = app.draining.load(Ordering::SeqCst);
+    let started = app.ready.load(Ordering::SeqCst);
+    let ready = started && !draining;
+    let policy = app.policy.load();
+    let body = serde_json::json!({
+        "ready": ready,
+        "draining": draining,
+        "listeners_bound": started,
+        "policy": {"loaded": true, "hash": policy.hash, "routes": policy.routes.len()},
+        "store": {"kind": "file", "state": "up"},
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, "application/json", body.to_string())
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}

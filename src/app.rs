@@ -1,0 +1,236 @@
+//! The running proxy: the shared state every request reads ([`App`]), start-up in the
+//! order that makes a bad config fatal only at start, and the shutdown sequence of SPEC 6.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyService;
+use crate::diag::Diagnostic;
+use crate::keys::store::FileStore;
+use crate::keys::Peppers;
+use crate::metrics::{Metrics, ReloadResult};
+use crate::policy::Policy;
+use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::{Clock, SystemClock};
+use crate::reload::{self, WatchHandle};
+use crate::settings::{KeySource, Settings};
+use crate::upstream::Upstreams;
+use crate::{admin, server};
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub settings: Arc<Settings>,
+    /// The one policy snapshot; a request loads it once and keeps it to the end.
+    pub policy: ArcSwap<Policy>,
+    pub keys: KeyService,
+    pub limiter: LocalLimiter,
+    pub upstreams: Upstreams,
+    pub metrics: Metrics,
+    pub trusted_proxies: Vec<IpNet>,
+    /// True from the moment shutdown begins: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// True once the listeners are bound and a policy is loaded.
+    pub ready: AtomicBool,
+}
+
+/// Why keygate could not start (exit 78 for a config problem).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration")]
+    Config(Vec<Diagnostic>),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Injectable parts, for tests; `Default` is production.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { clock: Arc::new(SystemClock) }
+    }
+}
+
+/// Loads the policy and the peppers named by `settings`: what `serve`, `check` and the
+/// CLI all need. Warnings are returned, errors are fatal.
+pub fn load_parts(settings: &Settings) -> Result<(Policy, Peppers, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (policy, mut warnings) = Policy::load(&settings.policy_file)?;
+    let (peppers, pepper_warnings) = load_peppers(settings)?;
+    warnings.extend(pepper_warnings);
+    Ok((policy, peppers, warnings))
+}
+
+/// The peppers of `keys.pepper_file` or `$KEYGATE_PEPPER`, with a warning when there are
+/// none (plain SHA-256 digests).
+pub fn load_peppers(settings: &Settings) -> Result<(Peppers, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let env = std::env::var("KEYGATE_PEPPER").ok();
+    let peppers = Peppers::load(settings.keys.pepper_file.as_deref(), env)
+        .map_err(|e| vec![Diagnostic::file_error(&settings.file, format!("peppers: {e}"))])?;
+    let mut warnings = Vec::new();
+    if peppers.is_empty() {
+        warnings.push(Diagnostic::file_warning(
+            &settings.file,
+            "no pepper configured (keys.pepper_file or $KEYGATE_PEPPER): key digests are plain SHA-256, \
+             so a dump of the key store lets anyone test guessed keys",
+        ));
+    }
+    Ok((peppers, warnings))
+}
+
+/// Opens the key store named in `[keys]`.
+pub fn open_store(settings: &Settings) -> Result<FileStore, String> {
+    match &settings.keys.source {
+        KeySource::File(path) => FileStore::open(path).map_err(|e| e.to_string()),
+        KeySource::Redis => Err("keys.source = \"redis\" is not supported by this build yet".to_string()),
+    }
+}
+
+/// A started keygate: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    stop_accepting: CancellationToken,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _watches: Vec<WatchHandle>,
+}
+
+/// Starts keygate: loads everything (any error is fatal here, and only here), binds the
+/// listeners, starts the watchers, and returns once it is ready.
+pub async fn start(settings: Settings, options: Options) -> Result<Running, StartError> {
+    let (policy, peppers, warnings) = load_parts(&settings).map_err(StartError::Config)?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    let store = open_store(&settings).map_err(StartError::Other)?;
+    let metrics = Metrics::new();
+    metrics.config_reload(ReloadResult::Success, Some(unix_now()));
+    let app = Arc::new(App {
+        trusted_proxies: settings.listen.trusted_proxies.clone(),
+        settings: Arc::new(settings),
+        policy: ArcSwap::from_pointee(policy),
+        keys: KeyService::new(Arc::new(store), peppers),
+        limiter: LocalLimiter::new(options.clock.clone()),
+        upstreams: Upstreams::new(),
+        metrics,
+        draining: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+    });
+
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
+    };
+    let proxy_listener = bind(app.settings.listen.address, "listen.address").await?;
+    let admin_listener = bind(app.settings.admin.address, "admin.address").await?;
+    let proxy_addr = local_addr(&proxy_listener)?;
+    let admin_addr = local_addr(&admin_listener)?;
+
+    let stop_accepting = CancellationToken::new();
+    let servers = vec![
+        tokio::spawn(server::serve(proxy_listener, app.clone(), stop_accepting.clone())),
+        tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
+    ];
+    let watches = start_watches(&app);
+    app.ready.store(true, Ordering::SeqCst);
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "keygate ready");
+    Ok(Running { proxy_addr, admin_addr, app, stop_accepting, servers, _watches: watches })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Other(format!("cannot read a listener's address: {e}")))
+}
+
+/// How often the keys file is checked even without a filesystem event: the SPEC wants a
+/// change seen within 1 s.
+const KEYS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// The policy's poll backstop (events make reloads immediate).
+const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
+    let mut watches = Vec::new();
+    let policy_app = Arc::downgrade(app);
+    let policy_file = app.settings.policy_file.clone();
+    watches.push(reload::watch(&policy_file, POLICY_POLL, move || {
+        if let Some(app) = policy_app.upgrade() {
+            app.reload_policy();
+        }
+    }));
+    let store = app.keys.store().clone();
+    let keys_path = store.path().to_path_buf();
+    watches.push(reload::watch(&keys_path, KEYS_POLL, move || match store.refresh() {
+        Ok(true) => tracing::info!(file = %store.path().display(), "key store reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "key store not reloaded; the last good content keeps serving"),
+    }));
+    watches
+}
+
+impl App {
+    /// Re-reads the policy; swaps it in when it is valid and its content changed. An
+    /// invalid file changes nothing: it is logged with file:line:column and counted.
+    pub fn reload_policy(&self) {
+        let path: &Path = &self.settings.policy_file;
+        match Policy::load(path) {
+            Ok((policy, warnings)) => {
+                if policy.hash == self.policy.load().hash {
+                    return;
+                }
+                for warning in &warnings {
+                    tracing::warn!("{warning}");
+                }
+                let upstreams: Vec<_> = policy.upstreams.values().cloned().collect();
+                let hash = policy.hash.clone();
+                self.policy.store(Arc::new(policy));
+                self.upstreams.retain(&upstreams);
+                self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
+                tracing::info!(file = %path.display(), hash = %hash, "policy reloaded");
+            }
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!("{error}");
+                }
+                self.metrics.config_reload(ReloadResult::Failure, None);
+                tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
+            }
+        }
+    }
+}
+
+impl Running {
+    /// SPEC 6: `/readyz` turns 503 at once, listeners close after `drain_delay`, requests
+    /// in flight get up to `shutdown_grace` to finish.
+    pub async fn shutdown(self) {
+        let settings = self.app.settings.clone();
+        self.app.draining.store(true, Ordering::SeqCst);
+        tracing::info!(drain_delay = ?settings.server.drain_delay, "shutting down: draining");
+        tokio::time::sleep(settings.server.drain_delay).await;
+        self.stop_accepting.cancel();
+        let all = futures_join(self.servers);
+        if tokio::time::timeout(settings.server.shutdown_grace, all).await.is_err() {
+            tracing::warn!("shutdown grace elapsed with requests in flight; exiting anyway");
+        }
+        tracing::info!("keygate stopped");
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,186 @@
+//! `keygate demo`: one command for a newcomer. Starts an echo upstream and the proxy on
+//! free local ports with the embedded store in a temporary folder, creates demo tenants
+//! and keys, prints one ready-to-paste curl line per outcome (200, 401, 403, 429), then
+//! serves until Ctrl-C. Everything it runs is the real thing: the config files are
+//! written to the temporary folder and loaded as `serve` would.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use super::CliError;
+use crate::app::{self, Options};
+use crate::keys::manage::{self, NewKey};
+use crate::keys::store::FileStore;
+use crate::policy::Policy;
+use crate::settings::Settings;
+
+pub fn run() -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::input(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(demo())
+}
+
+async fn demo() -> Result<(), CliError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::input(format!("demo: {what}: {e}"));
+    let folder =
+        tempfile::Builder::new().prefix("keygate-demo-").tempdir().map_err(|e| fail("temporary folder", &e))?;
+    let echo = TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("echo upstream", &e))?;
+    let echo_addr = echo.local_addr().map_err(|e| fail("echo upstream", &e))?;
+    tokio::spawn(serve_echo(echo));
+
+    let config = write_files(folder.path(), echo_addr).map_err(|e| fail("writing config", &e))?;
+    let (settings, _) = Settings::load(&config).map_err(super::diagnostics_error)?;
+    let (policy, peppers, _) = app::load_parts(&settings).map_err(super::diagnostics_error)?;
+    let store = app::open_store(&settings).map_err(CliError::input)?;
+    let (reader, limited) = create_demo_keys(&store, &policy, &peppers).map_err(|e| fail("creating keys", &e))?;
+
+    let running = app::start(settings, Options::default()).await.map_err(|e| fail("starting", &e))?;
+    let base = format!("http://{}", running.proxy_addr);
+    println!(
+        "keygate demo — proxy on {base}, admin on http://{}, echo upstream on http://{echo_addr}",
+        running.admin_addr
+    );
+    println!("config and key store in {} (deleted on exit)\n", folder.path().display());
+    println!("# 200: a key with calls:read reads calls");
+    println!("curl -i -H 'Authorization: Bearer {}' {base}/v1/calls", reader.expose());
+    println!("# 401: no key");
+    println!("curl -i {base}/v1/calls");
+    println!("# 403: that key lacks calls:write");
+    println!("curl -i -X POST -H 'Authorization: Bearer {}' {base}/v1/calls", reader.expose());
+    println!("# 429: a plan of 1 request per minute, asked twice (the second answer is the 429)");
+    println!("curl -si -H 'Authorization: Bearer {}' {base}/v1/calls {base}/v1/calls", limited.expose());
+    println!("# metrics");
+    println!("curl -s http://{}/metrics | grep keygate_auth_decisions_total", running.admin_addr);
+    println!("\nserving until Ctrl-C");
+
+    let _ = tokio::signal::ctrl_c().await;
+    running.shutdown().await;
+    drop(folder);
+    Ok(())
+}
+
+/// Writes `keygate.toml`, `routes.toml` and a pepper file; returns the config's path.
+fn write_files(folder: &Path, echo: SocketAddr) -> std::io::Result<std::path::PathBuf> {
+    let routes = format!(
+        r#"# The demo policy: a slice of a voice-agent API in front of an echo service.
+default = "deny"
+
+[scopes]
+"calls:read" = "View call history and details"
+"calls:write" = "Initiate outbound calls"
+
+[plans.pro]
+requests_per_minute = 300
+max_keys = 5
+
+[plans.demo-limited]
+requests = 1
+window = "60s"
+
+[upstreams.echo]
+url = "http://{echo}"
+
+[[routes]]
+prefix = "/v1/calls"
+methods = ["GET", "HEAD"]
+scopes = ["calls:read"]
+upstream = "echo"
+
+[[routes]]
+prefix = "/v1/calls"
+methods = ["POST"]
+scopes = ["calls:write"]
+upstream = "echo"
+
+[[routes]]
+prefix = "/status"
+auth = "none"
+upstream = "echo"
+"#
+    );
+    let config = r#"policy = "routes.toml"
+
+[listen]
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[keys]
+source = "file"
+file = "keys.json"
+pepper_file = "peppers"
+"#;
+    std::fs::write(folder.join("routes.toml"), routes)?;
+    std::fs::write(folder.join("keygate.toml"), config)?;
+    let pepper: String = format!("demo={:032x}{:032x}\n", rand::random::<u128>(), rand::random::<u128>());
+    std::fs::write(folder.join("peppers"), pepper)?;
+    Ok(folder.join("keygate.toml"))
+}
+
+/// Tenant `acme` (pro) with a calls:read key, tenant `tiny` (1 request a minute).
+fn create_demo_keys(
+    store: &FileStore,
+    policy: &Policy,
+    peppers: &crate::keys::Peppers,
+) -> Result<(crate::keys::Secret, crate::keys::Secret), manage::ManageError> {
+    store.update(|data| {
+        let now = OffsetDateTime::now_utc();
+        manage::create_tenant(data, policy, "acme", "pro", now)?;
+        manage::create_tenant(data, policy, "tiny", "demo-limited", now)?;
+        let key = |tenant: &str, name: &str| NewKey {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            scopes: vec!["calls:read".to_string()],
+            expires_in: None,
+        };
+        let reader = manage::create_key(data, policy, peppers, &key("acme", "demo reader"), now)?;
+        let limited = manage::create_key(data, policy, peppers, &key("tiny", "demo limited"), now)?;
+        Ok((reader.secret, limited.secret))
+    })
+}
+
+/// The echo upstream: answers every request with a JSON description of what it received,
+/// so the identity headers keygate adds are visible.
+async fn serve_echo(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let service =
+                service_fn(|request: Request<Incoming>| async move { Ok::<_, Infallible>(echo(request).await) });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn echo(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let size = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let headers: serde_json::Map<String, serde_json::Value> =
+        parts.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect();
+    let body = serde_json::json!({
+        "echo": "hello from the upstream",
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body_bytes": size,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}

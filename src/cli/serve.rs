@@ -1,0 +1,68 @@
+//! `keygate serve`: runs the proxy until SIGTERM or SIGINT; SIGHUP reloads the policy.
+
+use std::path::Path;
+
+use super::CliError;
+use crate::app::{self, Options, StartError};
+use crate::settings::Settings;
+
+pub fn run(config: &Path) -> Result<(), CliError> {
+    let settings = match Settings::load(config) {
+        Ok((settings, warnings)) => {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+            settings
+        }
+        Err(errors) => return Err(config_error(&errors)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::input(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let running = match app::start(settings, Options::default()).await {
+            Ok(running) => running,
+            Err(StartError::Config(errors)) => return Err(config_error(&errors)),
+            Err(StartError::Other(message)) => return Err(CliError::input(message)),
+        };
+        wait_for_shutdown_signal(&running).await;
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+fn config_error(errors: &[crate::diag::Diagnostic]) -> CliError {
+    for error in errors {
+        eprintln!("{error}");
+    }
+    CliError::config("invalid configuration; nothing started (run `keygate check` for details)")
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown_signal(running: &app::Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT"); return; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                let app = running.app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload_policy()).await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown_signal(_running: &app::Running) {
+    let _ = tokio::signal::ctrl_c().await;
+}

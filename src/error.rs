@@ -1,0 +1,377 @@
+//! Every refusal keygate decides, and its ONE mapping to status, headers and JSON body
+//! (SPEC 4.2), or to a gRPC-shaped answer for gRPC requests.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::body::ProxyBody;
+
+/// Why a key did not authenticate; the 401 message names it, so API clients can tell
+/// them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "API key missing: send it as `Authorization: Bearer <key>`",
+            AuthFailure::Malformed => "API key malformed: it is not a keygate key (mistyped or truncated?)",
+            AuthFailure::Unknown => "API key unknown",
+            AuthFailure::Expired => "API key expired",
+            AuthFailure::Revoked => "API key revoked",
+        }
+    }
+}
+
+/// A decision that ends a request without reaching the upstream (or after it failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: malformed request or path, or a key in the query. The message is safe to show.
+    BadRequest(String),
+    /// 401.
+    Unauthorized(AuthFailure),
+    /// 403: the key lacks `scope`, the first missing one of the route's.
+    InsufficientScope { scope: String },
+    /// 403: the tenant's plan has `api_access = false`.
+    NoApiAccess { plan: String },
+    /// 403: the tenant's plan is not in the current policy.
+    UnknownPlan { plan: String },
+    /// 404: no route matches.
+    NotFound,
+    /// 405, with `Allow`.
+    MethodNotAllowed { allow: Vec<Method> },
+    /// 413: the body is larger than the route's `max_body_bytes`.
+    PayloadTooLarge { limit: u64 },
+    /// 429; the rate-limit headers are added by the caller, who has the decision.
+    RateLimited { requests: u64, window_secs: u64, retry_after: u64 },
+    /// 431: request head larger than `max_header_bytes`.
+    HeadersTooLarge,
+    /// 502: upstream refused, reset, or answered with something that is not HTTP.
+    BadGateway,
+    /// 503: the store is unreachable where the decision needs it.
+    Unavailable { retry_after: u64 },
+    /// 504: upstream response headers later than its `timeout`.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::BadGateway => StatusCode::BAD_GATEWAY,
+            Refusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `type` of the JSON error body.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => {
+                "forbidden"
+            }
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::BadGateway => "bad_gateway",
+            Refusal::Unavailable { .. } => "unavailable",
+            Refusal::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    /// A message for the API client. Never carries internal detail or a secret.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::BadRequest(why) => format!("Bad request: {why}"),
+            Refusal::Unauthorized(failure) => failure.message().to_string(),
+            Refusal::InsufficientScope { scope } => {
+                format!("This API key lacks the scope `{scope}` that this route requires")
+            }
+            Refusal::NoApiAccess { plan } => format!("The plan `{plan}` does not include API access"),
+            Refusal::UnknownPlan { plan } => {
+                format!("The plan `{plan}` of this account is not available; contact support")
+            }
+            Refusal::NotFound => "No route matches this path".to_string(),
+            Refusal::MethodNotAllowed { .. } => "This method is not allowed on this route".to_string(),
+            Refusal::PayloadTooLarge { limit } => {
+                format!("The request body is larger than this route's limit of {limit} bytes")
+            }
+            Refusal::RateLimited { requests, window_secs, .. } => {
+                format!("Rate limit of {requests} requests per {} exceeded", window_phrase(*window_secs))
+            }
+            Refusal::HeadersTooLarge => "The request headers are too large".to_string(),
+            Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),
+            Refusal::Unavailable { .. } => "The key store is temporarily unavailable; retry shortly".to_string(),
+            Refusal::GatewayTimeout => "The upstream service did not answer in time".to_string(),
+        }
+    }
+
+    /// `Retry-After` in whole seconds, where the refusal has one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited { retry_after, .. } | Refusal::Unavailable { retry_after } => {
+                Some((*retry_after).max(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// The gRPC status code a gRPC client expects for this refusal.
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            Refusal::BadRequest(_) | Refusal::PayloadTooLarge { .. } | Refusal::HeadersTooLarge => 3, // INVALID_ARGUMENT
+            Refusal::Unauthorized(_) => 16,                                                           // UNAUTHENTICATED
+            Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => 7, // PERMISSION_DENIED
+            Refusal::NotFound | Refusal::MethodNotAllowed { .. } => 12, // UNIMPLEMENTED
+            Refusal::RateLimited { .. } => 8,                           // RESOURCE_EXHAUSTED
+            Refusal::BadGateway | Refusal::Unavailable { .. } => 14,    // UNAVAILABLE
+            Refusal::GatewayTimeout => 4,                               // DEADLINE_EXCEEDED
+        }
+    }
+
+    /// The response: JSON (SPEC 4.2), or gRPC-shaped (HTTP 200, `grpc-status`,
+    /// `grpc-message`) when the request was gRPC.
+    pub fn into_response(self, request_id: &str, grpc: bool) -> Response<ProxyBody> {
+        let mut builder = Response::builder();
+        let headers = builder.headers_mut();
+        if let Some(headers) = headers {
+            self.add_headers(headers);
+        }
+        let response = if grpc {
+            builder
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", self.grpc_status().to_string())
+                .header("grpc-message", grpc_percent_encode(&self.message()))
+                .body(empty_body())
+        } else {
+            let mut error = serde_json::json!({
+                "type": self.error_type(),
+                "message": self.message(),
+                "request_id": request_id,
+            });
+            if let (Some(retry), Refusal::RateLimited { .. }) = (self.retry_after(), &self) {
+                error["retry_after"] = retry.into();
+            }
+            let body = serde_json::json!({ "error": error }).to_string();
+            builder.status(self.status()).header(CONTENT_TYPE, "application/json").body(full_body(body))
+        };
+        response.unwrap_or_else(|_| {
+            // Unreachable with the fixed header names and values above; answer plainly.
+            let mut fallback = Response::new(empty_body());
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
+    }
+
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        const REALM: &str = "Bearer realm=\"keygate\"";
+        match self {
+            Refusal::Unauthorized(AuthFailure::Missing) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+            }
+            Refusal::Unauthorized(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate\", error=\"invalid_token\""),
+                );
+            }
+            Refusal::InsufficientScope { scope } => {
+                // Scope names are validated tokens (no quotes or whitespace).
+                let value = format!("{REALM}, error=\"insufficient_scope\", scope=\"{scope}\"");
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(WWW_AUTHENTICATE, value);
+                }
+            }
+            Refusal::MethodNotAllowed { allow } => {
+                let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                if let Ok(value) = HeaderValue::from_str(&list) {
+                    headers.insert(ALLOW, value);
+                }
+            }
+            _ => {}
+        }
+        if let Some(retry) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry));
+        }
+    }
+}
+
+/// "minute" for 60 s, else "N seconds" (or "hour"/"day" when exact).
+fn window_phrase(secs: u64) -> String {
+    match secs {
+        1 => "second".to_string(),
+        60 => "minute".to_string(),
+        3600 => "hour".to_string(),
+        86_400 => "day".to_string(),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// gRPC's `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn full_body(text: String) -> ProxyBody {
+    Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty_body() -> ProxyBody {
+    crate::body::empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response<ProxyBody>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn all() -> Vec<(Refusal, u16, &'static str)> {
+        vec![
+            (Refusal::BadRequest("x".into()), 400, "bad_request"),
+            (Refusal::Unauthorized(AuthFailure::Missing), 401, "unauthorized"),
+            (Refusal::Unauthorized(AuthFailure::Revoked), 401, "unauthorized"),
+            (Refusal::InsufficientScope { scope: "calls:write".into() }, 403, "forbidden"),
+            (Refusal::NoApiAccess { plan: "trial".into() }, 403, "forbidden"),
+            (Refusal::UnknownPlan { plan: "gold".into() }, 403, "forbidden"),
+            (Refusal::NotFound, 404, "not_found"),
+            (Refusal::MethodNotAllowed { allow: vec![Method::GET] }, 405, "method_not_allowed"),
+            (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 }, 429, "rate_limited"),
+            (Refusal::HeadersTooLarge, 431, "headers_too_large"),
+            (Refusal::BadGateway, 502, "bad_gateway"),
+            (Refusal::Unavailable { retry_after: 1 }, 503, "unavailable"),
+            (Refusal::GatewayTimeout, 504, "gateway_timeout"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn each_refusal_maps_to_its_status_type_and_json_body() {
+        for (refusal, status, kind) in all() {
+            let response = refusal.clone().into_response("req-1", false);
+            assert_eq!(response.status().as_u16(), status, "{refusal:?}");
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let json = body_json(response).await;
+            assert_eq!(json["error"]["type"], kind);
+            assert_eq!(json["error"]["request_id"], "req-1");
+            assert!(json["error"]["message"].as_str().unwrap().len() > 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limited_carries_retry_after_in_body_and_header() {
+        let response =
+            Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 }.into_response("r", false);
+        assert_eq!(response.headers()[RETRY_AFTER], "12");
+        let json = body_json(response).await;
+        assert_eq!(json["error"]["retry_after"], 12);
+        assert_eq!(json["error"]["message"], "Rate limit of 300 requests per minute exceeded");
+    }
+
+    #[test]
+    fn www_authenticate_follows_rfc_6750() {
+        let missing = Refusal::Unauthorized(AuthFailure::Missing).into_response("r", false);
+        assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\"");
+        let bad = Refusal::Unauthorized(AuthFailure::Unknown).into_response("r", false);
+        assert_eq!(bad.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\", error=\"invalid_token\"");
+        let scope = Refusal::InsufficientScope { scope: "calls:write".into() }.into_response("r", false);
+        assert_eq!(
+            scope.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"calls:write\""
+        );
+    }
+
+    #[test]
+    fn unauthorized_messages_tell_the_failures_apart() {
+        let failures = [
+            AuthFailure::Missing,
+            AuthFailure::Malformed,
+            AuthFailure::Unknown,
+            AuthFailure::Expired,
+            AuthFailure::Revoked,
+        ];
+        let messages: std::collections::HashSet<_> = failures.iter().map(|f| f.message()).collect();
+        assert_eq!(messages.len(), failures.len());
+        for f in failures {
+            assert!(f.message().to_lowercase().contains(f.as_str()));
+        }
+    }
+
+    #[test]
+    fn method_not_allowed_lists_allow() {
+        let r = Refusal::MethodNotAllowed { allow: vec![Method::GET, Method::HEAD] }.into_response("r", false);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        let r = Refusal::Unavailable { retry_after: 0 }.into_response("r", false);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_status() {
+        let cases = [
+            (Refusal::Unauthorized(AuthFailure::Missing), "16"),
+            (Refusal::InsufficientScope { scope: "a".into() }, "7"),
+            (Refusal::RateLimited { requests: 1, window_secs: 1, retry_after: 1 }, "8"),
+            (Refusal::Unavailable { retry_after: 1 }, "14"),
+        ];
+        for (refusal, code) in cases {
+            let r = refusal.into_response("r", true);
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["grpc-status"], code);
+            assert!(r.headers().contains_key("grpc-message"));
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("a b%é"), "a b%25%C3%A9");
+    }
+}

@@ -1,0 +1,433 @@
+//! `handle()`: every request's phases, in order, in one place — the SPEC read top to
+//! bottom. Normalise path → match route → extract key → authenticate → authorise plan
+//! and scopes → rate-limit → rewrite headers → forward → record.
+//!
+//! Proof types keep the order honest: authentication yields an [`Authenticated`], the
+//! plan and scope checks consume it into a [`Authorized`], and only an [`Admission`]
+//! (which only this module can build) can be forwarded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::auth::Authentication;
+use crate::body::{self, Limited, ProxyBody};
+use crate::error::{AuthFailure, Refusal};
+use crate::keys::{self, Principal};
+use crate::metrics::{AuthResult, Mode};
+use crate::path;
+use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode};
+use crate::ratelimit::{Decision, Limit};
+use crate::upstream::{self, ForwardContext, UpstreamError};
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+}
+
+/// What the access log and metrics record about a request as it goes through.
+struct Record {
+    request_id: String,
+    route: Option<String>,
+    decision: &'static str,
+    mode: Mode,
+    principal: Option<Principal>,
+    upstream: Option<String>,
+}
+
+/// A key that authenticated.
+struct Authenticated(Principal);
+
+/// A principal cleared by plan and scopes, with its rate-limit decision.
+struct Authorized {
+    principal: Principal,
+    rate: Option<RateOutcome>,
+}
+
+/// The limiter's decision and what it was made against, for the response headers.
+#[derive(Clone)]
+struct RateOutcome {
+    plan: String,
+    limit: Limit,
+    decision: Decision,
+}
+
+/// A request cleared to go upstream.
+enum Admission {
+    /// A public (`auth = "none"`) route, or a forwarded CORS preflight.
+    Public,
+    Authorized(Authorized),
+    /// A shadow-mode route: forwarded whatever the decision; the principal if the key was
+    /// valid, and the rate decision if the limiter was reached.
+    Shadow {
+        principal: Option<Principal>,
+        rate: Option<RateOutcome>,
+    },
+}
+
+/// A refusal, with what was learnt before it (for shadow mode and the headers).
+struct Denial {
+    refusal: Refusal,
+    principal: Option<Principal>,
+    rate: Option<RateOutcome>,
+}
+
+impl From<Refusal> for Box<Denial> {
+    fn from(refusal: Refusal) -> Self {
+        Box::new(Denial { refusal, principal: None, rate: None })
+    }
+}
+
+/// Handles one request end to end. Never fails: every outcome is a response.
+pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let policy = app.policy.load_full();
+    let method = request.method().clone();
+    let grpc = is_grpc(request.headers());
+    let mut record = Record {
+        request_id: request_id(request.headers()),
+        route: None,
+        decision: "ok",
+        mode: Mode::Enforce,
+        principal: None,
+        upstream: None,
+    };
+
+    let (mut response, rate) = match process(&app, &policy, connection, request, &mut record).await {
+        Ok(done) => done,
+        Err(denial) => {
+            record.decision = decision_name(&denial.refusal);
+            let response = denial.refusal.into_response(&record.request_id, grpc);
+            (response, denial.rate)
+        }
+    };
+    if let Some(rate) = &rate {
+        rate.decision.write_headers(&rate.plan, &rate.limit, response.headers_mut());
+    }
+    if let Ok(id) = HeaderValue::from_str(&record.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+
+    let elapsed = started.elapsed();
+    let route = record.route.as_deref().unwrap_or("none");
+    app.metrics.record_request(route, &method, response.status().as_u16(), elapsed);
+    tracing::info!(
+        target: "access",
+        request_id = %record.request_id,
+        method = %method,
+        route = route,
+        status = response.status().as_u16(),
+        decision = record.decision,
+        mode = record.mode.as_str(),
+        key_id = record.principal.as_ref().map(|p| p.key_id.as_str()),
+        tenant = record.principal.as_ref().map(|p| p.tenant.as_str()),
+        upstream = record.upstream.as_deref(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    response
+}
+
+/// The phases. `Ok` is the upstream's response (with the rate decision for its headers).
+async fn process(
+    app: &App,
+    policy: &Policy,
+    connection: ConnectionInfo,
+    request: Request<Incoming>,
+    record: &mut Record,
+) -> Result<(Response<ProxyBody>, Option<RateOutcome>), Box<Denial>> {
+    // 1. The request's shape: one Host, an absolute-form target naming the same host.
+    check_host(&request)?;
+
+    // 2. The path, normalised once (SPEC 4.5); the query is never matched, but a key in
+    //    it is refused before it travels on into access logs (SPEC 4.1).
+    let path = path::normalize(request.uri().path(), policy.paths).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    if request.uri().query().is_some_and(keys::query_carries_key) {
+        return Err(Refusal::BadRequest(
+            "an API key must not be sent in the query string; use the Authorization header".into(),
+        )
+        .into());
+    }
+
+    // 3. The route: longest prefix, then method (404, 405).
+    let preflight = policy.forward_preflight && is_cors_preflight(&request);
+    let match_method = if preflight { preflight_method(&request) } else { request.method().clone() };
+    let route = match policy.routes.find(&path, &match_method) {
+        RouteMatch::Found(route) => route.clone(),
+        RouteMatch::MethodNotAllowed { prefix, allow } => {
+            record.route = Some(prefix.to_string());
+            return Err(Refusal::MethodNotAllowed { allow }.into());
+        }
+        RouteMatch::NotFound => return Err(Refusal::NotFound.into()),
+    };
+    record.route = Some(route.prefix.clone());
+    record.upstream = Some(route.upstream.name.clone());
+    if route.mode == RouteMode::Shadow {
+        record.mode = Mode::Shadow;
+    }
+
+    // 4–7. Key, authentication, plan and scopes, body size, rate limit.
+    let admission = if preflight || route.auth == RouteAuth::None {
+        Admission::Public
+    } else {
+        match admit(app, policy, &route, request.headers()) {
+            Ok(authorized) => {
+                app.metrics.auth_decision(AuthResult::Ok, record.mode);
+                Admission::Authorized(authorized)
+            }
+            Err(denial) => {
+                app.metrics.auth_decision(auth_result(&denial.refusal), record.mode);
+                if route.mode == RouteMode::Shadow {
+                    record.decision = decision_name(&denial.refusal);
+                    tracing::info!(
+                        request_id = %record.request_id,
+                        route = %route.prefix,
+                        decision = record.decision,
+                        "shadow mode: request would have been refused; forwarded"
+                    );
+                    Admission::Shadow { principal: denial.principal, rate: denial.rate }
+                } else {
+                    record.principal = denial.principal.clone();
+                    return Err(denial);
+                }
+            }
+        }
+    };
+
+    // 8–9. Rewrite and forward.
+    forward(app, &route, admission, connection, request, path, record).await
+}
+
+/// Key → authentication → plan → scopes → body size → rate limit.
+fn admit(app: &App, policy: &Policy, route: &Route, headers: &HeaderMap) -> Result<Authorized, Box<Denial>> {
+    let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;
+    let authenticated = match app.keys.authenticate(&secret, OffsetDateTime::now_utc()) {
+        Authentication::Valid(principal) => Authenticated(principal),
+        Authentication::Invalid(failure) => return Err(Refusal::Unauthorized(failure).into()),
+    };
+    authorize(app, policy, route, headers, authenticated)
+}
+
+/// Plan (exists, has API access), scopes, declared body size, then the rate limit.
+fn authorize(
+    app: &App,
+    policy: &Policy,
+    route: &Route,
+    headers: &HeaderMap,
+    Authenticated(principal): Authenticated,
+) -> Result<Authorized, Box<Denial>> {
+    let deny = |refusal: Refusal, principal: &Principal| {
+        Box::new(Denial { refusal, principal: Some(principal.clone()), rate: None })
+    };
+    let Some(plan) = policy.plans.get(&principal.plan) else {
+        tracing::warn!(plan = %principal.plan, tenant = %principal.tenant, "tenant's plan is not in the current policy");
+        return Err(deny(Refusal::UnknownPlan { plan: principal.plan.clone() }, &principal));
+    };
+    if !plan.api_access {
+        return Err(deny(Refusal::NoApiAccess { plan: plan.name.clone() }, &principal));
+    }
+    if let RouteAuth::Key { scopes } = &route.auth {
+        if let Some(missing) = scopes.iter().find(|s| !principal.scopes.contains(s)) {
+            return Err(deny(Refusal::InsufficientScope { scope: missing.clone() }, &principal));
+        }
+    }
+    if let (Some(max), Some(declared)) = (route.max_body_bytes, content_length(headers)) {
+        if declared > max {
+            return Err(deny(Refusal::PayloadTooLarge { limit: max }, &principal));
+        }
+    }
+    let Some(limit) = plan.limit else {
+        return Ok(Authorized { principal, rate: None });
+    };
+    let decision = app.limiter.check(&principal.tenant, &limit, route.cost);
+    let rate = RateOutcome { plan: plan.name.clone(), limit, decision };
+    if decision.allowed {
+        Ok(Authorized { principal, rate: Some(rate) })
+    } else {
+        let retry_after = decision.retry_after_secs().unwrap_or(1);
+        Err(Box::new(Denial {
+            refusal: Refusal::RateLimited {
+                requests: limit.requests,
+                window_secs: limit.window.as_secs(),
+                retry_after,
+            },
+            principal: Some(principal),
+            rate: Some(rate),
+        }))
+    }
+}
+
+/// `Authorization: Bearer <key>` (scheme case-insensitive, RFC 6750 2.1).
+fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Malformed);
+    }
+    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, token) = text.trim().split_once(' ').ok_or(AuthFailure::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Missing);
+    }
+    keys::parse_secret(token.trim()).map_err(|_| AuthFailure::Malformed)
+}
+
+/// Rewrites the request for the upstream, sends it, and maps failures to 413/502/504.
+async fn forward(
+    app: &App,
+    route: &Route,
+    admission: Admission,
+    connection: ConnectionInfo,
+    request: Request<Incoming>,
+    path: String,
+    record: &mut Record,
+) -> Result<(Response<ProxyBody>, Option<RateOutcome>), Box<Denial>> {
+    let (principal, rate) = match admission {
+        Admission::Public => (None, None),
+        Admission::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
+        Admission::Shadow { principal, rate } => (principal, rate),
+    };
+    record.principal = principal.clone();
+
+    let (mut parts, incoming) = request.into_parts();
+    // HTTP/2 carries the host as `:authority`, which hyper puts in the URI.
+    let host = parts.headers.get(HOST).cloned().or_else(|| {
+        let authority = parts.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    let target = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    parts.uri = Uri::try_from(target).map_err(|_| Refusal::BadRequest("invalid request target".into()))?;
+    let peer_trusted = app.trusted_proxies.iter().any(|net| net.contains(&connection.peer.ip()));
+    let context = ForwardContext {
+        peer: connection.peer.ip(),
+        tls: connection.tls,
+        request_id: &record.request_id,
+        peer_trusted,
+        host,
+    };
+    upstream::rewrite_request_headers(&mut parts.headers, &context, principal.as_ref(), false);
+
+    let too_large = Arc::new(AtomicBool::new(false));
+    let body = match route.max_body_bytes {
+        Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
+        _ => body::boxed(incoming),
+    };
+    let upstream_started = Instant::now();
+    let result = app.upstreams.send(&route.upstream, Request::from_parts(parts, body)).await;
+    app.metrics.observe_upstream(&route.upstream.name, upstream_started.elapsed());
+    match result {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            upstream::remove_hop_by_hop(&mut parts.headers, false);
+            Ok((Response::from_parts(parts, body::boxed(body)), rate))
+        }
+        Err(UpstreamError::Timeout) => {
+            tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");
+            Err(Box::new(Denial { refusal: Refusal::GatewayTimeout, principal, rate }))
+        }
+        Err(UpstreamError::Failed(why)) => {
+            if too_large.load(Ordering::Relaxed) {
+                let limit = route.max_body_bytes.unwrap_or_default();
+                return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal, rate }));
+            }
+            tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, error = %why, "upstream failed");
+            Err(Box::new(Denial { refusal: Refusal::BadGateway, principal, rate }))
+        }
+    }
+}
+
+/// SPEC 4.5: two `Host` headers, or an absolute-form target (or HTTP/2 `:authority`)
+/// whose authority differs from `Host`, is refused.
+fn check_host<B>(request: &Request<B>) -> Result<(), Refusal> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host header".into()));
+    }
+    if let (Some(authority), Some(host)) = (request.uri().authority(), host) {
+        let same = host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority.as_str()));
+        if !same {
+            return Err(Refusal::BadRequest("the request target's authority differs from Host".into()));
+        }
+    }
+    Ok(())
+}
+
+/// The client's `x-request-id` when valid, else a new one. A value that is a well-formed
+/// key is replaced too: request ids are logged, keys never are.
+fn request_id(headers: &HeaderMap) -> String {
+    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(value) if upstream::valid_request_id(value.as_bytes()) && keys::parse_secret(value).is_err() => {
+            value.to_string()
+        }
+        _ => upstream::new_request_id(),
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn is_cors_preflight<B>(request: &Request<B>) -> bool {
+    request.method() == Method::OPTIONS
+        && request.headers().contains_key("origin")
+        && request.headers().contains_key("access-control-request-method")
+}
+
+/// The method a preflight asks about: the route is matched as for that method.
+fn preflight_method<B>(request: &Request<B>) -> Method {
+    request
+        .headers()
+        .get("access-control-request-method")
+        .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+        .unwrap_or(Method::OPTIONS)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The `decision` field of the access log.
+fn decision_name(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::Unauthorized(failure) => failure.as_str(),
+        Refusal::InsufficientScope { .. } => "forbidden",
+        Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => "no_api_access",
+        Refusal::RateLimited { .. } => "rate_limited",
+        Refusal::Unavailable { .. } => "store_unavailable",
+        Refusal::BadRequest(_) => "bad_request",
+        Refusal::NotFound => "not_found",
+        Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+        Refusal::PayloadTooLarge { .. } => "payload_too_large",
+        Refusal::HeadersTooLarge => "headers_too_large",
+        Refusal::BadGateway => "bad_gateway",
+        Refusal::GatewayTimeout => "gateway_timeout",
+    }
+}
+
+/// The `result` label of `auth_decisions_total` for a refusal of the admission phases.
+/// A tenant whose plan is unknown counts as `no_api_access`; a declared body over the
+/// route's limit as `forbidden`.
+fn auth_result(refusal: &Refusal) -> AuthResult {
+    match refusal {
+        Refusal::Unauthorized(AuthFailure::Missing) => AuthResult::Missing,
+        Refusal::Unauthorized(AuthFailure::Malformed) => AuthResult::Malformed,
+        Refusal::Unauthorized(AuthFailure::Unknown) => AuthResult::Unknown,
+        Refusal::Unauthorized(AuthFailure::Expired) => AuthResult::Expired,
+        Refusal::Unauthorized(AuthFailure::Revoked) => AuthResult::Revoked,
+        Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => AuthResult::NoApiAccess,
+        Refusal::RateLimited { .. } => AuthResult::RateLimited,
+        Refusal::Unavailable { .. } => AuthResult::StoreUnavailable,
+        _ => AuthResult::Forbidden,
+    }
+}

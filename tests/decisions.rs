@@ -1,0 +1,254 @@
+//! Every decision of SPEC 4.2 that the embedded store can make, through the real proxy.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+
+#[tokio::test]
+async fn a_valid_key_with_the_scope_reaches_the_upstream() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (key_id, key) = kg.key("acme", "pro", &["calls:read"]);
+    let answer = Http::new().get(&kg.url("/v1/calls/7?page=2"), Some(key.expose())).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "ok");
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/v1/calls/7?page=2");
+    assert_eq!(seen.headers["x-keygate-key-id"], key_id.as_str());
+    assert_eq!(seen.headers["x-keygate-tenant"], "acme");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn unauthorized_tells_missing_malformed_unknown_expired_and_revoked_apart() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, valid) = kg.key("acme", "pro", &["calls:read"]);
+    let (_, expiring) = kg.key_with("acme", "pro", &["calls:read"], Some(Duration::from_secs(1)));
+    let (revoked_id, revoked) = kg.key("acme", "pro", &["calls:read"]);
+    kg.edit_store(|data| {
+        data.keys.get_mut(&revoked_id).unwrap().revoked_at = Some(time::OffsetDateTime::now_utc());
+    });
+    kg.sync_store().await;
+    let unknown = keygate::keys::generate_secret();
+    let mut malformed = valid.expose().to_string();
+    let last = malformed.pop().unwrap();
+    malformed.push(if last == 'A' { 'B' } else { 'A' });
+
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let `expiring` expire
+    let http = Http::new();
+    let url = kg.url("/v1/calls");
+    let cases = [
+        (None, "missing"),
+        (Some(malformed.as_str()), "malformed"),
+        (Some("not-a-key"), "malformed"),
+        (Some(unknown.expose()), "unknown"),
+        (Some(expiring.expose()), "expired"),
+        (Some(revoked.expose()), "revoked"),
+    ];
+    let mut messages = std::collections::HashSet::new();
+    for (key, word) in cases {
+        let answer = http.get(&url, key).await;
+        assert_eq!(answer.status, 401, "{word}: {}", answer.text());
+        assert_eq!(answer.error_type(), "unauthorized");
+        assert_eq!(answer.header("content-type"), "application/json");
+        assert!(answer.message().to_lowercase().contains(word), "{word}: {}", answer.message());
+        let www = answer.header("www-authenticate");
+        if key.is_some() {
+            assert_eq!(www, "Bearer realm=\"keygate\", error=\"invalid_token\"");
+        } else {
+            assert_eq!(www, "Bearer realm=\"keygate\"");
+        }
+        assert!(!answer.json()["error"]["request_id"].as_str().unwrap().is_empty());
+        messages.insert(answer.message());
+    }
+    assert_eq!(messages.len(), 5, "one message per failure kind: {messages:?}");
+    assert_eq!(upstream.count(), 0, "no refused request reaches the upstream");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_scope_is_403_with_insufficient_scope() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let bearer = format!("Bearer {}", key.expose());
+    let answer = Http::new().send("POST", &kg.url("/v1/calls"), &[("authorization", &bearer)], Bytes::from("{}")).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.error_type(), "forbidden");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        "Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"calls:write\""
+    );
+    assert!(answer.message().contains("calls:write"));
+    assert_eq!(upstream.count(), 0);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn plans_without_api_access_or_missing_from_the_policy_are_403() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, trial) = kg.key("trialco", "pro", &["calls:read"]);
+    let (_, gold) = kg.key("goldco", "pro", &["calls:read"]);
+    kg.edit_store(|data| {
+        data.tenants.get_mut("trialco").unwrap().plan = "trial".into();
+        data.tenants.get_mut("goldco").unwrap().plan = "gold".into();
+    });
+    kg.sync_store().await;
+    let http = Http::new();
+    let answer = http.get(&kg.url("/v1/calls"), Some(trial.expose())).await;
+    assert_eq!(answer.status, 403);
+    assert!(answer.message().contains("trial"), "{}", answer.message());
+    assert!(answer.message().contains("API access"), "{}", answer.message());
+    let answer = http.get(&kg.url("/v1/calls"), Some(gold.expose())).await;
+    assert_eq!(answer.status, 403);
+    assert!(answer.message().contains("gold"), "{}", answer.message());
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn no_route_is_404_and_a_wrong_method_is_405_with_allow_and_no_fallback() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read", "calls:write"]);
+    let http = Http::new();
+    let answer = http.get(&kg.url("/v2/nothing"), Some(key.expose())).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.error_type(), "not_found");
+    // A segment boundary: /v1/callsign is not /v1/calls.
+    assert_eq!(http.get(&kg.url("/v1/callsign"), Some(key.expose())).await.status, 404);
+    let bearer = format!("Bearer {}", key.expose());
+    let answer = http.send("DELETE", &kg.url("/v1/calls/7"), &[("authorization", &bearer)], Bytes::new()).await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.error_type(), "method_not_allowed");
+    assert_eq!(answer.header("allow"), "GET, HEAD, POST");
+    assert_eq!(upstream.count(), 0);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn public_routes_need_no_key_and_carry_no_identity() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let answer = Http::new()
+        .send("GET", &kg.url("/status"), &[("x-keygate-tenant", "spoofed"), ("x_keygate_plan", "x")], Bytes::new())
+        .await;
+    assert_eq!(answer.status, 200);
+    let seen = upstream.last();
+    assert!(seen.headers.keys().all(|k| !k.as_str().replace('_', "-").starts_with("x-keygate-")), "{:?}", seen.headers);
+    assert!(answer.headers.get("ratelimit").is_none(), "public routes do not reach the limiter");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_bytes_is_413_declared_or_streamed() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:write"]);
+    let bearer = format!("Bearer {}", key.expose());
+    let http = Http::new();
+    let ok =
+        http.send("POST", &kg.url("/v1/calls"), &[("authorization", &bearer)], Bytes::from(vec![b'a'; 1024])).await;
+    assert_eq!(ok.status, 200);
+    let declared =
+        http.send("POST", &kg.url("/v1/calls"), &[("authorization", &bearer)], Bytes::from(vec![b'a'; 1025])).await;
+    assert_eq!(declared.status, 413);
+    assert_eq!(declared.error_type(), "payload_too_large");
+
+    // Chunked, no Content-Length: refused while streaming.
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+        (0..8).map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'b'; 512])))).collect();
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(tokio_stream::iter(chunks)));
+    let request = http::Request::post(kg.url("/v1/calls")).header("authorization", &bearer).body(body).unwrap();
+    let streamed = http.request(request).await;
+    assert_eq!(streamed.status, 413, "{}", streamed.text());
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_in_the_query_string_is_refused_under_any_name() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let http = Http::new();
+    for query in
+        [format!("api_key={}", key.expose()), format!("x=1&anything={}", key.expose()), key.expose().to_string()]
+    {
+        let answer = http.get(&kg.url(&format!("/v1/calls?{query}")), Some(key.expose())).await;
+        assert_eq!(answer.status, 400, "{query}");
+        assert_eq!(answer.error_type(), "bad_request");
+        assert!(!answer.text().contains(&key.expose()[8..]));
+    }
+    // Not a key (bad checksum): allowed through.
+    let answer = http.get(&kg.url("/v1/calls?q=kg_notakey"), Some(key.expose())).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(upstream.count(), 1);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn bad_paths_and_hosts_are_400() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let auth = format!("Authorization: Bearer {}\r\n", key.expose());
+    for target in ["/v1/calls/..%2Fadmin", "/v1/calls;jsessionid=1", "/v1/calls/%00", "/../v1/calls", "/v1/calls/%zz"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(kg.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("\"bad_request\""), "{target}: {answer}");
+    }
+    let two_hosts = format!("GET /v1/calls HTTP/1.1\r\nHost: a\r\nHost: b\r\n{auth}Connection: close\r\n\r\n");
+    assert!(raw(kg.addr, two_hosts.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 400"));
+    let absolute = format!("GET http://other.example/v1/calls HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
+    assert!(raw(kg.addr, absolute.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 400"));
+    let absolute_same = format!("GET http://a/v1/calls HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
+    assert!(raw(kg.addr, absolute_same.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
+    // Encoded dots are decoded before matching, and the upstream gets the normalised path.
+    let dots = format!("GET /v1/x/%2e%2e/calls/%41 HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
+    assert!(raw(kg.addr, dots.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(upstream.last().target, "/v1/calls/A");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_refused_is_502_and_slow_headers_are_504() {
+    let closed = closed_port().await;
+    let kg = Keygate::builder(&format!("http://{closed}")).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let answer = Http::new().get(&kg.url("/v1/calls"), Some(key.expose())).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.error_type(), "bad_gateway");
+    kg.stop().await;
+
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let started = std::time::Instant::now();
+    let answer = Http::new().get(&kg.url("/slow/3000"), Some(key.expose())).await;
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.error_type(), "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_millis(2500), "the 1 s timeout was not applied");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_kept_when_valid() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let http = Http::new();
+    let answer = http.send("GET", &kg.url("/status"), &[("x-request-id", "abc-123:x.y_z")], Bytes::new()).await;
+    assert_eq!(answer.header("x-request-id"), "abc-123:x.y_z");
+    assert_eq!(upstream.last().headers["x-request-id"], "abc-123:x.y_z");
+    let answer = http.send("GET", &kg.url("/status"), &[("x-request-id", "bad id with spaces")], Bytes::new()).await;
+    let generated = answer.header("x-request-id").to_string();
+    assert_ne!(generated, "bad id with spaces");
+    assert_eq!(upstream.last().headers["x-request-id"], generated.as_str());
+    let refused = http.get(&kg.url("/v1/calls"), None).await;
+    assert_eq!(refused.json()["error"]["request_id"], refused.header("x-request-id"));
+    kg.stop().await;
+}

@@ -1,0 +1,583 @@
+//! The test harness: real servers on ephemeral ports. `upstream()` records what it
+//! receives; `Keygate::builder()` writes a config into a temporary folder and starts the
+//! real proxy in-process; `Http` sends requests. Readiness is polled with a deadline,
+//! never slept for.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keygate::keys::manage::{self, NewKey};
+use keygate::keys::store::FileStore;
+use keygate::keys::{Peppers, Secret};
+use keygate::policy::Policy;
+use keygate::ratelimit::Clock;
+use keygate::{Options, Running, Settings};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+/// Polls `check` until it is true or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub trailers: Option<HeaderMap>,
+    pub at: Instant,
+}
+
+/// A test upstream. Behaviour by path:
+/// `/slow/<ms>…` waits before answering; `/trailers…` answers with a trailer;
+/// `/hop…` answers with hop-by-hop headers; everything else answers 200 `ok`, with the
+/// received target in `x-upstream-target`. It counts request bodies without keeping them.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let record = record.clone();
+                    async move { Ok::<_, Infallible>(answer(request, record).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, seen }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(request: Request<Incoming>, record: Arc<Mutex<Vec<Seen>>>) -> Response<TestBody> {
+    let (parts, mut body) = request.into_parts();
+    let target = parts.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_default();
+    let mut body_len = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        match frame.into_data() {
+            Ok(data) => body_len += data.len() as u64,
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    record.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+        trailers,
+        at: Instant::now(),
+    });
+    let path = parts.uri.path();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|rest| rest.split('/').next()?.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut builder = Response::builder().status(StatusCode::OK).header("x-upstream-target", target.as_str());
+    if path.starts_with("/hop") {
+        builder = builder
+            .header("connection", "x-upstream-private")
+            .header("x-upstream-private", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic");
+    }
+    if path.starts_with("/trailers") {
+        builder = builder.header("trailer", "x-checksum");
+    }
+    if path.starts_with("/trailers") {
+        let frames = vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body"))),
+            Ok(Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("x-checksum", "abc".parse().unwrap());
+                t
+            })),
+        ];
+        let stream = futures_stream(frames);
+        return builder.body(StreamBody::new(stream).boxed()).unwrap();
+    }
+    builder.body(Full::new(Bytes::from_static(b"ok")).boxed()).unwrap()
+}
+
+fn futures_stream<T: Send + 'static>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Send {
+    tokio_stream::iter(items)
+}
+
+/// An address where nothing listens (bound, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// keygate
+
+/// A standard policy for tests: `{upstream}` is replaced by the upstream's URL.
+pub const ROUTES: &str = r#"
+default = "deny"
+
+[scopes]
+"calls:read" = "View calls"
+"calls:write" = "Make calls"
+"agents:write" = "Change agents"
+"webhooks:manage" = "Manage webhooks"
+"analytics:read" = "View analytics"
+
+[plans.trial]
+api_access = false
+
+[plans.pro]
+requests_per_minute = 300
+max_keys = 5
+
+[plans.tiny]
+requests = 3
+window = "10s"
+
+[plans.unlimited]
+
+[upstreams.app]
+url = "{upstream}"
+timeout = "1s"
+connect_timeout = "1s"
+
+[[routes]]
+prefix = "/v1/calls"
+methods = ["GET", "HEAD"]
+scopes = ["calls:read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/v1/calls"
+methods = ["POST"]
+scopes = ["calls:write"]
+upstream = "app"
+max_body_bytes = 1024
+
+[[routes]]
+prefix = "/v1/webhooks"
+scopes = ["webhooks:manage"]
+upstream = "app"
+cost = 2
+
+[[routes]]
+prefix = "/v1/analytics"
+scopes = ["analytics:read"]
+upstream = "app"
+mode = "shadow"
+
+[[routes]]
+prefix = "/v1/any"
+upstream = "app"
+
+[[routes]]
+prefix = "/v1/upload"
+scopes = ["calls:write"]
+upstream = "app"
+
+[[routes]]
+prefix = "/slow"
+scopes = ["calls:read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/trailers"
+scopes = ["calls:read"]
+upstream = "app"
+
+[[routes]]
+prefix = "/hop"
+auth = "none"
+upstream = "app"
+
+[[routes]]
+prefix = "/status"
+auth = "none"
+upstream = "app"
+"#;
+
+/// Builds a keygate config in a temporary folder.
+pub struct Builder {
+    routes: String,
+    settings_extra: String,
+    listen_extra: String,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+/// A running in-process keygate and its folder.
+pub struct Keygate {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub store: FileStore,
+    pub peppers: Peppers,
+}
+
+impl Keygate {
+    pub fn builder(upstream_url: &str) -> Builder {
+        Builder {
+            routes: ROUTES.replace("{upstream}", upstream_url),
+            settings_extra: String::new(),
+            listen_extra: String::new(),
+            clock: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("keygate.toml")
+    }
+
+    pub fn routes_path(&self) -> PathBuf {
+        self.dir.path().join("routes.toml")
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy::load(&self.routes_path()).expect("test policy is valid").0
+    }
+
+    pub fn app(&self) -> &Arc<keygate::app::App> {
+        &self.running.as_ref().unwrap().app
+    }
+
+    /// Creates tenant `tenant` on `plan` (if new) and a key with `scopes`.
+    pub fn key(&self, tenant: &str, plan: &str, scopes: &[&str]) -> (String, Secret) {
+        self.key_with(tenant, plan, scopes, None)
+    }
+
+    pub fn key_with(
+        &self,
+        tenant: &str,
+        plan: &str,
+        scopes: &[&str],
+        expires_in: Option<Duration>,
+    ) -> (String, Secret) {
+        let policy = self.policy();
+        let created = self
+            .store
+            .update(|data| {
+                let now = OffsetDateTime::now_utc();
+                if !data.tenants.contains_key(tenant) {
+                    manage::create_tenant(data, &policy, tenant, plan, now)?;
+                }
+                let new = NewKey {
+                    tenant: tenant.to_string(),
+                    name: format!("{tenant} test key"),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    expires_in,
+                };
+                manage::create_key(data, &policy, &self.peppers, &new, now)
+            })
+            .expect("create key");
+        self.refresh_proxy_store();
+        (created.record.id, created.secret)
+    }
+
+    /// Changes the store directly (bypassing the rules), e.g. to put a tenant on a plan
+    /// the policy lacks.
+    pub fn edit_store(&self, change: impl FnOnce(&mut keygate::keys::store::KeysData)) {
+        self.store
+            .update(|data| {
+                change(data);
+                Ok::<_, keygate::keys::store::StoreError>(())
+            })
+            .unwrap();
+        self.refresh_proxy_store();
+    }
+
+    /// Makes the running proxy re-read the key store now, as its file watcher would
+    /// within 250 ms (the CLI tests exercise the watcher itself).
+    fn refresh_proxy_store(&self) {
+        if let Some(running) = &self.running {
+            running.app.keys.store().refresh().expect("the proxy re-reads the key store");
+        }
+    }
+
+    /// Waits until the running proxy has seen the store's latest content.
+    pub async fn sync_store(&self) {
+        let want = self.store.snapshot();
+        let app = self.app().clone();
+        let ok = eventually(Duration::from_secs(3), async || *app.keys.store().snapshot() == *want).await;
+        assert!(ok, "the proxy did not pick up the key store change within 3 s");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+
+    /// Stops the in-process proxy but keeps its folder (config, keys), e.g. to run the
+    /// real binary on it.
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        self.dir
+    }
+}
+
+impl Builder {
+    pub fn routes(mut self, routes: &str) -> Self {
+        self.routes = routes.to_string();
+        self
+    }
+
+    /// Extra TOML appended to keygate.toml (whole tables).
+    pub fn settings(mut self, extra: &str) -> Self {
+        self.settings_extra.push_str(extra);
+        self.settings_extra.push('\n');
+        self
+    }
+
+    /// Extra lines inside `[listen]`.
+    pub fn listen(mut self, extra: &str) -> Self {
+        self.listen_extra.push_str(extra);
+        self.listen_extra.push('\n');
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Writes the files into a new temporary folder.
+    pub fn write(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("routes.toml"), &self.routes).unwrap();
+        std::fs::write(dir.path().join("peppers"), "p2=second-pepper-secret\np1=first-pepper-secret\n").unwrap();
+        let config = format!(
+            "policy = \"routes.toml\"\n\n[listen]\naddress = \"127.0.0.1:0\"\n{}\n[admin]\naddress = \"127.0.0.1:0\"\n\n[keys]\nsource = \"file\"\nfile = \"keys.json\"\npepper_file = \"peppers\"\n\n{}",
+            self.listen_extra, self.settings_extra
+        );
+        std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
+        dir
+    }
+
+    pub async fn start(self) -> Keygate {
+        let dir = self.write();
+        let (settings, _) = Settings::load(&dir.path().join("keygate.toml")).expect("test config is valid");
+        let peppers = Peppers::load(settings.keys.pepper_file.as_deref(), None).unwrap();
+        let store = FileStore::open(&dir.path().join("keys.json")).unwrap();
+        let mut options = Options::default();
+        if let Some(clock) = self.clock {
+            options.clock = clock;
+        }
+        let running = keygate::start(settings, options).await.expect("keygate starts");
+        Keygate { addr: running.proxy_addr, admin: running.admin_addr, running: Some(running), dir, store, peppers }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+
+    pub fn error_type(&self) -> String {
+        self.json()["error"]["type"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// A small HTTP client over hyper, HTTP/1.1 by default.
+#[derive(Clone)]
+pub struct Http {
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+        Http { client }
+    }
+
+    /// HTTP/2 with prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+        Http { client }
+    }
+
+    pub async fn get(&self, url: &str, key: Option<&str>) -> Answer {
+        let mut headers = vec![];
+        let bearer;
+        if let Some(key) = key {
+            bearer = format!("Bearer {key}");
+            headers.push(("authorization", bearer.as_str()));
+        }
+        self.send("GET", url, &headers, Bytes::new()).await
+    }
+
+    pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Full::new(body).boxed()).unwrap();
+        self.request(request).await
+    }
+
+    pub async fn request(&self, request: Request<TestBody>) -> Answer {
+        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .expect("response within 20 s")
+            .expect("request sent");
+        read(response).await
+    }
+}
+
+pub async fn read(response: Response<Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("body read");
+    let trailers = collected.trailers().cloned();
+    Answer { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers }
+}
+
+/// Sends raw bytes on a new connection and returns what came back until the server
+/// closed it or `wait` passed.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `metric(&text, "keygate_auth_decisions_total", &[("result","ok"),("mode","enforce")])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            return None;
+        }
+        let present: HashMap<&str, &str> =
+            label_text.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k, v.trim_matches('"'))).collect();
+        labels.iter().all(|(k, v)| present.get(k) == Some(v)).then(|| value.parse().ok())?
+    })
+}
+
+/// The keygate binary built by cargo for integration tests.
+pub fn keygate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keygate")
+}
+
+/// Runs the CLI against `config` and returns (exit code, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(keygate_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("KEYGATE_PEPPER")
+        .output()
+        .expect("run keygate");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
