@@ -33,7 +33,7 @@ pub struct App {
     pub keys: KeyService,
     pub limiter: LocalLimiter,
     pub upstreams: Upstreams,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<IpNet>,
     /// True from the moment shutdown begins: `/readyz` answers 503.
     pub draining: AtomicBool,
@@ -114,7 +114,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         tracing::warn!("{warning}");
     }
     let store = open_store(&settings).map_err(StartError::Other)?;
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     metrics.config_reload(ReloadResult::Success, Some(unix_now()));
     let app = Arc::new(App {
         trusted_proxies: settings.listen.trusted_proxies.clone(),

@@ -128,7 +128,8 @@ impl Refusal {
                 format!("The request body is larger than this route's limit of {limit} bytes")
             }
             Refusal::RateLimited { requests, window_secs, .. } => {
-                format!("Rate limit of {requests} requests per {} exceeded", window_phrase(*window_secs))
+                let noun = if *requests == 1 { "request" } else { "requests" };
+                format!("Rate limit of {requests} {noun} per {} exceeded", window_phrase(*window_secs))
             }
             Refusal::HeadersTooLarge => "The request headers are too large".to_string(),
             Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),

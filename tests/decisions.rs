@@ -252,3 +252,72 @@ async fn every_response_carries_a_request_id_kept_when_valid() {
     assert_eq!(refused.json()["error"]["request_id"], refused.header("x-request-id"));
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn cors_preflights_go_upstream_without_a_key_only_when_enabled() {
+    let upstream = upstream().await;
+    let preflight = [("origin", "https://app.example"), ("access-control-request-method", "POST")];
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let answer = Http::new().send("OPTIONS", &kg.url("/v1/calls"), &preflight, Bytes::new()).await;
+    assert_eq!(answer.status, 405, "off by default: OPTIONS is not a method of the route");
+    kg.stop().await;
+
+    let routes = ROUTES
+        .replace("{upstream}", &upstream.url())
+        .replace("default = \"deny\"", "default = \"deny\"\nforward_preflight = true");
+    let kg = Keygate::builder(&upstream.url()).routes(&routes).start().await;
+    let answer = Http::new().send("OPTIONS", &kg.url("/v1/calls"), &preflight, Bytes::new()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = upstream.last();
+    assert_eq!(seen.method, "OPTIONS");
+    assert!(seen.headers.get("x-keygate-tenant").is_none());
+    // Not a preflight (no Origin): still needs a route for OPTIONS.
+    let answer = Http::new().send("OPTIONS", &kg.url("/v1/calls"), &[], Bytes::new()).await;
+    assert_eq!(answer.status, 405);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_found_under_an_old_pepper_is_re_stored_under_the_current_one() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await; // peppers: p2 (current), p1
+    let (id, _) = kg.key("acme", "pro", &["calls:read"]);
+    // A key made while p1 was current, and one made before any pepper (plain SHA-256).
+    let old_peppers = keygate::keys::Peppers::from_entries(vec![("p1".into(), b"first-pepper-secret".to_vec())]);
+    let no_pepper = keygate::keys::Peppers::default();
+    let policy = kg.policy();
+    let mut made = Vec::new();
+    for peppers in [&old_peppers, &no_pepper] {
+        let created = kg
+            .store
+            .update(|data| {
+                let new = keygate::keys::manage::NewKey {
+                    tenant: "acme".into(),
+                    name: "old".into(),
+                    scopes: vec!["calls:read".into()],
+                    expires_in: None,
+                };
+                keygate::keys::manage::create_key(data, &policy, peppers, &new, time::OffsetDateTime::now_utc())
+            })
+            .unwrap();
+        made.push(created);
+    }
+    kg.app().keys.store().refresh().unwrap();
+    assert_eq!(kg.store.snapshot().keys[&id].digest.pepper_id, "p2");
+    for created in &made {
+        let answer = Http::new().get(&kg.url("/v1/calls"), Some(created.secret.expose())).await;
+        assert_eq!(answer.status, 200);
+        let key_id = created.record.id.clone();
+        let store = &kg.store;
+        let restored = eventually(Duration::from_secs(3), async || {
+            store.refresh().unwrap();
+            store.snapshot().keys[&key_id].digest.pepper_id == "p2"
+        })
+        .await;
+        assert!(restored, "the key was not re-stored under the current pepper");
+        // And it still works under the new digest.
+        kg.app().keys.store().refresh().unwrap();
+        assert_eq!(Http::new().get(&kg.url("/v1/calls"), Some(created.secret.expose())).await.status, 200);
+    }
+    kg.stop().await;
+}

@@ -1,0 +1,1 @@
+//! A small circuit breaker (being written).

@@ -1,0 +1,458 @@
+//! Redis test servers: a real `redis-server` per test on a free port, in its own temporary
+//! folder, so tests can pause, kill and restart it without touching any other Redis (in
+//! particular never the one that may run on 127.0.0.1:6379). Also a three-master Redis
+//! Cluster and a TCP relay that counts the commands clients send (round trips, not what
+//! Lua scripts run inside — `INFO commandstats` counts those too).
+//!
+//! Readiness is polled with a deadline, never slept for. A missing `redis-server` is a
+//! loud panic: these tests never skip.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a server gets to answer after it was spawned.
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a cluster gets to agree that it is `cluster_state:ok`.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(20);
+
+const NOT_INSTALLED: &str = "`redis-server` (and `redis-cli`) must be on PATH for the Redis tests, which never skip: \
+     install them (Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`)";
+
+/// One `redis-server` child process on its own port and folder.
+pub struct RedisServer {
+    pub port: u16,
+    /// Extra arguments it was started with (kept for `restart`).
+    args: Vec<String>,
+    /// `--requirepass`, if any: `cli` authenticates with it.
+    password: Option<String>,
+    cluster: bool,
+    child: Option<Child>,
+    paused: AtomicBool,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// A fresh, empty server on a free port.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A fresh server with extra `redis-server` arguments, e.g. `["--maxmemory", "1mb"]`.
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        Self::spawn_on_free_port(args.iter().map(|a| a.to_string()).collect(), None, false)
+    }
+
+    /// A fresh server that requires `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::spawn_on_free_port(vec!["--requirepass".into(), password.into()], Some(password.to_string()), false)
+    }
+
+    fn spawn_on_free_port(args: Vec<String>, password: Option<String>, cluster: bool) -> RedisServer {
+        let dir = tempfile::Builder::new().prefix("keygate-redis-").tempdir().expect("create a temp dir for redis");
+        let mut server =
+            RedisServer { port: 0, args, password, cluster, child: None, paused: AtomicBool::new(false), dir };
+        for _attempt in 0..20 {
+            server.port = free_port(cluster);
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(Clash) => continue,
+            }
+        }
+        panic!("could not start redis-server on a free port after 20 attempts (every port clashed)");
+    }
+
+    /// Spawns on `self.port` and waits until it answers as this very process.
+    fn spawn(&mut self) -> Result<(), Clash> {
+        let log_path = self.log_path();
+        let log = std::fs::File::create(&log_path).expect("create the redis log file");
+        let mut command = Command::new("redis-server");
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]);
+        }
+        command.args(&self.args);
+        let log_err = log.try_clone().expect("clone the redis log file handle");
+        command.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{NOT_INSTALLED}"),
+            Err(e) => panic!("cannot spawn redis-server: {e}. {NOT_INSTALLED}"),
+        };
+        let pid = child.id();
+        self.child = Some(child);
+        self.paused.store(false, Ordering::SeqCst);
+        let end = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains("Address already in use") || log.contains("Could not create server TCP listening") {
+                    return Err(Clash);
+                }
+                panic!("redis-server on port {} exited at start ({status}); its log:\n{log}", self.port);
+            }
+            // Checks the pid, so that another server that took the port in a race is
+            // never mistaken for this one.
+            if info_field(self.port, self.password.as_deref(), "process_id").as_deref() == Some(&pid.to_string()) {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                self.kill();
+                panic!("redis-server on port {} did not answer within {READY_DEADLINE:?}; its log:\n{log}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// `redis://127.0.0.1:PORT` (no password in it, even with `start_with_password`).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The server process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the port still accepts connections (the kernel's backlog) but nothing
+    /// answers — a blackhole, as a stalled server or a partition looks to a client.
+    pub fn pause(&self) {
+        self.signal("STOP");
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("CONT");
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.pid().expect("redis-server is not running");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
+    }
+
+    /// SIGKILL and reap. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.paused.swap(false, Ordering::SeqCst) {
+                let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new, empty server on the same port (kills the current one first if it
+    /// still runs). Waits briefly if the port is still taken.
+    pub fn restart(&mut self) {
+        self.kill();
+        let end = Instant::now() + READY_DEADLINE;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(Clash) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+                Err(Clash) => panic!("port {} stayed taken for {READY_DEADLINE:?}; cannot restart redis", self.port),
+            }
+        }
+    }
+
+    /// Runs `redis-cli -p PORT args…` (authenticated if the server has a password) and
+    /// returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p"]).arg(self.port.to_string());
+        if let Some(password) = &self.password {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        if self.cluster {
+            command.arg("-c");
+        }
+        let output = match command.args(args).stdin(Stdio::null()).output() {
+            Ok(output) => output,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{NOT_INSTALLED}"),
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        };
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The port was taken between choosing it and redis-server binding it.
+struct Clash;
+
+/// A port that was free a moment ago. For cluster nodes, below 55536 with port+10000
+/// (the cluster bus) free too.
+fn free_port(cluster: bool) -> u16 {
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if !cluster {
+            return port;
+        }
+        if port < 55536 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found (below 55536 with a free +10000 bus port)");
+}
+
+/// One field of `INFO server` from the server on `port`, over a raw connection with
+/// short timeouts (so that a port taken by something else never hangs the harness).
+fn info_field(port: u16, password: Option<&str>, field: &str) -> Option<String> {
+    let reply = raw_command(port, password, &["INFO", "server"])?;
+    let text = String::from_utf8_lossy(&reply);
+    text.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_string()))
+}
+
+/// Sends one command (after AUTH if needed) and returns the last reply's raw bytes.
+fn raw_command(port: u16, password: Option<&str>, args: &[&str]) -> Option<Vec<u8>> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut out = Vec::new();
+    let mut expected = 1;
+    if let Some(password) = password {
+        out.extend(encode(&["AUTH", password]));
+        expected += 1;
+    }
+    out.extend(encode(args));
+    stream.write_all(&out).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let mut pos = 0;
+        let mut replies = 0;
+        while let Some(len) = resp_len(&buf[pos..]) {
+            replies += 1;
+            if replies == expected {
+                return Some(buf[pos..pos + len].to_vec());
+            }
+            pos += len;
+        }
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend(format!("${}\r\n", arg.len()).into_bytes());
+        out.extend(arg.as_bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+/// The length of the first complete RESP value (RESP2 or RESP3) in `buf`, or of one
+/// inline command line; `None` if `buf` does not hold a whole one yet.
+fn resp_len(buf: &[u8]) -> Option<usize> {
+    let line_end = |from: usize| buf[from..].windows(2).position(|w| w == b"\r\n").map(|p| from + p);
+    let first = *buf.first()?;
+    let end = line_end(0)?;
+    let header = std::str::from_utf8(&buf[1..end]).ok();
+    let after = end + 2;
+    match first {
+        b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => Some(after),
+        b'$' | b'!' | b'=' => {
+            let len: i64 = header?.parse().ok()?;
+            if len < 0 {
+                return Some(after);
+            }
+            let total = after + len as usize + 2;
+            (buf.len() >= total).then_some(total)
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let count: i64 = header?.parse().ok()?;
+            let items = if first == b'%' || first == b'|' { count * 2 } else { count };
+            let mut pos = after;
+            for _ in 0..items.max(0) {
+                pos += resp_len(&buf[pos..])?;
+            }
+            Some(pos)
+        }
+        // An inline command (`PING\r\n`), as telnet or old clients send.
+        _ => Some(after),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster
+
+/// Three cluster masters (no replicas), slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn_on_free_port(Vec::new(), None, true)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}. {NOT_INSTALLED}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let end = Instant::now() + CLUSTER_DEADLINE;
+        loop {
+            let ok = cluster.nodes.iter().all(|n| {
+                raw_command(n.port, None, &["CLUSTER", "INFO"])
+                    .is_some_and(|r| String::from_utf8_lossy(&r).contains("cluster_state:ok"))
+            });
+            if ok {
+                return cluster;
+            }
+            assert!(Instant::now() < end, "the cluster did not reach cluster_state:ok within {CLUSTER_DEADLINE:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Counting relay
+
+/// A TCP relay in front of a Redis server that counts the commands clients send through
+/// it: every RESP array (or inline command) from client to server is one, pipelined
+/// commands each count, and an EVAL counts once however many commands its script runs.
+pub struct CountingRelay {
+    pub addr: SocketAddr,
+    count: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    /// Listens on 127.0.0.1:0 and relays every connection to `target`.
+    pub async fn start(target: SocketAddr) -> CountingRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = count.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    relay(client, server, counter).await;
+                });
+            }
+        });
+        CountingRelay { addr, count, accept }
+    }
+
+    /// `redis://` + the relay's address.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Commands seen since start or the last `reset`.
+    pub fn commands(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, count: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16384];
+        loop {
+            let n = match client_read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            // Counts before forwarding, so a reply can never be seen before its command
+            // was counted.
+            let mut consumed = 0;
+            while let Some(len) = resp_len(&pending[consumed..]) {
+                consumed += len;
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            pending.drain(..consumed);
+            if server_write.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
