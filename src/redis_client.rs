@@ -1,1 +1,643 @@
-//! The shared Redis client (being written).
+//! The shared Redis client used by the Redis key store and the Redis rate limiter: one
+//! connection (single node or cluster) behind a circuit breaker, every call bounded by
+//! a timeout, so that no request waits on a store known to be down (SPEC 4.4).
+//!
+//! - `redis://`, `rediss://` (TLS, rustls; `ca_file` is then the root to trust, else the
+//!   system's roots), `redis+cluster://h1:p1,h2:p2` and `rediss+cluster://…`.
+//! - The password comes from `password_file` (trimmed), else `$KEYGATE_REDIS_PASSWORD`,
+//!   else the URL. It is never logged nor shown in an error.
+//! - [`RedisClient::connect`] tries to connect once (bounded), and does not fail when
+//!   Redis is down: keygate starts and serves cached keys or local limits. Until a
+//!   connection exists, the breaker is open and calls fail at once.
+//! - While the breaker is open, a background task PINGs every `probe_interval` (each
+//!   bounded by `redis.timeout`) and closes it when Redis answers, so recovery does not
+//!   wait for traffic. `store_up` mirrors the breaker: 0 exactly while it is not closed.
+//! - A connection that stays silent for many probes (a blackholed peer, which TCP alone
+//!   may never report) is replaced by a fresh one.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::metrics::{Metrics, StoreOp};
+use crate::ratelimit::{Clock, SystemClock};
+
+// Both are shared across tasks and threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RedisClient>();
+    send_sync::<RedisConnection>();
+};
+
+/// The environment variable read for the password when `redis.password_file` is unset.
+pub const PASSWORD_ENV: &str = "KEYGATE_REDIS_PASSWORD";
+
+/// The shortest bound on establishing a connection (TCP, TLS, AUTH), however short
+/// `redis.timeout` is: connecting happens off the request path.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Consecutive failed probes after which the connection is rebuilt from scratch.
+const REBUILD_AFTER_PROBES: u32 = 8;
+
+/// A connection to Redis, single node or cluster. Cheap to clone (both are handles to a
+/// shared, multiplexed connection); implements [`ConnectionLike`], so commands,
+/// pipelines and `Script::invoke_async` run on either.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// One server, reconnected automatically by redis-rs after a disconnection.
+    Single(ConnectionManager),
+    /// A Redis Cluster: commands are routed by the slot of their keys.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConnection::Single(_) => "RedisConnection::Single",
+            RedisConnection::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Why [`RedisClient::connect`] refused the configuration. Never includes the password
+/// (nor the URL, which may hold one).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisClientError {
+    /// The URL does not parse.
+    #[error("redis.url is not a valid redis://, rediss://, redis+cluster:// or rediss+cluster:// URL: {0}")]
+    Url(String),
+    /// `password_file` cannot be read.
+    #[error("cannot read redis.password_file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ca_file` cannot be read or holds no PEM certificate.
+    #[error("redis.ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    /// redis-rs refused the resulting configuration.
+    #[error("invalid Redis client configuration: {0}")]
+    Config(String),
+}
+
+/// Why one call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisCallError {
+    /// Refused without trying: the breaker is open (Redis known to be down) or no
+    /// connection was ever established.
+    #[error("Redis is unavailable (circuit breaker open)")]
+    Unavailable,
+    /// The call took longer than its timeout and was abandoned.
+    #[error("Redis call timed out")]
+    Timeout,
+    /// Redis, or the connection to it, answered with an error: e.g. WRONGTYPE, a
+    /// refused connection, a conversion error.
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl RedisCallError {
+    /// The Redis error, if that is what this is.
+    pub fn redis_error(&self) -> Option<&redis::RedisError> {
+        match self {
+            RedisCallError::Redis(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True for `Unavailable` and `Timeout`, and for Redis errors that say the store is
+    /// unreachable or not serving (I/O, LOADING, CLUSTERDOWN, …) rather than that it
+    /// refused this particular command.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RedisCallError::Unavailable | RedisCallError::Timeout => true,
+            RedisCallError::Redis(e) => means_down(e),
+        }
+    }
+}
+
+/// Whether `e` says Redis is unreachable or not serving, so that it counts towards the
+/// breaker. Errors in answer to a command (WRONGTYPE, NOSCRIPT, a script error, a reply
+/// that did not convert) prove Redis is up.
+fn means_down(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        ErrorKind::Io
+            | ErrorKind::Client
+            | ErrorKind::AuthenticationFailed
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+    )
+}
+
+/// Whether `e` is the expected NOSCRIPT of an EVALSHA whose script is not cached yet:
+/// not a store error.
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// How to (re)build a connection.
+enum Target {
+    Single { client: redis::Client, config: ConnectionManagerConfig },
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Target {
+    async fn connect(&self) -> redis::RedisResult<RedisConnection> {
+        match self {
+            Target::Single { client, config } => {
+                ConnectionManager::new_with_config(client.clone(), config.clone()).await.map(RedisConnection::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(RedisConnection::Cluster),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+}
+
+struct Shared {
+    target: Target,
+    pubsub: redis::Client,
+    connection: ArcSwapOption<RedisConnection>,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// The shared Redis client: cheap to clone (an `Arc` inside). The background prober
+/// stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClient")
+            .field("cluster", &self.shared.target.is_cluster())
+            .field("timeout", &self.shared.timeout)
+            .field("breaker", &self.shared.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parsed `[redis]` settings.
+struct Parsed {
+    nodes: Vec<ConnectionInfo>,
+    cluster: bool,
+    certs: Option<TlsCertificates>,
+}
+
+impl RedisClient {
+    /// Builds the client from `[redis]` and tries to connect once (bounded by
+    /// `max(redis.timeout, 1s)`). Redis being down is not an error: the client starts
+    /// with its breaker open and connects in the background. Errors only for a bad URL
+    /// or an unreadable password or CA file. Needs a Tokio runtime.
+    pub async fn connect(
+        settings: &crate::settings::Redis,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisClient, RedisClientError> {
+        Self::connect_with(settings, metrics, BreakerConfig::default(), Arc::new(SystemClock)).await
+    }
+
+    /// [`RedisClient::connect`] with an explicit breaker configuration and clock.
+    pub async fn connect_with(
+        settings: &crate::settings::Redis,
+        metrics: Arc<Metrics>,
+        breaker: BreakerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RedisClient, RedisClientError> {
+        let env_password = std::env::var(PASSWORD_ENV).ok();
+        let password = resolve_password(settings.password_file.as_deref(), env_password)?;
+        let parsed = parse(&settings.url, password.as_deref(), settings.ca_file.as_deref())?;
+        let timeout = settings.timeout;
+        let connect_timeout = timeout.max(MIN_CONNECT_TIMEOUT);
+        let config_error = |e: redis::RedisError| RedisClientError::Config(e.to_string());
+
+        let first = parsed.nodes.first().cloned().ok_or_else(|| RedisClientError::Url("no host".into()))?;
+        let pubsub = match &parsed.certs {
+            Some(certs) => redis::Client::build_with_tls(first, certs.clone()),
+            None => redis::Client::open(first),
+        }
+        .map_err(config_error)?;
+        let target = if parsed.cluster {
+            let mut builder = ClusterClientBuilder::new(parsed.nodes).connection_timeout(connect_timeout);
+            if let Some(certs) = parsed.certs {
+                builder = builder.certs(certs);
+            }
+            Target::Cluster(builder.build().map_err(config_error)?)
+        } else {
+            // One attempt per (re)connection: the prober retries at its own pace, and a
+            // call never waits out a backoff.
+            let config = ConnectionManagerConfig::new()
+                .set_number_of_retries(0)
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(None);
+            Target::Single { client: pubsub.clone(), config }
+        };
+
+        let observer_metrics = metrics.clone();
+        // The observer is first called with the initial state; only changes are logged.
+        let started = AtomicBool::new(false);
+        let breaker = Breaker::with_observer(breaker, clock, BreakerState::Open, move |up| {
+            observer_metrics.set_store_up(up);
+            if !started.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            if up {
+                tracing::info!("Redis is reachable: store circuit breaker closed");
+            } else {
+                tracing::warn!("Redis is unreachable: store circuit breaker open, calls fail fast until it answers");
+            }
+        });
+        let shared = Arc::new(Shared {
+            target,
+            pubsub,
+            connection: ArcSwapOption::empty(),
+            breaker,
+            metrics,
+            timeout,
+            connect_timeout,
+        });
+        if let Err(e) = shared.establish(false).await {
+            tracing::warn!(error = %e, "Redis is not reachable at start; connecting in the background");
+        }
+        tokio::spawn(probe_loop(Arc::downgrade(&shared)));
+        Ok(RedisClient { shared })
+    }
+
+    /// One store call on the request path: refused at once (`Unavailable`) while the
+    /// breaker is open; otherwise `call(connection)` bounded by `redis.timeout` (past
+    /// it, the call's future is dropped and it counts as failed). Failures and timeouts
+    /// count in `store_errors_total{op}` and towards the breaker; refusals do not (the
+    /// caller records its fallback). A NOSCRIPT reply is not counted anywhere: it is the
+    /// normal first answer to EVALSHA (see `Script::invoke_async`, which handles it).
+    pub async fn run<T, F, Fut>(&self, op: StoreOp, call: F) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(RedisConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_with_timeout(op, self.shared.timeout, call).await
+    }
+
+    /// [`RedisClient::run`] with an explicit timeout (the CLI and background work use
+    /// seconds, not the request path's `redis.timeout`). Also fails at once while the
+    /// breaker is open; see [`RedisClient::wait_up`] to wait for it first.
+    pub async fn run_with_timeout<T, F, Fut>(
+        &self,
+        op: StoreOp,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(RedisConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let shared = &self.shared;
+        let Some(connection) = shared.connection.load_full() else {
+            return Err(RedisCallError::Unavailable);
+        };
+        if !shared.breaker.allow() {
+            return Err(RedisCallError::Unavailable);
+        }
+        match tokio::time::timeout(timeout, call(RedisConnection::clone(&connection))).await {
+            Ok(Ok(value)) => {
+                shared.breaker.record_success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                if means_down(&e) {
+                    shared.breaker.record_failure();
+                } else {
+                    shared.breaker.record_success();
+                }
+                if !is_noscript(&e) {
+                    shared.metrics.store_error(op);
+                }
+                Err(RedisCallError::Redis(e))
+            }
+            Err(_elapsed) => {
+                shared.breaker.record_failure();
+                shared.metrics.store_error(op);
+                Err(RedisCallError::Timeout)
+            }
+        }
+    }
+
+    /// Whether the breaker is closed (Redis answering).
+    pub fn is_up(&self) -> bool {
+        !self.shared.breaker.is_open()
+    }
+
+    /// Waits until the breaker is closed, at most `timeout`; returns whether it is. For
+    /// callers off the request path (the CLI) that would rather wait for a Redis that
+    /// is restarting than fail at once.
+    pub async fn wait_up(&self, timeout: Duration) -> bool {
+        let mut up = self.shared.breaker.subscribe();
+        tokio::time::timeout(timeout, up.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.state()
+    }
+
+    /// A receiver holding `true` while the breaker is closed, notified on changes.
+    pub fn subscribe_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.breaker.subscribe()
+    }
+
+    /// Whether this is a cluster client.
+    pub fn is_cluster(&self) -> bool {
+        self.shared.target.is_cluster()
+    }
+
+    /// A plain (non-cluster) client for one node, with the same auth and TLS, for
+    /// SUBSCRIBE: in a cluster, PUBLISH reaches every node, so any node will do. Its
+    /// connections are the caller's to bound and to re-establish.
+    pub fn pubsub_client(&self) -> redis::Client {
+        self.shared.pubsub.clone()
+    }
+}
+
+impl Shared {
+    /// Builds a fresh connection (bounded by `connect_timeout`) and installs it;
+    /// `replace`: even if one exists (it went silent). Closes the breaker on success.
+    /// The error is redis-rs's (it never holds the password).
+    async fn establish(&self, replace: bool) -> Result<(), String> {
+        if !replace && self.connection.load().is_some() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
+            Ok(Ok(connection)) => {
+                self.connection.store(Some(Arc::new(connection)));
+                self.breaker.record_success();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
+        }
+    }
+
+    /// One PING, bounded by the request-path timeout.
+    async fn ping(&self) -> bool {
+        let Some(connection) = self.connection.load_full() else {
+            return false;
+        };
+        let mut connection = RedisConnection::clone(&connection);
+        let ping = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+    }
+}
+
+/// While the breaker is open, probes every `probe_interval`; while it is closed, sleeps
+/// until it opens. Stops when the client is dropped.
+async fn probe_loop(shared: Weak<Shared>) {
+    let (mut up, interval) = match shared.upgrade() {
+        Some(s) => (s.breaker.subscribe(), s.breaker.config().probe_interval),
+        None => return,
+    };
+    let mut failed_probes = 0u32;
+    loop {
+        while *up.borrow_and_update() {
+            failed_probes = 0;
+            if up.changed().await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else { return };
+        if !shared.breaker.is_open() {
+            continue;
+        }
+        let ok = if shared.connection.load().is_none() {
+            log_failed_attempt(shared.establish(false).await)
+        } else if shared.ping().await {
+            shared.breaker.record_success();
+            true
+        } else {
+            failed_probes += 1;
+            // A connection that never answers may be stuck on a dead peer; the
+            // connection manager only reconnects after an error it can see.
+            failed_probes.is_multiple_of(REBUILD_AFTER_PROBES) && log_failed_attempt(shared.establish(true).await)
+        };
+        if ok {
+            failed_probes = 0;
+        }
+    }
+}
+
+fn log_failed_attempt(result: Result<(), String>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "Redis connection attempt failed");
+            false
+        }
+    }
+}
+
+/// `password_file` (trimmed), else `env` (if not empty), else none (the URL's).
+fn resolve_password(file: Option<&Path>, env: Option<String>) -> Result<Option<String>, RedisClientError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| RedisClientError::PasswordFile { path: path.to_path_buf(), source })?;
+        return Ok(Some(text.trim().to_string()));
+    }
+    Ok(env.filter(|p| !p.is_empty()))
+}
+
+/// Splits `url` into node connection infos, with `password` (if any) replacing the
+/// URL's, and the TLS roots from `ca_file`.
+fn parse(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<Parsed, RedisClientError> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| RedisClientError::Url("no scheme".into()))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (node_scheme, cluster) = match scheme.as_str() {
+        "redis" => ("redis", false),
+        "rediss" => ("rediss", false),
+        "redis+cluster" => ("redis", true),
+        "rediss+cluster" => ("rediss", true),
+        _ => return Err(RedisClientError::Url("unknown scheme".into())),
+    };
+    let node_urls: Vec<String> = if cluster {
+        // `[user:pass@]h1:p1,h2:p2[/db]`: the credentials apply to every node.
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), authority),
+        };
+        let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err(RedisClientError::Url("empty host in the cluster node list".into()));
+        }
+        hosts.iter().map(|h| format!("{node_scheme}://{userinfo}{h}{path}")).collect()
+    } else {
+        vec![format!("{node_scheme}://{rest}")]
+    };
+    let mut nodes = Vec::with_capacity(node_urls.len());
+    for node in node_urls {
+        // redis-rs's message is generic; the URL itself is never echoed (it may hold a
+        // password).
+        let info = node.as_str().into_connection_info().map_err(|e| RedisClientError::Url(e.category().to_string()))?;
+        let info = match password {
+            Some(p) => {
+                let redis = info.redis_settings().clone().set_password(p);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        };
+        nodes.push(info);
+    }
+    let tls = node_scheme == "rediss";
+    let certs = match ca_file {
+        Some(path) if tls => Some(TlsCertificates { client_tls: None, root_cert: Some(read_ca(path)?) }),
+        _ => None,
+    };
+    Ok(Parsed { nodes, cluster, certs })
+}
+
+/// Reads `path` and checks it holds at least one PEM certificate.
+fn read_ca(path: &Path) -> Result<Vec<u8>, RedisClientError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let ca_error = |message: String| RedisClientError::CaFile { path: path.to_path_buf(), message };
+    let pem = std::fs::read(path).map_err(|e| ca_error(format!("cannot read: {e}")))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| ca_error(format!("invalid PEM: {e}")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ca_error("no PEM certificate in it".into()));
+    }
+    Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_precedence() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "  from-file\n").unwrap_or_else(|e| panic!("{e}"));
+        let got = resolve_password(Some(&file), Some("from-env".into())).ok().flatten();
+        assert_eq!(got.as_deref(), Some("from-file"));
+        let got = resolve_password(None, Some("from-env".into())).ok().flatten();
+        assert_eq!(got.as_deref(), Some("from-env"));
+        assert_eq!(resolve_password(None, Some(String::new())).ok().flatten(), None);
+        let missing = resolve_password(Some(&dir.path().join("nope")), None);
+        assert!(matches!(missing, Err(RedisClientError::PasswordFile { .. })));
+    }
+
+    #[test]
+    fn parses_single_and_cluster_urls() {
+        let p = parse("redis://:urlpw@127.0.0.1:6380/2", None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!p.cluster);
+        assert_eq!(p.nodes.len(), 1);
+        assert_eq!(p.nodes[0].redis_settings().password(), Some("urlpw"));
+        assert_eq!(p.nodes[0].redis_settings().db(), 2);
+
+        let p = parse("redis://:urlpw@127.0.0.1:6380", Some("filepw"), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.nodes[0].redis_settings().password(), Some("filepw"), "the file wins over the URL");
+
+        let p = parse("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001, 10.0.0.3:7002", None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.cluster);
+        assert_eq!(p.nodes.len(), 3);
+        assert!(p.nodes.iter().all(|n| n.redis_settings().password() == Some("pw")));
+        assert_eq!(p.nodes[2].addr().to_string(), "10.0.0.3:7002");
+
+        let p = parse("rediss+cluster://a:1,b:2", None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.cluster);
+        assert!(matches!(p.nodes[0].addr(), redis::ConnectionAddr::TcpTls { .. }));
+
+        assert!(parse("http://x", None, None).is_err());
+        assert!(parse("redis+cluster://a:1,,b:2", None, None).is_err());
+        assert!(parse("no-scheme", None, None).is_err());
+    }
+
+    #[test]
+    fn url_errors_never_echo_the_url() {
+        let e = parse("redis://:sekrit@[bad", None, None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.is_empty());
+        assert!(!e.contains("sekrit"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "not a pem").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(parse("rediss://h:1", None, Some(&file)), Err(RedisClientError::CaFile { .. })));
+        assert!(matches!(
+            parse("rediss://h:1", None, Some(&dir.path().join("missing"))),
+            Err(RedisClientError::CaFile { .. })
+        ));
+        // Plain redis:// ignores the CA.
+        assert!(parse("redis://h:1", None, Some(&file)).is_ok());
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let io: redis::RedisError = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert!(means_down(&io));
+        let wrongtype = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "nope"));
+        assert!(!means_down(&wrongtype));
+    }
+}

@@ -1,38 +1,388 @@
-//! The shared Redis client against real servers: timeouts, the circuit breaker,
-//! recovery, cluster, auth; and the test harness itself.
+//! The shared Redis client against real `redis-server`s: call timeouts against a
+//! stalled server, the circuit breaker and `store_up`, recovery by the background probe
+//! (SIGCONT, restart on the same port, Redis down at start), cluster, auth, TLS, and the
+//! test harness itself (the counting relay).
 
 mod support;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use keygate::metrics::{Metrics, StoreOp};
+use keygate::redis_client::{RedisCallError, RedisClient, RedisConnection};
+use keygate::settings;
 use support::redis::*;
 
-#[test]
-fn harness_server_pause_kill_restart() {
-    let mut server = RedisServer::start();
-    assert_eq!(server.cli(&["PING"]).trim(), "PONG");
-    server.cli(&["SET", "a", "1"]);
-    server.pause();
-    server.resume();
-    assert_eq!(server.cli(&["GET", "a"]).trim(), "1");
-    server.kill();
-    server.restart();
-    assert_eq!(server.cli(&["GET", "a"]).trim(), "", "a restarted server is empty");
-    let _ = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+fn settings(url: &str) -> settings::Redis {
+    settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout: TIMEOUT }
 }
 
-#[test]
-fn harness_cluster_starts() {
-    let cluster = RedisCluster::start();
-    assert!(cluster.nodes[0].cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+async fn client(url: &str) -> (RedisClient, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let client = RedisClient::connect(&settings(url), metrics.clone()).await.expect("valid settings");
+    (client, metrics)
+}
+
+async fn ping(client: &RedisClient) -> Result<String, RedisCallError> {
+    client.run(StoreOp::Lookup, |mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await
+}
+
+/// `keygate_store_up` as exported.
+fn store_up(metrics: &Metrics) -> i64 {
+    sample(&metrics.encode(), "keygate_store_up")
+}
+
+fn store_errors(metrics: &Metrics, op: &str) -> i64 {
+    sample(&metrics.encode(), &format!("keygate_store_errors_total{{op=\"{op}\"}}"))
+}
+
+fn sample(text: &str, series: &str) -> i64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}")) as i64
+}
+
+/// Polls `check` every 10 ms until it holds or `deadline` passes; returns the time it took.
+async fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
-async fn harness_relay_counts_commands() {
+async fn ping_through_the_client() {
+    let server = RedisServer::start();
+    let (client, metrics) = client(&server.url()).await;
+    assert!(client.is_up(), "connect() connects at once when Redis is up");
+    assert_eq!(store_up(&metrics), 1);
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+    let value: Option<String> = client
+        .run(StoreOp::Write, |mut c| async move {
+            redis::cmd("SET").arg("k").arg("v").exec_async(&mut c).await?;
+            redis::cmd("GET").arg("k").query_async(&mut c).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("v"));
+    assert_eq!(server.cli(&["GET", "k"]).trim(), "v");
+}
+
+#[tokio::test]
+async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
+    let server = RedisServer::start();
+    let (client, metrics) = client(&server.url()).await;
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+
+    server.pause();
+    for i in 0..3 {
+        let start = Instant::now();
+        let result = ping(&client).await;
+        let took = start.elapsed();
+        assert!(matches!(result, Err(RedisCallError::Timeout)), "call {i}: {result:?}");
+        assert!(took < Duration::from_millis(300), "call {i} took {took:?} with a 50ms timeout");
+    }
+    assert!(!client.is_up());
+    assert_eq!(store_up(&metrics), 0, "store_up drops to 0 when the breaker opens");
+    assert_eq!(store_errors(&metrics, "lookup"), 3);
+
+    for _ in 0..5 {
+        let start = Instant::now();
+        let result = ping(&client).await;
+        let took = start.elapsed();
+        assert!(matches!(result, Err(RedisCallError::Unavailable)), "{result:?}");
+        assert!(took < Duration::from_millis(5), "an open breaker refuses at once, took {took:?}");
+    }
+    assert_eq!(store_errors(&metrics, "lookup"), 3, "refusals are not store errors");
+
+    server.resume();
+    let took = within(Duration::from_secs(1), || client.is_up()).await;
+    assert!(took.is_some(), "the breaker closes within 1 s of SIGCONT, without traffic");
+    assert_eq!(store_up(&metrics), 1);
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn recovers_from_a_restart_on_the_same_port() {
+    let mut server = RedisServer::start();
+    let (client, metrics) = client(&server.url()).await;
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+
+    server.kill();
+    for _ in 0..3 {
+        let result = ping(&client).await;
+        assert!(result.as_ref().is_err_and(RedisCallError::is_unavailable), "{result:?}");
+    }
+    assert!(!client.is_up(), "three failures open the breaker");
+    assert_eq!(store_up(&metrics), 0);
+
+    server.restart();
+    let took = within(Duration::from_secs(1), || client.is_up()).await;
+    assert!(took.is_some(), "the breaker closes within 1 s of Redis answering again");
+    assert_eq!(store_up(&metrics), 1);
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn recovers_from_a_long_stall_by_reconnecting() {
+    // Paused long enough for the prober to give up on the silent connection and build a
+    // new one, which itself hangs in its handshake until SIGCONT.
+    let server = RedisServer::start();
+    let (client, _metrics) = client(&server.url()).await;
+    server.pause();
+    for _ in 0..3 {
+        let _ = ping(&client).await;
+    }
+    assert!(!client.is_up());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.resume();
+    assert!(within(Duration::from_secs(1), || client.is_up()).await.is_some());
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn connects_while_redis_is_down_and_works_once_it_is_up() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let start = Instant::now();
+    let (client, metrics) = client(&server.url()).await;
+    assert!(start.elapsed() < Duration::from_secs(2), "connect() does not wait for Redis");
+    assert!(!client.is_up());
+    assert_eq!(store_up(&metrics), 0, "no connection yet: the breaker is open");
+    let start = Instant::now();
+    assert!(matches!(ping(&client).await, Err(RedisCallError::Unavailable)));
+    assert!(start.elapsed() < Duration::from_millis(5));
+
+    server.restart();
+    assert!(client.wait_up(Duration::from_secs(2)).await, "the background connect succeeds");
+    assert_eq!(store_up(&metrics), 1);
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn command_errors_do_not_open_the_breaker() {
+    let server = RedisServer::start();
+    let (client, metrics) = client(&server.url()).await;
+    server.cli(&["SET", "s", "x"]);
+    for _ in 0..5 {
+        let result = client
+            .run(StoreOp::Lookup, |mut c| async move {
+                redis::cmd("HGET").arg("s").arg("f").query_async::<()>(&mut c).await
+            })
+            .await;
+        let err = result.unwrap_err();
+        assert!(!err.is_unavailable());
+        assert_eq!(err.redis_error().and_then(|e| e.code()), Some("WRONGTYPE"));
+    }
+    assert!(client.is_up(), "WRONGTYPE proves Redis answers");
+    assert_eq!(store_errors(&metrics, "lookup"), 5, "but each counts as a store error");
+}
+
+#[tokio::test]
+async fn scripts_reload_after_noscript() {
+    let server = RedisServer::start();
+    let (client, metrics) = client(&server.url()).await;
+    let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    let run = |client: RedisClient, script: redis::Script| async move {
+        client
+            .run(StoreOp::Limit, |mut c: RedisConnection| async move {
+                script.key("{t}:n").arg(2).invoke_async::<i64>(&mut c).await
+            })
+            .await
+    };
+    assert_eq!(run(client.clone(), script.clone()).await.unwrap(), 2);
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(run(client.clone(), script.clone()).await.unwrap(), 4, "NOSCRIPT is handled by invoke_async");
+    assert_eq!(store_errors(&metrics, "limit"), 0);
+}
+
+#[tokio::test]
+async fn cluster_set_and_get_many_keys() {
+    let cluster = RedisCluster::start();
+    let (client, _metrics) = client(&cluster.url()).await;
+    assert!(client.is_cluster());
+    assert!(client.wait_up(Duration::from_secs(5)).await);
+    let timeout = Duration::from_secs(2);
+    for i in 0..200 {
+        let key = format!("key:{i}");
+        client
+            .run_with_timeout(StoreOp::Write, timeout, |mut c| async move {
+                redis::cmd("SET").arg(&key).arg(i).exec_async(&mut c).await
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..200 {
+        let key = format!("key:{i}");
+        let got: i64 = client
+            .run_with_timeout(StoreOp::Lookup, timeout, |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, i);
+    }
+    // Keys landed on every node.
+    for node in &cluster.nodes {
+        let size: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(size > 0, "node {} holds no key", node.port);
+    }
+    // A script over two keys of one hash tag, loaded on demand on the right node.
+    let script = redis::Script::new("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])");
+    let n: i64 = client
+        .run_with_timeout(StoreOp::Limit, timeout, |mut c| async move {
+            script.key("{tenant}:a").key("{tenant}:b").arg("x").invoke_async(&mut c).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn pubsub_client_reaches_the_server() {
+    let server = RedisServer::start_with_password("pubsub-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "pubsub-pw\n").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let settings = settings::Redis { password_file: Some(file), ..settings(&server.url()) };
+    let client = RedisClient::connect(&settings, metrics).await.unwrap();
+    let mut pubsub = client.pubsub_client().get_async_pubsub().await.unwrap();
+    pubsub.subscribe("keygate:test").await.unwrap();
+    client
+        .run(StoreOp::Write, |mut c| async move {
+            redis::cmd("PUBLISH").arg("keygate:test").arg("hello").query_async::<i64>(&mut c).await
+        })
+        .await
+        .unwrap();
+    use futures_core::Stream;
+    let mut messages = pubsub.on_message();
+    let message = tokio::time::timeout(
+        Duration::from_secs(2),
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(message.get_payload::<String>().unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn password_from_password_file() {
+    let server = RedisServer::start_with_password("s3cret-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, "  s3cret-pw\n").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let settings = settings::Redis { password_file: Some(file.clone()), ..settings(&server.url()) };
+    let client = RedisClient::connect(&settings, metrics).await.unwrap();
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+    assert!(!format!("{client:?}").contains("s3cret"));
+
+    // A wrong password: connect() still succeeds (a running keygate must start), the
+    // breaker stays open, and nothing shows the password.
+    std::fs::write(&file, "wrong-pw").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let client = RedisClient::connect(&settings, metrics.clone()).await.unwrap();
+    assert!(!client.is_up());
+    assert_eq!(store_up(&metrics), 0);
+    let err = ping(&client).await.unwrap_err();
+    assert!(!err.to_string().contains("wrong-pw"));
+
+    // An unreadable password file is a configuration error.
+    let missing = settings::Redis { password_file: Some(dir.path().join("missing")), ..settings.clone() };
+    let err = RedisClient::connect(&missing, Arc::new(Metrics::new())).await.unwrap_err();
+    assert!(err.to_string().contains("password_file"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let server = RedisServer::start_tls();
+    let ca = server.tls_ca().expect("a TLS server has a CA");
+    let settings = settings::Redis {
+        ca_file: Some(ca),
+        timeout: Duration::from_secs(1),
+        ..settings(&format!("rediss://127.0.0.1:{}", server.tls_port().unwrap()))
+    };
+    let client = RedisClient::connect(&settings, Arc::new(Metrics::new())).await.unwrap();
+    assert!(client.is_up());
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+
+    // Without the CA, the server's certificate is not trusted: no connection.
+    let untrusted = settings::Redis { ca_file: None, ..settings };
+    let client = RedisClient::connect(&untrusted, Arc::new(Metrics::new())).await.unwrap();
+    assert!(!client.is_up());
+}
+
+#[tokio::test]
+async fn relay_counts_round_trips_not_script_internals() {
     let server = RedisServer::start();
     let relay = CountingRelay::start(server.addr()).await;
-    let port = relay.addr.port().to_string();
-    let out = std::process::Command::new("redis-cli").args(["-p", &port, "PING"]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
-    assert!(relay.commands() >= 1);
+    let (client, _metrics) = client(&relay.url()).await;
+    assert_eq!(ping(&client).await.unwrap(), "PONG");
+
+    relay.reset();
+    let (pong, n): (String, i64) = client
+        .run(StoreOp::Write, |mut c| async move {
+            redis::pipe().cmd("SET").arg("a").arg(1).ignore().cmd("PING").cmd("INCR").arg("a").query_async(&mut c).await
+        })
+        .await
+        .unwrap();
+    assert_eq!((pong.as_str(), n), ("PONG", 2));
+    assert_eq!(relay.commands(), 3, "a pipeline of 3 commands counts 3");
+
+    let five = "redis.call('SET', KEYS[1], 0) for i = 1, 4 do redis.call('INCR', KEYS[1]) end return redis.call('GET', KEYS[1])";
+    relay.reset();
+    let n: i64 = client
+        .run(
+            StoreOp::Limit,
+            |mut c| async move { redis::cmd("EVAL").arg(five).arg(1).arg("e").query_async(&mut c).await },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(relay.commands(), 1, "an EVAL running 5 commands counts 1");
+
+    // Script::invoke_async: EVALSHA, then on NOSCRIPT, SCRIPT LOAD + EVALSHA; then 1.
+    let script = redis::Script::new(five);
+    let invoke = |client: RedisClient, script: redis::Script| async move {
+        client
+            .run(StoreOp::Limit, |mut c| async move { script.key("e").invoke_async::<i64>(&mut c).await })
+            .await
+            .unwrap()
+    };
+    server.cli(&["SCRIPT", "FLUSH"]); // the EVAL above cached this very script
+    relay.reset();
+    assert_eq!(invoke(client.clone(), script.clone()).await, 4);
+    assert_eq!(relay.commands(), 3, "first use: EVALSHA, SCRIPT LOAD, EVALSHA");
+    relay.reset();
+    assert_eq!(invoke(client.clone(), script.clone()).await, 4);
+    assert_eq!(relay.commands(), 1, "cached: one EVALSHA");
+}
+
+#[tokio::test]
+async fn relay_counts_a_pipeline_of_three_split_across_reads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start();
+    let relay = CountingRelay::start(server.addr()).await;
+    let mut stream = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let bytes = b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nECHO\r\n$5\r\nhello\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n";
+    // Byte by byte: the parser must carry partial commands across reads.
+    for b in bytes {
+        stream.write_all(&[*b]).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let expected = b"+PONG\r\n$5\r\nhello\r\n+OK\r\n";
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, expected);
+    assert_eq!(relay.commands(), 3);
 }

@@ -33,6 +33,8 @@ pub struct RedisServer {
     /// `--requirepass`, if any: `cli` authenticates with it.
     password: Option<String>,
     cluster: bool,
+    /// With `start_tls`: the TLS port (the plain `port` stays open too).
+    tls_port: Option<u16>,
     child: Option<Child>,
     paused: AtomicBool,
     dir: tempfile::TempDir,
@@ -54,12 +56,52 @@ impl RedisServer {
         Self::spawn_on_free_port(vec!["--requirepass".into(), password.into()], Some(password.to_string()), false)
     }
 
+    /// A fresh server that also listens with TLS on `tls_port()`, with a certificate for
+    /// IP 127.0.0.1 issued by a private CA (`tls_ca()`), made with the `openssl` tool.
+    /// Clients need no certificate. The plain `port` stays open for `cli` and readiness.
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::Builder::new().prefix("keygate-redis-").tempdir().expect("create a temp dir for redis");
+        make_certificates(dir.path());
+        Self::spawn_in(dir, Vec::new(), None, false, true)
+    }
+
+    /// The TLS port, for `start_tls` servers.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// The PEM file of the CA that issued the server's certificate (`start_tls`).
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.tls_port.map(|_| self.dir.path().join("ca.pem"))
+    }
+
     fn spawn_on_free_port(args: Vec<String>, password: Option<String>, cluster: bool) -> RedisServer {
         let dir = tempfile::Builder::new().prefix("keygate-redis-").tempdir().expect("create a temp dir for redis");
-        let mut server =
-            RedisServer { port: 0, args, password, cluster, child: None, paused: AtomicBool::new(false), dir };
+        Self::spawn_in(dir, args, password, cluster, false)
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        args: Vec<String>,
+        password: Option<String>,
+        cluster: bool,
+        tls: bool,
+    ) -> RedisServer {
+        let mut server = RedisServer {
+            port: 0,
+            args,
+            password,
+            cluster,
+            tls_port: None,
+            child: None,
+            paused: AtomicBool::new(false),
+            dir,
+        };
         for _attempt in 0..20 {
             server.port = free_port(cluster);
+            if tls {
+                server.tls_port = Some(free_port(false));
+            }
             match server.spawn() {
                 Ok(()) => return server,
                 Err(Clash) => continue,
@@ -88,6 +130,19 @@ impl RedisServer {
                 "--cluster-node-timeout",
                 "5000",
             ]);
+        }
+        if let Some(tls_port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
         }
         command.args(&self.args);
         let log_err = log.try_clone().expect("clone the redis log file handle");
@@ -214,6 +269,82 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Writes `ca.pem`, `server.pem` (IP SAN 127.0.0.1) and `server.key` into `dir` with the
+/// `openssl` tool.
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keygate test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    ];
+    for args in steps {
+        let output = match Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output() {
+            Ok(output) => output,
+            Err(e) => panic!("the TLS Redis tests need the `openssl` tool on PATH (apt-get install openssl): {e}"),
+        };
+        assert!(
+            output.status.success(),
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
