@@ -76,10 +76,24 @@ fn readyz(app: &App) -> Response<Full<Bytes>> {
         "draining": draining,
         "listeners_bound": started,
         "policy": {"loaded": true, "hash": policy.hash, "routes": policy.routes.len()},
-        "store": {"kind": "file", "state": "up"},
+        "store": store_state(app),
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     text(status, "application/json", body.to_string())
+}
+
+/// What `/readyz` says of the store: its kind and, for Redis, whether the breaker is closed.
+fn store_state(app: &App) -> serde_json::Value {
+    let keys = app.keys.store().kind();
+    match &app.redis {
+        None => serde_json::json!({"keys": keys, "limits": "local", "state": "up"}),
+        Some(client) => serde_json::json!({
+            "keys": keys,
+            "limits": if app.settings.limits.backend == crate::settings::LimitBackend::Redis { "redis" } else { "local" },
+            "redis": if client.is_cluster() { "cluster" } else { "single" },
+            "state": if client.is_up() { "up" } else { "down" },
+        }),
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -14,14 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyService;
 use crate::diag::Diagnostic;
+use crate::keys::lifecycle::Store;
+use crate::keys::redis_store::RedisStore;
 use crate::keys::store::FileStore;
 use crate::keys::Peppers;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
-use crate::ratelimit::local::LocalLimiter;
+use crate::ratelimit::redis::RedisLimiter;
+use crate::ratelimit::shared::Limiter;
 use crate::ratelimit::{Clock, SystemClock};
+use crate::redis_client::RedisClient;
 use crate::reload::{self, WatchHandle};
-use crate::settings::{KeySource, Settings};
+use crate::settings::{KeySource, LimitBackend, Settings};
 use crate::upstream::Upstreams;
 use crate::{admin, server};
 
@@ -30,8 +34,10 @@ pub struct App {
     pub settings: Arc<Settings>,
     /// The one policy snapshot; a request loads it once and keeps it to the end.
     pub policy: ArcSwap<Policy>,
-    pub keys: KeyService,
-    pub limiter: LocalLimiter,
+    pub keys: Arc<KeyService>,
+    pub limiter: Limiter,
+    /// The Redis client keys or limits use, if any (its breaker is the store's state).
+    pub redis: Option<RedisClient>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
     pub trusted_proxies: Vec<IpNet>,
@@ -88,20 +94,47 @@ pub fn load_peppers(settings: &Settings) -> Result<(Peppers, Vec<Diagnostic>), V
     Ok((peppers, warnings))
 }
 
-/// Opens the key store named in `[keys]`.
-pub fn open_store(settings: &Settings) -> Result<FileStore, String> {
+/// Opens the key store named in `[keys]`: the file, or Redis (whose client connects in
+/// the background: keygate starts, and serves what it can, while Redis is down).
+/// `timeout` overrides `redis.timeout` (the CLI's calls use seconds, not the request
+/// path's milliseconds).
+pub async fn open_store(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    timeout: Option<std::time::Duration>,
+) -> Result<Store, String> {
     match &settings.keys.source {
-        KeySource::File(path) => FileStore::open(path).map_err(|e| e.to_string()),
-        KeySource::Redis => Err("keys.source = \"redis\" is not supported by this build yet".to_string()),
+        KeySource::File(path) => Ok(Store::File(Arc::new(FileStore::open(path).map_err(|e| e.to_string())?))),
+        KeySource::Redis => {
+            let client = redis_client(settings, metrics, timeout).await?;
+            Ok(Store::Redis(RedisStore::new(client)))
+        }
     }
+}
+
+/// The Redis client of `[redis]` (validation guarantees the table where it is needed).
+pub async fn redis_client(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    timeout: Option<std::time::Duration>,
+) -> Result<RedisClient, String> {
+    let mut redis =
+        settings.redis.clone().ok_or("keys.source or limits.backend is \"redis\" but [redis] is missing")?;
+    if let Some(timeout) = timeout {
+        redis.timeout = timeout;
+    }
+    RedisClient::connect(&redis, metrics).await.map_err(|e| e.to_string())
 }
 
 /// A started keygate: its bound addresses and the handle to stop it.
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The key/tenant API's address, when a token turned it on.
+    pub admin_api_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     stop_accepting: CancellationToken,
+    background: CancellationToken,
     servers: Vec<tokio::task::JoinHandle<()>>,
     _watches: Vec<WatchHandle>,
 }
@@ -113,15 +146,31 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    let store = open_store(&settings).map_err(StartError::Other)?;
     let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(open_store(&settings, metrics.clone(), None).await.map_err(StartError::Other)?);
+    let api_token = crate::admin_api::load_token(&settings).map_err(StartError::Other)?;
     metrics.config_reload(ReloadResult::Success, Some(unix_now()));
+    // One client (one breaker, one `store_up`) when keys and limits both use Redis.
+    let redis = match (&*store, settings.limits.backend) {
+        (Store::Redis(redis), _) => Some(redis.client().clone()),
+        (Store::File(_), LimitBackend::Redis) => {
+            Some(redis_client(&settings, metrics.clone(), None).await.map_err(StartError::Other)?)
+        }
+        (Store::File(_), LimitBackend::Local) => None,
+    };
+    let redis_limiter = match settings.limits.backend {
+        LimitBackend::Local => None,
+        LimitBackend::Redis => redis.clone().map(RedisLimiter::new),
+    };
+    let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
+    let keys = Arc::new(KeyService::new(store, peppers, &settings.keys, metrics.clone()));
     let app = Arc::new(App {
         trusted_proxies: settings.listen.trusted_proxies.clone(),
         settings: Arc::new(settings),
         policy: ArcSwap::from_pointee(policy),
-        keys: KeyService::new(Arc::new(store), peppers),
-        limiter: LocalLimiter::new(options.clock.clone()),
+        keys,
+        limiter,
+        redis,
         upstreams: Upstreams::new(),
         metrics,
         draining: AtomicBool::new(false),
@@ -136,15 +185,26 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     let proxy_addr = local_addr(&proxy_listener)?;
     let admin_addr = local_addr(&admin_listener)?;
 
+    let api_listener = match &api_token {
+        Some(_) => Some(bind(app.settings.admin.api_address, "admin.api_address").await?),
+        None => None,
+    };
+    let admin_api_addr = api_listener.as_ref().map(local_addr).transpose()?;
+
     let stop_accepting = CancellationToken::new();
-    let servers = vec![
+    let mut servers = vec![
         tokio::spawn(server::serve(proxy_listener, app.clone(), stop_accepting.clone())),
         tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
     ];
+    if let (Some(listener), Some(token)) = (api_listener, api_token) {
+        servers.push(tokio::spawn(crate::admin_api::serve(listener, app.clone(), token, stop_accepting.clone())));
+    }
+    let background = CancellationToken::new();
+    app.keys.spawn_background(background.clone());
     let watches = start_watches(&app);
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "keygate ready");
-    Ok(Running { proxy_addr, admin_addr, app, stop_accepting, servers, _watches: watches })
+    Ok(Running { proxy_addr, admin_addr, admin_api_addr, app, stop_accepting, background, servers, _watches: watches })
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
@@ -166,13 +226,14 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
             app.reload_policy();
         }
     }));
-    let store = app.keys.store().clone();
-    let keys_path = store.path().to_path_buf();
-    watches.push(reload::watch(&keys_path, KEYS_POLL, move || match store.refresh() {
-        Ok(true) => tracing::info!(file = %store.path().display(), "key store reloaded"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "key store not reloaded; the last good content keeps serving"),
-    }));
+    if let Some(store) = app.keys.store().file().cloned() {
+        let keys_path = store.path().to_path_buf();
+        watches.push(reload::watch(&keys_path, KEYS_POLL, move || match store.refresh() {
+            Ok(true) => tracing::info!(file = %store.path().display(), "key store reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "key store not reloaded; the last good content keeps serving"),
+        }));
+    }
     watches
 }
 
@@ -220,6 +281,7 @@ impl Running {
         if tokio::time::timeout(settings.server.shutdown_grace, all).await.is_err() {
             tracing::warn!("shutdown grace elapsed with requests in flight; exiting anyway");
         }
+        self.background.cancel();
         tracing::info!("keygate stopped");
     }
 }

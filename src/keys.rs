@@ -2,7 +2,12 @@
 //! HMAC-SHA-256 digests under versioned peppers, the stored records and the
 //! [`Principal`] that authentication yields.
 
+pub mod audit;
+pub mod cache;
+pub mod json;
+pub mod lifecycle;
 pub mod manage;
+pub mod redis_store;
 pub mod store;
 
 use std::fmt;

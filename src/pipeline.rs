@@ -23,6 +23,7 @@ use crate::keys::{self, Principal};
 use crate::metrics::{AuthResult, Mode};
 use crate::path;
 use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode};
+use crate::ratelimit::shared::STORE_DOWN_RETRY_AFTER;
 use crate::ratelimit::{Decision, Limit};
 use crate::upstream::{self, ForwardContext, UpstreamError};
 
@@ -177,7 +178,7 @@ async fn process(
     let admission = if preflight || route.auth == RouteAuth::None {
         Admission::Public
     } else {
-        match admit(app, policy, &route, request.headers()) {
+        match admit(app, policy, &route, request.headers()).await {
             Ok(authorized) => {
                 app.metrics.auth_decision(AuthResult::Ok, record.mode);
                 Admission::Authorized(authorized)
@@ -206,17 +207,22 @@ async fn process(
 }
 
 /// Key → authentication → plan → scopes → body size → rate limit.
-fn admit(app: &App, policy: &Policy, route: &Route, headers: &HeaderMap) -> Result<Authorized, Box<Denial>> {
+async fn admit(app: &App, policy: &Policy, route: &Route, headers: &HeaderMap) -> Result<Authorized, Box<Denial>> {
     let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;
-    let authenticated = match app.keys.authenticate(&secret, OffsetDateTime::now_utc()) {
-        Authentication::Valid(principal) => Authenticated(principal),
-        Authentication::Invalid(failure) => return Err(Refusal::Unauthorized(failure).into()),
+    let authenticated = match app.keys.authenticate(&secret, OffsetDateTime::now_utc()).await {
+        Ok(Authentication::Valid(principal)) => Authenticated(principal),
+        Ok(Authentication::Invalid(failure)) => return Err(Refusal::Unauthorized(failure).into()),
+        // An outage never looks like a bad key (SPEC 4.4): 503, not 401.
+        Err(e) => {
+            tracing::warn!(error = %e, "key store unavailable for a key not in the cache");
+            return Err(Refusal::Unavailable { retry_after: 1 }.into());
+        }
     };
-    authorize(app, policy, route, headers, authenticated)
+    authorize(app, policy, route, headers, authenticated).await
 }
 
 /// Plan (exists, has API access), scopes, declared body size, then the rate limit.
-fn authorize(
+async fn authorize(
     app: &App,
     policy: &Policy,
     route: &Route,
@@ -246,7 +252,16 @@ fn authorize(
     let Some(limit) = plan.limit else {
         return Ok(Authorized { principal, rate: None });
     };
-    let decision = app.limiter.check(&principal.tenant, &limit, route.cost);
+    let on_store_error = route.on_store_error.unwrap_or(app.settings.limits.on_store_error);
+    let outcome = app.limiter.check(&principal.tenant, &limit, route.cost, on_store_error).await;
+    if outcome.store_unavailable() {
+        // `on_store_error = "deny"` while the shared store is unreachable.
+        return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));
+    }
+    let Some(decision) = outcome.decision().copied() else {
+        // `on_store_error = "allow"`: admitted, nothing counted, no headers to give.
+        return Ok(Authorized { principal, rate: None });
+    };
     let rate = RateOutcome { plan: plan.name.clone(), limit, decision };
     if decision.allowed {
         Ok(Authorized { principal, rate: Some(rate) })

@@ -42,6 +42,8 @@
 //! every request.
 
 pub mod local;
+pub mod redis;
+pub mod shared;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -302,7 +302,7 @@ async fn a_key_found_under_an_old_pepper_is_re_stored_under_the_current_one() {
             .unwrap();
         made.push(created);
     }
-    kg.app().keys.store().refresh().unwrap();
+    kg.proxy_store().refresh().unwrap();
     assert_eq!(kg.store.snapshot().keys[&id].digest.pepper_id, "p2");
     for created in &made {
         let answer = Http::new().get(&kg.url("/v1/calls"), Some(created.secret.expose())).await;
@@ -316,7 +316,7 @@ async fn a_key_found_under_an_old_pepper_is_re_stored_under_the_current_one() {
         .await;
         assert!(restored, "the key was not re-stored under the current pepper");
         // And it still works under the new digest.
-        kg.app().keys.store().refresh().unwrap();
+        kg.proxy_store().refresh().unwrap();
         assert_eq!(Http::new().get(&kg.url("/v1/calls"), Some(created.secret.expose())).await.status, 200);
     }
     kg.stop().await;

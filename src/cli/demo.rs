@@ -1,12 +1,14 @@
 //! `keygate demo`: one command for a newcomer. Starts an echo upstream and the proxy on
 //! free local ports with the embedded store in a temporary folder, creates demo tenants
 //! and keys, prints one ready-to-paste curl line per outcome (200, 401, 403, 429), then
-//! serves until Ctrl-C. Everything it runs is the real thing: the config files are
+//! serves until Ctrl-C. The admin API is on too, with a random token, and gets a curl
+//! line of its own. Everything it runs is the real thing: the config files are
 //! written to the temporary folder and loaded as `serve` would.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,13 +16,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use super::CliError;
 use crate::app::{self, Options};
+use crate::keys::lifecycle::Store;
 use crate::keys::manage::{self, NewKey};
-use crate::keys::store::FileStore;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::settings::Settings;
 
@@ -43,8 +45,11 @@ async fn demo() -> Result<(), CliError> {
     let config = write_files(folder.path(), echo_addr).map_err(|e| fail("writing config", &e))?;
     let (settings, _) = Settings::load(&config).map_err(super::diagnostics_error)?;
     let (policy, peppers, _) = app::load_parts(&settings).map_err(super::diagnostics_error)?;
-    let store = app::open_store(&settings).map_err(CliError::input)?;
-    let (reader, limited) = create_demo_keys(&store, &policy, &peppers).map_err(|e| fail("creating keys", &e))?;
+    let store = app::open_store(&settings, Arc::new(Metrics::new()), Some(super::STORE_TIMEOUT))
+        .await
+        .map_err(CliError::input)?;
+    let (reader, limited) = create_demo_keys(&store, &policy, &peppers).await.map_err(|e| fail("creating keys", &e))?;
+    drop(store);
 
     let running = app::start(settings, Options::default()).await.map_err(|e| fail("starting", &e))?;
     let base = format!("http://{}", running.proxy_addr);
@@ -63,6 +68,11 @@ async fn demo() -> Result<(), CliError> {
     println!("curl -si -H 'Authorization: Bearer {}' {base}/v1/calls {base}/v1/calls", limited.expose());
     println!("# metrics");
     println!("curl -s http://{}/metrics | grep keygate_auth_decisions_total", running.admin_addr);
+    if let Some(api) = running.admin_api_addr {
+        let token = std::fs::read_to_string(folder.path().join("admin-token")).unwrap_or_default();
+        println!("# the admin API (docs/admin-api.md): every key, never a secret");
+        println!("curl -s -H 'Authorization: Bearer {}' http://{api}/admin/v1/keys", token.trim());
+    }
     println!("\nserving until Ctrl-C");
 
     let _ = tokio::signal::ctrl_c().await;
@@ -117,6 +127,8 @@ address = "127.0.0.1:0"
 
 [admin]
 address = "127.0.0.1:0"
+api_address = "127.0.0.1:0"
+token_file = "admin-token"
 
 [keys]
 source = "file"
@@ -127,29 +139,27 @@ pepper_file = "peppers"
     std::fs::write(folder.join("keygate.toml"), config)?;
     let pepper: String = format!("demo={:032x}{:032x}\n", rand::random::<u128>(), rand::random::<u128>());
     std::fs::write(folder.join("peppers"), pepper)?;
+    std::fs::write(folder.join("admin-token"), format!("{:032x}\n", rand::random::<u128>()))?;
     Ok(folder.join("keygate.toml"))
 }
 
 /// Tenant `acme` (pro) with a calls:read key, tenant `tiny` (1 request a minute).
-fn create_demo_keys(
-    store: &FileStore,
+async fn create_demo_keys(
+    store: &Store,
     policy: &Policy,
     peppers: &crate::keys::Peppers,
 ) -> Result<(crate::keys::Secret, crate::keys::Secret), manage::ManageError> {
-    store.update(|data| {
-        let now = OffsetDateTime::now_utc();
-        manage::create_tenant(data, policy, "acme", "pro", now)?;
-        manage::create_tenant(data, policy, "tiny", "demo-limited", now)?;
-        let key = |tenant: &str, name: &str| NewKey {
-            tenant: tenant.to_string(),
-            name: name.to_string(),
-            scopes: vec!["calls:read".to_string()],
-            expires_in: None,
-        };
-        let reader = manage::create_key(data, policy, peppers, &key("acme", "demo reader"), now)?;
-        let limited = manage::create_key(data, policy, peppers, &key("tiny", "demo limited"), now)?;
-        Ok((reader.secret, limited.secret))
-    })
+    store.create_tenant(policy, "acme", "pro").await?;
+    store.create_tenant(policy, "tiny", "demo-limited").await?;
+    let key = |tenant: &str, name: &str| NewKey {
+        tenant: tenant.to_string(),
+        name: name.to_string(),
+        scopes: vec!["calls:read".to_string()],
+        expires_in: None,
+    };
+    let reader = store.create_key(policy, peppers, &key("acme", "demo reader")).await?;
+    let limited = store.create_key(policy, peppers, &key("tiny", "demo limited")).await?;
+    Ok((reader.secret, limited.secret))
 }
 
 /// The echo upstream: answers every request with a JSON description of what it received,

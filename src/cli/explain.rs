@@ -3,12 +3,14 @@
 //! why not). Decided by the same functions the proxy uses.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 use time::OffsetDateTime;
 
 use super::CliError;
 use crate::keys::KeyState;
+use crate::metrics::Metrics;
 use crate::path;
 use crate::policy::{Policy, RouteAuth, RouteMatch, RouteMode};
 use crate::settings::Settings;
@@ -68,9 +70,19 @@ pub struct Holder {
     pub refusal: Option<(u16, String)>,
 }
 
+/// The holder of key `id`, read from the store named in `[keys]` (the file or Redis).
 fn key_holder(settings: &Settings, policy: &Policy, id: &str) -> Result<Holder, CliError> {
-    let store = crate::app::open_store(settings).map_err(CliError::input)?;
-    let data = store.snapshot();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::input(format!("cannot start the runtime: {e}")))?;
+    let data = runtime
+        .block_on(async {
+            let metrics = Arc::new(Metrics::new());
+            let store = crate::app::open_store(settings, metrics, Some(super::STORE_TIMEOUT)).await?;
+            store.data().await.map_err(|e| e.to_string())
+        })
+        .map_err(CliError::input)?;
     let key =
         data.keys.get(id).ok_or_else(|| CliError::input(format!("unknown key `{id}` (see `keygate keys list`)")))?;
     let refusal = match key.state(OffsetDateTime::now_utc()) {

@@ -1,18 +1,21 @@
 //! `keygate keys create|list|show|revoke|rotate`.
 //!
-//! Every change runs a rule of [`crate::keys::manage`] inside [`FileStore::update`]
-//! (under the store's lock) and is logged as an audit line (target `audit`: what, key
-//! id, tenant; never a secret). A secret is printed once, by `create` and `rotate`.
+//! Every change is one operation of the [`Store`] named in `[keys]` (the file or Redis,
+//! with the rules of [`crate::keys::manage`]) and is logged as an audit line (target
+//! `audit`: what, key id, tenant; never a secret). A secret is printed once, by `create`
+//! and `rotate`. The JSON objects are [`crate::keys::json`]'s, the admin API's too.
 //!
-//! [`FileStore::update`]: crate::keys::store::FileStore::update
+//! [`Store`]: crate::keys::lifecycle::Store
 
 use std::fmt::Write as _;
 
-use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::{CliError, Context};
-use crate::keys::manage::{self, CreatedKey, NewKey};
+use crate::keys::audit::{self, Via};
+use crate::keys::json::{self, rfc3339, state_name, Replaced};
+use crate::keys::lifecycle;
+use crate::keys::manage::{CreatedKey, ManageError, NewKey};
 use crate::keys::{KeyRecord, KeyState};
 
 /// The `keys` subcommands.
@@ -62,7 +65,7 @@ pub enum KeysCommand {
 
 /// Runs one `keys` subcommand.
 pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
-    let now = now();
+    let store = &context.store;
     match command {
         KeysCommand::Create { tenant, name, scopes, expires_in } => {
             let expires_in = expires_in
@@ -74,34 +77,17 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
                 scopes: scopes.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
                 expires_in,
             };
-            let created = context
-                .store
-                .update(|data| manage::create_key(data, &context.policy, &context.peppers, &new, now))
-                .map_err(CliError::input)?;
-            let record = &created.record;
-            tracing::info!(
-                target: "audit",
-                action = "key.create",
-                key_id = %record.id,
-                tenant = %record.tenant,
-                name = %record.name,
-                scopes = %record.scopes.join(","),
-            );
+            let created =
+                context.block_on(store.create_key(&context.policy, &context.peppers, &new)).map_err(CliError::input)?;
+            audit::key_created(Via::Cli, &created.record);
             print_created(context, &created, None);
         }
         KeysCommand::List { tenant } => {
-            let data = context.store.snapshot();
-            if let Some(tenant) = &tenant {
-                if !data.tenants.contains_key(tenant) && !data.keys.values().any(|k| &k.tenant == tenant) {
-                    return Err(CliError::input(manage::ManageError::UnknownTenant(tenant.clone())));
-                }
-            }
-            let mut keys: Vec<&KeyRecord> =
-                data.keys.values().filter(|k| tenant.as_ref().is_none_or(|t| &k.tenant == t)).collect();
-            keys.sort_by(|a, b| (&a.tenant, a.created_at, &a.id).cmp(&(&b.tenant, b.created_at, &b.id)));
+            let data = context.block_on(store.data()).map_err(CliError::input)?;
+            let now = lifecycle::now();
+            let keys = json::listed_keys(&data, tenant.as_deref()).map_err(CliError::input)?;
             if context.json {
-                let list: Vec<Value> = keys.iter().map(|k| key_json(k, now)).collect();
-                println!("{}", Value::Array(list));
+                println!("{}", json::keys(&keys, now));
             } else if keys.is_empty() {
                 println!("No keys.");
             } else {
@@ -121,62 +107,29 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
             }
         }
         KeysCommand::Show { id } => {
-            let data = context.store.snapshot();
-            let key = data.keys.get(&id).ok_or_else(|| CliError::input(manage::ManageError::UnknownKey(id.clone())))?;
-            print_key(context, key, now);
+            let data = context.block_on(store.data()).map_err(CliError::input)?;
+            let key = data.keys.get(&id).ok_or_else(|| CliError::input(ManageError::UnknownKey(id.clone())))?;
+            print_key(context, key, lifecycle::now());
         }
         KeysCommand::Revoke { id } => {
-            let key = context.store.update(|data| manage::revoke_key(data, &id, now)).map_err(CliError::input)?;
-            tracing::info!(target: "audit", action = "key.revoke", key_id = %key.id, tenant = %key.tenant);
+            let key = context.block_on(store.revoke_key(&id)).map_err(CliError::input)?;
+            audit::key_revoked(Via::Cli, &key);
             if context.json {
-                println!("{}", key_json(&key, now));
+                println!("{}", json::key(&key, lifecycle::now()));
             } else {
                 println!("Revoked key {} (tenant {}, name {:?}).", key.id, key.tenant, key.name);
             }
         }
         KeysCommand::Rotate { id, grace } => {
             let grace = crate::duration::parse(&grace).map_err(|e| CliError::input(format!("--grace: {e}")))?;
-            let (created, old) = context
-                .store
-                .update(|data| {
-                    let created = manage::rotate_key(data, &context.policy, &context.peppers, &id, grace, now)?;
-                    let old = data.keys.get(&id).cloned();
-                    Ok::<_, manage::ManageError>((created, old))
-                })
+            let created = context
+                .block_on(store.rotate_key(&context.policy, &context.peppers, &id, grace))
                 .map_err(CliError::input)?;
-            let record = &created.record;
-            tracing::info!(
-                target: "audit",
-                action = "key.rotate",
-                key_id = %record.id,
-                replaces = %id,
-                tenant = %record.tenant,
-                grace = %crate::duration::format(grace),
-            );
-            print_created(context, &created, old.as_ref());
+            audit::key_rotated(Via::Cli, &created.record, &id, grace);
+            print_created(context, &created, Some(&Replaced::after_rotation(&id, &created, grace)));
         }
     }
     Ok(())
-}
-
-/// Now, to the second: stored times read better without nanoseconds, and truncating
-/// never moves a revocation or an expiry later than asked.
-fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(0).unwrap_or(now)
-}
-
-/// RFC 3339, as in the store and the JSON output.
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
-fn state_name(state: KeyState) -> &'static str {
-    match state {
-        KeyState::Active => "active",
-        KeyState::Expired => "expired",
-        KeyState::Revoked => "revoked",
-    }
 }
 
 /// The state for people: an old key in its rotation grace says so (`keys show` names
@@ -189,43 +142,11 @@ fn state_text(key: &KeyRecord, now: OffsetDateTime) -> String {
     }
 }
 
-/// A key as `keys list` and `keys show` print it: no secret.
-fn key_json(key: &KeyRecord, now: OffsetDateTime) -> Value {
-    let mut value = json!({
-        "id": key.id,
-        "tenant": key.tenant,
-        "name": key.name,
-        "scopes": key.scopes,
-        "created_at": rfc3339(key.created_at),
-        "expires_at": key.expires_at.map(rfc3339),
-        "last_used_at": key.last_used_at.map(rfc3339),
-        "revoked_at": key.revoked_at.map(rfc3339),
-        "state": state_name(key.state(now)),
-    });
-    if let (Some(by), Value::Object(map)) = (&key.replaced_by, &mut value) {
-        map.insert("replaced_by".to_string(), Value::String(by.clone()));
-    }
-    value
-}
-
 /// Prints a key just created (or issued by a rotation of `old`), with its secret, once.
-fn print_created(context: &Context, created: &CreatedKey, old: Option<&KeyRecord>) {
+fn print_created(context: &Context, created: &CreatedKey, old: Option<&Replaced>) {
     let record = &created.record;
     if context.json {
-        let mut value = json!({
-            "id": record.id,
-            "key": created.secret.expose(),
-            "tenant": record.tenant,
-            "name": record.name,
-            "scopes": record.scopes,
-            "created_at": rfc3339(record.created_at),
-            "expires_at": record.expires_at.map(rfc3339),
-        });
-        if let (Some(old), Value::Object(map)) = (old, &mut value) {
-            map.insert("replaces".to_string(), Value::String(old.id.clone()));
-            map.insert("replaced_expires_at".to_string(), json!(old.expires_at.map(rfc3339)));
-        }
-        println!("{value}");
+        println!("{}", json::created_key(created, old));
         return;
     }
     let mut out = String::new();
@@ -247,7 +168,7 @@ fn print_created(context: &Context, created: &CreatedKey, old: Option<&KeyRecord
 /// Prints one key (`keys show`).
 fn print_key(context: &Context, key: &KeyRecord, now: OffsetDateTime) {
     if context.json {
-        println!("{}", key_json(key, now));
+        println!("{}", json::key(key, now));
         return;
     }
     let time = |t: Option<OffsetDateTime>, none: &str| t.map_or_else(|| none.to_string(), rfc3339);
@@ -300,39 +221,6 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyDigest;
-    use time::macros::datetime;
-
-    fn record() -> KeyRecord {
-        KeyRecord {
-            id: "key_abc".to_string(),
-            tenant: "acme".to_string(),
-            name: "ci".to_string(),
-            scopes: vec!["calls:read".to_string()],
-            created_at: datetime!(2025-01-01 00:00 UTC),
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            replaced_by: Some("key_def".to_string()),
-            digest: KeyDigest { pepper_id: "sha256".to_string(), hex: "00".to_string() },
-        }
-    }
-
-    #[test]
-    fn key_json_has_the_spec_fields_and_no_secret() {
-        let value = key_json(&record(), datetime!(2025-02-01 00:00 UTC));
-        for field in
-            ["id", "tenant", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at", "state"]
-        {
-            assert!(value.get(field).is_some(), "missing {field}");
-        }
-        assert!(value.get("key").is_none());
-        assert!(value.get("digest").is_none());
-        assert_eq!(value["expires_at"], Value::Null);
-        assert_eq!(value["created_at"], "2025-01-01T00:00:00Z");
-        assert_eq!(value["state"], "active");
-        assert_eq!(value["replaced_by"], "key_def");
-    }
 
     #[test]
     fn table_aligns_columns() {

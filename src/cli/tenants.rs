@@ -1,16 +1,14 @@
 //! `keygate tenants create|set-plan|delete|list`.
 //!
-//! Every change runs a rule of [`crate::keys::manage`] inside the store's locked update
-//! and is logged as an audit line (target `audit`).
+//! Every change is one operation of the store named in `[keys]` (the file or Redis, with
+//! the rules of [`crate::keys::manage`]) and is logged as an audit line (target `audit`).
+//! The JSON objects are [`crate::keys::json`]'s, the admin API's too.
 
-use serde_json::{json, Value};
-use time::OffsetDateTime;
-
-use super::keys::{rfc3339, row, table};
+use super::keys::{row, table};
 use super::{CliError, Context};
-use crate::keys::manage;
-use crate::keys::store::KeysData;
-use crate::keys::{KeyState, TenantRecord};
+use crate::keys::audit::{self, Via};
+use crate::keys::json::{self, rfc3339};
+use crate::keys::{lifecycle, manage, TenantRecord};
 
 /// The `tenants` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -41,54 +39,30 @@ pub enum TenantsCommand {
 
 /// Runs one `tenants` subcommand.
 pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
-    let now = OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now);
+    let store = &context.store;
     match command {
         TenantsCommand::Create { id, plan } => {
-            let tenant = context
-                .store
-                .update(|data| manage::create_tenant(data, &context.policy, &id, &plan, now))
-                .map_err(CliError::input)?;
-            tracing::info!(target: "audit", action = "tenant.create", tenant = %tenant.id, plan = %tenant.plan);
-            print_tenant(context, &tenant, None, "Created tenant");
+            let tenant = context.block_on(store.create_tenant(&context.policy, &id, &plan)).map_err(CliError::input)?;
+            audit::tenant_created(Via::Cli, &tenant);
+            print_tenant(context, &tenant, "Created tenant");
         }
         TenantsCommand::SetPlan { id, plan } => {
-            let (tenant, previous) = context
-                .store
-                .update(|data| {
-                    let previous = data.tenants.get(&id).map(|t| t.plan.clone());
-                    let tenant = manage::set_plan(data, &context.policy, &id, &plan)?;
-                    Ok::<_, manage::ManageError>((tenant, previous))
-                })
-                .map_err(CliError::input)?;
-            tracing::info!(
-                target: "audit",
-                action = "tenant.set_plan",
-                tenant = %tenant.id,
-                plan = %tenant.plan,
-                previous_plan = %previous.unwrap_or_default(),
-            );
-            print_tenant(context, &tenant, None, "Moved tenant");
+            // The plan before, for the audit line: read first, as the change does not
+            // return it.
+            let before = context.block_on(store.data()).map_err(CliError::input)?;
+            let previous = before.tenants.get(&id).map(|t| t.plan.clone());
+            let tenant = context.block_on(store.set_plan(&context.policy, &id, &plan)).map_err(CliError::input)?;
+            audit::plan_set(Via::Cli, &tenant, previous.as_deref());
+            print_tenant(context, &tenant, "Moved tenant");
         }
         TenantsCommand::Delete { id } => {
-            let (tenant, revoked) = context
-                .store
-                .update(|data| {
-                    let tenant = data.tenants.get(&id).cloned();
-                    let revoked = manage::delete_tenant(data, &id, now)?;
-                    Ok::<_, manage::ManageError>((tenant, revoked))
-                })
-                .map_err(CliError::input)?;
-            for key_id in &revoked {
-                tracing::info!(target: "audit", action = "key.revoke", key_id = %key_id, tenant = %id, reason = "tenant.delete");
-            }
-            tracing::info!(target: "audit", action = "tenant.delete", tenant = %id, revoked_keys = revoked.len());
+            // The record as it was, for `--json`.
+            let before = context.block_on(store.data()).map_err(CliError::input)?;
+            let tenant = before.tenants.get(&id).cloned();
+            let revoked = context.block_on(store.delete_tenant(&id)).map_err(CliError::input)?;
+            audit::tenant_deleted(Via::Cli, &id, &revoked);
             if context.json {
-                let mut value = tenant.as_ref().map_or_else(|| json!({ "id": id }), |t| tenant_json(t, None));
-                if let Value::Object(map) = &mut value {
-                    map.insert("revoked_keys".to_string(), json!(revoked));
-                }
-                println!("{value}");
+                println!("{}", json::deleted_tenant(&id, tenant.as_ref(), &revoked));
             } else {
                 println!("Deleted tenant {id}; revoked {} key(s).", revoked.len());
                 for key_id in &revoked {
@@ -97,11 +71,10 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
             }
         }
         TenantsCommand::List => {
-            let data = context.store.snapshot();
+            let data = context.block_on(store.data()).map_err(CliError::input)?;
+            let now = lifecycle::now();
             if context.json {
-                let list: Vec<Value> =
-                    data.tenants.values().map(|t| tenant_json(t, Some(active_keys(&data, &t.id, now)))).collect();
-                println!("{}", Value::Array(list));
+                println!("{}", json::tenants(&data, now));
             } else if data.tenants.is_empty() {
                 println!("No tenants.");
             } else {
@@ -115,7 +88,7 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
                         None => (format!("{} (not in the policy)", t.plan), "-".to_string()),
                     };
                     let counted = manage::counted_keys(&data, &t.id, now);
-                    let in_grace = active_keys(&data, &t.id, now).saturating_sub(counted);
+                    let in_grace = json::active_keys(&data, &t.id, now).saturating_sub(counted);
                     let keys = if in_grace == 0 {
                         counted.to_string()
                     } else {
@@ -130,27 +103,9 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The tenant's keys that work now (old keys in their rotation grace included).
-fn active_keys(data: &KeysData, tenant: &str, now: OffsetDateTime) -> usize {
-    data.keys.values().filter(|k| k.tenant == tenant && k.state(now) == KeyState::Active).count()
-}
-
-/// `{id, plan, created_at}`, plus `active_keys` in lists.
-fn tenant_json(tenant: &TenantRecord, active_keys: Option<usize>) -> Value {
-    let mut value = json!({
-        "id": tenant.id,
-        "plan": tenant.plan,
-        "created_at": rfc3339(tenant.created_at),
-    });
-    if let (Some(count), Value::Object(map)) = (active_keys, &mut value) {
-        map.insert("active_keys".to_string(), json!(count));
-    }
-    value
-}
-
-fn print_tenant(context: &Context, tenant: &TenantRecord, active: Option<usize>, verb: &str) {
+fn print_tenant(context: &Context, tenant: &TenantRecord, verb: &str) {
     if context.json {
-        println!("{}", tenant_json(tenant, active));
+        println!("{}", json::tenant(tenant, None));
     } else {
         println!("{verb} {} (plan {}).", tenant.id, tenant.plan);
     }

@@ -1,7 +1,12 @@
 //! The rules of the tenant and key lifecycle (SPEC 1, 3), shared by the CLI and the admin
 //! API: plans must exist and allow API access, `max_keys` holds, scopes come from the
 //! policy, rotation keeps tenant, name and scopes and puts the old key in its grace.
-//! Pure functions over [`KeysData`]; the store runs them under its lock.
+//!
+//! Two layers: the `check_*` functions and [`counts_against_max_keys`] are the rules
+//! themselves, pure and store-agnostic, so that the file store (below) and the Redis store
+//! (`redis_store`, whose checks that depend on stored state run inside Lua scripts)
+//! refuse the same things with the same errors; the lifecycle functions apply them to a
+//! [`KeysData`], which the file store runs under its lock.
 
 use std::time::Duration;
 
@@ -9,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::store::{KeysData, StoreError};
 use super::{valid_tenant_id, KeyRecord, KeyState, Peppers, Secret, TenantRecord};
-use crate::policy::Policy;
+use crate::policy::{Plan, Policy};
 
 /// A refused lifecycle operation; each message is one actionable line.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +82,7 @@ pub fn create_tenant(
     plan: &str,
     now: OffsetDateTime,
 ) -> Result<TenantRecord, ManageError> {
-    if !valid_tenant_id(id) {
-        return Err(ManageError::InvalidTenantId(id.to_string()));
-    }
+    check_tenant_id(id)?;
     if data.tenants.contains_key(id) {
         return Err(ManageError::TenantExists(id.to_string()));
     }
@@ -124,34 +127,23 @@ pub fn create_key(
     new: &NewKey,
     now: OffsetDateTime,
 ) -> Result<CreatedKey, ManageError> {
-    if !valid_tenant_id(&new.tenant) {
-        return Err(ManageError::InvalidTenantId(new.tenant.clone()));
-    }
-    check_name(&new.name)?;
-    let scopes = check_scopes(policy, &new.scopes)?;
-    let expires_at = new.expires_in.map(|d| add(now, d, "--expires-in")).transpose()?;
-    if expires_at.is_some_and(|t| t <= now) {
-        return Err(ManageError::InvalidExpiry("--expires-in must be longer than zero".to_string()));
-    }
+    let valid = check_new_key(policy, new, now)?;
     let tenant = data.tenants.get(&new.tenant).ok_or_else(|| ManageError::UnknownTenant(new.tenant.clone()))?;
-    let plan = check_plan(policy, &tenant.plan)?;
-    if !plan.api_access {
-        return Err(ManageError::NoApiAccess(plan.name.clone()));
+    let plan = check_key_plan(policy, &tenant.plan)?;
+    check_cap(plan, &new.tenant, counted_keys(data, &new.tenant, now))?;
+    let mut id = super::generate_key_id();
+    while data.keys.contains_key(&id) {
+        id = super::generate_key_id();
     }
-    if let Some(max) = plan.max_keys {
-        if counted_keys(data, &new.tenant, now) >= max as usize {
-            return Err(ManageError::CapReached { tenant: new.tenant.clone(), plan: plan.name.clone(), max });
-        }
-    }
-    Ok(insert_key(data, peppers, &new.tenant, &new.name, scopes, expires_at, now))
+    let created = new_key_record(peppers, id, &new.tenant, &new.name, valid.scopes, valid.expires_at, now);
+    data.keys.insert(created.record.id.clone(), created.record.clone());
+    Ok(created)
 }
 
 /// Revokes a key: it becomes a tombstone, kept 30 days (see [`prune_tombstones`]).
 pub fn revoke_key(data: &mut KeysData, id: &str, now: OffsetDateTime) -> Result<KeyRecord, ManageError> {
     let key = data.keys.get_mut(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
-    if key.revoked_at.is_some() {
-        return Err(ManageError::Revoked(id.to_string()));
-    }
+    check_revocable(key)?;
     key.revoked_at = Some(now);
     Ok(key.clone())
 }
@@ -172,26 +164,17 @@ pub fn rotate_key(
     now: OffsetDateTime,
 ) -> Result<CreatedKey, ManageError> {
     let old = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
-    match old.state(now) {
-        KeyState::Active => {}
-        KeyState::Revoked => return Err(ManageError::Revoked(id.to_string())),
-        KeyState::Expired => return Err(ManageError::Expired(id.to_string())),
-    }
-    if let Some(by) = &old.replaced_by {
-        return Err(ManageError::Replaced { id: id.to_string(), by: by.clone() });
-    }
-    let tenant = data.tenants.get(&old.tenant).ok_or_else(|| ManageError::UnknownTenant(old.tenant.clone()))?;
-    let plan = check_plan(policy, &tenant.plan)?;
-    if !plan.api_access {
-        return Err(ManageError::NoApiAccess(plan.name.clone()));
-    }
-    let scopes = check_scopes(policy, &old.scopes)?;
-    let grace_end = add(now, grace, "--grace")?;
+    let rotation = check_rotation(policy, old, data.tenants.get(&old.tenant), grace, now)?;
     let (tenant, name, expires_at) = (old.tenant.clone(), old.name.clone(), old.expires_at);
-    let created = insert_key(data, peppers, &tenant, &name, scopes, expires_at, now);
+    let mut new_id = super::generate_key_id();
+    while data.keys.contains_key(&new_id) {
+        new_id = super::generate_key_id();
+    }
+    let created = new_key_record(peppers, new_id, &tenant, &name, rotation.scopes, expires_at, now);
+    data.keys.insert(created.record.id.clone(), created.record.clone());
     if let Some(old) = data.keys.get_mut(id) {
         old.replaced_by = Some(created.record.id.clone());
-        old.expires_at = Some(old.expires_at.map_or(grace_end, |t| t.min(grace_end)));
+        old.expires_at = Some(rotation.old_expires_at);
     }
     Ok(created)
 }
@@ -214,17 +197,52 @@ pub fn restore_digest(data: &mut KeysData, key_id: &str, current: super::KeyDige
     }
 }
 
-/// The keys of `tenant` that count against `max_keys` at `now`: neither revoked nor
-/// expired, and not an old key in its rotation grace.
+/// The keys of `tenant` that count against `max_keys` at `now` (see
+/// [`counts_against_max_keys`]).
 pub fn counted_keys(data: &KeysData, tenant: &str, now: OffsetDateTime) -> usize {
-    data.keys
-        .values()
-        .filter(|k| k.tenant == tenant && k.state(now) == KeyState::Active && k.replaced_by.is_none())
-        .count()
+    data.keys.values().filter(|k| k.tenant == tenant && counts_against_max_keys(k, now)).count()
+}
+
+/// Whether a key counts against its tenant's `max_keys` at `now`: it is neither revoked
+/// nor expired, and not an old key in its rotation grace (`replaced_by` set). The Redis
+/// store's create script counts by the same rule.
+pub fn counts_against_max_keys(key: &KeyRecord, now: OffsetDateTime) -> bool {
+    key.state(now) == KeyState::Active && key.replaced_by.is_none()
+}
+
+// ---------------------------------------------------------------------------------------
+// The rules, one function each, in the order the lifecycle functions apply them.
+
+/// A new key's request, checked: its scopes (deduplicated, in the order given) and its
+/// absolute expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNewKey {
+    pub scopes: Vec<String>,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// The checks of `keys create` that need no stored state, in this order: tenant id, name,
+/// scopes, expiry. What remains (the tenant exists, its plan exists and has API access,
+/// the cap) needs the store: [`check_key_plan`] and [`check_cap`].
+pub fn check_new_key(policy: &Policy, new: &NewKey, now: OffsetDateTime) -> Result<ValidNewKey, ManageError> {
+    check_tenant_id(&new.tenant)?;
+    check_name(&new.name)?;
+    let scopes = check_scopes(policy, &new.scopes)?;
+    let expires_at = check_expires_in(new.expires_in, now)?;
+    Ok(ValidNewKey { scopes, expires_at })
+}
+
+/// A tenant id: 1–63 characters of `a-z 0-9 _ -`, starting with a letter or digit.
+pub fn check_tenant_id(id: &str) -> Result<(), ManageError> {
+    if valid_tenant_id(id) {
+        Ok(())
+    } else {
+        Err(ManageError::InvalidTenantId(id.to_string()))
+    }
 }
 
 /// The plan named `plan`, or an error listing the policy's plans.
-fn check_plan<'p>(policy: &'p Policy, plan: &str) -> Result<&'p crate::policy::Plan, ManageError> {
+pub fn check_plan<'p>(policy: &'p Policy, plan: &str) -> Result<&'p Plan, ManageError> {
     policy.plans.get(plan).ok_or_else(|| {
         let mut known: Vec<&str> = policy.plans.keys().map(String::as_str).collect();
         known.sort_unstable();
@@ -232,8 +250,29 @@ fn check_plan<'p>(policy: &'p Policy, plan: &str) -> Result<&'p crate::policy::P
     })
 }
 
+/// The plan named `plan`, which must exist and have API access: the rule for creating
+/// and rotating keys.
+pub fn check_key_plan<'p>(policy: &'p Policy, plan: &str) -> Result<&'p Plan, ManageError> {
+    let plan = check_plan(policy, plan)?;
+    if !plan.api_access {
+        return Err(ManageError::NoApiAccess(plan.name.clone()));
+    }
+    Ok(plan)
+}
+
+/// `tenant` may get one more key when `counted` (see [`counts_against_max_keys`]) is
+/// under its plan's `max_keys`; no `max_keys` is no cap.
+pub fn check_cap(plan: &Plan, tenant: &str, counted: usize) -> Result<(), ManageError> {
+    match plan.max_keys {
+        Some(max) if counted >= max as usize => {
+            Err(ManageError::CapReached { tenant: tenant.to_string(), plan: plan.name.clone(), max })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The scopes, each in the policy's `[scopes]`, without duplicates, in the order given.
-fn check_scopes(policy: &Policy, scopes: &[String]) -> Result<Vec<String>, ManageError> {
+pub fn check_scopes(policy: &Policy, scopes: &[String]) -> Result<Vec<String>, ManageError> {
     if scopes.is_empty() {
         return Err(ManageError::NoScopes);
     }
@@ -250,7 +289,8 @@ fn check_scopes(policy: &Policy, scopes: &[String]) -> Result<Vec<String>, Manag
     Ok(out)
 }
 
-fn check_name(name: &str) -> Result<(), ManageError> {
+/// A key name: 1–100 characters, not blank, no control character.
+pub fn check_name(name: &str) -> Result<(), ManageError> {
     if name.trim().is_empty() {
         return Err(ManageError::InvalidName("a key needs a name (--name)".to_string()));
     }
@@ -261,6 +301,98 @@ fn check_name(name: &str) -> Result<(), ManageError> {
         return Err(ManageError::InvalidName("contains a control character".to_string()));
     }
     Ok(())
+}
+
+/// `--expires-in`: the absolute expiry it gives at `now` (none without it); it must be
+/// longer than zero and within the calendar.
+pub fn check_expires_in(
+    expires_in: Option<Duration>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, ManageError> {
+    let expires_at = expires_in.map(|d| add(now, d, "--expires-in")).transpose()?;
+    if expires_at.is_some_and(|t| t <= now) {
+        return Err(ManageError::InvalidExpiry("--expires-in must be longer than zero".to_string()));
+    }
+    Ok(expires_at)
+}
+
+/// A key may be revoked once.
+pub fn check_revocable(key: &KeyRecord) -> Result<(), ManageError> {
+    if key.revoked_at.is_some() {
+        return Err(ManageError::Revoked(key.id.clone()));
+    }
+    Ok(())
+}
+
+/// What a permitted rotation does: the new key's scopes, and the old key's new expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The old key's scopes, checked against the policy again.
+    pub scopes: Vec<String>,
+    /// `min(old expiry, now + grace)`.
+    pub old_expires_at: OffsetDateTime,
+}
+
+/// The rules of `keys rotate`, in this order: the old key is active (not revoked, not
+/// expired) and not already rotated; its tenant (`tenant`, `None` when it is gone) is on
+/// a plan with API access; its scopes are still in the policy; `now + grace` is within
+/// the calendar.
+pub fn check_rotation(
+    policy: &Policy,
+    old: &KeyRecord,
+    tenant: Option<&TenantRecord>,
+    grace: Duration,
+    now: OffsetDateTime,
+) -> Result<Rotation, ManageError> {
+    match old.state(now) {
+        KeyState::Active => {}
+        KeyState::Revoked => return Err(ManageError::Revoked(old.id.clone())),
+        KeyState::Expired => return Err(ManageError::Expired(old.id.clone())),
+    }
+    if let Some(by) = &old.replaced_by {
+        return Err(ManageError::Replaced { id: old.id.clone(), by: by.clone() });
+    }
+    let tenant = tenant.ok_or_else(|| ManageError::UnknownTenant(old.tenant.clone()))?;
+    check_key_plan(policy, &tenant.plan)?;
+    let scopes = check_scopes(policy, &old.scopes)?;
+    let grace_end = add(now, grace, "--grace")?;
+    Ok(Rotation { scopes, old_expires_at: old.expires_at.map_or(grace_end, |t| t.min(grace_end)) })
+}
+
+/// A new key's record with id `id` and a fresh secret, whose digest under the current
+/// pepper is all the record keeps of it.
+pub fn new_key_record(
+    peppers: &Peppers,
+    id: String,
+    tenant: &str,
+    name: &str,
+    scopes: Vec<String>,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> CreatedKey {
+    let secret = super::generate_secret();
+    let record = KeyRecord {
+        id,
+        tenant: tenant.to_string(),
+        name: name.to_string(),
+        scopes,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+        replaced_by: None,
+        digest: peppers.current(&secret),
+    };
+    CreatedKey { record, secret }
+}
+
+/// The list of the policy's plans and scopes that errors name: `a, b, c`, or `(none)`.
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "(none)".to_string()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// `now + d`, or an error naming the option when that is past the calendar's end.
@@ -277,46 +409,6 @@ fn add_checked(now: OffsetDateTime, d: Duration, forward: bool) -> Option<Offset
     } else {
         now.checked_sub(d)
     }
-}
-
-/// `a, b, c`, or `(none)`.
-fn list(items: &[&str]) -> String {
-    if items.is_empty() {
-        "(none)".to_string()
-    } else {
-        items.join(", ")
-    }
-}
-
-/// Generates a secret and a fresh id and stores the key's record.
-fn insert_key(
-    data: &mut KeysData,
-    peppers: &Peppers,
-    tenant: &str,
-    name: &str,
-    scopes: Vec<String>,
-    expires_at: Option<OffsetDateTime>,
-    now: OffsetDateTime,
-) -> CreatedKey {
-    let secret = super::generate_secret();
-    let mut id = super::generate_key_id();
-    while data.keys.contains_key(&id) {
-        id = super::generate_key_id();
-    }
-    let record = KeyRecord {
-        id: id.clone(),
-        tenant: tenant.to_string(),
-        name: name.to_string(),
-        scopes,
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-        last_used_at: None,
-        replaced_by: None,
-        digest: peppers.current(&secret),
-    };
-    data.keys.insert(id, record.clone());
-    CreatedKey { record, secret }
 }
 
 #[cfg(test)]

@@ -262,6 +262,8 @@ pub struct Builder {
     routes: String,
     settings_extra: String,
     listen_extra: String,
+    admin_extra: String,
+    keys_table: String,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -271,6 +273,8 @@ pub struct Keygate {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The key/tenant API, when `[admin]` configures a token.
+    pub api: Option<SocketAddr>,
     pub store: FileStore,
     pub peppers: Peppers,
 }
@@ -281,6 +285,8 @@ impl Keygate {
             routes: ROUTES.replace("{upstream}", upstream_url),
             settings_extra: String::new(),
             listen_extra: String::new(),
+            admin_extra: String::new(),
+            keys_table: "[keys]\nsource = \"file\"\nfile = \"keys.json\"\npepper_file = \"peppers\"\n".to_string(),
             clock: None,
         }
     }
@@ -307,6 +313,11 @@ impl Keygate {
 
     pub fn app(&self) -> &Arc<keygate::app::App> {
         &self.running.as_ref().unwrap().app
+    }
+
+    /// The running proxy's own file store (file-store keygates only).
+    pub fn proxy_store(&self) -> &Arc<FileStore> {
+        self.app().keys.store().file().expect("a file-store keygate")
     }
 
     /// Creates tenant `tenant` on `plan` (if new) and a key with `scopes`.
@@ -342,6 +353,26 @@ impl Keygate {
         (created.record.id, created.secret)
     }
 
+    /// Creates tenant `tenant` on `plan` (if new) and a key, through the running proxy's
+    /// own store (file or Redis), as the CLI and the admin API do.
+    pub async fn store_key(&self, tenant: &str, plan: &str, scopes: &[&str]) -> (String, Secret) {
+        let app = self.app();
+        let policy = app.policy.load_full();
+        let store = app.keys.store();
+        match store.create_tenant(&policy, tenant, plan).await {
+            Ok(_) | Err(manage::ManageError::TenantExists(_)) => {}
+            Err(e) => panic!("create tenant: {e}"),
+        }
+        let new = NewKey {
+            tenant: tenant.to_string(),
+            name: format!("{tenant} test key"),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_in: None,
+        };
+        let created = store.create_key(&policy, app.keys.peppers(), &new).await.expect("create key");
+        (created.record.id, created.secret)
+    }
+
     /// Changes the store directly (bypassing the rules), e.g. to put a tenant on a plan
     /// the policy lacks.
     pub fn edit_store(&self, change: impl FnOnce(&mut keygate::keys::store::KeysData)) {
@@ -358,7 +389,9 @@ impl Keygate {
     /// within 250 ms (the CLI tests exercise the watcher itself).
     fn refresh_proxy_store(&self) {
         if let Some(running) = &self.running {
-            running.app.keys.store().refresh().expect("the proxy re-reads the key store");
+            if let Some(store) = running.app.keys.store().file() {
+                store.refresh().expect("the proxy re-reads the key store");
+            }
         }
     }
 
@@ -366,7 +399,8 @@ impl Keygate {
     pub async fn sync_store(&self) {
         let want = self.store.snapshot();
         let app = self.app().clone();
-        let ok = eventually(Duration::from_secs(3), async || *app.keys.store().snapshot() == *want).await;
+        let store = app.keys.store().file().expect("a file-store keygate").clone();
+        let ok = eventually(Duration::from_secs(3), async || *store.snapshot() == *want).await;
         assert!(ok, "the proxy did not pick up the key store change within 3 s");
     }
 
@@ -406,6 +440,22 @@ impl Builder {
         self
     }
 
+    /// Extra lines inside `[admin]`.
+    pub fn admin(mut self, extra: &str) -> Self {
+        self.admin_extra.push_str(extra);
+        self.admin_extra.push('\n');
+        self
+    }
+
+    /// Keys in Redis at `url` (adds the `[redis]` table; `timeout` is the request path's).
+    pub fn redis_keys(mut self, url: &str, timeout: &str) -> Self {
+        self.keys_table =
+            "[keys]\nsource = \"redis\"\npepper_file = \"peppers\"\ncache_ttl = \"30s\"\nstale_if_error = \"5m\"\n"
+                .into();
+        self.settings_extra.push_str(&format!("[redis]\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n"));
+        self
+    }
+
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -417,8 +467,8 @@ impl Builder {
         std::fs::write(dir.path().join("routes.toml"), &self.routes).unwrap();
         std::fs::write(dir.path().join("peppers"), "p2=second-pepper-secret\np1=first-pepper-secret\n").unwrap();
         let config = format!(
-            "policy = \"routes.toml\"\n\n[listen]\naddress = \"127.0.0.1:0\"\n{}\n[admin]\naddress = \"127.0.0.1:0\"\n\n[keys]\nsource = \"file\"\nfile = \"keys.json\"\npepper_file = \"peppers\"\n\n{}",
-            self.listen_extra, self.settings_extra
+            "policy = \"routes.toml\"\n\n[listen]\naddress = \"127.0.0.1:0\"\n{}\n[admin]\naddress = \"127.0.0.1:0\"\n{}\n{}\n{}",
+            self.listen_extra, self.admin_extra, self.keys_table, self.settings_extra
         );
         std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
         dir
@@ -434,7 +484,15 @@ impl Builder {
             options.clock = clock;
         }
         let running = keygate::start(settings, options).await.expect("keygate starts");
-        Keygate { addr: running.proxy_addr, admin: running.admin_addr, running: Some(running), dir, store, peppers }
+        Keygate {
+            addr: running.proxy_addr,
+            admin: running.admin_addr,
+            api: running.admin_api_addr,
+            running: Some(running),
+            dir,
+            store,
+            peppers,
+        }
     }
 }
 

@@ -1,0 +1,281 @@
+//! The in-process cache in front of a remote key store (SPEC 3, 4.4): positive entries
+//! fresh for `cache_ttl` and usable while the store is unreachable for `stale_if_error`
+//! more; negative entries (unknown digests) for a short time and bounded in number, so a
+//! flood of random keys neither grows memory without bound nor reaches the store more than
+//! once per digest; concurrent misses for one digest make one store call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use super::store::{Lookup, StoreError};
+
+/// How long "this digest is unknown" is believed. Short: a key created elsewhere is found
+/// soon even if its invalidation message was lost.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// At most this many positive entries (keys in use) are kept.
+pub const MAX_ENTRIES: u64 = 200_000;
+/// At most this many negative entries are kept.
+pub const MAX_NEGATIVE: u64 = 100_000;
+
+/// How an answer was found, for `keygate_key_cache_lookups_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+    NegativeHit,
+    /// A cached entry past `cache_ttl` served because the store could not be reached.
+    Stale,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    lookup: Lookup,
+    tenant: Option<String>,
+    fetched: Instant,
+    generation: u64,
+}
+
+type Flight = Arc<OnceCell<Result<Lookup, String>>>;
+
+/// The cache. Keys are the digest (hex) of the presented secret under the current pepper.
+pub struct KeyCache {
+    entries: moka::sync::Cache<String, Arc<Entry>>,
+    negatives: moka::sync::Cache<String, ()>,
+    in_flight: Mutex<HashMap<String, Flight>>,
+    ttl: Duration,
+    stale_if_error: Duration,
+    /// Entries fetched under an older generation are no longer fresh: bumped when the
+    /// invalidation subscription was lost, since messages may have been missed.
+    generation: AtomicU64,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration, stale_if_error: Duration) -> Self {
+        KeyCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl + stale_if_error)
+                .support_invalidation_closures()
+                .build(),
+            negatives: moka::sync::Cache::builder().max_capacity(MAX_NEGATIVE).time_to_live(NEGATIVE_TTL).build(),
+            in_flight: Mutex::new(HashMap::new()),
+            ttl,
+            stale_if_error,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The answer for `digest`: from the cache while fresh, else from `load` (one call per
+    /// digest however many requests wait for it), else — when `load` fails — a stale entry
+    /// up to `stale_if_error`, else the error.
+    pub async fn get<F, Fut>(&self, digest: &str, load: F) -> (Result<Lookup, StoreError>, CacheOutcome)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Lookup, StoreError>>,
+    {
+        let generation = self.generation.load(Ordering::Acquire);
+        let cached = self.entries.get(digest);
+        if let Some(entry) = &cached {
+            if entry.generation == generation && entry.fetched.elapsed() < self.ttl {
+                return (Ok(entry.lookup.clone()), CacheOutcome::Hit);
+            }
+        } else if self.negatives.contains_key(digest) {
+            return (Ok(Lookup::NotFound), CacheOutcome::NegativeHit);
+        }
+
+        let flight = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight.entry(digest.to_string()).or_default().clone()
+        };
+        let result = flight
+            .get_or_init(|| async {
+                let loaded = load().await;
+                if let Ok(lookup) = &loaded {
+                    self.store(digest, lookup.clone(), generation);
+                }
+                loaded.map_err(|e| e.to_string())
+            })
+            .await
+            .clone();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.get(digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                in_flight.remove(digest);
+            }
+        }
+        match result {
+            Ok(lookup) => (Ok(lookup), CacheOutcome::Miss),
+            Err(error) => match cached {
+                Some(entry) if entry.fetched.elapsed() < self.ttl + self.stale_if_error => {
+                    (Ok(entry.lookup.clone()), CacheOutcome::Stale)
+                }
+                _ => (Err(StoreError::Unavailable(error)), CacheOutcome::Miss),
+            },
+        }
+    }
+
+    fn store(&self, digest: &str, lookup: Lookup, generation: u64) {
+        match &lookup {
+            Lookup::NotFound => {
+                self.entries.invalidate(digest);
+                self.negatives.insert(digest.to_string(), ());
+            }
+            Lookup::Found { key, .. } => {
+                self.negatives.invalidate(digest);
+                let tenant = Some(key.tenant.clone());
+                let entry = Entry { lookup, tenant, fetched: Instant::now(), generation };
+                self.entries.insert(digest.to_string(), Arc::new(entry));
+            }
+        }
+    }
+
+    /// Forgets one digest (a key was created, revoked, rotated or re-stored). The message
+    /// names the digest the key is stored under; entries are keyed by the presented key's
+    /// digest under the current pepper, which differs for a key still stored under an old
+    /// pepper, so entries whose record carries that digest go too.
+    pub fn invalidate_digest(&self, digest: &str) {
+        self.entries.invalidate(digest);
+        self.negatives.invalidate(digest);
+        let stored = digest.to_string();
+        let _ = self.entries.invalidate_entries_if(
+            move |_, entry| matches!(&entry.lookup, Lookup::Found { key, .. } if key.digest.hex == stored),
+        );
+    }
+
+    /// Forgets every key of a tenant (its plan changed, or it was deleted).
+    pub fn invalidate_tenant(&self, tenant: &str) {
+        let tenant = tenant.to_string();
+        if let Err(e) =
+            self.entries.invalidate_entries_if(move |_, entry| entry.tenant.as_deref() == Some(tenant.as_str()))
+        {
+            tracing::warn!(error = %e, "could not invalidate a tenant's cached keys; revalidating all");
+            self.revalidate_all();
+        }
+    }
+
+    /// Marks every entry as needing revalidation (still usable while the store is down)
+    /// and drops negative entries: messages may have been missed.
+    pub fn revalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.negatives.invalidate_all();
+    }
+
+    /// Entries held (for tests and the bound on memory).
+    pub fn negative_len(&self) -> u64 {
+        self.negatives.run_pending_tasks();
+        self.negatives.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyDigest, KeyRecord};
+    use std::sync::atomic::AtomicUsize;
+
+    fn found(tenant: &str) -> Lookup {
+        let digest = KeyDigest { pepper_id: "p".into(), hex: "ab".into() };
+        Lookup::Found {
+            key: KeyRecord {
+                id: "key_1".into(),
+                tenant: tenant.into(),
+                name: "n".into(),
+                scopes: vec![],
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                replaced_by: None,
+                digest: digest.clone(),
+            },
+            tenant: None,
+            matched: digest,
+        }
+    }
+
+    #[tokio::test]
+    async fn hits_after_a_miss_and_counts_loads() {
+        let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(found("acme"))
+        };
+        assert_eq!(cache.get("d", load).await.1, CacheOutcome::Miss);
+        assert_eq!(cache.get("d", load).await.1, CacheOutcome::Hit);
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_digests_are_negative_hits_until_invalidated() {
+        let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
+        let (r, o) = cache.get("x", || async { Ok(Lookup::NotFound) }).await;
+        assert_eq!((r.unwrap(), o), (Lookup::NotFound, CacheOutcome::Miss));
+        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheOutcome::NegativeHit);
+        cache.invalidate_digest("x");
+        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheOutcome::Miss);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_load() {
+        let cache = Arc::new(KeyCache::new(Duration::from_secs(30), Duration::from_secs(300)));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get("d", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(found("acme"))
+                    })
+                    .await
+                    .0
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_serve_only_when_the_store_fails() {
+        let cache = KeyCache::new(Duration::from_millis(10), Duration::from_secs(300));
+        let _ = cache.get("d", || async { Ok(found("acme")) }).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (r, o) = cache.get("d", || async { Err(StoreError::Unavailable("down".into())) }).await;
+        assert_eq!(o, CacheOutcome::Stale);
+        assert!(r.is_ok());
+        let (r, _) = cache.get("other", || async { Err(StoreError::Unavailable("down".into())) }).await;
+        assert!(r.is_err(), "an unknown key during an outage is an error, never NotFound");
+    }
+
+    #[tokio::test]
+    async fn revalidation_and_tenant_invalidation() {
+        let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
+        let _ = cache.get("d", || async { Ok(found("acme")) }).await;
+        cache.revalidate_all();
+        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheOutcome::Miss);
+        cache.invalidate_tenant("acme");
+        cache.entries.run_pending_tasks();
+        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheOutcome::Miss);
+    }
+
+    #[tokio::test]
+    async fn negative_entries_are_bounded() {
+        let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
+        for i in 0..(MAX_NEGATIVE + 5_000) {
+            cache.store(&format!("d{i}"), Lookup::NotFound, 0);
+        }
+        assert!(cache.negative_len() <= MAX_NEGATIVE, "{}", cache.negative_len());
+    }
+}

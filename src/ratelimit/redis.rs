@@ -1,0 +1,408 @@
+//! The shared limiter: every replica decides against one sliding window per tenant kept
+//! in Redis, with one atomic Lua script per round trip (`limits.backend = "redis"`).
+//!
+//! # The script
+//!
+//! The algorithm is the parent module's (see [`super`]), run inside Redis so that every
+//! replica applies it to the same counters, atomically. [`SCRIPT`] is sent with EVALSHA
+//! (redis-rs' [`Script`] re-loads it and retries once on `NOSCRIPT`, so a Redis restart or
+//! a `SCRIPT FLUSH` costs one extra round trip and no failed request). It:
+//!
+//! 1. reads the time from Redis (`TIME`), so the replicas' clocks, skewed or not, never
+//!    matter: every decision about one tenant uses one clock. If that clock steps back
+//!    (a failover to a replica whose clock lags) the script acts as if it were the start
+//!    of the newest sub-window it holds, as the local limiter does: it only refuses more;
+//! 2. reads the tenant's hash (`HGETALL`): sub-window index → count. It deletes the
+//!    fields of sub-windows that have left the window, so the hash never holds more than
+//!    `SUB_WINDOWS + 1` fields (memory per tenant bounded whatever the limit: a plan of
+//!    100,000 requests a minute costs what a plan of 10 costs);
+//! 3. decides each cost it was given, in order: admitted iff `count + cost ≤ requests`;
+//!    an admitted cost is added to the current sub-window, a refused one adds nothing;
+//! 4. writes the sum admitted with one `HINCRBY` and sets `PEXPIRE` to one window plus
+//!    one sub-window (the longest any counter can still count);
+//! 5. returns, per cost, `allowed, remaining, reset_ms, retry_after_ms` (`-1`: none), the
+//!    fields of a [`Decision`], computed exactly as the local limiter computes them. The
+//!    headers therefore come from the script's answer and agree across replicas:
+//!    `remaining` counts down by one per request whichever replica asked.
+//!
+//! Calling `TIME` before writing needs effect replication, the default since Redis 5.
+//!
+//! The key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant, limit), so
+//! a change of plan starts a fresh window (SPEC 4.4 leaves that case out of the
+//! guarantee). The `{tenant}` hash tag keeps all of a tenant's keys on one slot of a Redis
+//! Cluster.
+//!
+//! Redis holds integers exactly up to 2^63 but Lua numbers are doubles: limits and costs
+//! are capped at 2^53 (far above any plan; a cost above a plan's limit is refused anyway).
+//!
+//! # Coalescing
+//!
+//! Under load, concurrent checks of one (tenant, limit) on one replica do not each cost a
+//! round trip. The first check finds nothing in flight for its key and calls the script
+//! at once (no timer, so an idle tenant pays no added latency). Checks that arrive while
+//! that call is in flight queue behind it; when it returns, *all* the queued checks go to
+//! Redis as one script call carrying their costs in arrival order, which decides each of
+//! them atomically (admitted in order while they fit, a refused one adding nothing) and
+//! returns one answer each. Checks arriving meanwhile queue for the next call, and so on
+//! until the queue is empty. Exactness is untouched: the script still decides every
+//! request against the shared counters, atomically; only the round trips are shared. At
+//! most [`MAX_BATCH`] checks go in one call.
+//!
+//! When a call fails (timeout, error, breaker open), the checks queued behind it fail at
+//! once with the same error instead of trying again: the store has just shown it is not
+//! answering, and a queued check must not wait for a second timeout. A queued check
+//! waits for at most the rest of the call in flight and then its own call, each bounded
+//! by `redis.timeout` through [`RedisClient::run`]. A check whose caller has gone away
+//! (its future dropped) before its batch is sent is left out of the batch, so it
+//! counts nothing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, Script};
+use tokio::sync::oneshot;
+
+use super::{Decision, Limit};
+use crate::metrics::StoreOp;
+use crate::redis_client::{RedisCallError, RedisClient};
+
+/// The most checks one script call decides. A burst larger than this takes several calls
+/// (in a row, each carrying up to this many); it bounds the size of one command and the
+/// time the script holds Redis.
+pub const MAX_BATCH: usize = 512;
+
+/// Limits and costs above this are capped to it: Lua numbers are doubles, exact up to
+/// 2^53.
+const MAX_EXACT: u64 = 1 << 53;
+
+/// The limiter script. `KEYS[1]`: the tenant's hash (sub-window index → count).
+/// `ARGV`: `requests`, sub-window length (ms), window length (ms), then one cost per
+/// request, in arrival order. Returns `allowed, remaining, reset_ms, retry_after_ms` per
+/// cost, flattened (`retry_after_ms` is `-1` when admitted).
+const LUA: &str = r#"
+local key = KEYS[1]
+local requests = tonumber(ARGV[1])
+local sub = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+
+-- Redis's clock, in ms: one clock for every replica.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local raw = redis.call('HGETALL', key)
+local newest = -1
+for i = 1, #raw, 2 do
+  local k = tonumber(raw[i])
+  if k > newest then newest = k end
+end
+-- A clock that steps back must not un-count what was admitted.
+if newest >= 0 and now < newest * sub then now = newest * sub end
+
+local current = math.floor(now / sub)
+if current * sub > now then current = current - 1 end
+local oldest = math.floor(math.max(now - window, 0) / sub)
+if oldest * sub > math.max(now - window, 0) then oldest = oldest - 1 end
+
+-- Counters of the sub-windows overlapping [now - window, now], the oldest counted whole;
+-- the fields of sub-windows that left are deleted.
+local counts = {}
+local count = 0
+local stale = {}
+for i = 1, #raw, 2 do
+  local k = tonumber(raw[i])
+  if k < oldest then
+    stale[#stale + 1] = raw[i]
+  else
+    local c = tonumber(raw[i + 1])
+    counts[k] = c
+    count = count + c
+  end
+end
+if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+
+-- When sub-window k stops being counted.
+local function leaves(k) return (k + 1) * sub + window - now end
+
+-- The newest non-empty sub-window before the current one: the reset while the current
+-- one is empty.
+local older_reset = 0
+for k = current - 1, oldest, -1 do
+  if (counts[k] or 0) > 0 then older_reset = leaves(k) break end
+end
+
+local cur = counts[current] or 0
+local added = 0
+local out = {}
+for i = 4, #ARGV do
+  local cost = tonumber(ARGV[i])
+  local allowed = count + cost <= requests
+  local retry = -1
+  if allowed then
+    count = count + cost
+    cur = cur + cost
+    added = added + cost
+  elseif cost > requests then
+    retry = window
+  else
+    -- Until enough of the oldest sub-windows have left for this cost to fit.
+    local excess = count + cost - requests
+    local freed = 0
+    retry = window
+    for k = oldest, current do
+      local n = counts[k] or 0
+      if k == current then n = cur end
+      freed = freed + n
+      if freed >= excess then retry = leaves(k) break end
+    end
+  end
+  local reset = older_reset
+  if cur > 0 then reset = leaves(current) end
+  out[#out + 1] = allowed and 1 or 0
+  out[#out + 1] = math.max(requests - count, 0)
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+
+if added > 0 then
+  redis.call('HINCRBY', key, string.format('%d', current), added)
+  redis.call('PEXPIRE', key, window + sub)
+end
+return out
+"#;
+
+/// The script, with its SHA1 computed once.
+pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
+
+/// The Redis key of `tenant`'s window under `limit`: `kg:rl:{<tenant>}:<requests>:<window>`
+/// with the window in whole seconds (`<n>ms` for a window that is not whole seconds).
+pub fn key(tenant: &str, limit: &Limit) -> String {
+    let window = if limit.window.subsec_nanos() == 0 {
+        limit.window.as_secs().to_string()
+    } else {
+        format!("{}ms", limit.window.as_millis())
+    };
+    format!("kg:rl:{{{tenant}}}:{}:{window}", limit.requests)
+}
+
+/// Checks waiting for the call in flight for their key (the Redis key: tenant and limit).
+type Queues = HashMap<String, Vec<Waiter>>;
+
+/// A queued check: its cost and where its answer goes.
+struct Waiter {
+    cost: u64,
+    tx: oneshot::Sender<Result<Decision, RedisCallError>>,
+}
+
+struct Inner {
+    client: RedisClient,
+    /// A key is present exactly while a call for it is in flight (or about to be sent);
+    /// its queue holds the checks that arrived meanwhile.
+    queues: Mutex<Queues>,
+}
+
+/// The shared sliding-window limiter over Redis: one [`SCRIPT`] call per round trip, and
+/// concurrent checks of one tenant coalesced into one round trip (see the module docs).
+/// Cheap to clone; clones share the coalescing queues.
+#[derive(Clone)]
+pub struct RedisLimiter {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter").finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// A limiter deciding through `client` (its timeout and circuit breaker bound every
+    /// call).
+    pub fn new(client: RedisClient) -> Self {
+        RedisLimiter { inner: Arc::new(Inner { client, queues: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// Admits `cost` requests for `tenant` under `limit`, or refuses them without counting
+    /// them, against the window shared by every replica. The [`Decision`] is the script's
+    /// (Redis's clock, every replica's admissions); it has the same fields, computed the
+    /// same way, as the local limiter's.
+    ///
+    /// An error means the store did not decide (unreachable, slower than `redis.timeout`,
+    /// breaker open, or a Redis error): the caller applies `on_store_error`. A check that
+    /// failed may still have been counted by Redis (a reply lost in a timeout), which
+    /// only ever refuses more.
+    pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
+        let key = key(tenant, limit);
+        let waiting = {
+            let mut queues = self.inner.lock();
+            match queues.get_mut(&key) {
+                Some(queue) => {
+                    let (tx, rx) = oneshot::channel();
+                    queue.push(Waiter { cost, tx });
+                    Some(rx)
+                }
+                None => {
+                    queues.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiting {
+            // The sender is only dropped without an answer if the task sending the batch
+            // died (a panic, or the runtime shutting down).
+            return rx.await.unwrap_or(Err(RedisCallError::Unavailable));
+        }
+
+        // Nothing was in flight: this check goes now, alone, and hands whatever queued
+        // behind it to a batch when it is done (or dropped).
+        let mut leader = Leader { inner: self.inner.clone(), key, limit: *limit, failed: None };
+        let result = self.inner.call(&leader.key, limit, &[cost]).await.and_then(|mut decisions| {
+            decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
+        });
+        if let Err(e) = &result {
+            leader.failed = Some(e.clone());
+        }
+        drop(leader);
+        result
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        // Nothing panics while holding the lock, and the queues stay consistent anyway.
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One script call deciding `costs` in order: one decision each.
+    async fn call(&self, key: &str, limit: &Limit, costs: &[u64]) -> Result<Vec<Decision>, RedisCallError> {
+        let requests = limit.requests.min(MAX_EXACT);
+        let sub = limit.sub_window_millis().min(MAX_EXACT);
+        let window = limit.window_millis().min(MAX_EXACT);
+        let mut invocation = SCRIPT.key(key);
+        invocation.arg(requests).arg(sub).arg(window);
+        for &cost in costs {
+            invocation.arg(cost.min(MAX_EXACT));
+        }
+        let reply: Vec<i64> = self
+            .client
+            .run(StoreOp::Limit, move |mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        if reply.len() != costs.len() * 4 {
+            return Err(RedisCallError::Redis(unexpected("a reply of the wrong length")));
+        }
+        let millis = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        Ok(reply
+            .chunks_exact(4)
+            .map(|d| Decision {
+                allowed: d[0] == 1,
+                limit: limit.requests,
+                remaining: u64::try_from(d[1]).unwrap_or(0),
+                reset: millis(d[2]),
+                retry_after: (d[0] != 1).then(|| millis(d[3])),
+            })
+            .collect())
+    }
+
+    /// Sends the checks queued for `key`, batch after batch, until none is left; then
+    /// forgets the key (the next check of it goes at once again).
+    async fn drain(self: Arc<Self>, key: String, limit: Limit) {
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut queues = self.lock();
+                let Some(queue) = queues.get_mut(&key) else { return };
+                // A check whose caller has gone away would count for nothing served.
+                queue.retain(|w| !w.tx.is_closed());
+                if queue.is_empty() {
+                    queues.remove(&key);
+                    return;
+                }
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
+            match self.call(&key, &limit, &costs).await {
+                Ok(decisions) => {
+                    for (waiter, decision) in batch.into_iter().zip(decisions) {
+                        let _ = waiter.tx.send(Ok(decision));
+                    }
+                }
+                Err(e) => {
+                    fail(batch, &e);
+                    self.fail_queued(&key, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Fails every check queued for `key` with `error`, and forgets the key.
+    fn fail_queued(&self, key: &str, error: &RedisCallError) {
+        let queued = self.lock().remove(key).unwrap_or_default();
+        fail(queued, error);
+    }
+}
+
+fn fail(waiters: Vec<Waiter>, error: &RedisCallError) {
+    for waiter in waiters {
+        let _ = waiter.tx.send(Err(error.clone()));
+    }
+}
+
+fn unexpected(what: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::UnexpectedReturnType, "the limiter script returned", what.to_string()))
+}
+
+/// The check that went alone. When it is done, or dropped half-way (its caller went
+/// away), the checks that queued behind it are sent as one batch by a task of their own,
+/// or failed at once if its call failed.
+struct Leader {
+    inner: Arc<Inner>,
+    key: String,
+    limit: Limit,
+    failed: Option<RedisCallError>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(error) = self.failed.take() {
+            self.inner.fail_queued(&self.key, &error);
+            return;
+        }
+        {
+            let mut queues = self.inner.lock();
+            if queues.get(&self.key).is_none_or(Vec::is_empty) {
+                queues.remove(&self.key);
+                return;
+            }
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.key), self.limit));
+            }
+            // No runtime to send them from (it is shutting down): they fail.
+            Err(_) => self.inner.fail_queued(&self.key, &RedisCallError::Unavailable),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_tenant_as_hash_tag_and_the_limit() {
+        let per_minute = Limit { requests: 300, window: Duration::from_secs(60) };
+        assert_eq!(key("acme", &per_minute), "kg:rl:{acme}:300:60");
+        let odd = Limit { requests: 5, window: Duration::from_millis(1_500) };
+        assert_eq!(key("acme", &odd), "kg:rl:{acme}:5:1500ms");
+        // One key per (tenant, limit): a change of plan starts a fresh window.
+        assert_ne!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+    }
+
+    #[test]
+    fn the_script_is_sent_by_its_sha1() {
+        assert_eq!(SCRIPT.get_hash().len(), 40);
+        assert!(LUA.contains("redis.call('TIME')"));
+    }
+}

@@ -1,0 +1,633 @@
+//! The shared limiter against real Redis servers (one per test, on a free port): exactness
+//! across replicas, header agreement, cost, refusals, NOSCRIPT recovery, the
+//! `on_store_error` fallbacks while Redis is paused, memory per tenant, and coalescing
+//! measured in round trips through a counting relay. Also against a three-master Redis
+//! Cluster. Fails loudly when `redis-server` is missing.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use keygate::metrics::Metrics;
+use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
+use keygate::ratelimit::shared::{LimitOutcome, Limiter};
+use keygate::ratelimit::{Decision, Limit, LocalLimiter, ManualClock, SystemClock};
+use keygate::redis_client::RedisClient;
+use keygate::settings::{self, LimitBackend, Limits, OnStoreError};
+use support::eventually;
+use support::redis::{CountingRelay, RedisCluster, RedisServer};
+
+/// Generous per-call timeout for the tests that are not about timeouts: a loaded CI
+/// machine must not turn a slow reply into a fallback.
+const RELAXED: Duration = Duration::from_millis(500);
+/// The default `redis.timeout`, for the tests that are about timeouts.
+const TIGHT: Duration = Duration::from_millis(50);
+/// What a request may take beyond `redis.timeout` while Redis is paused.
+const MARGIN: Duration = Duration::from_millis(100);
+/// How soon after Redis answers again decisions must be shared again (SPEC: 1 s), plus
+/// a margin for a loaded machine.
+const RECOVERY: Duration = Duration::from_millis(1_500);
+
+fn limit(requests: u64, window: Duration) -> Limit {
+    Limit { requests, window }
+}
+
+async fn client(url: &str, timeout: Duration) -> (RedisClient, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let settings = settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout };
+    let client = RedisClient::connect(&settings, metrics.clone()).await.expect("connect to the test redis");
+    (client, metrics)
+}
+
+async fn limiter(url: &str, timeout: Duration) -> RedisLimiter {
+    RedisLimiter::new(client(url, timeout).await.0)
+}
+
+/// A `Limiter` with `backend = "redis"` and `replicas`, and its metrics.
+async fn policy_limiter(url: &str, timeout: Duration, replicas: u32) -> (Limiter, Arc<Metrics>) {
+    let (client, metrics) = client(url, timeout).await;
+    let limits = Limits { backend: LimitBackend::Redis, on_store_error: OnStoreError::Local, replicas };
+    let limiter = Limiter::new(&limits, Some(RedisLimiter::new(client)), Arc::new(SystemClock), metrics.clone());
+    (limiter, metrics)
+}
+
+fn fallbacks(metrics: &Metrics, action: &str) -> u64 {
+    let prefix = format!("keygate_ratelimit_store_fallback_total{{action=\"{action}\"}} ");
+    let text = metrics.encode();
+    let value = text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).expect("the fallback counter is exported");
+    value.trim().parse().expect("a count")
+}
+
+/// Sums the counters of `key` (`HGETALL` through redis-cli).
+fn stored_count(server: &RedisServer, key: &str) -> u64 {
+    let out = server.cli(&["HGETALL", key]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines.chunks(2).map(|pair| pair.get(1).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)).sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Exactness
+
+/// Three replicas (three limiters, each with its own client), four concurrent clients on
+/// each, one tenant of 20 requests per 2 s, for four windows: for the first two the
+/// clients send at random moments (about 16 a second between them, a little over the
+/// limit, so admissions spread over the sub-windows and the window slides past partly
+/// expired ones), then as fast as they are answered (saturation). Every admission is
+/// recorded as the interval from sending the check to receiving its answer: the decision
+/// was taken at some moment inside it.
+async fn exactness(url: &str, tenant: &str) {
+    const REQUESTS: u64 = 20;
+    const WINDOW: Duration = Duration::from_secs(2);
+    const RUN: Duration = Duration::from_secs(8);
+    const SPREAD: Duration = Duration::from_secs(4);
+    let plan = limit(REQUESTS, WINDOW);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(limiter(url, RELAXED).await);
+    }
+    let admitted: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let errors = Arc::new(AtomicU64::new(0));
+    let checks = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..4 {
+            let (replica, admitted, errors, checks) =
+                (replica.clone(), admitted.clone(), errors.clone(), checks.clone());
+            let tenant = tenant.to_string();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    // Pacing: random while spreading, then 2 ms so that twelve clients do
+                    // not starve a small machine.
+                    let pause = if start.elapsed() < SPREAD { rand::random_range(0..1_500) } else { 2 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if start.elapsed() >= RUN {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    match replica.check(&tenant, &plan, 1).await {
+                        Ok(d) => {
+                            assert!(d.remaining < REQUESTS || !d.allowed, "{d:?}");
+                            assert_eq!(d.limit, REQUESTS);
+                            assert_eq!(d.allowed, d.retry_after.is_none(), "{d:?}");
+                            if d.allowed {
+                                admitted.lock().unwrap().push((sent, Instant::now()));
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("check failed: {e}");
+                            errors.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    checks.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(errors.load(Ordering::SeqCst), 0, "no check may fail while Redis answers");
+
+    let mut admitted = admitted.lock().unwrap().clone();
+    admitted.sort();
+    // The largest number of admissions certainly decided within one window-long span: a
+    // span [a, a + W] certainly holds admission j iff sent_j >= a and received_j <= a + W,
+    // and the best a is one of the sent times.
+    let worst = admitted
+        .iter()
+        .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + WINDOW).count())
+        .max()
+        .unwrap_or(0);
+    let latency = admitted.iter().map(|&(s, r)| r - s).max().unwrap_or_default();
+    let allowed = REQUESTS as f64 * elapsed.as_secs_f64() / WINDOW.as_secs_f64();
+    println!(
+        "exactness ({tenant}): {} checks, {} admitted of {allowed:.0} the windows allowed ({:.0}%), \
+         at most {worst} in one window, slowest admission {latency:?}",
+        checks.load(Ordering::SeqCst),
+        admitted.len(),
+        100.0 * admitted.len() as f64 / allowed
+    );
+    assert!(worst as u64 <= REQUESTS, "{worst} admissions within one window of {WINDOW:?}");
+    assert!(
+        admitted.len() as f64 >= 0.8 * allowed,
+        "only {} admitted, expected at least 80% of {allowed:.0}",
+        admitted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exact_across_three_replicas() {
+    let server = RedisServer::start();
+    exactness(&server.url(), "acme").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exact_across_three_replicas_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    // Tenants on every master: the script is loaded wherever their slots live.
+    let replica = limiter(&url, RELAXED).await;
+    let plan = limit(5, Duration::from_secs(60));
+    for i in 0..12 {
+        let tenant = format!("tenant-{i}");
+        for left in (0..5).rev() {
+            let d = replica.check(&tenant, &plan, 1).await.expect("cluster check");
+            assert!(d.allowed);
+            assert_eq!(d.remaining, left, "{tenant}");
+        }
+        assert!(!replica.check(&tenant, &plan, 1).await.expect("cluster check").allowed);
+    }
+    exactness(&url, "acme").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decisions and headers
+
+fn headers(d: &Decision, plan: &Limit) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    d.write_headers("pro", plan, &mut h);
+    h
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).map(|v| v.to_str().expect("ascii")).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_agree_across_replicas_and_with_the_local_limiter() {
+    let server = RedisServer::start();
+    let replicas = [
+        limiter(&server.url(), RELAXED).await,
+        limiter(&server.url(), RELAXED).await,
+        limiter(&server.url(), RELAXED).await,
+    ];
+    let local = LocalLimiter::new(Arc::new(ManualClock::new(1_000_000)));
+    let plan = limit(10, Duration::from_secs(60));
+    for i in 0..10u64 {
+        let d = replicas[i as usize % 3].check("acme", &plan, 1).await.expect("check");
+        let l = local.check("acme", &plan, 1);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 9 - i, "remaining counts down by one whichever replica answers");
+        assert_eq!((d.allowed, d.limit, d.remaining, d.retry_after), (l.allowed, l.limit, l.remaining, l.retry_after));
+        // Admitted in the current sub-window: the full quota is back when it leaves the
+        // window, between one window and one window plus one sub-window from now.
+        assert!(d.reset > Duration::from_secs(60) && d.reset <= Duration::from_secs(63), "{d:?}");
+        let h = headers(&d, &plan);
+        assert_eq!(header(&h, "x-ratelimit-remaining"), (9 - i).to_string());
+        assert_eq!(header(&h, "x-ratelimit-limit"), "10");
+        assert_eq!(header(&h, "ratelimit-policy"), r#""pro";q=10;w=60"#);
+        assert!(header(&h, "ratelimit").starts_with(&format!(r#""pro";r={};t=6"#, 9 - i)));
+    }
+    for replica in &replicas {
+        let d = replica.check("acme", &plan, 1).await.expect("check");
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+        // Retry-After is when the oldest requests leave the window, not the window.
+        let retry = d.retry_after.expect("refused has retry_after");
+        assert!(retry > Duration::from_secs(60) && retry <= Duration::from_secs(63), "{d:?}");
+        let h = headers(&d, &plan);
+        assert!(matches!(header(&h, "retry-after"), "61" | "62" | "63"), "{h:?}");
+    }
+    assert_eq!(stored_count(&server, &shared_window::key("acme", &plan)), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_counts_and_refusals_do_not() {
+    let server = RedisServer::start();
+    let (a, b) = (limiter(&server.url(), RELAXED).await, limiter(&server.url(), RELAXED).await);
+    let plan = limit(10, Duration::from_secs(60));
+    assert_eq!(a.check("acme", &plan, 3).await.unwrap().remaining, 7);
+    assert_eq!(b.check("acme", &plan, 3).await.unwrap().remaining, 4);
+    assert_eq!(a.check("acme", &plan, 3).await.unwrap().remaining, 1);
+    let d = b.check("acme", &plan, 3).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.remaining, 1);
+    for _ in 0..100 {
+        assert!(!a.check("acme", &plan, 2).await.unwrap().allowed);
+    }
+    let d = b.check("acme", &plan, 1).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 0);
+    // Cost 0 is admitted and counts nothing; a cost above the plan is never admitted.
+    let d = a.check("acme", &plan, 0).await.unwrap();
+    assert!(d.allowed && d.remaining == 0);
+    let d = a.check("other", &plan, 11).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!((d.remaining, d.reset, d.retry_after), (10, Duration::ZERO, Some(Duration::from_secs(60))));
+    assert_eq!(stored_count(&server, &shared_window::key("acme", &plan)), 10);
+    assert_eq!(stored_count(&server, &shared_window::key("other", &plan)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_do_not_lock_a_client_out_and_retry_after_is_exact() {
+    let server = RedisServer::start();
+    let replica = limiter(&server.url(), RELAXED).await;
+    // W = 1 s, a sub-window is 50 ms.
+    let plan = limit(3, Duration::from_secs(1));
+    let first = Instant::now();
+    for _ in 0..3 {
+        assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
+    }
+    let refused = replica.check("acme", &plan, 1).await.unwrap();
+    let retry = refused.retry_after.expect("refused");
+    // The first admission's sub-window leaves the window 1 s (+ at most one 50 ms
+    // sub-window) after it: a loaded machine may have spent some of that already.
+    let floor = Duration::from_millis(1_000).saturating_sub(first.elapsed());
+    assert!(retry >= floor && retry <= Duration::from_millis(1_050), "{refused:?}, floor {floor:?}");
+    // Keep retrying until the answer says it fits: every retry refused, none counted.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut retries = 0;
+    let d = loop {
+        let d = replica.check("acme", &plan, 1).await.unwrap();
+        if d.allowed {
+            break d;
+        }
+        retries += 1;
+        assert!(Instant::now() < deadline, "locked out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(retries > 50, "{retries}");
+    // The three admitted left together; the refusals left nothing behind.
+    assert_eq!(d.remaining, 2, "{d:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// NOSCRIPT and restarts
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_flush_mid_run_fails_no_request() {
+    let server = RedisServer::start();
+    let replica = limiter(&server.url(), RELAXED).await;
+    let plan = limit(1_000_000, Duration::from_secs(60));
+    assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
+    assert_eq!(server.cli(&["SCRIPT", "EXISTS", shared_window::SCRIPT.get_hash()]).trim(), "1");
+
+    // A flush right before a call: EVALSHA gets NOSCRIPT, the script is loaded, the call
+    // succeeds.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert_eq!(server.cli(&["SCRIPT", "EXISTS", shared_window::SCRIPT.get_hash()]).trim(), "0");
+    assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
+    assert_eq!(server.cli(&["SCRIPT", "EXISTS", shared_window::SCRIPT.get_hash()]).trim(), "1");
+
+    // Flushes while eight clients run.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (replica, stop) = (replica.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                match replica.check("acme", &plan, 1).await {
+                    Ok(d) if d.allowed => ok += 1,
+                    Ok(d) => panic!("refused under a huge limit: {d:?}"),
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::block_in_place(|| server.cli(&["SCRIPT", "FLUSH"]));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        let (o, f) = task.await.expect("client task");
+        ok += o;
+        failed += f;
+    }
+    println!("SCRIPT FLUSH ×10 during {ok} checks: {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 100, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers() {
+    let mut server = RedisServer::start();
+    let (limiter, metrics) = policy_limiter(&server.url(), TIGHT, 1).await;
+    let plan = limit(100, Duration::from_secs(60));
+    assert!(matches!(limiter.check("acme", &plan, 1, OnStoreError::Deny).await, LimitOutcome::Decided(_)));
+
+    tokio::task::block_in_place(|| server.kill());
+    for _ in 0..5 {
+        let started = Instant::now();
+        let outcome = limiter.check("acme", &plan, 1, OnStoreError::Deny).await;
+        assert_eq!(outcome, LimitOutcome::Fallback { action: OnStoreError::Deny, decision: None });
+        assert!(started.elapsed() <= TIGHT + MARGIN, "{:?}", started.elapsed());
+    }
+    assert_eq!(fallbacks(&metrics, "deny"), 5);
+
+    // A fresh, empty server on the same port: no script, no counters.
+    tokio::task::block_in_place(|| server.restart());
+    let back = Instant::now();
+    let recovered = eventually(Duration::from_secs(5), async || {
+        matches!(limiter.check("acme", &plan, 1, OnStoreError::Deny).await, LimitOutcome::Decided(_))
+    })
+    .await;
+    let took = back.elapsed();
+    println!("decisions shared again {took:?} after the restart");
+    assert!(recovered, "no shared decision within 5 s of the restart");
+    assert!(took <= RECOVERY, "decisions shared again only after {took:?}");
+    // The script was re-loaded on NOSCRIPT, and nothing failed once Redis answered.
+    let d = limiter.check("acme", &plan, 1, OnStoreError::Deny).await;
+    assert!(matches!(d, LimitOutcome::Decided(Decision { allowed: true, .. })), "{d:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A paused Redis
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_redis_under_each_on_store_error() {
+    let server = RedisServer::start();
+    let (limiter, metrics) = policy_limiter(&server.url(), TIGHT, 3).await;
+    let limiter = Arc::new(limiter);
+    // ceil(9 / 3) = 3 per replica under `local`.
+    let plan = limit(9, Duration::from_secs(60));
+    let d = limiter.check("acme", &plan, 1, OnStoreError::Deny).await;
+    assert!(matches!(d, LimitOutcome::Decided(Decision { allowed: true, remaining: 8, .. })), "{d:?}");
+
+    server.pause();
+    let actions = [OnStoreError::Local, OnStoreError::Allow, OnStoreError::Deny];
+    let mut latencies = Vec::new();
+    let mut local_admitted = 0;
+    for i in 0..30 {
+        let action = actions[i % 3];
+        let started = Instant::now();
+        let outcome = limiter.check("acme", &plan, 1, action).await;
+        latencies.push(started.elapsed());
+        match outcome {
+            LimitOutcome::Fallback { action: OnStoreError::Local, decision: Some(d) }
+                if action == OnStoreError::Local =>
+            {
+                assert_eq!(d.limit, 9, "the plan's limit is advertised");
+                let h = headers(&d, &plan);
+                assert_eq!(header(&h, "x-ratelimit-limit"), "9");
+                assert_eq!(header(&h, "ratelimit-policy"), r#""pro";q=9;w=60"#);
+                if d.allowed {
+                    local_admitted += 1;
+                    assert_eq!(d.remaining, 3 - local_admitted);
+                } else {
+                    assert!(header(&h, "retry-after").parse::<u64>().unwrap() >= 1);
+                }
+            }
+            LimitOutcome::Fallback { action: a, decision: None } if a == action && a != OnStoreError::Local => {
+                assert_eq!(outcome.allowed(), a == OnStoreError::Allow);
+                assert_eq!(outcome.store_unavailable(), a == OnStoreError::Deny);
+            }
+            other => panic!("{action:?}: {other:?}"),
+        }
+    }
+    assert_eq!(local_admitted, 3, "each replica alone admits ceil(9 / 3)");
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    let open = latencies[20..].iter().max().copied().unwrap_or_default();
+    println!("paused Redis: slowest check {slowest:?}; once the breaker is open, slowest {open:?}");
+    assert!(slowest <= TIGHT + MARGIN, "a check took {slowest:?}");
+    assert!(open <= Duration::from_millis(10), "with the breaker open a check took {open:?}");
+    for action in ["local", "allow", "deny"] {
+        assert_eq!(fallbacks(&metrics, action), 10, "{action}");
+    }
+
+    // Concurrent checks of one tenant (coalesced behind one call) are bounded too.
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let limiter = limiter.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = limiter.check("acme", &plan, 1, OnStoreError::Allow).await;
+            assert_eq!(outcome, LimitOutcome::Fallback { action: OnStoreError::Allow, decision: None });
+            started.elapsed()
+        }));
+    }
+    for task in tasks {
+        let took = task.await.expect("task");
+        assert!(took <= TIGHT + MARGIN, "a concurrent check took {took:?}");
+    }
+    assert_eq!(fallbacks(&metrics, "allow"), 42);
+
+    server.resume();
+    let back = Instant::now();
+    let recovered = eventually(Duration::from_secs(5), async || {
+        matches!(limiter.check("acme", &plan, 1, OnStoreError::Deny).await, LimitOutcome::Decided(_))
+    })
+    .await;
+    let took = back.elapsed();
+    println!("decisions shared again {took:?} after SIGCONT");
+    assert!(recovered && took <= RECOVERY, "decisions shared again only after {took:?}");
+    // The shared window kept what it counted before the pause; the fallback's
+    // admissions were not added to it (calls that timed out while Redis was stopped may
+    // have been counted once it resumed: they were in its socket buffer).
+    let d = limiter.check("acme", &plan, 1, OnStoreError::Deny).await;
+    let LimitOutcome::Decided(d) = d else { panic!("{d:?}") };
+    assert!(d.remaining < 8, "{d:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+
+fn memory_usage(server: &RedisServer, key: &str) -> u64 {
+    let out = server.cli(&["MEMORY", "USAGE", key]);
+    out.trim().parse().unwrap_or_else(|_| panic!("MEMORY USAGE {key}: {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_per_tenant_is_bounded_whatever_the_limit() {
+    let server = RedisServer::start();
+    let replica = limiter(&server.url(), RELAXED).await;
+
+    // 100,000 a minute, 1,500 requests.
+    let plan = limit(100_000, Duration::from_secs(60));
+    for _ in 0..1_500 {
+        assert!(replica.check("big", &plan, 1).await.unwrap().allowed);
+    }
+    let key = shared_window::key("big", &plan);
+    assert_eq!(stored_count(&server, &key), 1_500);
+    let big = memory_usage(&server, &key);
+
+    // The same plan over a 1 s window, the requests spread over more than a window so
+    // that every sub-window gets a counter: the hash still holds at most 21 fields.
+    let fast = limit(100_000, Duration::from_secs(1));
+    let started = Instant::now();
+    let mut fields_seen = 0;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        for _ in 0..20 {
+            assert!(replica.check("fast", &fast, 1).await.unwrap().allowed);
+        }
+        let fields: usize = server.cli(&["HLEN", &shared_window::key("fast", &fast)]).trim().parse().unwrap();
+        assert!(fields <= 21, "{fields} fields");
+        fields_seen = fields_seen.max(fields);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let spread = memory_usage(&server, &shared_window::key("fast", &fast));
+
+    // And a plan of 10, for comparison.
+    let small = limit(10, Duration::from_secs(60));
+    for _ in 0..10 {
+        assert!(replica.check("small", &small, 1).await.unwrap().allowed);
+    }
+    let small_usage = memory_usage(&server, &shared_window::key("small", &small));
+    println!(
+        "MEMORY USAGE: 100,000/min after 1,500 requests {big} B; 100,000/s spread over 1.5 s {spread} B \
+         ({fields_seen} fields at most); 10/min {small_usage} B"
+    );
+    assert!(big < 2_048, "{big} bytes");
+    assert!(spread < 2_048, "{spread} bytes");
+    assert!(fields_seen >= 15, "the requests should have spread over the sub-windows: {fields_seen}");
+    // The key expires one window plus one sub-window after its last admission.
+    let ttl: i64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 63_000, "{ttl}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Coalescing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalescing_cuts_round_trips_per_request() {
+    const CLIENTS: usize = 32;
+    const EACH: usize = 50;
+    let server = RedisServer::start();
+    let relay = CountingRelay::start(server.addr()).await;
+    let plan = limit(1_000_000, Duration::from_secs(60));
+
+    // Sequential checks: one round trip each.
+    let replica = limiter(&relay.url(), RELAXED).await;
+    assert!(replica.check("acme", &plan, 1).await.unwrap().allowed); // loads the script
+    relay.reset();
+    for _ in 0..200 {
+        assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
+    }
+    let sequential = relay.commands() as f64 / 200.0;
+
+    // 32 concurrent clients, each through a limiter of its own (on one client): nothing
+    // shares a round trip — the uncoalesced figure under the same concurrency.
+    let (client, _) = client(&relay.url(), RELAXED).await;
+    let alone: Vec<RedisLimiter> = (0..CLIENTS).map(|_| RedisLimiter::new(client.clone())).collect();
+    assert!(alone[0].check("acme", &plan, 1).await.unwrap().allowed);
+    relay.reset();
+    let mut tasks = Vec::new();
+    for limiter in alone {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                assert!(limiter.check("acme", &plan, 1).await.expect("check").allowed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let uncoalesced = relay.commands() as f64 / (CLIENTS * EACH) as f64;
+
+    // 32 concurrent clients through one limiter: coalesced.
+    let before = replica.check("acme", &plan, 1).await.unwrap().remaining;
+    relay.reset();
+    let remaining: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (replica, remaining) = (replica.clone(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let d = replica.check("acme", &plan, 1).await.expect("check");
+                assert!(d.allowed);
+                remaining.lock().unwrap().push(d.remaining);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let total = (CLIENTS * EACH) as u64;
+    let coalesced = relay.commands() as f64 / total as f64;
+    println!(
+        "Redis round trips per request: sequential {sequential:.3}; {CLIENTS} concurrent clients of one tenant \
+         uncoalesced {uncoalesced:.3}, coalesced {coalesced:.3}"
+    );
+    assert!((sequential - 1.0).abs() < 1e-9, "{sequential}");
+    assert!(uncoalesced > 0.99, "{uncoalesced}");
+    assert!(coalesced < 0.5, "{coalesced}");
+    // Still exact: every request got its own remaining, counting down by one.
+    let remaining: BTreeSet<u64> = remaining.lock().unwrap().iter().copied().collect();
+    assert_eq!(remaining.len() as u64, total);
+    assert_eq!(remaining.first().copied(), Some(before - total));
+    assert_eq!(remaining.last().copied(), Some(before - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_batches_decide_in_order_and_count_only_admissions() {
+    let server = RedisServer::start();
+    let replica = limiter(&server.url(), RELAXED).await;
+    let plan = limit(50, Duration::from_secs(60));
+    // 200 concurrent checks of mixed costs for 50: exactly 50 admitted in cost, refused
+    // ones counting nothing, whatever the batches were.
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let replica = replica.clone();
+        tasks.push(tokio::spawn(async move {
+            let cost = 1 + i % 3;
+            (cost, replica.check("acme", &plan, cost).await.expect("check"))
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        let (cost, d) = task.await.expect("task");
+        assert_eq!(d.allowed, d.retry_after.is_none());
+        if d.allowed {
+            admitted += cost;
+        }
+    }
+    let stored = stored_count(&server, &shared_window::key("acme", &plan));
+    assert_eq!(stored, admitted);
+    assert!((48..=50).contains(&admitted), "{admitted}");
+    // Cost 1 still fits or not, consistently with what is stored.
+    let d = replica.check("acme", &plan, 1).await.unwrap();
+    assert_eq!(d.allowed, admitted < 50);
+}
