@@ -30,7 +30,7 @@ pub enum Authentication {
 /// `last_used_at` is written at most this often per key.
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 /// How often pending `last_used_at` writes are flushed.
-const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
+const LAST_USED_FLUSH: Duration = Duration::from_secs(2);
 /// How often the invalidation subscription is checked with a PING, and how long the
 /// answer may take.
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(1);

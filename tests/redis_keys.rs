@@ -259,3 +259,50 @@ fn the_cli_works_against_redis() {
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_revalidates_the_cache_because_messages_may_have_been_missed() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let kg = replica(&upstream, &redis.url()).await;
+    let (key_id, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
+    let http = Http::new();
+    assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 200);
+    // Revoke behind keygate's back (no invalidation message), and cut its subscription:
+    // a replica must not trust its cache for cache_ttl (30 s) after a lost subscription.
+    let record = keygate::keys::redis_store::layout::key("acme", &key_id);
+    redis.cli(&["HSET", &record, "revoked_at", "2020-01-01T00:00:00Z"]);
+    assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 200, "still cached");
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let url = kg.url("/v1/calls");
+    let seen =
+        eventually(Duration::from_secs(3), async || http.get(&url, Some(key.expose())).await.status == 401).await;
+    assert!(seen, "the cache was not revalidated after the subscription was lost");
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_used_at_is_written_off_the_request_path() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let kg = replica(&upstream, &redis.url()).await;
+    let (key_id, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
+    let http = Http::new();
+    let store = kg.app().keys.store().clone();
+    assert!(store.data().await.unwrap().keys[&key_id].last_used_at.is_none());
+    for _ in 0..5 {
+        assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 200);
+    }
+    let written =
+        eventually(Duration::from_secs(5), async || store.data().await.unwrap().keys[&key_id].last_used_at.is_some())
+            .await;
+    assert!(written, "last_used_at was not written");
+    let first = store.data().await.unwrap().keys[&key_id].last_used_at;
+    // More uses within the minute do not write again.
+    for _ in 0..5 {
+        http.get(&kg.url("/v1/calls"), Some(key.expose())).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(store.data().await.unwrap().keys[&key_id].last_used_at, first, "written at most once a minute");
+    kg.stop().await;
+}

@@ -197,6 +197,10 @@ window = "10s"
 
 [plans.unlimited]
 
+[plans.twenty]
+requests = 20
+window = "2s"
+
 [upstreams.app]
 url = "{upstream}"
 timeout = "1s"

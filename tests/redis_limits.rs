@@ -1,0 +1,207 @@
+//! The shared limiter through three real keygate replicas on one test-owned Redis
+//! (SPEC 4.4): exact across replicas, close to the limit under saturation, headers that
+//! agree, and bounded degradation when Redis stops.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::redis::*;
+use support::*;
+
+async fn replica(upstream: &Upstream, redis_url: &str, on_store_error: &str) -> Keygate {
+    Keygate::builder(&upstream.url())
+        .redis_keys(redis_url, "50ms")
+        .settings(&format!("[limits]\nbackend = \"redis\"\non_store_error = \"{on_store_error}\"\nreplicas = 3\n"))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_admit_more_than_the_limit_in_any_window_and_come_close_to_it() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let replicas = [
+        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "deny").await,
+    ];
+    let (_, key) = replicas[0].store_key("busy", "twenty", &["calls:read"]).await;
+    let urls: Vec<String> = replicas.iter().map(|kg| kg.url("/v1/calls")).collect();
+    let http = Http::new();
+    for url in &urls {
+        // Warm each replica's cache and the limiter script; these count, so start after.
+        http.get(url, Some(key.expose())).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await; // let that window pass
+    let before = upstream.count();
+
+    // 12 concurrent clients, round-robin over the replicas, for 4 windows.
+    let run = Duration::from_secs(8);
+    let started = Instant::now();
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for client in 0..12 {
+        let urls = urls.clone();
+        let secret = key.expose().to_string();
+        let http = http.clone();
+        let statuses = statuses.clone();
+        clients.push(tokio::spawn(async move {
+            let mut i = client;
+            while started.elapsed() < run {
+                let answer = http.get(&urls[i % 3], Some(&secret)).await;
+                statuses.lock().unwrap().push(answer.status);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "only admissions and 429s: {statuses:?}");
+    let admitted: Vec<Instant> = upstream.seen()[before..].iter().map(|s| s.at).collect();
+    assert_eq!(admitted.len(), statuses.iter().filter(|s| **s == 200).count());
+
+    // No span of one window (2 s) holds more than 20 admissions. The upstream's clock
+    // lags keygate's decision by the forwarding time, so allow 50 ms of slack on spans.
+    let window = Duration::from_millis(2000 - 50);
+    let mut worst = 0;
+    for (i, start) in admitted.iter().enumerate() {
+        let in_span = admitted[i..].iter().take_while(|t| t.duration_since(*start) < window).count();
+        worst = worst.max(in_span);
+    }
+    assert!(worst <= 20, "{worst} admissions in one window-long span");
+    // Under saturation the tenant gets close to its limit: at least 80% of 4 windows.
+    let allowed = 20.0 * run.as_secs_f64() / 2.0;
+    assert!(admitted.len() as f64 >= 0.8 * allowed, "only {} of {allowed} admitted", admitted.len());
+    for kg in replicas {
+        kg.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_agree_across_replicas_and_refusals_are_not_counted() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let replicas = [
+        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "deny").await,
+    ];
+    let (_, key) = replicas[0].store_key("small", "tiny", &["calls:read"]).await;
+    let http = Http::new();
+    for (i, expected) in [2, 1, 0].into_iter().enumerate() {
+        let answer = http.get(&replicas[i].url("/v1/calls"), Some(key.expose())).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("x-ratelimit-remaining"), expected.to_string(), "replica {i}");
+        assert_eq!(answer.header("ratelimit-policy"), "\"tiny\";q=3;w=10");
+    }
+    let mut retry_afters = Vec::new();
+    for kg in &replicas {
+        let refused = http.get(&kg.url("/v1/calls"), Some(key.expose())).await;
+        assert_eq!(refused.status, 429);
+        retry_afters.push(refused.header("retry-after").parse::<u64>().unwrap());
+    }
+    let spread = retry_afters.iter().max().unwrap() - retry_afters.iter().min().unwrap();
+    assert!(spread <= 1, "Retry-After agrees across replicas: {retry_afters:?}");
+    assert!(retry_afters.iter().all(|r| (9..=11).contains(r)), "until the first admission leaves: {retry_afters:?}");
+    // The refusals left nothing in the window: exactly the three admissions are counted.
+    let counted: u64 = redis
+        .cli(&["--scan", "--pattern", "kg:rl:*"])
+        .lines()
+        .map(|k| redis.cli(&["HVALS", k]).lines().filter_map(|v| v.trim().parse::<u64>().ok()).sum::<u64>())
+        .sum();
+    assert_eq!(counted, 3);
+    for kg in replicas {
+        kg.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_degrades_as_configured_without_waiting() {
+    let upstream = upstream().await;
+    for mode in ["local", "allow", "deny"] {
+        let redis = RedisServer::start();
+        // Keys stay in the file store here: this is about the limiter alone.
+        let kg = Keygate::builder(&upstream.url())
+            .settings(&format!("[redis]\nurl = \"{}\"\ntimeout = \"50ms\"\n[limits]\nbackend = \"redis\"\non_store_error = \"{mode}\"\nreplicas = 3\n", redis.url()))
+            .start()
+            .await;
+        let (_, key) = kg.key("acme", "tiny", &["calls:read"]);
+        let http = Http::new();
+        assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 200);
+        redis.pause();
+        let mut statuses = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..8 {
+            let started = Instant::now();
+            let answer = http.get(&kg.url("/v1/calls"), Some(key.expose())).await;
+            slowest = slowest.max(started.elapsed());
+            if mode == "deny" && answer.status == 503 {
+                assert!(answer.headers.contains_key("retry-after"));
+                assert_eq!(answer.error_type(), "unavailable");
+            }
+            statuses.push(answer.status);
+        }
+        assert!(slowest < Duration::from_millis(500), "{mode}: a request waited {slowest:?} on a stopped Redis");
+        match mode {
+            // ceil(3 / 3) = 1 request per window on this replica alone.
+            "local" => assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{mode}: {statuses:?}"),
+            "allow" => assert!(statuses.iter().all(|s| *s == 200), "{mode}: {statuses:?}"),
+            _ => assert!(statuses.iter().all(|s| *s == 503), "{mode}: {statuses:?}"),
+        }
+        let metrics = http.get(&kg.admin_url("/metrics"), None).await.text();
+        let counted = metric(&metrics, "keygate_ratelimit_store_fallback_total", &[("action", mode)]).unwrap();
+        assert!(counted >= 8.0, "{mode}: fallback decisions counted: {counted}");
+        assert_eq!(metric(&metrics, "keygate_store_up", &[]), Some(0.0));
+
+        redis.resume();
+        let url = kg.url("/v1/calls");
+        let shared_again = eventually(Duration::from_secs(2), async || {
+            http.get(&url, Some(key.expose())).await.headers.get("x-ratelimit-limit").is_some_and(|v| v == "3")
+                && http.get(&kg.admin_url("/metrics"), None).await.text().contains("keygate_store_up 1")
+        })
+        .await;
+        assert!(shared_again, "{mode}: decisions are shared again after SIGCONT");
+        kg.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_mid_run_causes_no_5xx() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let kg = replica(&upstream, &redis.url(), "deny").await;
+    let (_, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
+    let http = Http::new();
+    for i in 0..60 {
+        if i % 20 == 10 {
+            assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+        }
+        let answer = http.get(&kg.url("/v1/calls"), Some(key.expose())).await;
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.text());
+    }
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_is_shared_through_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let upstream = upstream().await;
+    let a = replica(&upstream, &cluster.url(), "deny").await;
+    let b = replica(&upstream, &cluster.url(), "deny").await;
+    let (_, key) = a.store_key("small", "tiny", &["calls:read"]).await;
+    let http = Http::new();
+    let statuses = [
+        http.get(&a.url("/v1/calls"), Some(key.expose())).await.status,
+        http.get(&b.url("/v1/calls"), Some(key.expose())).await.status,
+        http.get(&a.url("/v1/calls"), Some(key.expose())).await.status,
+        http.get(&b.url("/v1/calls"), Some(key.expose())).await.status,
+    ];
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    a.stop().await;
+    b.stop().await;
+}
