@@ -180,6 +180,13 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
     };
+    let tls = match &app.settings.listen.tls {
+        Some(files) => Some(
+            crate::tls::Tls::load_and_watch(files, app.metrics.clone())
+                .map_err(|e| StartError::Config(vec![Diagnostic::file_error(&app.settings.file, format!("listen.tls: {e}"))]))?,
+        ),
+        None => None,
+    };
     let proxy_listener = bind(app.settings.listen.address, "listen.address").await?;
     let admin_listener = bind(app.settings.admin.address, "admin.address").await?;
     let proxy_addr = local_addr(&proxy_listener)?;
@@ -193,7 +200,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
 
     let stop_accepting = CancellationToken::new();
     let mut servers = vec![
-        tokio::spawn(server::serve(proxy_listener, app.clone(), stop_accepting.clone())),
+        tokio::spawn(server::serve(proxy_listener, app.clone(), tls, stop_accepting.clone())),
         tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
     ];
     if let (Some(listener), Some(token)) = (api_listener, api_token) {

@@ -1,30 +1,53 @@
-//! The proxy listener: accept loop bounded by `max_connections`, HTTP/1.1 and h2c (prior
-//! knowledge) through hyper-util's auto builder, the protective timeouts, and graceful
-//! shutdown of every open connection.
+//! The proxy listener: accept loop bounded by `max_connections`, TLS (HTTP/1.1 and HTTP/2
+//! by ALPN) or plain (HTTP/1.1 and h2c by prior knowledge) through hyper-util's auto
+//! builder, the protective timeouts of `[server]`, and graceful shutdown.
+//!
+//! The timeouts are enforced here, by a per-connection watchdog over an I/O wrapper that
+//! notes every byte read and written, rather than by hyper's own header timer: that timer
+//! covers neither the TLS handshake nor the auto builder's HTTP/1-or-2 sniffing
+//! (hyperium/hyper#3962), and for a keep-alive connection it also starts at once after a
+//! response, so it cannot tell `idle_timeout` from `header_read_timeout`. The rules:
+//! - until the first request head is complete (TLS handshake and sniffing included), and
+//!   from the first byte of every later HTTP/1.1 head: `header_read_timeout`;
+//! - no request in flight and nothing arriving: `idle_timeout`;
+//! - a request in flight and no byte moving either way: `body_timeout`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::body::{BoxError, ProxyBody};
+use crate::error::Refusal;
 use crate::pipeline::{self, ConnectionInfo};
+use crate::tls::Tls;
 
 /// HTTP/2: streams one client may have open at once on a connection.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2: reset streams a client may leave pending (the "rapid reset" attack).
 const H2_MAX_PENDING_RESETS: usize = 50;
+/// How often each connection's watchdog looks at its clock.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
 /// Serves the proxy listener until `stop` is cancelled, then lets open connections finish
 /// (HTTP/1.1 responses get `Connection: close`, HTTP/2 connections a GOAWAY).
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<Arc<Tls>>, stop: CancellationToken) {
     let builder = Arc::new(connection_builder(&app));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(app.settings.server.max_connections));
@@ -53,10 +76,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _active = app.metrics.connection_opened();
-            serve_connection(stream, ConnectionInfo { peer, tls: false }, app, builder, watcher).await;
+            let info = ConnectionInfo { peer, tls: tls.is_some() };
+            serve_connection(stream, info, app, builder, watcher, tls).await;
         });
     }
     drop(listener);
@@ -66,60 +91,274 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
     let limits = &app.settings.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Without a timer the header-read timeout does nothing.
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper refuses a buffer under 8 KiB; smaller `max_header_bytes` are enforced on the
+    // parsed head in `respond` (431 either way).
+    builder.http1().timer(TokioTimer::new()).max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(limits.idle_timeout)
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
-/// One connection. hyper's header timer neither covers the wait for the first bytes nor
-/// the auto builder's HTTP/1-or-2 sniffing (hyperium/hyper#3962), so until the first
-/// request head is complete the whole connection is bounded by `header_read_timeout`.
+/// One connection: TLS handshake (if any), then HTTP, under the watchdog.
 async fn serve_connection(
     stream: TcpStream,
     info: ConnectionInfo,
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<Arc<Tls>>,
 ) {
-    let first_head = Arc::new(AtomicBool::new(false));
-    let seen = first_head.clone();
-    let handler_app = app.clone();
-    let service = service_fn(move |request| {
-        seen.store(true, Ordering::Relaxed);
-        let app = handler_app.clone();
-        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(app, info, request).await) }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let connection = watcher.watch(connection.into_owned());
-    tokio::pin!(connection);
-    tokio::select! {
-        result = &mut connection => {
-            log_connection_end(result);
-            return;
+    let activity = Arc::new(Activity::new());
+    let limits = app.settings.server.clone();
+    match tls {
+        Some(tls) => {
+            let acceptor = tls.acceptor();
+            let handshake = crate::tls::handshake(&acceptor, stream);
+            let stream = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok((stream, _alpn))) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %info.peer, "TLS handshake not finished within header_read_timeout");
+                    return;
+                }
+            };
+            run_http(Tracked::new(stream, activity.clone()), info, app, builder, watcher, activity).await;
         }
-        _ = tokio::time::sleep(app.settings.server.header_read_timeout) => {}
+        None => run_http(Tracked::new(stream, activity.clone()), info, app, builder, watcher, activity).await,
     }
-    if !first_head.load(Ordering::Relaxed) {
-        tracing::debug!(peer = %info.peer, "no complete request head within header_read_timeout; closing");
-        return;
-    }
-    log_connection_end(connection.await);
 }
 
-fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
+async fn run_http<IO>(
+    io: Tracked<IO>,
+    info: ConnectionInfo,
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    activity: Arc<Activity>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = app.settings.server.clone();
+    let service_activity = activity.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let guard = InFlight::start(&service_activity, request.version());
+        let app = app.clone();
+        async move {
+            let response = respond(app, info, request).await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| GuardedBody { inner: body, _guard: guard }))
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = watcher.watch(connection.into_owned());
+    tokio::pin!(connection);
+    let mut tick = tokio::time::interval(WATCHDOG_TICK);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                if let Some(why) = activity.expired(&limits) {
+                    tracing::debug!(peer = %info.peer, reason = why, "closing connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The request head's size (request line and headers), as `max_header_bytes` counts it.
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + line
+}
+
+async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    if head_bytes(&request) > app.settings.server.max_header_bytes {
+        return Refusal::HeadersTooLarge.into_response(&crate::upstream::new_request_id(), false);
+    }
+    pipeline::handle(app, info, request).await
+}
+
+/// What the watchdog knows of one connection, in milliseconds since it was accepted
+/// (0 meaning "not yet").
+struct Activity {
+    born: Instant,
+    /// Last byte read or written.
+    last_progress: AtomicU64,
+    /// When the connection last became idle (no request in flight).
+    idle_since: AtomicU64,
+    /// First byte of a request head read while idle (HTTP/1.1); cleared when it completes.
+    head_started: AtomicU64,
+    in_flight: AtomicUsize,
+    /// A first request head has completed.
+    served: AtomicBool,
+    /// HTTP/2: heads are frames, not a byte stream between requests.
+    h2: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            last_progress: AtomicU64::new(1),
+            idle_since: AtomicU64::new(1),
+            head_started: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    fn on_bytes_read(&self) {
+        let now = self.now();
+        self.last_progress.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.h2.load(Ordering::Relaxed) {
+            let _ = self.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    fn on_bytes_written(&self) {
+        self.last_progress.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Why the connection must close now, if it must.
+    fn expired(&self, limits: &crate::settings::Server) -> Option<&'static str> {
+        let now = self.now();
+        let since = |at: u64| Duration::from_millis(now.saturating_sub(at));
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return (since(self.last_progress.load(Ordering::Relaxed)) > limits.body_timeout).then_some("body_timeout");
+        }
+        if !self.served.load(Ordering::Acquire) {
+            // Accept → complete first head, handshake and sniffing included.
+            return (since(1) > limits.header_read_timeout).then_some("header_read_timeout");
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        if head != 0 && since(head) > limits.header_read_timeout {
+            return Some("header_read_timeout");
+        }
+        let idle_from = self.idle_since.load(Ordering::Relaxed).max(self.last_progress.load(Ordering::Relaxed));
+        (head == 0 && since(idle_from) > limits.idle_timeout).then_some("idle_timeout")
+    }
+}
+
+/// One request in flight on a connection, from its complete head until its response body
+/// is finished (or dropped).
+struct InFlight {
+    activity: Arc<Activity>,
+}
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>, version: Version) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.head_started.store(0, Ordering::Release);
+        activity.served.store(true, Ordering::Release);
+        if version == Version::HTTP_2 {
+            activity.h2.store(true, Ordering::Relaxed);
+        }
+        InFlight { activity: activity.clone() }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.activity.now();
+        if self.activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.activity.idle_since.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct GuardedBody {
+    inner: ProxyBody,
+    _guard: InFlight,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An I/O stream that tells its [`Activity`] about every byte moved.
+struct Tracked<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Tracked<IO> {
+    fn new(inner: IO, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_bytes_read();
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_bytes_written();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.on_bytes_written();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,249 @@
+//! The `[server]` protective limits (SPEC 2.1, 6) and TLS through the real listener: each
+//! test fails if its limit is not wired.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const SHORT: &str = "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nbody_timeout = \"1s\"\n";
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_or_half_a_head_is_closed_after_header_read_timeout() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings(SHORT).start().await;
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(kg.addr).await.unwrap();
+    let mut half = TcpStream::connect(kg.addr).await.unwrap();
+    half.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    // One byte at a time keeps bytes moving, yet the head never completes.
+    let mut trickle = TcpStream::connect(kg.addr).await.unwrap();
+    let trickler = tokio::spawn(async move {
+        let started = Instant::now();
+        let _ = trickle.write_all(b"GET /status HTTP/1.1\r\n").await;
+        while started.elapsed() < Duration::from_secs(5) {
+            if trickle.write_all(b"a").await.is_err() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    for (what, stream) in [("silent", &mut silent), ("half a head", &mut half)] {
+        closed_within(stream, Duration::from_secs(5)).await.unwrap_or_else(|| panic!("{what}: still open after 5 s"));
+        let took = opened.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+            "{what}: closed after {took:?}"
+        );
+    }
+    let trickled = trickler.await.unwrap().expect("a trickled head is cut off too");
+    assert!(trickled < Duration::from_secs(3), "{trickled:?}");
+    // A complete request still works.
+    assert_eq!(Http::new().get(&kg.url("/status"), None).await.status, 200);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_stops_halfway_is_closed_after_header_read_timeout() {
+    let upstream = upstream().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_pair(certs.path());
+    let listen = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
+    let kg = Keygate::builder(&upstream.url()).listen(&listen).settings(SHORT).start().await;
+    let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+    // The first bytes of a TLS ClientHello record, and nothing more.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]).await.unwrap();
+    let took = closed_within(&mut stream, Duration::from_secs(5)).await.expect("still open after 5 s");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_idle_timeout_not_before() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings(SHORT).start().await;
+    let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+    stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let took = closed_within(&mut stream, Duration::from_secs(6)).await.expect("an idle connection is closed");
+    // The first read returns the response; the close comes idle_timeout (2 s) later,
+    // not header_read_timeout (1 s) later.
+    assert!(took >= Duration::from_millis(1700), "closed too early: {took:?} ({:?})", started.elapsed());
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_cut_after_body_timeout() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings(SHORT).start().await;
+    let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+    stream.write_all(b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part").await.unwrap();
+    let took = closed_within(&mut stream, Duration::from_secs(5)).await.expect("a stalled body is cut off");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn request_heads_over_max_header_bytes_get_431() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings("[server]\nmax_header_bytes = 2048\n").start().await;
+    let http = Http::new();
+    let big = "x".repeat(3000);
+    let answer = http.send("GET", &kg.url("/status"), &[("x-big", &big)], Bytes::new()).await;
+    assert_eq!(answer.status, 431);
+    let answer = Http::h2c().send("GET", &kg.url("/status"), &[("x-big", &big)], Bytes::new()).await;
+    assert_eq!(answer.status, 431);
+    assert_eq!(http.send("GET", &kg.url("/status"), &[("x-small", "y")], Bytes::new()).await.status, 200);
+    assert_eq!(upstream.count(), 1);
+    kg.stop().await;
+
+    // The default (16 KiB): a 20 KiB head is refused by the parser itself.
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let request = format!("GET /status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(20_000));
+    let answer = raw(kg.addr, request.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connection_slowloris_does_not_starve_another_client() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await; // default limits: 10 s head timeout
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+        stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(stream);
+    }
+    let started = Instant::now();
+    let answer = Http::new().get(&kg.url("/status"), None).await;
+    assert_eq!(answer.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "served after {:?}", started.elapsed());
+    drop(held);
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn http2_by_alpn_over_tls_gets_the_same_decisions_and_the_expiry_gauge_is_exported() {
+    let upstream = upstream().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_pair(certs.path());
+    let listen = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
+    let kg = Keygate::builder(&upstream.url()).listen(&listen).start().await;
+    let (_, secret) = kg.key("acme", "pro", &["calls:read"]);
+    for (alpn, h2) in [(&[b"h2".as_slice(), b"http/1.1"][..], true), (&[b"http/1.1".as_slice()][..], false)] {
+        let (stream, negotiated) = tls_connect(kg.addr, &cert, alpn).await;
+        assert_eq!(negotiated.as_deref(), Some(if h2 { &b"h2"[..] } else { &b"http/1.1"[..] }));
+        let uri = format!("https://localhost:{}/v1/calls", kg.addr.port());
+        let request = http::Request::get(&uri)
+            .header("authorization", format!("Bearer {}", secret.expose()))
+            .header("host", format!("localhost:{}", kg.addr.port()))
+            .body(http_body_util::BodyExt::boxed(http_body_util::Full::new(Bytes::new())))
+            .unwrap();
+        let answer = send_over(stream, h2, request).await;
+        assert_eq!(answer.status, 200, "h2={h2}: {}", answer.text());
+        assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
+        let (stream, _) = tls_connect(kg.addr, &cert, alpn).await;
+        let request = http::Request::get(&uri)
+            .header("host", format!("localhost:{}", kg.addr.port()))
+            .body(http_body_util::BodyExt::boxed(http_body_util::Full::new(Bytes::new())))
+            .unwrap();
+        assert_eq!(send_over(stream, h2, request).await.status, 401);
+    }
+    let metrics = Http::new().get(&kg.admin_url("/metrics"), None).await.text();
+    let expiry = metric(&metrics, "keygate_tls_cert_expiry_timestamp_seconds", &[]).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((expiry - now - 30.0 * 86_400.0).abs() < 86_400.0, "the gauge is the cert's notAfter: {expiry}");
+    kg.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upstream_receives_prior_knowledge_http2() {
+    let upstream = upstream().await;
+    let routes = ROUTES.replace("{upstream}", &upstream.url().replace("http://", "h2c://"));
+    let kg = Keygate::builder(&upstream.url()).routes(&routes).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let answer = Http::new().get(&kg.url("/v1/calls"), Some(key.expose())).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(upstream.last().headers["x-keygate-tenant"], "acme");
+    kg.stop().await;
+}
+
+/// SIGTERM with a slow request in flight: it completes with 200 (and `Connection: close`),
+/// `/readyz` turns 503, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings("[server]\ndrain_delay = \"300ms\"\n").start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let config = kg.config_path();
+    let _dir = kg.stop_keep_dir().await;
+    let mut child = std::process::Command::new(keygate_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (proxy, admin) = ready_addresses(&mut child).await;
+    let slow = {
+        let secret = key.expose().to_string();
+        tokio::spawn(async move {
+            raw(
+                proxy,
+                format!("GET /slow/800 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n").as_bytes(),
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || upstream.count() == 1).await,
+        "the slow request reached the upstream"
+    );
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let admin_url = format!("http://{admin}/readyz");
+    let not_ready = eventually(Duration::from_millis(250), async || {
+        tokio::time::timeout(Duration::from_millis(200), Http::new().get(&admin_url, None))
+            .await
+            .is_ok_and(|a| a.status == 503)
+    })
+    .await;
+    assert!(not_ready, "/readyz turns 503 at once");
+    let answer = slow.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let exited = eventually(Duration::from_secs(5), async || matches!(child.try_wait(), Ok(Some(_)))).await;
+    assert!(exited, "keygate did not exit");
+    assert!(child.wait().unwrap().success());
+}
+
+/// The proxy and admin addresses from the "keygate ready" log line of a `serve` child.
+async fn ready_addresses(child: &mut std::process::Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("keygate ready") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let parse = |f: &str| v["fields"][f].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap();
+                let _ = tx.send((parse("proxy"), parse("admin")));
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addrs) = rx.try_recv() {
+            return addrs;
+        }
+        assert!(Instant::now() < deadline, "keygate serve did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
