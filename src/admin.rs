@@ -40,12 +40,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let deadline = app.settings.server.header_read_timeout;
+            let first_head = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = first_head.clone();
             let service = service_fn(move |request| {
+                seen.store(true, std::sync::atomic::Ordering::Release);
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(respond(&app, &request)) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection.into_owned()).await;
+            crate::server::first_head_within(deadline, &first_head, watcher.watch(connection.into_owned())).await;
         });
     }
     drop(listener);

@@ -80,6 +80,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, token: String, stop: Ca
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(app.settings.server.header_read_timeout);
     let builder = Arc::new(builder);
+    let deadline = app.settings.server.header_read_timeout;
     let api = Arc::new(AdminApi::new(app, &token));
     drop(token);
     let graceful = GracefulShutdown::new();
@@ -99,12 +100,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, token: String, stop: Ca
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let first_head = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = first_head.clone();
             let service = service_fn(move |request| {
+                seen.store(true, std::sync::atomic::Ordering::Release);
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(api.handle(request, Some(peer)).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection.into_owned()).await;
+            crate::server::first_head_within(deadline, &first_head, watcher.watch(connection.into_owned())).await;
         });
     }
     drop(listener);

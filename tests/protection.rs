@@ -247,3 +247,23 @@ async fn ready_addresses(child: &mut std::process::Child) -> (std::net::SocketAd
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_admin_listeners_close_silent_connections_too() {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-long-enough-admin-token-0123456789").unwrap();
+    let kg = Keygate::builder(&upstream.url())
+        .settings(SHORT)
+        .admin(&format!("api_address = \"127.0.0.1:0\"\ntoken_file = \"{}\"", token.display()))
+        .start()
+        .await;
+    for addr in [kg.admin, kg.api.expect("the admin API is on")] {
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let took = closed_within(&mut silent, Duration::from_secs(5)).await.expect("still open after 5 s");
+        assert!(took < Duration::from_millis(2500), "{addr}: {took:?}");
+    }
+    assert_eq!(Http::new().get(&kg.admin_url("/healthz"), None).await.status, 200);
+    kg.stop().await;
+}
