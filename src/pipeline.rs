@@ -5,27 +5,32 @@
 //! Proof types keep the order honest: authentication yields an [`Authenticated`], the
 //! plan and scope checks consume it into a [`Authorized`], and only an [`Admission`]
 //! (which only this module can build) can be forwarded.
+//!
+//! A WebSocket handshake is a request like any other until it is admitted; then it is
+//! forwarded with its `Upgrade`, and an upstream 101 turns into a tunnel (see
+//! [`crate::upstream`]). Every request gets one access line ([`AccessLog`]), written when
+//! its response body has been sent (or its tunnel closed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::auth::Authentication;
-use crate::body::{self, Limited, ProxyBody};
+use crate::body::{self, AccessLog, Counted, Limited, Logged, ProxyBody};
 use crate::error::{AuthFailure, Refusal};
 use crate::keys::{self, Principal};
 use crate::metrics::{AuthResult, Mode};
 use crate::path;
-use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode};
+use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::ratelimit::shared::STORE_DOWN_RETRY_AFTER;
 use crate::ratelimit::{Decision, Limit};
-use crate::upstream::{self, ForwardContext, UpstreamError};
+use crate::upstream::{self, ForwardContext, Tunnel, UpstreamError};
 
 /// What the server knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -34,14 +39,12 @@ pub struct ConnectionInfo {
     pub tls: bool,
 }
 
-/// What the access log and metrics record about a request as it goes through.
-struct Record {
-    request_id: String,
-    route: Option<String>,
-    decision: &'static str,
-    mode: Mode,
-    principal: Option<Principal>,
-    upstream: Option<String>,
+/// What forwarding produced: the response, the rate decision for its headers, and for an
+/// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
+struct Forwarded {
+    response: Response<ProxyBody>,
+    rate: Option<RateOutcome>,
+    tunnel: Option<Tunnel>,
 }
 
 /// A key that authenticated.
@@ -91,25 +94,35 @@ impl From<Refusal> for Box<Denial> {
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let policy = app.policy.load_full();
-    let method = request.method().clone();
     let grpc = is_grpc(request.headers());
-    let mut record = Record {
-        request_id: request_id(request.headers()),
-        route: None,
-        decision: "ok",
-        mode: Mode::Enforce,
-        principal: None,
-        upstream: None,
-    };
+    // Written when dropped: with the response body, or with status 499 if this future is
+    // dropped first (the client went away).
+    let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), started);
 
-    let (mut response, rate) = match process(&app, &policy, connection, request, &mut record).await {
-        Ok(done) => done,
+    let forwarded = match process(&app, &policy, connection, request, &mut record).await {
+        Ok(forwarded) => forwarded,
         Err(denial) => {
             record.decision = decision_name(&denial.refusal);
             let response = denial.refusal.into_response(&record.request_id, grpc);
-            (response, denial.rate)
+            Forwarded { response, rate: denial.rate, tunnel: None }
         }
     };
+    finish(&app, forwarded, record)
+}
+
+/// A refusal decided before [`handle`] (the server's 431 for a head over
+/// `max_header_bytes`): answered, counted and access-logged like the pipeline's own.
+pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<ProxyBody> {
+    let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), Instant::now());
+    record.decision = decision_name(&refusal);
+    let response = refusal.into_response(&record.request_id, is_grpc(request.headers()));
+    finish(app, Forwarded { response, rate: None, tunnel: None }, record)
+}
+
+/// The headers every response gets, the request metrics (at response-head time), and the
+/// access line handed to the response body — or to the tunnel, for a WebSocket.
+fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
+    let Forwarded { mut response, rate, tunnel } = forwarded;
     if let Some(rate) = &rate {
         rate.decision.write_headers(&rate.plan, &rate.limit, response.headers_mut());
     }
@@ -117,23 +130,17 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
         response.headers_mut().insert("x-request-id", id);
     }
 
-    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
     let route = record.route.as_deref().unwrap_or("none");
-    app.metrics.record_request(route, &method, response.status().as_u16(), elapsed);
-    tracing::info!(
-        target: "access",
-        request_id = %record.request_id,
-        method = %method,
-        route = route,
-        status = response.status().as_u16(),
-        decision = record.decision,
-        mode = record.mode.as_str(),
-        key_id = record.principal.as_ref().map(|p| p.key_id.as_str()),
-        tenant = record.principal.as_ref().map(|p| p.tenant.as_str()),
-        upstream = record.upstream.as_deref(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-    );
-    response
+    app.metrics.record_request(route, &record.method, status, record.elapsed());
+    record.status = Some(status);
+    match tunnel {
+        Some(tunnel) => {
+            tokio::spawn(tunnel.run(record));
+            response
+        }
+        None => response.map(|body| body::boxed(Logged::new(body, record))),
+    }
 }
 
 /// The phases. `Ok` is the upstream's response (with the rate decision for its headers).
@@ -142,8 +149,8 @@ async fn process(
     policy: &Policy,
     connection: ConnectionInfo,
     request: Request<Incoming>,
-    record: &mut Record,
-) -> Result<(Response<ProxyBody>, Option<RateOutcome>), Box<Denial>> {
+    record: &mut AccessLog,
+) -> Result<Forwarded, Box<Denial>> {
     // 1. The request's shape: one Host, an absolute-form target naming the same host.
     check_host(&request)?;
 
@@ -295,21 +302,27 @@ fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
 }
 
 /// Rewrites the request for the upstream, sends it, and maps failures to 413/502/504.
+/// An admitted WebSocket handshake keeps its `Upgrade`; the upstream's 101 becomes a
+/// [`Tunnel`].
 async fn forward(
     app: &App,
     route: &Route,
     admission: Admission,
     connection: ConnectionInfo,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     path: String,
-    record: &mut Record,
-) -> Result<(Response<ProxyBody>, Option<RateOutcome>), Box<Denial>> {
+    record: &mut AccessLog,
+) -> Result<Forwarded, Box<Denial>> {
     let (principal, rate) = match admission {
         Admission::Public => (None, None),
         Admission::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
         Admission::Shadow { principal, rate } => (principal, rate),
     };
     record.principal = principal.clone();
+
+    // The client's side of the upgrade must be taken before the request is taken apart.
+    let websocket = upstream::is_websocket_upgrade(&request) && route.upstream.protocol == UpstreamProtocol::Http1;
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
 
     let (mut parts, incoming) = request.into_parts();
     // HTTP/2 carries the host as `:authority`, which hyper puts in the URI.
@@ -330,9 +343,14 @@ async fn forward(
         peer_trusted,
         host,
     };
-    upstream::rewrite_request_headers(&mut parts.headers, &context, principal.as_ref(), false);
+    upstream::rewrite_request_headers(&mut parts.headers, &context, principal.as_ref(), websocket);
+    if websocket {
+        // Only WebSocket is asked for, whatever else the client listed.
+        parts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
 
     let too_large = Arc::new(AtomicBool::new(false));
+    let incoming = Counted::received(incoming, record.bytes());
     let body = match route.max_body_bytes {
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),
@@ -341,10 +359,25 @@ async fn forward(
     let result = app.upstreams.send(&route.upstream, Request::from_parts(parts, body)).await;
     app.metrics.observe_upstream(&route.upstream.name, upstream_started.elapsed());
     match result {
+        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let client_upgrade = match client_upgrade {
+                Some(client_upgrade) if upstream::switched_to_websocket(response.headers()) => client_upgrade,
+                _ => {
+                    tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream switched protocols unasked");
+                    return Err(Box::new(Denial { refusal: Refusal::BadGateway, principal, rate }));
+                }
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut parts, _empty) = response.into_parts();
+            upstream::remove_hop_by_hop(&mut parts.headers, true);
+            let tunnel = Tunnel::new(client_upgrade, upstream_upgrade);
+            Ok(Forwarded { response: Response::from_parts(parts, body::empty()), rate, tunnel: Some(tunnel) })
+        }
         Ok(response) => {
+            // Includes an upgrade the upstream refused: an ordinary response.
             let (mut parts, body) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, false);
-            Ok((Response::from_parts(parts, body::boxed(body)), rate))
+            Ok(Forwarded { response: Response::from_parts(parts, body::boxed(body)), rate, tunnel: None })
         }
         Err(UpstreamError::Timeout) => {
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");

@@ -185,7 +185,7 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
 
 async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
     if head_bytes(&request) > app.settings.server.max_header_bytes {
-        return Refusal::HeadersTooLarge.into_response(&crate::upstream::new_request_id(), false);
+        return pipeline::refuse(&app, &request, Refusal::HeadersTooLarge);
     }
     pipeline::handle(app, info, request).await
 }

@@ -1,20 +1,44 @@
 //! Forwarding (SPEC 4.3): one pooled hyper-util client per upstream, hop-by-hop header
 //! removal both ways (RFC 9110 7.6.1), the identity and forwarding headers keygate adds,
-//! and the connect and response-header timeouts that become 502 and 504.
+//! the connect and response-header timeouts that become 502 and 504, and the WebSocket
+//! tunnel (SPEC 4.1).
+//!
+//! # WebSocket
+//!
+//! An HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket` (RFC 6455 4.1)
+//! goes through every phase like any request; once admitted, and only to an `http://`
+//! upstream, it is forwarded over HTTP/1.1 with `Upgrade: websocket` and
+//! `Connection: upgrade` kept (every other hop-by-hop header still removed). Only when
+//! the upstream answers `101 Switching Protocols` with `Upgrade: websocket` does keygate
+//! answer 101 and copy bytes both ways ([`Tunnel`]) until either side closes; it never
+//! parses frames. Any other answer is passed on as an ordinary response (the upgrade was
+//! refused), and a 101 the request did not ask for is a 502: keygate never tunnels
+//! because of what the client asked alone, so a backend that refuses the upgrade cannot
+//! be made to carry smuggled requests. Other `Upgrade` tokens (`h2c`, …) are removed like
+//! any hop-by-hop header: an `h2c` tunnel would let a client send requests for any path
+//! past the route that admitted it.
+//!
+//! hyper-util's pooled client supports this: the 101 response yields the connection
+//! through `hyper::upgrade::on`, and a connection that switched protocols is never put
+//! back in the pool. To an `h2c://` upstream the handshake is forwarded as a plain
+//! request (no `Upgrade`): HTTP/2 WebSocket (extended CONNECT, RFC 8441) is not
+//! supported, from clients or to upstreams. The access line of a WebSocket request is
+//! written when its tunnel closes, with the bytes copied each way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE};
-use http::{HeaderMap, Request, Response, Uri, Version};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::ProxyBody;
+use crate::body::{AccessLog, CountingIo, ProxyBody};
 use crate::keys::Principal;
 use crate::policy::{Upstream, UpstreamProtocol};
 
@@ -143,7 +167,8 @@ const HOP_BY_HOP: [&str; 7] = [
 
 /// Removes hop-by-hop headers, and those named in `Connection`. `TE: trailers` is kept
 /// (gRPC needs it). `Upgrade` is removed unless `keep_upgrade` (an authorised WebSocket
-/// handshake, which re-adds `Connection: upgrade` itself).
+/// handshake or its 101): then it is kept and `Connection: upgrade` is set, since this
+/// hop's `Connection` must name it (RFC 9110 7.8).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -168,10 +193,70 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
     if !keep_upgrade {
-        headers.remove(http::header::UPGRADE);
+        headers.remove(UPGRADE);
+    } else if headers.contains_key(UPGRADE) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether `headers` has a `name` header listing `token` (comma-separated, any case).
+fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether `request` is a WebSocket opening handshake (RFC 6455 4.1): HTTP/1.1, `GET`,
+/// `Connection` naming `upgrade` and `Upgrade` naming `websocket`. HTTP/2 requests never
+/// are (extended CONNECT, RFC 8441, is not supported).
+pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.method() == Method::GET
+        && lists_token(request.headers(), CONNECTION, "upgrade")
+        && lists_token(request.headers(), UPGRADE, "websocket")
+}
+
+/// Whether an upstream's 101 switched to WebSocket (the only protocol keygate asks for).
+pub fn switched_to_websocket(headers: &HeaderMap) -> bool {
+    lists_token(headers, UPGRADE, "websocket")
+}
+
+/// Both ends of an accepted WebSocket upgrade: the client's connection (once keygate's
+/// 101 is written) and the upstream's (once its 101 is read).
+pub struct Tunnel {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+}
+
+impl Tunnel {
+    pub fn new(client: OnUpgrade, upstream: OnUpgrade) -> Self {
+        Tunnel { client, upstream }
+    }
+
+    /// Waits for both upgrades, then copies bytes both ways until either side closes
+    /// (an end-of-stream is passed on as a write shutdown, then the other direction
+    /// drains). `log` is written when the tunnel ends, with the bytes copied.
+    pub async fn run(self, mut log: AccessLog) {
+        let (client, upstream) = tokio::join!(self.client, self.upstream);
+        let (client, upstream) = match (client, upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(request_id = %log.request_id, error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = CountingIo::new(TokioIo::new(client), log.bytes());
+        let mut upstream = TokioIo::new(upstream);
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok(_) => log.set_complete(),
+            Err(e) => tracing::debug!(request_id = %log.request_id, error = %e, "websocket tunnel ended with an error"),
+        }
     }
 }
 
@@ -361,6 +446,49 @@ mod tests {
         rewrite_request_headers(&mut h, &context(false), None, false);
         assert_eq!(h.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(), ["http"]);
         assert_eq!(h.get_all("x-forwarded-host").iter().collect::<Vec<_>>(), ["api.example.com"]);
+    }
+
+    #[test]
+    fn an_authorised_upgrade_keeps_upgrade_and_says_so_in_connection() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, keep-alive, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        rewrite_request_headers(&mut h, &context(false), Some(&principal()), true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h.get_all("connection").iter().collect::<Vec<_>>(), ["upgrade"]);
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert!(!h.contains_key("x-hop") && !h.contains_key("keep-alive"), "{h:?}");
+        assert_eq!(h["x-keygate-tenant"], "acme");
+
+        let mut h = headers(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn websocket_handshakes_are_recognised() {
+        let request = |method: &str, version: Version, pairs: &[(&str, &str)]| {
+            let mut builder = Request::builder().method(method).version(version).uri("/ws");
+            for (k, v) in pairs {
+                builder = builder.header(*k, *v);
+            }
+            builder.body(()).unwrap()
+        };
+        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        assert!(is_websocket_upgrade(&request("GET", Version::HTTP_11, &ws)));
+        assert!(!is_websocket_upgrade(&request("POST", Version::HTTP_11, &ws)));
+        assert!(!is_websocket_upgrade(&request("GET", Version::HTTP_10, &ws)));
+        assert!(!is_websocket_upgrade(&request("GET", Version::HTTP_2, &ws)));
+        assert!(!is_websocket_upgrade(&request("GET", Version::HTTP_11, &[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&request(
+            "GET",
+            Version::HTTP_11,
+            &[("connection", "upgrade"), ("upgrade", "h2c")]
+        )));
     }
 
     #[test]
