@@ -1,10 +1,9 @@
 //! Body types: the one boxed body type that flows through the proxy both ways, the
 //! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering), and
 //! the access log (SPEC 6): [`AccessLog`] is one request's line, written once when it is
-//! dropped, and [`Counted`], [`Logged`] and [`CountingIo`] count the request's bytes as
+//! dropped, and [`Counted`], [`Logged`] and [`crate::io::ObservedIo`] count the request's bytes as
 //! they pass, so that the line carries them without anything being buffered.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +14,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::keys::Principal;
 use crate::metrics::Mode;
@@ -292,62 +290,15 @@ impl<B: Body> Drop for Logged<B> {
     }
 }
 
-/// The client side of a WebSocket tunnel: bytes read from it count as received, bytes
-/// written to it as sent.
-pub struct CountingIo<T> {
-    inner: T,
-    counts: Arc<ByteCounts>,
-}
-
-impl<T> CountingIo<T> {
-    pub fn new(inner: T, counts: Arc<ByteCounts>) -> Self {
-        CountingIo { inner, counts }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let read = buf.filled().len().saturating_sub(before);
-            self.counts.received.fetch_add(read as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        polled
+/// A WebSocket tunnel's client side counts into the request's [`ByteCounts`]: bytes read
+/// from the client as received, bytes written to it as sent.
+impl crate::io::IoObserver for ByteCounts {
+    fn on_read(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn on_write(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -392,7 +343,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let counts = Arc::new(ByteCounts::default());
         let (near, mut far) = tokio::io::duplex(64);
-        let mut io = CountingIo::new(near, counts.clone());
+        let mut io = crate::io::ObservedIo::new(near, counts.clone());
         io.write_all(b"hello").await.unwrap();
         far.write_all(b"hi").await.unwrap();
         let mut got = [0u8; 2];

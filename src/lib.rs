@@ -16,6 +16,7 @@ pub mod cli;
 pub mod diag;
 pub mod duration;
 pub mod error;
+pub mod io;
 pub mod keys;
 pub mod metrics;
 pub mod path;

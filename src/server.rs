@@ -12,7 +12,6 @@
 //! - no request in flight and nothing arriving: `idle_timeout`;
 //! - a request in flight and no byte moving either way: `body_timeout`.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::Refusal;
+use crate::io::{IoObserver, ObservedIo};
 use crate::pipeline::{self, ConnectionInfo};
 use crate::tls::Tls;
 
@@ -129,9 +129,9 @@ async fn serve_connection(
                     return;
                 }
             };
-            run_http(Tracked::new(stream, activity.clone()), info, app, builder, watcher, activity).await;
+            run_http(ObservedIo::new(stream, activity.clone()), info, app, builder, watcher, activity).await;
         }
-        None => run_http(Tracked::new(stream, activity.clone()), info, app, builder, watcher, activity).await,
+        None => run_http(ObservedIo::new(stream, activity.clone()), info, app, builder, watcher, activity).await,
     }
 }
 
@@ -306,62 +306,18 @@ impl Body for GuardedBody {
     }
 }
 
-/// An I/O stream that tells its [`Activity`] about every byte moved.
-struct Tracked<IO> {
-    inner: IO,
-    activity: Arc<Activity>,
-}
+impl IoObserver for Activity {
+    fn on_read(&self, _bytes: usize) {
+        self.on_bytes_read();
+    }
 
-impl<IO> Tracked<IO> {
-    fn new(inner: IO, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
+    fn on_write(&self, _bytes: usize) {
+        self.on_bytes_written();
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_bytes_read();
-        }
-        result
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_bytes_written();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_bytes_written();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+/// A connection's stream, telling its [`Activity`] about every byte moved.
+type Tracked<IO> = ObservedIo<IO, Activity>;
 
 /// For the admin listeners, which serve small requests from probes, scrapers and
 /// dashboards: the first request head must complete within `deadline` (hyper's HTTP/1

@@ -38,7 +38,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::{AccessLog, CountingIo, ProxyBody};
+use crate::body::{AccessLog, ProxyBody};
+use crate::io::ObservedIo;
 use crate::keys::Principal;
 use crate::policy::{Upstream, UpstreamProtocol};
 
@@ -251,7 +252,7 @@ impl Tunnel {
                 return;
             }
         };
-        let mut client = CountingIo::new(TokioIo::new(client), log.bytes());
+        let mut client = ObservedIo::new(TokioIo::new(client), log.bytes());
         let mut upstream = TokioIo::new(upstream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok(_) => log.set_complete(),

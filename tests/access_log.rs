@@ -7,78 +7,16 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use support::process::{Served, PROBE};
 use support::*;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-
-/// The request id of the probe that tells the proxy port from the admin port.
-const PROBE: &str = "probe";
-
-/// `keygate serve` on `config` as a child process, its stdout captured.
-struct Served {
-    child: Child,
-    stdout: Option<JoinHandle<String>>,
-    proxy: String,
-}
-
-impl Served {
-    async fn start(config: &Path, rust_log: &str) -> Served {
-        let mut child = Command::new(keygate_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
-        let ports = wait_for_listening_ports(child.id()).await;
-        assert_eq!(ports.len(), 2, "proxy and admin ports: {ports:?}");
-        let proxy = proxy_of(&ports).await;
-        Served { child, stdout: Some(reader), proxy }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.proxy, path)
-    }
-
-    /// SIGTERM, a clean exit, and everything it wrote on stdout.
-    async fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let child = &mut self.child;
-        let exited = eventually(Duration::from_secs(10), async || matches!(child.try_wait(), Ok(Some(_)))).await;
-        if !exited {
-            let _ = self.child.kill();
-        }
-        let status = self.child.wait().unwrap();
-        assert!(exited && status.success(), "keygate did not exit 0 on SIGTERM: {status:?}");
-        self.stdout.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Every access line in `stdout`, whole (with `timestamp`, `level`, `target`, `fields`).
 fn access_lines(stdout: &str) -> Vec<serde_json::Value> {
@@ -191,7 +129,7 @@ async fn one_access_line_per_request_with_every_field_and_the_bytes() {
     }
 
     drop((http, h2));
-    let stdout = served.stop().await;
+    let (stdout, _) = served.stop().await;
     let ended = OffsetDateTime::now_utc();
     let lines = access_lines(&stdout);
 
@@ -291,60 +229,7 @@ async fn rust_log_warn_suppresses_access_lines() {
     assert_eq!(http.get(&served.url("/v1/calls"), Some(key.expose())).await.status, 200);
     assert_eq!(http.get(&served.url("/v1/calls"), None).await.status, 401);
     drop(http);
-    let stdout = served.stop().await;
+    let (stdout, _) = served.stop().await;
     assert!(access_lines(&stdout).is_empty(), "{stdout}");
     assert!(!stdout.contains("\"access\""), "{stdout}");
-}
-
-/// The TCP ports a process listens on, from /proc/net/tcp and its fd links.
-async fn wait_for_listening_ports(pid: u32) -> Vec<u16> {
-    let mut ports = Vec::new();
-    assert!(
-        eventually(Duration::from_secs(20), async || {
-            ports = listening_ports(pid);
-            ports.len() >= 2
-        })
-        .await,
-        "keygate did not start listening"
-    );
-    ports
-}
-
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    ports.push(port);
-                }
-            }
-        }
-    }
-    ports.sort();
-    ports.dedup();
-    ports
-}
-
-/// The proxy's address: the port that does not answer /healthz with `ok` (the admin one
-/// does). If the probe hits the proxy, its access line has the request id `probe`.
-async fn proxy_of(ports: &[u16]) -> String {
-    let http = Http::new();
-    let first = format!("127.0.0.1:{}", ports[0]);
-    let second = format!("127.0.0.1:{}", ports[1]);
-    let probe = http.send("GET", &format!("http://{first}/healthz"), &[("x-request-id", PROBE)], Bytes::new()).await;
-    if probe.text() == "ok\n" {
-        second
-    } else {
-        first
-    }
 }

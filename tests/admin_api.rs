@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -477,28 +475,8 @@ async fn audit_lines_name_the_change_and_never_a_secret() {
     let config = kg.config_path();
     let _dir = kg.stop_keep_dir().await;
 
-    let mut child = Command::new(keygate_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env_remove("KEYGATE_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let api = Client { addr: find_api(child.id()).await, http: Http::new() };
+    let served = process::Served::start(&config, "info").await;
+    let api = Client { addr: find_api(served.pid()).await, http: Http::new() };
 
     api.create_tenant("acme", "pro").await;
     let key = api.create_key("acme", &["calls:read"]).await;
@@ -512,8 +490,8 @@ async fn audit_lines_name_the_change_and_never_a_secret() {
     let secrets = [key["key"].as_str().unwrap().to_string(), rotated["key"].as_str().unwrap().to_string()];
     drop(api);
 
-    terminate(&mut child).await;
-    let logs = out_reader.join().unwrap() + &err_reader.join().unwrap();
+    let (stdout, stderr) = served.stop().await;
+    let logs = stdout + &stderr;
     let audit: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -552,24 +530,13 @@ async fn audit_lines_name_the_change_and_never_a_secret() {
     assert!(!logs.contains("wrong-token"), "a presented token appears in the log");
 }
 
-/// SIGTERM, then wait for a clean exit without blocking the runtime.
-async fn terminate(child: &mut std::process::Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let exited = eventually(Duration::from_secs(10), async || matches!(child.try_wait(), Ok(Some(_)))).await;
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
-    assert!(exited && status.success(), "keygate did not exit 0 on SIGTERM: {status:?}");
-}
-
 /// The child's admin API address: of the ports it listens on (proxy, admin, API), the
 /// one that answers an unauthenticated call with the API's challenge.
 async fn find_api(pid: u32) -> SocketAddr {
     let http = Http::new();
     let mut found = None;
     let ok = eventually(Duration::from_secs(20), async || {
-        for port in listening_ports(pid) {
+        for port in process::listening_ports(pid) {
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let answer = http.get(&format!("http://{addr}/admin/v1/tenants"), None).await;
             if answer.status == 401
@@ -587,30 +554,4 @@ async fn find_api(pid: u32) -> SocketAddr {
     .await;
     assert!(ok, "the admin API did not start listening");
     found.unwrap()
-}
-
-/// The TCP ports a process listens on, from /proc/net/tcp and its fd links.
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    ports.push(port);
-                }
-            }
-        }
-    }
-    ports.sort();
-    ports.dedup();
-    ports
 }

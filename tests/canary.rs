@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,33 +20,8 @@ async fn the_canary_key_leaves_no_trace() {
     let secret = canary.expose().to_string();
     let tail = &secret[8..];
 
-    let mut child = Command::new(keygate_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-
-    // The addresses: read back from the config is not possible (port 0), so find them
-    // from /proc: the child's listening sockets. Simpler: poll the log file we capture
-    // only at the end — instead, ask the kernel which ports the child listens on.
-    let ports = wait_for_listening_ports(child.id()).await;
-    assert_eq!(ports.len(), 2, "proxy and admin ports: {ports:?}");
-    let (proxy, admin) = identify(&ports).await;
+    let served = process::Served::start(&config, "debug").await;
+    let (proxy, admin) = (served.proxy, served.admin);
 
     let http = Http::new();
     let h2 = Http::h2c();
@@ -110,8 +83,8 @@ async fn the_canary_key_leaves_no_trace() {
     let (_, listed, _) = cli(&config, &["keys", "list", "--json"]);
 
     drop((http, h2));
-    terminate(&mut child).await;
-    let logs = out_reader.join().unwrap() + &err_reader.join().unwrap();
+    let (stdout, stderr) = served.stop().await;
+    let logs = stdout + &stderr;
     assert!(logs.contains("\"target\":\"access\""), "the access log was captured: {logs}");
     assert!(logs.contains(&canary_id), "the key id may be logged");
 
@@ -125,68 +98,5 @@ async fn the_canary_key_leaves_no_trace() {
         ("upstream headers", &upstream_headers.replace(&format!("/v1/calls/{secret}"), "")),
     ] {
         assert!(!text.contains(tail), "the canary key appears in {what}");
-    }
-}
-
-/// SIGTERM, then wait (without blocking the runtime, whose client connections must be
-/// able to close) for a clean exit.
-async fn terminate(child: &mut std::process::Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let exited = eventually(Duration::from_secs(10), async || matches!(child.try_wait(), Ok(Some(_)))).await;
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().unwrap();
-    assert!(exited && status.success(), "keygate did not exit 0 on SIGTERM: {status:?}");
-}
-
-/// The TCP ports a process listens on, from /proc/net/tcp and its fd links.
-async fn wait_for_listening_ports(pid: u32) -> Vec<u16> {
-    let mut ports = Vec::new();
-    assert!(
-        eventually(Duration::from_secs(20), async || {
-            ports = listening_ports(pid);
-            ports.len() >= 2
-        })
-        .await,
-        "keygate did not start listening"
-    );
-    ports
-}
-
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    ports.push(port);
-                }
-            }
-        }
-    }
-    ports.sort();
-    ports.dedup();
-    ports
-}
-
-/// Which of the two ports is the admin listener (it answers /healthz with `ok`).
-async fn identify(ports: &[u16]) -> (String, String) {
-    let http = Http::new();
-    let first = format!("127.0.0.1:{}", ports[0]);
-    let second = format!("127.0.0.1:{}", ports[1]);
-    if http.get(&format!("http://{first}/healthz"), None).await.text() == "ok\n" {
-        (second, first)
-    } else {
-        (first, second)
     }
 }

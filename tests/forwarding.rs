@@ -162,9 +162,9 @@ async fn a_large_upload_streams_without_buffering() {
     let (_, key) = kg.key("acme", "pro", &["calls:write"]);
     let config = kg.config_path();
     let _dir = kg.stop_keep_dir().await;
-    let mut child = support_process::spawn_serve(&config);
-    let addr = support_process::proxy_addr(&mut child).await;
-    let before = support_process::peak_rss_kib(child.id());
+    let served = process::Served::start(&config, "info").await;
+    let addr = served.proxy;
+    let before = process::peak_rss_kib(served.pid());
 
     const CHUNK: usize = 64 * 1024;
     const TOTAL: usize = 100 * 1024 * 1024;
@@ -178,59 +178,9 @@ async fn a_large_upload_streams_without_buffering() {
     let answer = Http::new().request(request).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(upstream.last().body_len, TOTAL as u64);
-    let after = support_process::peak_rss_kib(child.id());
+    let after = process::peak_rss_kib(served.pid());
     let grew_mib = (after.saturating_sub(before)) / 1024;
-    let _ = child.kill();
+    drop(served);
     assert!(grew_mib < 30, "keygate's peak RSS grew by {grew_mib} MiB for a 100 MiB upload");
     tokio::time::sleep(Duration::from_millis(10)).await;
-}
-
-mod support_process {
-    use std::net::SocketAddr;
-    use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    pub fn spawn_serve(config: &Path) -> Child {
-        Command::new(super::keygate_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn keygate serve")
-    }
-
-    /// Reads the "keygate ready" log line for the proxy's address.
-    pub async fn proxy_addr(child: &mut Child) -> SocketAddr {
-        use std::io::BufRead;
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("keygate ready") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["fields"]["proxy"].as_str().unwrap().parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(addr) = rx.try_recv() {
-                return addr;
-            }
-            assert!(Instant::now() < deadline, "keygate serve did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn peak_rss_kib(pid: u32) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
 }

@@ -25,7 +25,11 @@ const SPEC_METRICS: [(&str, &str); 13] = [
 ];
 
 fn series(text: &str) -> BTreeSet<String> {
-    text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).filter_map(|l| l.rsplit_once(' ')).map(|(s, _)| s.to_string()).collect()
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(s, _)| s.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -78,7 +82,10 @@ async fn label_sets_do_not_grow_with_paths_methods_or_keys() {
     assert!(!text.contains("/unrouted/"), "raw paths are never labels");
     assert!(!text.contains("CUSTOM"), "non-standard methods are OTHER");
     assert!(text.contains("method=\"OTHER\""));
-    assert!(!text.contains("acme") && !text.contains("tenant=") && !text.contains("key_id="), "no tenant or key labels");
+    assert!(
+        !text.contains("acme") && !text.contains("tenant=") && !text.contains("key_id="),
+        "no tenant or key labels"
+    );
     kg.stop().await;
 }
 

@@ -184,14 +184,8 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let (_, key) = kg.key("acme", "pro", &["calls:read"]);
     let config = kg.config_path();
     let _dir = kg.stop_keep_dir().await;
-    let mut child = std::process::Command::new(keygate_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (proxy, admin) = ready_addresses(&mut child).await;
+    let mut served = process::Served::start(&config, "info").await;
+    let (proxy, admin) = (served.proxy, served.admin);
     let slow = {
         let secret = key.expose().to_string();
         tokio::spawn(async move {
@@ -207,7 +201,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
         eventually(Duration::from_secs(5), async || upstream.count() == 1).await,
         "the slow request reached the upstream"
     );
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill").args(["-TERM", &served.pid().to_string()]).status();
     let admin_url = format!("http://{admin}/readyz");
     let not_ready = eventually(Duration::from_millis(250), async || {
         tokio::time::timeout(Duration::from_millis(200), Http::new().get(&admin_url, None))
@@ -219,33 +213,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let answer = slow.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    let exited = eventually(Duration::from_secs(5), async || matches!(child.try_wait(), Ok(Some(_)))).await;
-    assert!(exited, "keygate did not exit");
-    assert!(child.wait().unwrap().success());
-}
-
-/// The proxy and admin addresses from the "keygate ready" log line of a `serve` child.
-async fn ready_addresses(child: &mut std::process::Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("keygate ready") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let parse = |f: &str| v["fields"][f].as_str().unwrap().parse::<std::net::SocketAddr>().unwrap();
-                let _ = tx.send((parse("proxy"), parse("admin")));
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(addrs) = rx.try_recv() {
-            return addrs;
-        }
-        assert!(Instant::now() < deadline, "keygate serve did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(served.terminate().await.success(), "keygate exits 0 once the request in flight is done");
 }
 
 #[tokio::test]
