@@ -204,3 +204,28 @@ fn explain_shows_path_route_scopes_and_verdict() {
     let (_, out, _) = cli(&config, &["explain", "GET", "/v1/calls/..;/x"]);
     assert!(out.contains("400"), "{out}");
 }
+
+#[test]
+fn check_loads_the_tls_pair_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("tls.key"), "not a key\n").unwrap();
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "policy = \"routes.toml\"\n[listen]\ntls = { cert = \"tls.crt\", key = \"tls.key\" }\n[keys]\nsource = \"file\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        "[scopes]\n\"a:b\" = \"x\"\n[upstreams.app]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/x\"\nscopes = [\"a:b\"]\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = cli(&dir.path().join("keygate.toml"), &["check"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("listen.tls"), "{out}");
+    let (cert, key) = tls_pair(dir.path());
+    std::fs::rename(cert, dir.path().join("tls.crt")).unwrap();
+    std::fs::rename(key, dir.path().join("tls.key")).unwrap();
+    let (code, out, _) = cli(&dir.path().join("keygate.toml"), &["check"]);
+    assert_eq!(code, 0, "{out}");
+}

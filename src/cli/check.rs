@@ -54,5 +54,12 @@ pub fn collect(config: &Path) -> Vec<Diagnostic> {
         Ok((_, warnings)) => diagnostics.extend(warnings),
         Err(errors) => diagnostics.extend(errors),
     }
+    // The certificate and key as `serve` will load them: readable, parsed, matching.
+    if let Some(tls) = &settings.listen.tls {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        if let Err(e) = crate::tls::Tls::load(tls, metrics) {
+            diagnostics.push(crate::diag::Diagnostic::file_error(&settings.file, format!("listen.tls: {e}")));
+        }
+    }
     diagnostics
 }
