@@ -181,10 +181,9 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
     };
     let tls = match &app.settings.listen.tls {
-        Some(files) => Some(
-            crate::tls::Tls::load_and_watch(files, app.metrics.clone())
-                .map_err(|e| StartError::Config(vec![Diagnostic::file_error(&app.settings.file, format!("listen.tls: {e}"))]))?,
-        ),
+        Some(files) => Some(crate::tls::Tls::load_and_watch(files, app.metrics.clone()).map_err(|e| {
+            StartError::Config(vec![Diagnostic::file_error(&app.settings.file, format!("listen.tls: {e}"))])
+        })?),
         None => None,
     };
     let proxy_listener = bind(app.settings.listen.address, "listen.address").await?;
@@ -228,9 +227,16 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
     let mut watches = Vec::new();
     let policy_app = Arc::downgrade(app);
     let policy_file = app.settings.policy_file.clone();
+    // What the watch last refused: the poll reads it again every 2 s, but a bad file is
+    // reported (logged and counted) once, not on every poll.
+    let refused = std::cell::RefCell::new(None::<String>);
     watches.push(reload::watch(&policy_file, POLICY_POLL, move || {
         if let Some(app) = policy_app.upgrade() {
-            app.reload_policy();
+            let mut refused = refused.borrow_mut();
+            *refused = match app.reload_policy_unless(refused.as_deref()) {
+                reload::Outcome::Refused { key } => Some(key),
+                reload::Outcome::Unchanged | reload::Outcome::Reloaded => None,
+            };
         }
     }));
     if let Some(store) = app.keys.store().file().cloned() {
@@ -245,33 +251,74 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
 }
 
 impl App {
-    /// Re-reads the policy; swaps it in when it is valid and its content changed. An
-    /// invalid file changes nothing: it is logged with file:line:column and counted.
-    pub fn reload_policy(&self) {
+    /// Re-reads the policy (SIGHUP does this); swaps it in when it is valid and its
+    /// content changed. An invalid file changes nothing: it is logged with
+    /// file:line:column and counted. Content whose hash is the one being served is not
+    /// even parsed: nothing is logged or counted.
+    pub fn reload_policy(&self) -> reload::Outcome {
+        self.reload_policy_unless(None)
+    }
+
+    /// [`App::reload_policy`], except that content named by `refused` (the key of an
+    /// earlier [`reload::Outcome::Refused`]) is not parsed, logged or counted again: the
+    /// watcher's poll sees a bad file every time it looks.
+    ///
+    /// Content that does not parse is read again after [`reload::SETTLE`]: it is refused
+    /// only once it has stopped changing (a slow in-place write is not an error).
+    ///
+    /// Safe to run concurrently (the watcher and SIGHUP): the swap is a compare-and-swap
+    /// against the policy the content was compared with, so one change is one swap and
+    /// one success, and a reload that lost the race reads the file again rather than
+    /// putting back older content.
+    pub fn reload_policy_unless(&self, refused: Option<&str>) -> reload::Outcome {
         let path: &Path = &self.settings.policy_file;
-        match Policy::load(path) {
-            Ok((policy, warnings)) => {
-                if policy.hash == self.policy.load().hash {
-                    return;
-                }
-                for warning in &warnings {
-                    tracing::warn!("{warning}");
-                }
-                let upstreams: Vec<_> = policy.upstreams.values().cloned().collect();
-                let hash = policy.hash.clone();
-                self.policy.store(Arc::new(policy));
-                self.upstreams.retain(&upstreams);
-                self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
-                tracing::info!(file = %path.display(), hash = %hash, "policy reloaded");
+        let mut rounds = 0;
+        loop {
+            let current = self.policy.load_full();
+            let content = reload::read(path);
+            if content.key == current.hash {
+                return reload::Outcome::Unchanged;
             }
-            Err(errors) => {
-                for error in &errors {
-                    tracing::error!("{error}");
-                }
-                self.metrics.config_reload(ReloadResult::Failure, None);
-                tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
+            if refused == Some(content.key.as_str()) {
+                return reload::Outcome::Refused { key: content.key };
             }
+            let parsed = match content.bytes {
+                Err(e) => Err(vec![Diagnostic::file_error(path, format!("cannot read: {e}"))]),
+                Ok(bytes) => String::from_utf8(bytes)
+                    .map_err(|_| vec![Diagnostic::file_error(path, "not valid UTF-8")])
+                    .and_then(|text| Policy::parse(&text, path)),
+            };
+            let (policy, warnings) = match parsed {
+                Ok(parsed) => parsed,
+                // A file caught half-written is read again once the writer is done.
+                Err(_) if rounds < reload::SETTLE_ROUNDS && !reload::settled(path, &content.key) => {
+                    rounds += 1;
+                    continue;
+                }
+                Err(errors) => return self.refuse(path, content.key, &errors),
+            };
+            let previous = self.policy.compare_and_swap(&current, Arc::new(policy));
+            if !Arc::ptr_eq(&previous, &current) {
+                continue; // another reload swapped first: compare with what it put in
+            }
+            for warning in &warnings {
+                tracing::warn!("{warning}");
+            }
+            let upstreams: Vec<_> = self.policy.load().upstreams.values().cloned().collect();
+            self.upstreams.retain(&upstreams);
+            self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
+            tracing::info!(file = %path.display(), hash = %content.key, "policy reloaded");
+            return reload::Outcome::Reloaded;
         }
+    }
+
+    fn refuse(&self, path: &Path, key: String, errors: &[Diagnostic]) -> reload::Outcome {
+        for error in errors {
+            tracing::error!("{error}");
+        }
+        self.metrics.config_reload(ReloadResult::Failure, None);
+        tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
+        reload::Outcome::Refused { key }
     }
 }
 

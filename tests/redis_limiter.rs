@@ -292,7 +292,7 @@ async fn refused_requests_do_not_lock_a_client_out_and_retry_after_is_exact() {
         assert!(Instant::now() < deadline, "locked out");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert!(retries > 50, "{retries}");
+    assert!(retries > 10, "the client kept retrying while refused: {retries}");
     // The three admitted left together; the refusals left nothing behind.
     assert_eq!(d.remaining, 2, "{d:?}");
 }

@@ -65,9 +65,11 @@ async fn three_replicas_never_admit_more_than_the_limit_in_any_window_and_come_c
     let admitted: Vec<Instant> = upstream.seen()[before..].iter().map(|s| s.at).collect();
     assert_eq!(admitted.len(), statuses.iter().filter(|s| **s == 200).count());
 
-    // No span of one window (2 s) holds more than 20 admissions. The upstream's clock
-    // lags keygate's decision by the forwarding time, so allow 50 ms of slack on spans.
-    let window = Duration::from_millis(2000 - 50);
+    // No span of one window (2 s) holds more than 20 admissions. The upstream sees each
+    // admission a forwarding time after keygate decided it, which a loaded machine can
+    // stretch, so spans get 250 ms of slack; a limiter that over-admits (a fixed window
+    // lets up to 40 through around its boundary) still shows.
+    let window = Duration::from_millis(2000 - 250);
     let mut worst = 0;
     for (i, start) in admitted.iter().enumerate() {
         let in_span = admitted[i..].iter().take_while(|t| t.duration_since(*start) < window).count();
