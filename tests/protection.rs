@@ -235,3 +235,25 @@ async fn the_admin_listeners_close_silent_connections_too() {
     assert_eq!(Http::new().get(&kg.admin_url("/healthz"), None).await.status, 200);
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait_until_one_closes() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings("[server]\nmax_connections = 2\n").start().await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+        stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        held.push(stream);
+    }
+    let url = kg.url("/status");
+    let waiting = tokio::spawn(async move { Http::new().get(&url, None).await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection was served while two were open");
+    let started = Instant::now();
+    drop(held.pop());
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "served {:?} after a slot freed", started.elapsed());
+    drop(held);
+    kg.stop().await;
+}
