@@ -79,13 +79,19 @@ impl KeyService {
         secret: &Secret,
         now: OffsetDateTime,
     ) -> Result<Authentication, StoreError> {
-        let digests = self.peppers.all(secret);
+        // Most keys are stored under the current pepper: its digest alone is computed on
+        // the hit path (the cache key, or the file store's first probe); the old peppers'
+        // (and plain SHA-256) only when that finds nothing.
+        let current = self.peppers.current(secret);
         let lookup = match &self.cache {
-            None => self.store.lookup(&digests).await?,
+            None => match self.store.lookup(std::slice::from_ref(&current)).await? {
+                Lookup::NotFound => self.store.lookup(&self.peppers.all(secret)[1..]).await?,
+                found => found,
+            },
             Some(cache) => {
                 let store = self.store.clone();
-                let cache_key = digests[0].hex.clone();
-                let (result, outcome) = cache.get(&cache_key, || async move { store.lookup(&digests).await }).await;
+                let digests = self.peppers.all(secret);
+                let (result, outcome) = cache.get(&current.hex, || async move { store.lookup(&digests).await }).await;
                 self.metrics.cache_lookup(match outcome {
                     CacheOutcome::Hit => CacheResult::Hit,
                     CacheOutcome::Miss => CacheResult::Miss,
@@ -98,7 +104,6 @@ impl KeyService {
         let Lookup::Found { key, tenant, matched } = lookup else {
             return Ok(Authentication::Invalid(AuthFailure::Unknown));
         };
-        let current = self.peppers.current(secret);
         if matched != current {
             self.restore_under_current_pepper(key.id.clone(), current);
         }
