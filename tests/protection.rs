@@ -257,3 +257,28 @@ async fn past_max_connections_new_connections_wait_until_one_closes() {
     drop(held);
     kg.stop().await;
 }
+
+/// An upstream whose accept queue is full drops new SYNs, like a blackholed host: the
+/// connect then fails after `connect_timeout` (1 s in the test policy), as a 502.
+#[tokio::test]
+async fn an_upstream_that_cannot_be_reached_in_time_is_502_after_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap(); // never accepts
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            fillers.push(stream);
+        }
+    }
+    let kg = Keygate::builder(&format!("http://{addr}")).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let started = Instant::now();
+    let answer = Http::new().get(&kg.url("/v1/calls"), Some(key.expose())).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(2500), "{took:?}");
+    drop((fillers, listener));
+    kg.stop().await;
+}
