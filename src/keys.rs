@@ -208,14 +208,7 @@ fn contains_key(bytes: &[u8]) -> bool {
 /// Percent-decodes (once) a query parameter, `+` as a space; an invalid escape is kept
 /// as it is.
 fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    fn hex_value(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
+    use crate::path::hex_value;
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
