@@ -198,8 +198,8 @@ fn limiter(c: &mut Criterion) {
 
 /// A `redis-server` of our own on a free port, in a temporary folder, with no
 /// persistence. It is stopped when this is dropped, and also when the bench process dies
-/// without dropping it: it runs under a shell that kills it once our end of its stdin
-/// pipe closes.
+/// without dropping it (even by SIGKILL): it runs under a shell that kills it and removes
+/// its folder once our end of the shell's stdin pipe closes.
 struct RedisServer {
     port: u16,
     shell: Child,
@@ -208,16 +208,21 @@ struct RedisServer {
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let dir = tempfile::Builder::new().prefix("keygate-bench-redis-").tempdir().unwrap();
-        let dir_text = dir.path().to_str().expect("a UTF-8 temp dir").to_string();
+        assert!(
+            redis_on_path(),
+            "`redis-server` must be on PATH for the Redis limiter benches (Debian: apt-get install redis-server)"
+        );
         for _attempt in 0..20 {
+            // A fresh folder each attempt: the shell removes the folder of a failed one.
+            let dir = tempfile::Builder::new().prefix("keygate-bench-redis-").tempdir().unwrap();
+            let dir_text = dir.path().to_str().expect("a UTF-8 temp dir").to_string();
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             if port == 6379 {
                 continue;
             }
             let mut shell = Command::new("sh")
                 .arg("-c")
-                .arg(r#"redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$2" --logfile "$2/redis.log" & r=$!; read _ignored; kill "$r" 2>/dev/null; wait "$r""#)
+                .arg(r#"redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$2" --logfile "$2/redis.log" & r=$!; read _ignored; kill "$r" 2>/dev/null; wait "$r"; rm -rf "$2""#)
                 .arg("sh")
                 .arg(port.to_string())
                 .arg(&dir_text)
@@ -238,11 +243,6 @@ impl RedisServer {
                 let log = std::fs::read_to_string(dir.path().join("redis.log")).unwrap_or_default();
                 if log.contains("Address already in use") {
                     break;
-                }
-                if which_redis().is_none() {
-                    drop(shell.stdin.take());
-                    let _ = shell.wait();
-                    panic!("`redis-server` must be on PATH for the Redis limiter benches (Debian: apt-get install redis-server)");
                 }
                 if Instant::now() >= deadline {
                     drop(shell.stdin.take());
@@ -269,9 +269,9 @@ impl Drop for RedisServer {
     }
 }
 
-fn which_redis() -> Option<()> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file()).then_some(())
+fn redis_on_path() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("redis-server").is_file()))
 }
 
 /// One command over a fresh connection; the raw reply, or `None` if nothing answers.

@@ -12,7 +12,7 @@ Targets (all forward to one nginx `return 200` upstream with its own worker):
   keygate-tls    keygate-local's setup behind TLS (self-signed certificate)
 
 Each round: (A) throughput at saturation for every target in a rotated order (wrk,
-closed loop), then (B) latency at fixed rates of 25/50/75% of the direct maximum just
+closed loop), then (B) latency at fixed rates of 10/25/50/75% of the direct maximum just
 measured, for every target in the same rotated order (oha, corrected for coordinated
 omission). The report gives medians over rounds of per-round ratios, with min-max.
 """
