@@ -164,6 +164,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     };
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
     let keys = Arc::new(KeyService::new(store, peppers, &settings.keys, metrics.clone()));
+    let workers = settings.server.workers;
     let app = Arc::new(App {
         trusted_proxies: settings.listen.trusted_proxies.clone(),
         settings: Arc::new(settings),
@@ -171,7 +172,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         keys,
         limiter,
         redis,
-        upstreams: Upstreams::new(),
+        upstreams: Upstreams::new(workers),
         metrics,
         draining: AtomicBool::new(false),
         ready: AtomicBool::new(false),
@@ -197,9 +198,14 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     };
     let admin_api_addr = api_listener.as_ref().map(local_addr).transpose()?;
 
+    let workers = server::Workers::start(&app, tls)
+        .map_err(|e| StartError::Other(format!("cannot start the proxy's worker threads: {e}")))?;
+    if let Some(redis) = &app.redis {
+        redis.open_per_worker(&workers.runtimes());
+    }
     let stop_accepting = CancellationToken::new();
     let mut servers = vec![
-        tokio::spawn(server::serve(proxy_listener, app.clone(), tls, stop_accepting.clone())),
+        tokio::spawn(server::serve(proxy_listener, workers, app.clone(), stop_accepting.clone())),
         tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
     ];
     if let (Some(listener), Some(token)) = (api_listener, api_token) {

@@ -5,6 +5,13 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a proxied request makes dozens of small, short-lived
+/// allocations (header maps, buffers, futures), often freed on another thread than the
+/// one that made them; glibc's malloc and free were about 15% of the request path's
+/// instructions (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = keygate::cli::Cli::parse();
     init_logging(&cli.command);

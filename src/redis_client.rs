@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -209,10 +209,21 @@ struct Shared {
     target: Target,
     pubsub: redis::Client,
     connection: ArcSwapOption<RedisConnection>,
+    /// Per proxy worker thread (see [`RedisClient::open_per_worker`]): a connection of its
+    /// own, opened on that worker.
+    per_worker: OnceLock<Box<[WorkerConnection]>>,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// A worker's own connection (single-node Redis only), opened lazily on the worker by
+/// its first call and dropped whenever the shared connection is rebuilt.
+#[derive(Default)]
+struct WorkerConnection {
+    connection: ArcSwapOption<RedisConnection>,
+    opening: AtomicBool,
 }
 
 /// The shared Redis client: cheap to clone (an `Arc` inside). The background prober
@@ -305,6 +316,7 @@ impl RedisClient {
             target,
             pubsub,
             connection: ArcSwapOption::empty(),
+            per_worker: OnceLock::new(),
             breaker,
             metrics,
             timeout,
@@ -345,7 +357,7 @@ impl RedisClient {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let shared = &self.shared;
-        let Some(connection) = shared.connection.load_full() else {
+        let Some(connection) = shared.worker_connection().or_else(|| shared.connection.load_full()) else {
             return Err(RedisCallError::Unavailable);
         };
         if !shared.breaker.allow() {
@@ -371,6 +383,29 @@ impl RedisClient {
                 shared.breaker.record_failure();
                 shared.metrics.store_error(op);
                 Err(RedisCallError::Timeout)
+            }
+        }
+    }
+
+    /// Gives each proxy worker thread (one runtime handle each) a connection of its own
+    /// (single-node Redis; a cluster connection stays shared), opened at once on that
+    /// worker's runtime: a reply is then read by the thread whose request waits for it,
+    /// instead of by another thread that must wake it. Until it is open (and again after
+    /// the shared connection is rebuilt, when the worker's next call reopens it), and on
+    /// any other thread, calls use the shared connection. The breaker, timeouts and
+    /// metrics are the same for all.
+    pub fn open_per_worker(&self, workers: &[tokio::runtime::Handle]) {
+        if self.shared.target.is_cluster() {
+            return;
+        }
+        let _ = self.shared.per_worker.set(workers.iter().map(|_| WorkerConnection::default()).collect());
+        if self.shared.connection.load().is_none() {
+            return; // Redis is down: opened by the workers' first calls once it is up
+        }
+        for (index, worker) in workers.iter().enumerate() {
+            if let Some(slot) = self.shared.per_worker.get().and_then(|slots| slots.get(index)) {
+                slot.opening.store(true, Ordering::Release);
+                worker.spawn(open_worker_connection(Arc::downgrade(&self.shared), index));
             }
         }
     }
@@ -422,12 +457,32 @@ impl Shared {
         match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
             Ok(Ok(connection)) => {
                 self.connection.store(Some(Arc::new(connection)));
+                // The workers' connections may be as stuck as the one replaced: they are
+                // opened again, after this one, by their next calls.
+                for worker in self.per_worker.get().into_iter().flatten() {
+                    worker.connection.store(None);
+                }
                 self.breaker.record_success();
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
         }
+    }
+
+    /// The calling worker's own connection, if it is open; else starts opening it (on this
+    /// worker, so that its reader task runs here) while the shared one serves.
+    fn worker_connection(self: &Arc<Self>) -> Option<Arc<RedisConnection>> {
+        let worker = self.per_worker.get()?.get(crate::server::current_worker()?)?;
+        if let Some(connection) = worker.connection.load_full() {
+            return Some(connection);
+        }
+        // Only while Redis answers: a worker does not add connection attempts to an outage.
+        let up = self.connection.load().is_some() && !self.breaker.is_open();
+        if up && !worker.opening.swap(true, Ordering::AcqRel) {
+            tokio::spawn(open_worker_connection(Arc::downgrade(self), crate::server::current_worker()?));
+        }
+        None
     }
 
     /// One PING, bounded by the request-path timeout.
@@ -439,6 +494,28 @@ impl Shared {
         let ping = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
         matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
+}
+
+/// Opens worker `index`'s own connection; run on that worker's runtime, so that the
+/// connection's reader task lives there.
+async fn open_worker_connection(shared: Weak<Shared>, index: usize) {
+    let Some(shared) = shared.upgrade() else { return };
+    let opened = tokio::time::timeout(shared.connect_timeout, shared.target.connect()).await;
+    let Some(worker) = shared.per_worker.get().and_then(|slots| slots.get(index)) else { return };
+    let failed = match opened {
+        Ok(Ok(connection)) => {
+            worker.connection.store(Some(Arc::new(connection)));
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no connection within {:?}", shared.connect_timeout)),
+    };
+    if let Some(e) = failed {
+        // The shared connection keeps serving this worker; it tries again later.
+        tracing::debug!(error = %e, "a worker's own Redis connection did not open");
+        tokio::time::sleep(MIN_CONNECT_TIMEOUT).await;
+    }
+    worker.opening.store(false, Ordering::Release);
 }
 
 /// While the breaker is open, probes every `probe_interval`; while it is closed, sleeps

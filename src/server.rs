@@ -1,6 +1,7 @@
-//! The proxy listener: accept loop bounded by `max_connections`, TLS (HTTP/1.1 and HTTP/2
-//! by ALPN) or plain (HTTP/1.1 and h2c by prior knowledge) through hyper-util's auto
-//! builder, the protective timeouts of `[server]`, and graceful shutdown.
+//! The proxy listener: accept loop bounded by `max_connections`, the worker threads that
+//! serve the connections ([`Workers`]), TLS (HTTP/1.1 and HTTP/2 by ALPN) or plain
+//! (HTTP/1.1 and h2c by prior knowledge) through hyper-util's auto builder, the
+//! protective timeouts of `[server]`, and graceful shutdown.
 //!
 //! The timeouts are enforced here, by a per-connection watchdog over an I/O wrapper that
 //! notes every byte read and written, rather than by hyper's own header timer: that timer
@@ -12,6 +13,8 @@
 //! - no request in flight and nothing arriving: `idle_timeout`;
 //! - a request in flight and no byte moving either way: `body_timeout`.
 
+use std::cell::Cell;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -45,11 +48,147 @@ const H2_MAX_PENDING_RESETS: usize = 50;
 /// How often each connection's watchdog looks at its clock.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
-/// Serves the proxy listener until `stop` is cancelled, then lets open connections finish
-/// (HTTP/1.1 responses get `Connection: close`, HTTP/2 connections a GOAWAY).
-pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<Arc<Tls>>, stop: CancellationToken) {
+/// The proxy's workers: `server.workers` threads, each running a single-threaded Tokio
+/// runtime of its own, like nginx's worker processes. A connection lives on one worker
+/// from accept to close, with everything its requests wake: the HTTP connection, the
+/// pooled upstream connections that worker opened ([`crate::upstream::Upstreams`] keeps
+/// a pool per worker), timers. Nothing a request does hands work to another thread,
+/// except the shared Redis connection's replies. A multi-threaded work-stealing runtime
+/// moved each request's tasks between threads, and waking a sleeping thread costs more
+/// than the request's own work (measured in docs/benchmarks.md).
+///
+/// One acceptor (the task running [`serve`]) hands each accepted connection to the
+/// worker with the fewest open connections.
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    runtime: tokio::runtime::Handle,
+    queue: mpsc::UnboundedSender<Accepted>,
+    /// Connections handed to this worker and not yet closed.
+    open: Arc<AtomicUsize>,
+    /// Closed when the worker's thread has finished (its connections drained).
+    finished: oneshot::Receiver<()>,
+}
+
+/// An accepted connection on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+thread_local! {
+    /// This thread's index, on a worker thread.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index (`0..server.workers`) of the worker running the caller, if it runs on one.
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+impl Workers {
+    /// Starts `app.settings.server.workers` threads, idle until connections arrive.
+    pub fn start(app: &Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<Workers> {
+        let count = app.settings.server.workers.max(1);
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (queue, connections) = mpsc::unbounded_channel();
+            let (done, finished) = oneshot::channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let handle = runtime.handle().clone();
+            let (app, tls, worker_open) = (app.clone(), tls.clone(), open.clone());
+            std::thread::Builder::new().name(format!("keygate-worker-{index}")).spawn(move || {
+                WORKER.with(|w| w.set(Some(index)));
+                runtime.block_on(run_worker(connections, app, tls, worker_open));
+                // Dropping the runtime here ends what is left on it (a WebSocket tunnel).
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+            workers.push(Worker { runtime: handle, queue, open, finished });
+        }
+        Ok(Workers { workers })
+    }
+
+    /// Each worker's runtime, to start work that must live on a given worker.
+    pub fn runtimes(&self) -> Vec<tokio::runtime::Handle> {
+        self.workers.iter().map(|w| w.runtime.clone()).collect()
+    }
+
+    /// Hands a connection to the worker with the fewest open connections.
+    fn dispatch(&self, accepted: Accepted) {
+        let Some(worker) = self.workers.iter().min_by_key(|w| w.open.load(Ordering::Relaxed)) else {
+            return;
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(_lost)) = worker.queue.send(accepted) {
+            // The worker's thread is gone (it cannot be, short of a panic): the connection
+            // is closed rather than left hanging.
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("a proxy worker has stopped; connection closed");
+        }
+    }
+
+    /// Stops handing out connections and waits until every worker has drained its own.
+    async fn finish(self) {
+        let mut finished = Vec::with_capacity(self.workers.len());
+        for worker in self.workers {
+            drop(worker.queue);
+            finished.push(worker.finished);
+        }
+        for done in finished {
+            let _ = done.await;
+        }
+    }
+}
+
+/// One worker's loop: serves the connections it is handed until the acceptor stops, then
+/// lets them finish (HTTP/1.1 responses get `Connection: close`, HTTP/2 connections a
+/// GOAWAY).
+async fn run_worker(
+    mut connections: mpsc::UnboundedReceiver<Accepted>,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    open: Arc<AtomicUsize>,
+) {
     let builder = Arc::new(connection_builder(&app));
     let graceful = GracefulShutdown::new();
+    while let Some(Accepted { stream, peer, permit }) = connections.recv().await {
+        let open = OpenConnection(open.clone());
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register an accepted connection");
+                continue;
+            }
+        };
+        let (app, builder, watcher, tls) = (app.clone(), builder.clone(), graceful.watcher(), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = open;
+            let _active = app.metrics.connection_opened();
+            let info = ConnectionInfo { peer, tls: tls.is_some() };
+            serve_connection(stream, info, app, builder, watcher, tls).await;
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// Counts a connection as open on its worker until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts on the proxy listener until `stop` is cancelled, handing each connection to a
+/// worker; then waits until the workers have let their open connections finish.
+pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(app.settings.server.max_connections));
     loop {
         // Past `max_connections`, new connections wait in the kernel's accept queue.
@@ -73,19 +212,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<Arc<Tls>>, 
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _active = app.metrics.connection_opened();
-            let info = ConnectionInfo { peer, tls: tls.is_some() };
-            serve_connection(stream, info, app, builder, watcher, tls).await;
-        });
+        match stream.into_std() {
+            Ok(stream) => workers.dispatch(Accepted { stream, peer, permit }),
+            Err(e) => tracing::warn!(error = %e, "cannot hand an accepted connection to a worker"),
+        }
     }
     drop(listener);
-    graceful.shutdown().await;
+    workers.finish().await;
 }
 
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
@@ -179,7 +312,11 @@ async fn run_http<IO>(
 
 /// The request head's size (request line and headers), as `max_header_bytes` counts it.
 fn head_bytes<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let target = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+        + uri.authority().map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
     request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + line
 }
 

@@ -81,6 +81,15 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Default 0s.
     pub drain_delay: Duration,
+    /// Proxy worker threads, each with a single-threaded runtime of its own. Default: one
+    /// per CPU the process may use (`std::thread::available_parallelism`).
+    pub workers: usize,
+}
+
+/// The default of `server.workers`: one per CPU this process may run on (cgroup quota and
+/// affinity included), at least 1.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for Server {
@@ -93,6 +102,7 @@ impl Default for Server {
             max_header_bytes: 16_384,
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
+            workers: default_workers(),
         }
     }
 }
@@ -268,6 +278,21 @@ fn at_least<T: TryFrom<i64> + Copy>(
     }
 }
 
+/// The most `server.workers`: far more threads than any machine has CPUs only adds
+/// context switches.
+const MAX_WORKERS: usize = 1024;
+
+/// `value` (already checked by [`at_least`]), refused above `max`.
+fn at_most(check: &mut Checker<'_>, name: &str, raw: Option<&Spanned<i64>>, max: usize, value: usize) -> usize {
+    match raw {
+        Some(raw) if value > max => {
+            check.error(raw.span(), format!("`{name}` is {value}; it must be at most {max}"));
+            max
+        }
+        _ => value,
+    }
+}
+
 /// One of a fixed set of words, or its default when absent (or wrong: the error is
 /// recorded).
 fn one_of<T: Copy>(
@@ -375,6 +400,8 @@ fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mut Checker<'
 
     let s = raw.server.unwrap_or_default();
     let d = Server::default();
+    let workers = at_least(check, "workers", s.workers.as_ref(), 1, d.workers, "with 0 no request would be served");
+    let workers = at_most(check, "workers", s.workers.as_ref(), MAX_WORKERS, workers);
     let server = Server {
         header_read_timeout: duration(
             check,
@@ -404,6 +431,7 @@ fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mut Checker<'
         ),
         shutdown_grace: duration(check, "shutdown_grace", s.shutdown_grace.as_ref(), d.shutdown_grace, false),
         drain_delay: duration(check, "drain_delay", s.drain_delay.as_ref(), d.drain_delay, false),
+        workers,
     };
 
     let k = raw.keys.unwrap_or_default();
@@ -562,6 +590,7 @@ mod raw {
         pub max_header_bytes: Option<Spanned<i64>>,
         pub shutdown_grace: Option<Spanned<String>>,
         pub drain_delay: Option<Spanned<String>>,
+        pub workers: Option<Spanned<i64>>,
     }
 
     /// `[keys]`.
@@ -794,6 +823,10 @@ timeout = "20ms"
         assert_error("[server]\nidle_timeout = \"60\"\n", 2, 16, "no unit");
         assert_error("[server]\nbody_timeout = \"1w\"\n", 2, 16, "unknown unit");
         assert_error("[server]\ndrain_delay = \"soon\"\n", 2, 15, "drain_delay");
+        assert_error("[server]\nworkers = 0\n", 2, 11, "no request would be served");
+        assert_error("[server]\nworkers = 5000\n", 2, 11, "at most 1024");
+        assert_eq!(ok("[server]\nworkers = 3\n").0.server.workers, 3);
+        assert_eq!(ok("").0.server.workers, default_workers());
     }
 
     #[test]

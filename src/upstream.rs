@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -60,60 +61,67 @@ type HttpClient = Client<HttpConnector, ProxyBody>;
 /// unchanged keeps its pool across policy reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
-    authority: String,
+    authority: Authority,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
 }
 
-/// The pooled clients, one per upstream identity.
-#[derive(Default)]
+/// The pooled clients: per worker thread (see [`crate::server::Workers`]), one per
+/// upstream identity. A pooled connection's task runs on the worker that opened it, so a
+/// worker that only uses its own pools never wakes another thread to forward a request.
 pub struct Upstreams {
-    clients: Mutex<HashMap<PoolKey, HttpClient>>,
+    /// One set per worker, and a last one for callers on no worker (tests).
+    pools: Vec<Mutex<HashMap<PoolKey, HttpClient>>>,
 }
 
 /// How long an idle pooled connection to an upstream is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Upstreams {
-    pub fn new() -> Self {
-        Self::default()
+    /// Pools for `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        Upstreams { pools: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 
     fn client(&self, upstream: &Upstream) -> HttpClient {
         let key = PoolKey {
-            authority: upstream.authority.to_string(),
+            authority: upstream.authority.clone(),
             protocol: upstream.protocol,
             connect_timeout: upstream.connect_timeout,
         };
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(upstream.connect_timeout));
-                connector.set_nodelay(true);
-                connector.enforce_http(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                // Without the timer the pool's idle timeout does nothing.
-                builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
-                if upstream.protocol == UpstreamProtocol::H2c {
-                    builder.http2_only(true).timer(TokioTimer::new());
-                }
-                builder.build(connector)
-            })
-            .clone()
+        let last = self.pools.len() - 1;
+        let pools = &self.pools[crate::server::current_worker().map_or(last, |worker| worker.min(last))];
+        let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        // Without the timer the pool's idle timeout does nothing.
+        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        if upstream.protocol == UpstreamProtocol::H2c {
+            builder.http2_only(true).timer(TokioTimer::new());
+        }
+        let client = builder.build(connector);
+        clients.insert(key, client.clone());
+        client
     }
 
     /// Drops the pools of upstreams no longer in `current` (after a reload).
     pub fn retain(&self, current: &[Arc<Upstream>]) {
-        let mut clients = self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients.retain(|key, _| {
-            current.iter().any(|u| {
-                u.authority.as_str() == key.authority
-                    && u.protocol == key.protocol
-                    && u.connect_timeout == key.connect_timeout
-            })
-        });
+        for pools in &self.pools {
+            let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            clients.retain(|key, _| {
+                current.iter().any(|u| {
+                    u.authority == key.authority
+                        && u.protocol == key.protocol
+                        && u.connect_timeout == key.connect_timeout
+                })
+            });
+        }
     }
 
     /// Sends `request` (already rewritten) to `upstream`, waiting at most its `timeout` for

@@ -282,3 +282,44 @@ async fn an_upstream_that_cannot_be_reached_in_time_is_502_after_connect_timeout
     drop((fillers, listener));
     kg.stop().await;
 }
+
+/// `server.workers` threads serve the proxy (each named `keygate-worker-N`, truncated by
+/// the kernel to 15 bytes), and connections spread over them all serve normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_runs_on_the_configured_number_of_worker_threads() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings("[server]\nworkers = 3\n").start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let config = kg.config_path();
+    let _dir = kg.stop_keep_dir().await;
+    let served = process::Served::start(&config, "info").await;
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", served.pid()))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    let workers = names.iter().filter(|name| name.starts_with("keygate-worker")).count();
+    assert_eq!(workers, 3, "threads: {names:?}");
+    // Six connections (three workers, each given the next one with the fewest open), each
+    // with two requests on it.
+    let mut connections = Vec::new();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(served.proxy).await.unwrap();
+        let request = format!("GET /v1/calls HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n", key.expose());
+        stream.write_all(request.as_bytes()).await.unwrap();
+        connections.push((stream, request));
+    }
+    for (stream, request) in &mut connections {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while seen.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(stream, &mut buf))
+                .await
+                .expect("two answers within 5 s")
+                .unwrap();
+            assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}

@@ -16,7 +16,10 @@ pub fn run(config: &Path) -> Result<(), CliError> {
         }
         Err(errors) => return Err(config_error(&errors)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The main thread's runtime: the admin listeners, watchers and shared Redis
+    // connections. Requests are served by the proxy's worker threads, each with a
+    // runtime of its own (`server::Workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::input(format!("cannot start the runtime: {e}")))?;

@@ -37,7 +37,8 @@
 //!
 //! # Coalescing
 //!
-//! Under load, concurrent checks of one (tenant, limit) on one replica do not each cost a
+//! Under load, concurrent checks of one (tenant, limit) on one proxy worker thread of one
+//! replica (each worker coalesces its own checks: see [`Slot`]) do not each cost a
 //! round trip. The first check finds nothing in flight for its key and calls the script
 //! at once (no timer, so an idle tenant pays no added latency). Checks that arrive while
 //! that call is in flight queue behind it; when it returns, *all* the queued checks go to
@@ -186,8 +187,14 @@ pub fn key(tenant: &str, limit: &Limit) -> String {
     format!("kg:rl:{{{tenant}}}:{}:{window}", limit.requests)
 }
 
-/// Checks waiting for the call in flight for their key (the Redis key: tenant and limit).
-type Queues = HashMap<String, Vec<Waiter>>;
+/// Checks waiting for the call in flight for their slot.
+type Queues = HashMap<Slot, Vec<Waiter>>;
+
+/// What checks coalesce on: the Redis key (tenant and limit) and the proxy worker thread
+/// they run on (see [`crate::server::Workers`]). Each worker batches its own checks, so a
+/// batch's answers wake tasks on the thread that sent it, never another one; with N
+/// workers a tenant costs up to N script calls in flight instead of one.
+type Slot = (Option<usize>, String);
 
 /// A queued check: its cost and where its answer goes.
 struct Waiter {
@@ -233,17 +240,17 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let key = key(tenant, limit);
+        let slot: Slot = (crate::server::current_worker(), key(tenant, limit));
         let waiting = {
             let mut queues = self.inner.lock();
-            match queues.get_mut(&key) {
+            match queues.get_mut(&slot) {
                 Some(queue) => {
                     let (tx, rx) = oneshot::channel();
                     queue.push(Waiter { cost, tx });
                     Some(rx)
                 }
                 None => {
-                    queues.insert(key.clone(), Vec::new());
+                    queues.insert(slot.clone(), Vec::new());
                     None
                 }
             }
@@ -256,8 +263,8 @@ impl RedisLimiter {
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
-        let mut leader = Leader { inner: self.inner.clone(), key, limit: *limit, failed: None };
-        let result = self.inner.call(&leader.key, limit, &[cost]).await.and_then(|mut decisions| {
+        let mut leader = Leader { inner: self.inner.clone(), slot, limit: *limit, failed: None };
+        let result = self.inner.call(&leader.slot.1, limit, &[cost]).await.and_then(|mut decisions| {
             decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
         });
         if let Err(e) = &result {
@@ -306,22 +313,22 @@ impl Inner {
 
     /// Sends the checks queued for `key`, batch after batch, until none is left; then
     /// forgets the key (the next check of it goes at once again).
-    async fn drain(self: Arc<Self>, key: String, limit: Limit) {
+    async fn drain(self: Arc<Self>, slot: Slot, limit: Limit) {
         loop {
             let batch: Vec<Waiter> = {
                 let mut queues = self.lock();
-                let Some(queue) = queues.get_mut(&key) else { return };
+                let Some(queue) = queues.get_mut(&slot) else { return };
                 // A check whose caller has gone away would count for nothing served.
                 queue.retain(|w| !w.tx.is_closed());
                 if queue.is_empty() {
-                    queues.remove(&key);
+                    queues.remove(&slot);
                     return;
                 }
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&key, &limit, &costs).await {
+            match self.call(&slot.1, &limit, &costs).await {
                 Ok(decisions) => {
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
@@ -329,16 +336,16 @@ impl Inner {
                 }
                 Err(e) => {
                     fail(batch, &e);
-                    self.fail_queued(&key, &e);
+                    self.fail_queued(&slot, &e);
                     return;
                 }
             }
         }
     }
 
-    /// Fails every check queued for `key` with `error`, and forgets the key.
-    fn fail_queued(&self, key: &str, error: &RedisCallError) {
-        let queued = self.lock().remove(key).unwrap_or_default();
+    /// Fails every check queued for `slot` with `error`, and forgets the slot.
+    fn fail_queued(&self, slot: &Slot, error: &RedisCallError) {
+        let queued = self.lock().remove(slot).unwrap_or_default();
         fail(queued, error);
     }
 }
@@ -358,7 +365,7 @@ fn unexpected(what: &'static str) -> RedisError {
 /// or failed at once if its call failed.
 struct Leader {
     inner: Arc<Inner>,
-    key: String,
+    slot: Slot,
     limit: Limit,
     failed: Option<RedisCallError>,
 }
@@ -366,22 +373,22 @@ struct Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(error) = self.failed.take() {
-            self.inner.fail_queued(&self.key, &error);
+            self.inner.fail_queued(&self.slot, &error);
             return;
         }
         {
             let mut queues = self.inner.lock();
-            if queues.get(&self.key).is_none_or(Vec::is_empty) {
-                queues.remove(&self.key);
+            if queues.get(&self.slot).is_none_or(Vec::is_empty) {
+                queues.remove(&self.slot);
                 return;
             }
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.key), self.limit));
+                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.slot), self.limit));
             }
             // No runtime to send them from (it is shutting down): they fail.
-            Err(_) => self.inner.fail_queued(&self.key, &RedisCallError::Unavailable),
+            Err(_) => self.inner.fail_queued(&self.slot, &RedisCallError::Unavailable),
         }
     }
 }
