@@ -1,8 +1,9 @@
 //! Micro-benchmarks of the request path: path normalisation, route matching at 10 / 1,000
 //! / 10,000 routes, key parsing + digest + file-store lookup, key parsing + digest + cache
-//! hit (the path in front of the Redis key store), header rewriting, the local limiter,
-//! and the Redis limiter script against a real local `redis-server` (one call at a time,
-//! and coalesced: many concurrent checks of one tenant on one limiter).
+//! hit (the path in front of the Redis key store), header rewriting (request and response),
+//! request ids, the rate-limit response headers, the local limiter, and the Redis limiter
+//! script against a real local `redis-server` (one call at a time, and coalesced: many
+//! concurrent checks of one tenant on one limiter).
 //!
 //! Run: `cargo bench --bench hot_path` (see docs/benchmarks.md; the load benchmark is
 //! `benches/load/run.sh`). The Redis benches start their own `redis-server` on a free
@@ -32,9 +33,9 @@ use keygate::path::{normalize, PathOptions};
 use keygate::policy::{Policy, RouteMatch};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::RedisLimiter;
-use keygate::ratelimit::{Limit, SystemClock};
+use keygate::ratelimit::{Decision, Limit, SystemClock};
 use keygate::redis_client::RedisClient;
-use keygate::upstream::{rewrite_request_headers, ForwardContext};
+use keygate::upstream::{new_request_id, remove_hop_by_hop, rewrite_request_headers, ForwardContext};
 
 fn policy_with_routes(n: usize) -> Policy {
     let mut text = String::from(
@@ -188,6 +189,40 @@ fn headers(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+
+    // An upstream's response head: no hop-by-hop headers (the common case).
+    let response = upstream_response_headers();
+    c.bench_function("remove_hop_by_hop/response", |b| {
+        b.iter_batched_ref(|| response.clone(), |headers| remove_hop_by_hop(headers, false), BatchSize::SmallInput)
+    });
+    c.bench_function("new_request_id", |b| b.iter(new_request_id));
+    // The rate-limit headers an admitted request's response gets.
+    let decision =
+        Decision { allowed: true, limit: 300, remaining: 287, reset: Duration::from_millis(58_250), retry_after: None };
+    let limit = Limit { requests: 300, window: Duration::from_secs(60) };
+    c.bench_function("write_headers", |b| {
+        b.iter_batched_ref(
+            || response.clone(),
+            |headers| black_box(&decision).write_headers(black_box("pro"), &limit, headers),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// A typical upstream response head (after hyper parsed it).
+fn upstream_response_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("content-length", "1234"),
+        ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ("cache-control", "no-store"),
+        ("vary", "accept-encoding"),
+        ("server", "app"),
+    ] {
+        headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    headers
 }
 
 fn limiter(c: &mut Criterion) {

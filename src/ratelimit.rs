@@ -45,10 +45,10 @@ pub mod local;
 pub mod redis;
 pub mod shared;
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
 
@@ -161,24 +161,43 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `plan` as an RFC 8941 sf-string (`"` and `\` escaped), or `None` if it holds a
-/// character an sf-string cannot carry (only printable ASCII can). Policy validation
-/// only lets ASCII identifiers through; this is belt and braces.
-fn sf_string(plan: &str) -> Option<String> {
-    let mut out = String::with_capacity(plan.len() + 2);
-    out.push('"');
-    for c in plan.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
+/// The length of `plan` as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or
+/// `None` if it holds a character an sf-string cannot carry (only printable ASCII can).
+/// Policy validation only lets ASCII identifiers through; this is belt and braces.
+fn sf_string_len(plan: &str) -> Option<usize> {
+    let mut len = plan.len() + 2;
+    for &b in plan.as_bytes() {
+        match b {
+            b'"' | b'\\' => len += 1,
+            b' '..=b'~' => {}
             _ => return None,
         }
     }
-    out.push('"');
-    Some(out)
+    Some(len)
+}
+
+/// Appends `plan` as an sf-string; it must have passed [`sf_string_len`].
+fn push_sf_string(out: &mut Vec<u8>, plan: &str) {
+    out.push(b'"');
+    for &b in plan.as_bytes() {
+        if matches!(b, b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// A header value that takes over `bytes` (validated, not copied: no allocation when the
+/// buffer is exactly full), or `None` if they are not a valid header value.
+fn into_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+/// `n`, already formatted as `digits`, as a header value: one allocation, where
+/// `HeaderValue::from(u64)` costs two.
+fn number(digits: &str, n: u64) -> HeaderValue {
+    HeaderValue::from_bytes(digits.as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 impl Decision {
@@ -193,23 +212,34 @@ impl Decision {
     /// panics.
     pub fn write_headers(&self, plan: &str, limit: &Limit, headers: &mut HeaderMap) {
         let reset = ceil_secs(self.reset);
-        if let Some(plan) = sf_string(plan) {
-            let mut policy = plan.clone();
-            let _ = write!(policy, ";q={};w={}", limit.requests, ceil_secs(limit.window));
-            if let Ok(v) = HeaderValue::from_str(&policy) {
+        let (mut q, mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
+        let (q, r, t) = (q.format(limit.requests), r.format(self.remaining), t.format(reset));
+        if let Some(sf_len) = sf_string_len(plan) {
+            let mut w = itoa::Buffer::new();
+            let w = w.format(ceil_secs(limit.window));
+            // Each value in one exactly sized buffer; the sf-string is escaped once.
+            let mut policy = Vec::with_capacity(sf_len + 6 + q.len() + w.len());
+            push_sf_string(&mut policy, plan);
+            let mut current = Vec::with_capacity(sf_len + 6 + r.len() + t.len());
+            current.extend_from_slice(&policy);
+            for part in [";q=", q, ";w=", w] {
+                policy.extend_from_slice(part.as_bytes());
+            }
+            for part in [";r=", r, ";t=", t] {
+                current.extend_from_slice(part.as_bytes());
+            }
+            if let Some(v) = into_value(policy) {
                 headers.insert(RATELIMIT_POLICY, v);
             }
-            let mut current = plan;
-            let _ = write!(current, ";r={};t={}", self.remaining, reset);
-            if let Ok(v) = HeaderValue::from_str(&current) {
+            if let Some(v) = into_value(current) {
                 headers.insert(RATELIMIT, v);
             }
         }
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+        headers.insert(X_RATELIMIT_LIMIT, number(q, limit.requests));
+        headers.insert(X_RATELIMIT_REMAINING, number(r, self.remaining));
+        headers.insert(X_RATELIMIT_RESET, number(t, reset));
         if let Some(secs) = self.retry_after_secs() {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(RETRY_AFTER, number(itoa::Buffer::new().format(secs), secs));
         }
     }
 
@@ -330,6 +360,25 @@ mod tests {
             assert!(h.get("ratelimit").is_none(), "{bad:?}");
             assert_eq!(header(&h, "x-ratelimit-limit"), Some("1"));
         }
+    }
+
+    #[test]
+    fn numbers_are_written_in_full() {
+        let d = Decision {
+            allowed: false,
+            limit: u64::MAX,
+            remaining: 0,
+            reset: Duration::from_secs(u64::MAX),
+            retry_after: Some(Duration::from_millis(1)),
+        };
+        let mut h = HeaderMap::new();
+        d.write_headers("", &limit(u64::MAX, 10), &mut h);
+        assert_eq!(header(&h, "ratelimit-policy"), Some(r#""";q=18446744073709551615;w=10"#));
+        assert_eq!(header(&h, "ratelimit"), Some(r#""";r=0;t=18446744073709551615"#));
+        assert_eq!(header(&h, "x-ratelimit-limit"), Some("18446744073709551615"));
+        assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
+        assert_eq!(header(&h, "x-ratelimit-reset"), Some("18446744073709551615"));
+        assert_eq!(header(&h, "retry-after"), Some("1"));
     }
 
     #[test]

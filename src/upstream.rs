@@ -26,11 +26,16 @@
 //! written when its tunnel closes, with the bytes copied each way.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+use bytes::Bytes;
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -163,46 +168,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Headers that apply to one connection only (RFC 9110 7.6.1), removed both ways.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that apply to one connection only (RFC 9110 7.6.1), removed both ways, in this
+/// order. A `static`: a `const` array would be built and dropped wherever it is used.
+static HOP_BY_HOP: [HeaderName; 7] =
+    [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING];
+
+/// Bits of [`hop_by_hop_present`]: bit `i` is `HOP_BY_HOP[i]`, bit 7 is `Upgrade`.
+const CONNECTION_BIT: u8 = 1 << 0;
+const TE_BIT: u8 = 1 << 5;
+const UPGRADE_BIT: u8 = 1 << 7;
+
+/// Which hop-by-hop headers and `Upgrade` `headers` has, in one pass over its names.
+fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
+    let mut present = 0;
+    for name in headers.keys() {
+        // Cheaper than comparing `HeaderName`s (a standard name's text is a table lookup).
+        present |= match name.as_str() {
+            "connection" => CONNECTION_BIT,
+            "keep-alive" => 1 << 1,
+            "proxy-connection" => 1 << 2,
+            "proxy-authenticate" => 1 << 3,
+            "proxy-authorization" => 1 << 4,
+            "te" => TE_BIT,
+            "transfer-encoding" => 1 << 6,
+            "upgrade" => UPGRADE_BIT,
+            _ => 0,
+        };
+    }
+    present
+}
 
 /// Removes hop-by-hop headers, and those named in `Connection`. `TE: trailers` is kept
 /// (gRPC needs it). `Upgrade` is removed unless `keep_upgrade` (an authorised WebSocket
 /// handshake or its 101): then it is kept and `Connection: upgrade` is set, since this
 /// hop's `Connection` must name it (RFC 9110 7.8).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named {
-        if keep_upgrade && name == http::header::UPGRADE {
-            continue;
-        }
-        headers.remove(name);
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
+        return; // the common response: nothing to remove, and no `Connection` naming any
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    let te_trailers = present & TE_BIT != 0 && lists_token(headers, TE, "trailers");
+    if present & CONNECTION_BIT != 0 {
+        remove_connection_named(headers, keep_upgrade);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if !keep_upgrade {
-        headers.remove(UPGRADE);
+        if present & UPGRADE_BIT != 0 {
+            headers.remove(UPGRADE);
+        }
     } else if headers.contains_key(UPGRADE) {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -211,14 +231,35 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes the headers named in `Connection` (all of its values, in order), except
+/// `Upgrade` when `keep_upgrade`. A name is removed by `&str`: it is lower-cased and
+/// looked up on the stack, without the allocation a custom `HeaderName` would cost, and
+/// text that is not a header name removes nothing.
+fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Clones share the bytes; a second `Connection` header is rare.
+    let mut values = headers.get_all(CONNECTION).iter();
+    let first = values.next().cloned();
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',') {
+            let name = name.trim();
+            if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            headers.remove(name);
+        }
+    }
+}
+
 /// Whether `headers` has a `name` header listing `token` (comma-separated, any case).
 fn lists_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|value| {
+        let bytes = value.as_bytes();
+        // Only values `to_str` accepts (visible ASCII and tab, so `trim_ascii` is `str::trim`).
+        bytes.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+            && bytes.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// Whether `request` is a WebSocket opening handshake (RFC 6455 4.1): HTTP/1.1, `GET`,
@@ -290,6 +331,15 @@ pub struct ForwardContext<'a> {
     pub host: Option<HeaderValue>,
 }
 
+const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+const X_KEYGATE_TENANT: HeaderName = HeaderName::from_static("x-keygate-tenant");
+const X_KEYGATE_PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
+const X_KEYGATE_SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Rewrites a request's headers for the upstream (SPEC 4.3): hop-by-hop first, then
 /// `Authorization` and every spelling of `x-keygate-*`, then keygate's own headers last,
 /// so that no client header can make keygate drop them.
@@ -299,51 +349,129 @@ pub fn rewrite_request_headers(
     principal: Option<&Principal>,
     keep_upgrade: bool,
 ) {
-    let client_xff: Vec<HeaderValue> =
-        if context.peer_trusted { headers.get_all("x-forwarded-for").iter().cloned().collect() } else { Vec::new() };
+    // Built before anything is removed: the client's value is read as it arrived.
+    let forwarded_for = forwarded_for(headers, context);
     remove_hop_by_hop(headers, keep_upgrade);
-    headers.remove(http::header::AUTHORIZATION);
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_keygate_header(n)).cloned().collect();
-    for name in spoofed {
-        headers.remove(name);
+    headers.remove(AUTHORIZATION);
+    if headers.keys().any(is_keygate_header) {
+        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_keygate_header(n)).cloned().collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
     }
 
     if let Some(principal) = principal {
-        insert_text(headers, "x-keygate-key-id", &principal.key_id);
-        insert_text(headers, "x-keygate-tenant", &principal.tenant);
-        insert_text(headers, "x-keygate-plan", &principal.plan);
-        insert_text(headers, "x-keygate-scopes", &principal.scopes.join(","));
+        insert_text(headers, X_KEYGATE_KEY_ID, &principal.key_id);
+        insert_text(headers, X_KEYGATE_TENANT, &principal.tenant);
+        insert_text(headers, X_KEYGATE_PLAN, &principal.plan);
+        if let Some(scopes) = joined(&principal.scopes, b",") {
+            headers.insert(X_KEYGATE_SCOPES, scopes);
+        }
     }
-    insert_text(headers, "x-request-id", context.request_id);
-
-    let peer = context.peer.to_string();
-    let forwarded_for = client_xff
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .chain(std::iter::once(peer.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    insert_text(headers, "x-forwarded-for", &forwarded_for);
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if context.tls { "https" } else { "http" }),
-    );
-    headers.remove("x-forwarded-host");
+    insert_text(headers, X_REQUEST_ID, context.request_id);
+    if let Some(forwarded_for) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if context.tls { "https" } else { "http" }));
+    headers.remove(X_FORWARDED_HOST);
     if let Some(host) = &context.host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
         if !headers.contains_key(HOST) {
             headers.insert(HOST, host.clone());
         }
     }
 }
 
+/// `X-Forwarded-For` for the upstream: the client's values (each trimmed, empty ones and
+/// those that are not visible ASCII left out) when the peer is trusted, then the peer,
+/// joined by `", "`. Built in one exactly sized buffer that becomes the value.
+fn forwarded_for(headers: &HeaderMap, context: &ForwardContext<'_>) -> Option<HeaderValue> {
+    let peer = IpText::new(context.peer);
+    let client = context.peer_trusted.then(|| headers.get_all(X_FORWARDED_FOR));
+    let client = || client.iter().flatten().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let len = client().map(|v| v.len() + 2).sum::<usize>() + peer.as_bytes().len();
+    let mut value = Vec::with_capacity(len);
+    for v in client() {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(peer.as_bytes());
+    into_value(value)
+}
+
+/// `parts` joined by `separator` as a header value (one exactly sized buffer), or `None`
+/// if that is not a valid header value.
+fn joined(parts: &[String], separator: &[u8]) -> Option<HeaderValue> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + separator.len() * parts.len().saturating_sub(1);
+    let mut value = Vec::with_capacity(len);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            value.extend_from_slice(separator);
+        }
+        value.extend_from_slice(part.as_bytes());
+    }
+    into_value(value)
+}
+
+/// A header value that takes over `bytes` (validated, not copied: no allocation when the
+/// buffer is exactly full), or `None` if they are not a valid header value.
+fn into_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+/// An IP address as `Display` writes it, on the stack.
+struct IpText {
+    /// The longest text `Ipv6Addr` writes is 39 bytes.
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut text = IpText { buf: [0; 48], len: 0 };
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b".");
+                    }
+                    text.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(text, "{v6}");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.buf.len() - self.len < s.len() {
+            return Err(std::fmt::Error);
+        }
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// Sets a header from text keygate controls; a value that cannot be a header value (it
 /// cannot happen with validated ids) is left out rather than panicking.
-fn insert_text(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
 }
 
@@ -354,9 +482,16 @@ pub fn valid_request_id(value: &[u8]) -> bool {
         && value.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-/// A fresh request id: 32 hex characters of randomness.
+/// A fresh request id: 32 hex characters of randomness (lower case).
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u128>().to_be_bytes();
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    String::from_utf8(id.to_vec()).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
@@ -509,5 +644,100 @@ mod tests {
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(b"a/b"));
         assert_eq!(new_request_id().len(), 32);
+    }
+
+    fn pairs(h: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn a_map_without_hop_by_hop_headers_is_left_as_it_is() {
+        let original = headers(&[
+            ("content-type", "application/json"),
+            ("x-a", "1"),
+            ("keep-alive-x", "x"),
+            ("x-a", "2"),
+            ("tee", "trailers"),
+            ("server", "app"),
+        ]);
+        for keep_upgrade in [false, true] {
+            let mut h = original.clone();
+            remove_hop_by_hop(&mut h, keep_upgrade);
+            assert_eq!(pairs(&h), pairs(&original));
+        }
+    }
+
+    #[test]
+    fn connection_close_alone_is_removed() {
+        for keep_upgrade in [false, true] {
+            let mut h = headers(&[("Connection", "close")]);
+            remove_hop_by_hop(&mut h, keep_upgrade);
+            assert!(h.is_empty(), "{h:?}");
+        }
+        // `close` is a name like any other token: a header so named goes too.
+        let mut h = headers(&[("connection", "close"), ("close", "1"), ("x-kept", "yes")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(pairs(&h), pairs(&headers(&[("x-kept", "yes")])));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static("x-kept"), HeaderValue::from_static("yes"));
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            assert_eq!(hop_by_hop_present(&h), 1 << i, "{name}");
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(pairs(&h), pairs(&headers(&[("x-kept", "yes")])), "{name}");
+        }
+
+        let upgrade = headers(&[("x-kept", "yes"), ("Upgrade", "websocket")]);
+        assert_eq!(hop_by_hop_present(&upgrade), UPGRADE_BIT);
+        let mut h = upgrade.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(pairs(&h), pairs(&headers(&[("x-kept", "yes")])));
+        // Kept for an authorised upgrade, and then this hop's `Connection` names it.
+        let mut h = upgrade.clone();
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(
+            pairs(&h),
+            pairs(&headers(&[("x-kept", "yes"), ("upgrade", "websocket"), ("connection", "upgrade")]))
+        );
+    }
+
+    #[test]
+    fn forwarded_for_writes_every_peer_address_and_leaves_out_unusable_client_values() {
+        let mut context = context(true);
+        context.peer = "2001:db8::ffff:1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        for value in [&b" 1.1.1.1 "[..], b"  ", b"caf\xe9", b"2.2.2.2,3.3.3.3"] {
+            h.append("x-forwarded-for", HeaderValue::from_bytes(value).unwrap());
+        }
+        rewrite_request_headers(&mut h, &context, None, false);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2,3.3.3.3, 2001:db8::ffff:1");
+
+        for peer in ["0.0.0.0", "10.1.2.3", "255.255.255.255", "::", "::ffff:192.168.100.200", "2001:db8::1"] {
+            let peer: IpAddr = peer.parse().unwrap();
+            assert_eq!(IpText::new(peer).as_bytes(), peer.to_string().as_bytes());
+        }
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert_eq!(IpText::new(longest).as_bytes(), longest.to_string().as_bytes());
+    }
+
+    #[test]
+    fn scopes_are_joined_by_commas() {
+        for (scopes, want) in [(&[][..], ""), (&["calls:read"][..], "calls:read"), (&["a", "b", "c"][..], "a,b,c")] {
+            let principal = Principal { scopes: scopes.iter().map(|s| s.to_string()).collect(), ..principal() };
+            let mut h = HeaderMap::new();
+            rewrite_request_headers(&mut h, &context(false), Some(&principal), false);
+            assert_eq!(h["x-keygate-scopes"], want);
+        }
+    }
+
+    #[test]
+    fn request_ids_are_lower_case_hex() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert!(a.len() == 32 && a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{a}");
+        assert_ne!(a, b);
     }
 }
