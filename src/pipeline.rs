@@ -318,7 +318,8 @@ async fn forward(
         Admission::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
         Admission::Shadow { principal, rate } => (principal, rate),
     };
-    record.principal = principal.clone();
+    // The access line keeps the principal; the rest of forwarding borrows it from there.
+    record.principal = principal;
 
     // The client's side of the upgrade must be taken before the request is taken apart.
     let websocket = upstream::is_websocket_upgrade(&request) && route.upstream.protocol == UpstreamProtocol::Http1;
@@ -343,7 +344,7 @@ async fn forward(
         peer_trusted,
         host,
     };
-    upstream::rewrite_request_headers(&mut parts.headers, &context, principal.as_ref(), websocket);
+    upstream::rewrite_request_headers(&mut parts.headers, &context, record.principal.as_ref(), websocket);
     if websocket {
         // Only WebSocket is asked for, whatever else the client listed.
         parts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -364,6 +365,7 @@ async fn forward(
                 Some(client_upgrade) if upstream::switched_to_websocket(response.headers()) => client_upgrade,
                 _ => {
                     tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream switched protocols unasked");
+                    let principal = record.principal.clone();
                     return Err(Box::new(Denial { refusal: Refusal::BadGateway, principal, rate }));
                 }
             };
@@ -381,15 +383,16 @@ async fn forward(
         }
         Err(UpstreamError::Timeout) => {
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");
-            Err(Box::new(Denial { refusal: Refusal::GatewayTimeout, principal, rate }))
+            Err(Box::new(Denial { refusal: Refusal::GatewayTimeout, principal: record.principal.clone(), rate }))
         }
         Err(UpstreamError::Failed(why)) => {
             if too_large.load(Ordering::Relaxed) {
                 let limit = route.max_body_bytes.unwrap_or_default();
+                let principal = record.principal.clone();
                 return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal, rate }));
             }
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, error = %why, "upstream failed");
-            Err(Box::new(Denial { refusal: Refusal::BadGateway, principal, rate }))
+            Err(Box::new(Denial { refusal: Refusal::BadGateway, principal: record.principal.clone(), rate }))
         }
     }
 }

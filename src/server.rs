@@ -324,7 +324,9 @@ async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>
     if head_bytes(&request) > app.settings.server.max_header_bytes {
         return pipeline::refuse(&app, &request, Refusal::HeadersTooLarge);
     }
-    pipeline::handle(app, info, request).await
+    // Boxed: the pipeline's future is large (every phase's state), and hyper moves the
+    // service's future around; a box makes each move a pointer copy.
+    Box::pin(pipeline::handle(app, info, request)).await
 }
 
 /// What the watchdog knows of one connection, in milliseconds since it was accepted

@@ -25,7 +25,6 @@
 //! supported, from clients or to upstreams. The access line of a WebSocket request is
 //! written when its tunnel closes, with the bytes copied each way.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -75,9 +74,14 @@ struct PoolKey {
 /// upstream identity. A pooled connection's task runs on the worker that opened it, so a
 /// worker that only uses its own pools never wakes another thread to forward a request.
 pub struct Upstreams {
-    /// One set per worker, and a last one for callers on no worker (tests).
-    pools: Vec<Mutex<HashMap<PoolKey, HttpClient>>>,
+    /// One set per worker, and a last one for callers on no worker (tests). A list, not a
+    /// map: a policy names a handful of upstreams, and comparing a few authorities costs
+    /// less per request than hashing one.
+    pools: Vec<Mutex<Pools>>,
 }
+
+/// One worker's clients, by upstream identity.
+type Pools = Vec<(PoolKey, Arc<HttpClient>)>;
 
 /// How long an idle pooled connection to an upstream is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -85,21 +89,26 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 impl Upstreams {
     /// Pools for `workers` worker threads.
     pub fn new(workers: usize) -> Self {
-        Upstreams { pools: (0..=workers).map(|_| Mutex::new(HashMap::new())).collect() }
+        Upstreams { pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect() }
     }
 
-    fn client(&self, upstream: &Upstream) -> HttpClient {
+    fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
+        let last = self.pools.len() - 1;
+        let pools = &self.pools[crate::server::current_worker().map_or(last, |worker| worker.min(last))];
+        let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let same = |key: &PoolKey| {
+            key.protocol == upstream.protocol
+                && key.connect_timeout == upstream.connect_timeout
+                && key.authority == upstream.authority
+        };
+        if let Some((_, client)) = clients.iter().find(|(key, _)| same(key)) {
+            return client.clone();
+        }
         let key = PoolKey {
             authority: upstream.authority.clone(),
             protocol: upstream.protocol,
             connect_timeout: upstream.connect_timeout,
         };
-        let last = self.pools.len() - 1;
-        let pools = &self.pools[crate::server::current_worker().map_or(last, |worker| worker.min(last))];
-        let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return client.clone();
-        }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -110,8 +119,8 @@ impl Upstreams {
         if upstream.protocol == UpstreamProtocol::H2c {
             builder.http2_only(true).timer(TokioTimer::new());
         }
-        let client = builder.build(connector);
-        clients.insert(key, client.clone());
+        let client = Arc::new(builder.build(connector));
+        clients.push((key, client.clone()));
         client
     }
 
@@ -119,7 +128,7 @@ impl Upstreams {
     pub fn retain(&self, current: &[Arc<Upstream>]) {
         for pools in &self.pools {
             let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            clients.retain(|key, _| {
+            clients.retain(|(key, _)| {
                 current.iter().any(|u| {
                     u.authority == key.authority
                         && u.protocol == key.protocol
