@@ -7,7 +7,7 @@ Targets (all forward to one nginx `return 200` upstream with its own worker):
   direct         the upstream itself
   nginx          nginx as a plain reverse proxy, 2 workers, keep-alive to the upstream
   haproxy        HAProxy likewise, nbthread 2, http-reuse always
-  keygate-local  keygate: key auth + scope check + local limiter (2 runtime workers)
+  keygate-local  keygate: key auth + scope check + local limiter (2 worker threads)
   keygate-redis  keygate: key auth + scope check + Redis limiter (a Redis of our own)
   keygate-tls    keygate-local's setup behind TLS (self-signed certificate)
 
@@ -305,7 +305,8 @@ class Setup:
         self.redis_version = run(["redis-server", "--version"]).stdout.strip()
 
     def check_threads(self, variant):
-        """keygate's runtime: tokio worker threads (one per core by default)."""
+        """keygate's threads: `keygate-worker-N` serve the proxy (`server.workers`, one per
+        CPU by default); the main thread runs the admin listeners and watchers."""
         pid = self.pids[variant]
         names = []
         for tid in os.listdir(f"/proc/{pid}/task"):

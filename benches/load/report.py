@@ -55,8 +55,8 @@ def markdown(data, png_name):
       f"-c{st['connections']} -d{st['duration']}s` after a {st['warmup']} s warm-up; latency "
       f"`oha -q RATE --latency-correction -z {st['latency_duration']}s -c {st['connections']}` at "
       f"{', '.join(fr)} of the direct maximum of the same round. Workers: nginx `worker_processes 2`, "
-      "HAProxy `nbthread 2`, keygate's Tokio runtime "
-      f"({sum(1 for t in data['keygate_threads'] if t.startswith('tokio-rt-worker'))} `tokio-runtime-worker` threads); "
+      "HAProxy `nbthread 2`, keygate's worker threads "
+      f"({sum(1 for t in data['keygate_threads'] if t.startswith('keygate-worker'))} `keygate-worker` threads, `server.workers` = the CPU count); "
       "the upstream is nginx `return 200` with 1 worker. Medians over rounds of per-round figures, with (min – max).")
     w("")
 
