@@ -402,11 +402,10 @@ impl RedisClient {
         if self.shared.connection.load().is_none() {
             return; // Redis is down: opened by the workers' first calls once it is up
         }
-        for (index, worker) in workers.iter().enumerate() {
-            if let Some(slot) = self.shared.per_worker.get().and_then(|slots| slots.get(index)) {
-                slot.opening.store(true, Ordering::Release);
-                worker.spawn(open_worker_connection(Arc::downgrade(&self.shared), index));
-            }
+        let slots = self.shared.per_worker.get().into_iter().flatten();
+        for (index, (worker, slot)) in workers.iter().zip(slots).enumerate() {
+            slot.opening.store(true, Ordering::Release);
+            worker.spawn(open_worker_connection(Arc::downgrade(&self.shared), index));
         }
     }
 
@@ -473,14 +472,15 @@ impl Shared {
     /// The calling worker's own connection, if it is open; else starts opening it (on this
     /// worker, so that its reader task runs here) while the shared one serves.
     fn worker_connection(self: &Arc<Self>) -> Option<Arc<RedisConnection>> {
-        let worker = self.per_worker.get()?.get(crate::server::current_worker()?)?;
+        let index = crate::server::current_worker()?;
+        let worker = self.per_worker.get()?.get(index)?;
         if let Some(connection) = worker.connection.load_full() {
             return Some(connection);
         }
         // Only while Redis answers: a worker does not add connection attempts to an outage.
         let up = self.connection.load().is_some() && !self.breaker.is_open();
         if up && !worker.opening.swap(true, Ordering::AcqRel) {
-            tokio::spawn(open_worker_connection(Arc::downgrade(self), crate::server::current_worker()?));
+            tokio::spawn(open_worker_connection(Arc::downgrade(self), index));
         }
         None
     }

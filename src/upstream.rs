@@ -63,11 +63,28 @@ type HttpClient = Client<HttpConnector, ProxyBody>;
 
 /// The identity of a pool: an upstream whose address, protocol and connect timeout are
 /// unchanged keeps its pool across policy reloads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 struct PoolKey {
     authority: Authority,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+}
+
+impl PoolKey {
+    fn of(upstream: &Upstream) -> PoolKey {
+        PoolKey {
+            authority: upstream.authority.clone(),
+            protocol: upstream.protocol,
+            connect_timeout: upstream.connect_timeout,
+        }
+    }
+
+    /// Whether `upstream`'s pool is this one (the protocol first: cheapest to compare).
+    fn serves(&self, upstream: &Upstream) -> bool {
+        self.protocol == upstream.protocol
+            && self.connect_timeout == upstream.connect_timeout
+            && self.authority == upstream.authority
+    }
 }
 
 /// The pooled clients: per worker thread (see [`crate::server::Workers`]), one per
@@ -96,19 +113,10 @@ impl Upstreams {
         let last = self.pools.len() - 1;
         let pools = &self.pools[crate::server::current_worker().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let same = |key: &PoolKey| {
-            key.protocol == upstream.protocol
-                && key.connect_timeout == upstream.connect_timeout
-                && key.authority == upstream.authority
-        };
-        if let Some((_, client)) = clients.iter().find(|(key, _)| same(key)) {
+        if let Some((_, client)) = clients.iter().find(|(key, _)| key.serves(upstream)) {
             return client.clone();
         }
-        let key = PoolKey {
-            authority: upstream.authority.clone(),
-            protocol: upstream.protocol,
-            connect_timeout: upstream.connect_timeout,
-        };
+        let key = PoolKey::of(upstream);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -128,13 +136,7 @@ impl Upstreams {
     pub fn retain(&self, current: &[Arc<Upstream>]) {
         for pools in &self.pools {
             let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            clients.retain(|(key, _)| {
-                current.iter().any(|u| {
-                    u.authority == key.authority
-                        && u.protocol == key.protocol
-                        && u.connect_timeout == key.connect_timeout
-                })
-            });
+            clients.retain(|(key, _)| current.iter().any(|u| key.serves(u)));
         }
     }
 
