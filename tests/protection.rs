@@ -259,7 +259,9 @@ async fn past_max_connections_new_connections_wait_until_one_closes() {
 }
 
 /// An upstream whose accept queue is full drops new SYNs, like a blackholed host: the
-/// connect then fails after `connect_timeout` (1 s in the test policy), as a 502.
+/// connect then fails after `connect_timeout` (1 s in the test policy), as a 502. The
+/// response timeout is raised to 5 s here: it counts from the start of forwarding,
+/// connecting included, so with both at 1 s either timer may fire first (a 504).
 #[tokio::test]
 async fn an_upstream_that_cannot_be_reached_in_time_is_502_after_connect_timeout() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -272,7 +274,11 @@ async fn an_upstream_that_cannot_be_reached_in_time_is_502_after_connect_timeout
             fillers.push(stream);
         }
     }
-    let kg = Keygate::builder(&format!("http://{addr}")).start().await;
+    let routes = ROUTES
+        .replace("{upstream}", &format!("http://{addr}"))
+        .replace("timeout = \"1s\"\nconnect_timeout", "timeout = \"5s\"\nconnect_timeout");
+    assert!(routes.contains("timeout = \"5s\""));
+    let kg = Keygate::builder(&format!("http://{addr}")).routes(&routes).start().await;
     let (_, key) = kg.key("acme", "pro", &["calls:read"]);
     let started = Instant::now();
     let answer = Http::new().get(&kg.url("/v1/calls"), Some(key.expose())).await;
