@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,11 +62,39 @@ fn fallbacks(metrics: &Metrics, action: &str) -> u64 {
     value.trim().parse().expect("a count")
 }
 
-/// Sums the counters of `key` (`HGETALL` through redis-cli).
-fn stored_count(server: &RedisServer, key: &str) -> u64 {
+/// The fields of `key`'s hash (`HGETALL` through redis-cli): index → value.
+fn hash_fields(server: &RedisServer, key: &str) -> BTreeMap<i64, u64> {
     let out = server.cli(&["HGETALL", key]);
-    let lines: Vec<&str> = out.lines().collect();
-    lines.chunks(2).map(|pair| pair.get(1).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)).sum()
+    let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .chunks(2)
+        .map(|pair| {
+            let field = pair[0].parse().unwrap_or_else(|_| panic!("field {:?} of {key}", pair[0]));
+            let value = pair.get(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("value of {key}: {pair:?}"));
+            (field, value)
+        })
+        .collect()
+}
+
+/// Checks the summary fields of a limiter hash against its counters (the sum, a bound
+/// below the oldest, the newest); `fields` are `hash_fields`'. An empty hash has none.
+fn assert_summary_agrees(fields: &BTreeMap<i64, u64>) {
+    let counters: BTreeMap<i64, u64> = fields.range(0..).map(|(k, v)| (*k, *v)).collect();
+    if counters.is_empty() {
+        assert!(fields.is_empty(), "a summary without counters: {fields:?}");
+        return;
+    }
+    assert_eq!(fields.get(&-1), Some(&counters.values().sum::<u64>()), "the sum: {fields:?}");
+    assert!(fields.get(&-2).is_some_and(|&low| low <= *counters.keys().next().unwrap() as u64), "{fields:?}");
+    assert_eq!(fields.get(&-3), counters.keys().next_back().map(|&k| k as u64).as_ref(), "the newest: {fields:?}");
+    assert_eq!(fields.len(), counters.len() + 3, "only counters and the summary: {fields:?}");
+}
+
+/// Sums the counters of `key`, after checking that its summary agrees with them.
+fn stored_count(server: &RedisServer, key: &str) -> u64 {
+    let fields = hash_fields(server, key);
+    assert_summary_agrees(&fields);
+    fields.range(0..).map(|(_, v)| v).sum()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -473,6 +501,128 @@ async fn paused_redis_under_each_on_store_error() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The hash's summary fields
+
+/// Redis's clock in ms (`TIME`), as the script reads it.
+fn redis_now_ms(server: &RedisServer) -> u64 {
+    let out = server.cli(&["TIME"]);
+    let parts: Vec<u64> = out.lines().map(|l| l.trim().parse().expect("TIME")).collect();
+    parts[0] * 1_000 + parts[1] / 1_000
+}
+
+/// A hash written by a keygate before the summary fields (counters only), or by one
+/// running beside this one in a rolling upgrade (its script deletes the negative fields
+/// as stale and adds to a counter without them), is counted whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_written_without_the_summary_are_counted() {
+    let server = RedisServer::start();
+    let replica = limiter(&server.url(), RELAXED).await;
+    let plan = limit(10, Duration::from_secs(60)); // sub-windows of 3 s
+    let key = shared_window::key("acme", &plan);
+    let current = redis_now_ms(&server) / 3_000;
+    let (current, previous) = (current.to_string(), (current - 1).to_string());
+    server.cli(&["HSET", &key, &previous, "3", &current, "4"]);
+    server.cli(&["PEXPIRE", &key, "63000"]);
+
+    let d = replica.check("acme", &plan, 1).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 2, "3 + 4 counted before this one: {d:?}");
+    assert_eq!(stored_count(&server, &key), 8);
+
+    // An older replica's call: the summary deleted, two admissions added to a counter.
+    server.cli(&["HDEL", &key, "-1", "-2", "-3"]);
+    server.cli(&["HINCRBY", &key, &current, "2"]);
+    let d = replica.check("acme", &plan, 1).await.unwrap();
+    assert!(!d.allowed, "10 counted: {d:?}");
+    assert_eq!((d.remaining, hash_fields(&server, &key).get(&-1)), (0, Some(&10)));
+    assert_eq!(stored_count(&server, &key), 10);
+}
+
+/// A limiter script with Redis's clock replaced by the number stored at `fake-now`, so
+/// that two scripts can be given the same moments.
+fn with_fake_clock(script: &str) -> String {
+    let time = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
+    assert!(script.contains(time), "the script reads TIME as expected");
+    script.replace(time, "local now = tonumber(redis.call('GET', 'fake-now'))")
+}
+
+/// The summary fields change how the script reads and writes the hash, not what it
+/// decides: fed the same moments and costs, it answers exactly what the script before
+/// them (tests/fixtures/limiter-before-summary.lua) answers, and holds the same counters,
+/// over random workloads: sub-window steps, idle spells longer than the window, a clock
+/// stepping back, refusals, costs above the limit, and calls of the old script on the
+/// same hash (replicas of both versions in a rolling upgrade).
+#[test]
+fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
+    let server = RedisServer::start();
+    let mut con = redis::Client::open(server.url()).unwrap().get_connection().expect("connect");
+    let load = |con: &mut redis::Connection, script: &str| -> String {
+        redis::cmd("SCRIPT").arg("LOAD").arg(with_fake_clock(script)).query(con).expect("SCRIPT LOAD")
+    };
+    let before = load(&mut con, include_str!("fixtures/limiter-before-summary.lua"));
+    let now_script = load(&mut con, shared_window::LUA);
+    let fields = |con: &mut redis::Connection, key: &str| -> BTreeMap<i64, u64> {
+        redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL")
+    };
+    let counters = |con: &mut redis::Connection, key: &str| -> BTreeMap<i64, u64> {
+        fields(con, key).into_iter().filter(|(k, _)| *k >= 0).collect()
+    };
+    // A fixed xorshift: the same workload on every run.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below.max(1)
+    };
+    let mut calls = 0;
+    for trial in 0..60 {
+        // Windows of seconds or more: the keys' TTL runs on the real clock, and must not
+        // expire one of them between two calls.
+        let window = [20_000, 21_000, 30_000, 60_000, 3_600_000][random(5) as usize];
+        let sub = (window / 20).max(1);
+        let requests = [1, 3, 10, 20, 1_000][random(5) as usize];
+        let mixed = trial % 2 == 1;
+        let mut now = 1_700_000_000_000 + random(1 << 30);
+        redis::cmd("DEL").arg("reference").arg("current").exec(&mut con).unwrap();
+        for _ in 0..60 {
+            match random(20) {
+                0..=9 => now += random(sub + 1),
+                10..=15 => now += random(window + 1),
+                16..=17 => now += random(5 * window + 1),
+                18 => now -= random(3 * sub + 1),
+                _ => now += random(200 * sub + 1),
+            }
+            redis::cmd("SET").arg("fake-now").arg(now).exec(&mut con).unwrap();
+            let costs: Vec<u64> =
+                (0..=random(8)).map(|_| [1, 1, 1, 2, 5, requests, requests + 1][random(7) as usize]).collect();
+            let mut run = |sha: &str, key: &str| -> Vec<i64> {
+                redis::cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(1)
+                    .arg(key)
+                    .arg(requests)
+                    .arg(sub)
+                    .arg(window)
+                    .arg(&costs)
+                    .query(&mut con)
+                    .expect("EVALSHA")
+            };
+            let expected = run(&before, "reference");
+            let script = if mixed && random(3) == 0 { &before } else { &now_script };
+            let answered = run(script, "current");
+            if *script == now_script {
+                assert_summary_agrees(&fields(&mut con, "current"));
+            }
+            calls += 1;
+            assert_eq!(answered, expected, "trial {trial}, now {now}, window {window}, {requests} requests, {costs:?}");
+            assert_eq!(counters(&mut con, "current"), counters(&mut con, "reference"), "trial {trial}, now {now}");
+        }
+    }
+    assert_eq!(calls, 60 * 60);
+}
+
+// ---------------------------------------------------------------------------------------
 // Memory
 
 fn memory_usage(server: &RedisServer, key: &str) -> u64 {
@@ -495,7 +645,8 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
     let big = memory_usage(&server, &key);
 
     // The same plan over a 1 s window, the requests spread over more than a window so
-    // that every sub-window gets a counter: the hash still holds at most 21 fields.
+    // that every sub-window gets a counter: the hash still holds at most 21 counters
+    // (and the three summary fields).
     let fast = limit(100_000, Duration::from_secs(1));
     let started = Instant::now();
     let mut fields_seen = 0;
@@ -503,8 +654,10 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
         for _ in 0..20 {
             assert!(replica.check("fast", &fast, 1).await.unwrap().allowed);
         }
-        let fields: usize = server.cli(&["HLEN", &shared_window::key("fast", &fast)]).trim().parse().unwrap();
-        assert!(fields <= 21, "{fields} fields");
+        let hash = hash_fields(&server, &shared_window::key("fast", &fast));
+        assert_summary_agrees(&hash);
+        let fields = hash.range(0..).count();
+        assert!(fields <= 21, "{fields} counters");
         fields_seen = fields_seen.max(fields);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -110,13 +110,23 @@ async fn headers_agree_across_replicas_and_refusals_are_not_counted() {
     let spread = retry_afters.iter().max().unwrap() - retry_afters.iter().min().unwrap();
     assert!(spread <= 1, "Retry-After agrees across replicas: {retry_afters:?}");
     assert!(retry_afters.iter().all(|r| (9..=11).contains(r)), "until the first admission leaves: {retry_afters:?}");
-    // The refusals left nothing in the window: exactly the three admissions are counted.
-    let counted: u64 = redis
+    // The refusals left nothing in the window: exactly the three admissions are counted,
+    // in the counters (fields named by sub-window, not the negative summary fields) and
+    // in the summary's sum (`-1`).
+    let counted: Vec<(u64, u64)> = redis
         .cli(&["--scan", "--pattern", "kg:rl:*"])
         .lines()
-        .map(|k| redis.cli(&["HVALS", k]).lines().filter_map(|v| v.trim().parse::<u64>().ok()).sum::<u64>())
-        .sum();
-    assert_eq!(counted, 3);
+        .map(|k| {
+            let out = redis.cli(&["HGETALL", k]);
+            let lines: Vec<&str> = out.lines().map(str::trim).collect();
+            let field = |pair: &[&str]| (pair[0].parse::<i64>().unwrap(), pair[1].parse::<u64>().unwrap());
+            let fields: Vec<(i64, u64)> = lines.chunks(2).map(field).collect();
+            let counters = fields.iter().filter(|(k, _)| *k >= 0).map(|(_, v)| v).sum();
+            let sum = fields.iter().find(|(k, _)| *k == -1).map_or(0, |(_, v)| *v);
+            (counters, sum)
+        })
+        .collect();
+    assert_eq!(counted, [(3, 3)]);
     for kg in replicas {
         kg.stop().await;
     }

@@ -148,7 +148,7 @@ def markdown(data, png_name):
     w("## Redis round trips (keygate + Redis limiter)")
     w("")
     w("Client-issued commands counted by `INFO commandstats` before/after each run, leaving out the commands "
-      "the limiter script runs inside Redis (TIME, HGETALL, HDEL, HINCRBY, PEXPIRE) and the benchmark's own "
+      "the limiter script runs inside Redis (TIME, HMGET, HGET, HSET, HGETALL, HDEL, DEL, PEXPIRE) and the benchmark's own "
       "INFO; divided by the responses of the run.")
     w("")
     w("| load | round trips per request | requests per script call |")

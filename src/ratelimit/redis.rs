@@ -12,14 +12,25 @@
 //!    matter: every decision about one tenant uses one clock. If that clock steps back
 //!    (a failover to a replica whose clock lags) the script acts as if it were the start
 //!    of the newest sub-window it holds, as the local limiter does: it only refuses more;
-//! 2. reads the tenant's hash (`HGETALL`): sub-window index → count. It deletes the
-//!    fields of sub-windows that have left the window, so the hash never holds more than
-//!    `SUB_WINDOWS + 1` fields (memory per tenant bounded whatever the limit: a plan of
-//!    100,000 requests a minute costs what a plan of 10 costs);
+//! 2. reads the tenant's hash: sub-window index → count, plus a summary in three fields
+//!    with negative names (never a sub-window's index): `-1` the sum of the counters
+//!    held, `-2` an index no held counter is older than, `-3` the newest index held. One
+//!    `HMGET` of the summary and the current sub-window's counter gives the count, so a
+//!    call reads four fields, not the whole hash. When sub-windows have left the window
+//!    it subtracts their counters from the sum and deletes their fields, so the hash
+//!    never holds more than `SUB_WINDOWS + 1` counters and the summary (memory per tenant
+//!    bounded whatever the limit: a plan of 100,000 requests a minute costs what a plan
+//!    of 10 costs). A hash without a summary (new, or written by a keygate before the
+//!    summary, whose script deletes the negative fields as stale) is summed once with
+//!    `HGETALL`; replicas of both versions can therefore share a window during a rolling
+//!    upgrade and stay exact;
 //! 3. decides each cost it was given, in order: admitted iff `count + cost ≤ requests`;
-//!    an admitted cost is added to the current sub-window, a refused one adds nothing;
-//! 4. writes the sum admitted with one `HINCRBY` and sets `PEXPIRE` to one window plus
-//!    one sub-window (the longest any counter can still count);
+//!    an admitted cost is added to the current sub-window, a refused one adds nothing.
+//!    The other sub-windows' counters are read (`HMGET` of the window's fields) only
+//!    when a request is refused (its `retry_after`) or the current sub-window is empty
+//!    (the reset);
+//! 4. writes the current counter and the summary with one `HSET` and sets `PEXPIRE` to
+//!    one window plus one sub-window (the longest any counter can still count);
 //! 5. returns, per cost, `allowed, remaining, reset_ms, retry_after_ms` (`-1`: none), the
 //!    fields of a [`Decision`], computed exactly as the local limiter computes them. The
 //!    headers therefore come from the script's answer and agree across replicas:
@@ -78,11 +89,12 @@ pub const MAX_BATCH: usize = 512;
 /// 2^53.
 const MAX_EXACT: u64 = 1 << 53;
 
-/// The limiter script. `KEYS[1]`: the tenant's hash (sub-window index → count).
+/// The limiter script. `KEYS[1]`: the tenant's hash (sub-window index → count, and the
+/// summary fields `-1`, `-2`, `-3`; see the module docs).
 /// `ARGV`: `requests`, sub-window length (ms), window length (ms), then one cost per
 /// request, in arrival order. Returns `allowed, remaining, reset_ms, retry_after_ms` per
 /// cost, flattened (`retry_after_ms` is `-1` when admitted).
-const LUA: &str = r#"
+pub const LUA: &str = r#"
 local key = KEYS[1]
 local requests = tonumber(ARGV[1])
 local sub = tonumber(ARGV[2])
@@ -92,48 +104,108 @@ local window = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local raw = redis.call('HGETALL', key)
-local newest = -1
-for i = 1, #raw, 2 do
-  local k = tonumber(raw[i])
-  if k > newest then newest = k end
+local function field(k) return string.format('%d', k) end
+local current, oldest
+local function place()
+  current = math.floor(now / sub)
+  if current * sub > now then current = current - 1 end
+  local from = math.max(now - window, 0)
+  oldest = math.floor(from / sub)
+  if oldest * sub > from then oldest = oldest - 1 end
 end
--- A clock that steps back must not un-count what was admitted.
-if newest >= 0 and now < newest * sub then now = newest * sub end
+place()
 
-local current = math.floor(now / sub)
-if current * sub > now then current = current - 1 end
-local oldest = math.floor(math.max(now - window, 0) / sub)
-if oldest * sub > math.max(now - window, 0) then oldest = oldest - 1 end
+-- The summary, in fields whose negative names are never a sub-window's index: '-1' the
+-- sum of the counters held, '-2' no counter is older than this, '-3' the newest held.
+local read = redis.call('HMGET', key, '-1', '-2', '-3', field(current))
+local total, low, newest = tonumber(read[1]), tonumber(read[2]), tonumber(read[3])
+local cur = tonumber(read[4]) or 0
+local dirty = false
 
--- Counters of the sub-windows overlapping [now - window, now], the oldest counted whole;
--- the fields of sub-windows that left are deleted.
-local counts = {}
-local count = 0
-local stale = {}
-for i = 1, #raw, 2 do
-  local k = tonumber(raw[i])
-  if k < oldest then
-    stale[#stale + 1] = raw[i]
-  else
-    local c = tonumber(raw[i + 1])
-    counts[k] = c
-    count = count + c
+-- The summary from the counters themselves, deleting those that left the window: for a
+-- new key, one written without a summary (an older keygate), or one idle too long.
+local function rebuild()
+  local raw = redis.call('HGETALL', key)
+  local stale = {}
+  total, newest = 0, -1
+  for i = 1, #raw, 2 do
+    local k = tonumber(raw[i])
+    if k ~= nil and k >= 0 then
+      if k < oldest then
+        stale[#stale + 1] = raw[i]
+      else
+        total = total + tonumber(raw[i + 1])
+        if k > newest then newest = k end
+      end
+    end
   end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  low = oldest
+  dirty = true
 end
-if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+if total == nil or low == nil or newest == nil then rebuild() end
+
+-- A clock that steps back must not un-count what was admitted.
+if newest >= 0 and now < newest * sub then
+  now = newest * sub
+  place()
+  cur = tonumber(redis.call('HGET', key, field(current))) or 0
+end
+
+-- Sub-windows that left the window: out of the sum, their fields deleted.
+if low < oldest then
+  if newest < oldest then
+    if newest >= 0 then redis.call('DEL', key) end
+    total, newest = 0, -1
+  elseif oldest - low > 64 then
+    rebuild()
+  else
+    local gone = {}
+    for k = low, oldest - 1 do gone[#gone + 1] = field(k) end
+    local counts = redis.call('HMGET', key, unpack(gone))
+    for i = 1, #counts do
+      if counts[i] then total = total - tonumber(counts[i]) end
+    end
+    redis.call('HDEL', key, unpack(gone))
+  end
+  low = oldest
+  dirty = true
+end
 
 -- When sub-window k stops being counted.
 local function leaves(k) return (k + 1) * sub + window - now end
 
--- The newest non-empty sub-window before the current one: the reset while the current
--- one is empty.
-local older_reset = 0
-for k = current - 1, oldest, -1 do
-  if (counts[k] or 0) > 0 then older_reset = leaves(k) break end
+-- The counters of the window's sub-windows, read only when a request is refused (for its
+-- Retry-After) or the current sub-window is empty (for the reset).
+local counts = nil
+local function counts_in_window()
+  if counts == nil then
+    local fields = {}
+    for k = oldest, current do fields[#fields + 1] = field(k) end
+    local values = redis.call('HMGET', key, unpack(fields))
+    counts = {}
+    for i = 1, #values do counts[oldest + i - 1] = tonumber(values[i]) or 0 end
+  end
+  return counts
 end
 
-local cur = counts[current] or 0
+-- The newest non-empty sub-window before the current one: the reset while the current
+-- one is empty.
+local older_reset = nil
+local function reset_before_current()
+  if older_reset == nil then
+    older_reset = 0
+    if total > cur then
+      local c = counts_in_window()
+      for k = current - 1, oldest, -1 do
+        if c[k] > 0 then older_reset = leaves(k) break end
+      end
+    end
+  end
+  return older_reset
+end
+
+local count = total
 local added = 0
 local out = {}
 for i = 4, #ARGV do
@@ -148,18 +220,19 @@ for i = 4, #ARGV do
     retry = window
   else
     -- Until enough of the oldest sub-windows have left for this cost to fit.
+    local c = counts_in_window()
     local excess = count + cost - requests
     local freed = 0
     retry = window
     for k = oldest, current do
-      local n = counts[k] or 0
+      local n = c[k]
       if k == current then n = cur end
       freed = freed + n
       if freed >= excess then retry = leaves(k) break end
     end
   end
-  local reset = older_reset
-  if cur > 0 then reset = leaves(current) end
+  local reset
+  if cur > 0 then reset = leaves(current) else reset = reset_before_current() end
   out[#out + 1] = allowed and 1 or 0
   out[#out + 1] = math.max(requests - count, 0)
   out[#out + 1] = reset
@@ -167,8 +240,19 @@ for i = 4, #ARGV do
 end
 
 if added > 0 then
-  redis.call('HINCRBY', key, string.format('%d', current), added)
+  if dirty or current > newest then
+    if current > newest then newest = current end
+    redis.call('HSET', key, field(current), field(cur), '-1', field(count), '-2', field(low), '-3', field(newest))
+  else
+    redis.call('HSET', key, field(current), field(cur), '-1', field(count))
+  end
   redis.call('PEXPIRE', key, window + sub)
+elseif dirty then
+  if newest >= 0 then
+    redis.call('HSET', key, '-1', field(total), '-2', field(low), '-3', field(newest))
+  else
+    redis.call('DEL', key)
+  end
 end
 return out
 "#;
