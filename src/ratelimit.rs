@@ -158,7 +158,8 @@ impl Clock for ManualClock {
 
 /// Whole seconds, rounded up: a client told to wait `t` must not come back early.
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    // Saturating: `Duration::MAX` has a fraction, and one more second would overflow.
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// The length of `plan` as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or
@@ -278,6 +279,15 @@ mod tests {
         assert_eq!(odd.window_millis(), 1_020);
         let huge = Limit { requests: 1, window: Duration::MAX };
         assert_eq!(huge.window_millis(), u64::MAX);
+    }
+
+    #[test]
+    fn seconds_round_up_without_overflowing() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(60)), 60);
+        assert_eq!(ceil_secs(Duration::from_millis(60_001)), 61);
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
     }
 
     #[test]
