@@ -182,6 +182,116 @@ async fn a_stopped_redis_degrades_as_configured_without_waiting() {
     }
 }
 
+/// A keygate with two worker threads and the Redis limiter at `redis_url`
+/// (`on_store_error = "allow"`: a request Redis did not decide carries no rate-limit
+/// headers), and four kept connections to it: two on each worker (each new connection
+/// goes to the worker with the fewest open).
+async fn two_workers(upstream: &Upstream, redis_url: &str) -> (Keygate, Vec<KeptConnection>, String) {
+    let kg = Keygate::builder(&upstream.url())
+        .settings(&format!(
+            "[server]\nworkers = 2\n[redis]\nurl = \"{redis_url}\"\ntimeout = \"50ms\"\n\
+             [limits]\nbackend = \"redis\"\non_store_error = \"allow\"\n"
+        ))
+        .start()
+        .await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(KeptConnection::open(kg.addr).await);
+    }
+    (kg, connections, key.expose().to_string())
+}
+
+/// Whether Redis decided `answer` (it carries the rate-limit headers).
+fn decided_by_redis(answer: &Answer) -> bool {
+    answer.status == 200 && answer.headers.contains_key("x-ratelimit-limit")
+}
+
+/// Sends requests on every connection until each has had one decided by Redis (panics
+/// after `deadline`), then one more on each, which must be too. Returns how many requests
+/// Redis decided.
+async fn until_every_worker_decides_through_redis(
+    connections: &mut [KeptConnection],
+    key: &str,
+    deadline: Duration,
+) -> u64 {
+    let mut decided = 0;
+    let started = Instant::now();
+    let mut waiting: Vec<usize> = (0..connections.len()).collect();
+    while !waiting.is_empty() {
+        assert!(started.elapsed() < deadline, "connections {waiting:?} not decided by Redis after {deadline:?}");
+        let mut still = Vec::new();
+        for i in waiting {
+            let answer = connections[i].get("/v1/calls", key).await;
+            assert_eq!(answer.status, 200, "on_store_error = allow");
+            if decided_by_redis(&answer) {
+                decided += 1;
+            } else {
+                still.push(i);
+            }
+        }
+        waiting = still;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for connection in connections.iter_mut() {
+        let answer = connection.get("/v1/calls", key).await;
+        assert!(decided_by_redis(&answer), "back on Redis, a worker left it again: {:?}", answer.headers);
+        decided += 1;
+    }
+    decided
+}
+
+/// The sum of the limiter's counters in `redis` (the summary field of every window).
+fn counted_by(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["--scan", "--pattern", "kg:rl:*"])
+        .lines()
+        .map(|k| redis.cli(&["HGET", k, "-1"]).trim().parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+/// Each proxy worker thread calls Redis through a connection of its own. After a Redis
+/// restart (a fresh, empty server on the same port) every worker decides through Redis
+/// again, and the new server counts exactly the requests it decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_thread_decides_through_redis_again_after_a_restart() {
+    let mut redis = RedisServer::start();
+    let upstream = upstream().await;
+    let (kg, mut connections, key) = two_workers(&upstream, &redis.url()).await;
+    until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(5)).await;
+
+    tokio::task::block_in_place(|| redis.kill());
+    for connection in &mut connections {
+        assert!(!decided_by_redis(&connection.get("/v1/calls", &key).await));
+    }
+    tokio::task::block_in_place(|| redis.restart());
+    let decided = until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(5)).await;
+    assert_eq!(counted_by(&redis), decided, "the new server counted exactly what it decided");
+    kg.stop().await;
+}
+
+/// When every connection to Redis goes silent (a peer gone without a reset: nothing
+/// fails, calls just time out), the prober gives up on the shared connection after
+/// eight silent probes and builds a new one; the workers' own connections are as stuck,
+/// and must be reopened too, or their requests stay on the fallback for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_thread_leaves_a_silent_redis_connection() {
+    let redis = RedisServer::start();
+    let relay = CountingRelay::start(redis.addr()).await;
+    let upstream = upstream().await;
+    let (kg, mut connections, key) = two_workers(&upstream, &relay.url()).await;
+    let before = until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(5)).await;
+
+    relay.silence_existing();
+    for connection in &mut connections {
+        assert!(!decided_by_redis(&connection.get("/v1/calls", &key).await));
+    }
+    // Eight probes 250 ms apart, then a new connection: a few seconds.
+    let after = until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(10)).await;
+    assert_eq!(counted_by(&redis), before + after, "Redis counted exactly what it decided");
+    kg.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_flush_mid_run_causes_no_5xx() {
     let redis = RedisServer::start();

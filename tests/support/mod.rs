@@ -590,6 +590,37 @@ impl Http {
     }
 }
 
+/// One HTTP/1.1 connection kept open: all its requests reach the same keygate worker
+/// thread (a connection stays on the worker it was given at accept).
+pub struct KeptConnection {
+    sender: hyper::client::conn::http1::SendRequest<TestBody>,
+}
+
+impl KeptConnection {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to keygate");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+        tokio::spawn(connection);
+        KeptConnection { sender }
+    }
+
+    /// `GET path` with the bearer `key`, on this connection.
+    pub async fn get(&mut self, path: &str, key: &str) -> Answer {
+        let request = Request::builder()
+            .uri(path)
+            .header("host", "keygate")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+        self.sender.ready().await.expect("the connection is still open");
+        let response = tokio::time::timeout(Duration::from_secs(20), self.sender.send_request(request))
+            .await
+            .expect("response within 20 s")
+            .expect("request sent");
+        read(response).await
+    }
+}
+
 pub async fn read(response: Response<Incoming>) -> Answer {
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.expect("body read");

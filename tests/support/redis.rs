@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a server gets to answer after it was spawned.
@@ -508,6 +508,8 @@ impl RedisCluster {
 pub struct CountingRelay {
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
+    /// One flag per connection relayed so far: set, that connection goes silent.
+    silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -518,19 +520,32 @@ impl CountingRelay {
         let addr = listener.local_addr().expect("relay addr");
         let count = Arc::new(AtomicU64::new(0));
         let counter = count.clone();
+        let silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let connections = silenced.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
                 let counter = counter.clone();
+                let silent = Arc::new(AtomicBool::new(false));
+                connections.lock().unwrap().push(silent.clone());
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
-                    relay(client, server, counter).await;
+                    relay(client, server, counter, silent).await;
                 });
             }
         });
-        CountingRelay { addr, count, accept }
+        CountingRelay { addr, count, silenced, accept }
+    }
+
+    /// Every connection relayed so far goes silent, like a peer that vanished without a
+    /// reset: it stays open and forwards nothing more either way. Connections made
+    /// afterwards are relayed as usual.
+    pub fn silence_existing(&self) {
+        for silent in self.silenced.lock().unwrap().iter() {
+            silent.store(true, Ordering::SeqCst);
+        }
     }
 
     /// `redis://` + the relay's address.
@@ -554,10 +569,16 @@ impl Drop for CountingRelay {
     }
 }
 
-async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, count: Arc<AtomicU64>) {
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    count: Arc<AtomicU64>,
+    silent: Arc<AtomicBool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let silent_up = silent.clone();
     let upstream = async move {
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16384];
@@ -566,6 +587,10 @@ async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, cou
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if silent_up.load(Ordering::SeqCst) {
+                // Holds both halves open and forwards nothing, for good.
+                std::future::pending::<()>().await;
+            }
             pending.extend_from_slice(&chunk[..n]);
             // Counts before forwarding, so a reply can never be seen before its command
             // was counted.
@@ -582,7 +607,19 @@ async fn relay(client: tokio::net::TcpStream, server: tokio::net::TcpStream, cou
         let _ = server_write.shutdown().await;
     };
     let downstream = async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let mut chunk = vec![0u8; 16384];
+        loop {
+            let n = match server_read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if silent.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if client_write.write_all(&chunk[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = client_write.shutdown().await;
     };
     tokio::join!(upstream, downstream);
