@@ -555,3 +555,49 @@ async fn find_api(pid: u32) -> SocketAddr {
     assert!(ok, "the admin API did not start listening");
     found.unwrap()
 }
+
+/// A file-store write waits for the store's OS lock, which a CLI command may hold, on
+/// the blocking pool and not on a runtime thread: on a single-threaded runtime (like
+/// `keygate serve`'s main one, which also serves the health endpoints, metrics and
+/// watchers) `/healthz` answers while the write waits, and the write completes once the
+/// lock is released.
+#[tokio::test]
+async fn a_write_waiting_for_the_store_lock_does_not_stall_the_runtime() {
+    let upstream = upstream().await;
+    let api = start_api(Keygate::builder(&upstream.url())).await;
+    // Held by another open file description, as another process would: released by a
+    // thread of its own after 2 s.
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(api.kg.dir.path().join("keys.json.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        lock.unlock().unwrap();
+    });
+
+    let started = Instant::now();
+    let create = async {
+        let answer = api.call("POST", "/admin/v1/tenants", Some(json!({"id": "acme", "plan": "pro"}))).await;
+        (answer, started.elapsed())
+    };
+    // Due 300 ms in, once the write waits; measured from then, so that a runtime thread
+    // stuck in the write (which would also hold up this timer) shows.
+    let health = async {
+        let due = started + Duration::from_millis(300);
+        tokio::time::sleep_until(due.into()).await;
+        let answer = Http::new().get(&api.kg.admin_url("/healthz"), None).await;
+        (answer.status, due.elapsed())
+    };
+    let ((created, create_took), (health, health_took)) = tokio::join!(create, health);
+    releaser.join().unwrap();
+    assert_eq!(health, 200);
+    assert!(health_took < Duration::from_secs(1), "/healthz took {health_took:?} while a write waited for the lock");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(create_took >= Duration::from_millis(1_500), "the write did not wait for the lock: {create_took:?}");
+    assert!(api.kg.proxy_store().snapshot().tenants.contains_key("acme"));
+}

@@ -48,7 +48,8 @@ async fn demo() -> Result<(), CliError> {
     let store = app::open_store(&settings, Arc::new(Metrics::new()), Some(super::STORE_TIMEOUT))
         .await
         .map_err(CliError::input)?;
-    let (reader, limited) = create_demo_keys(&store, &policy, &peppers).await.map_err(|e| fail("creating keys", &e))?;
+    let (reader, limited) =
+        create_demo_keys(&store, &Arc::new(policy), &peppers).await.map_err(|e| fail("creating keys", &e))?;
     drop(store);
 
     let running = app::start(settings, Options::default()).await.map_err(|e| fail("starting", &e))?;
@@ -146,7 +147,7 @@ pepper_file = "peppers"
 /// Tenant `acme` (pro) with a calls:read key, tenant `tiny` (1 request a minute).
 async fn create_demo_keys(
     store: &Store,
-    policy: &Policy,
+    policy: &Arc<Policy>,
     peppers: &crate::keys::Peppers,
 ) -> Result<(crate::keys::Secret, crate::keys::Secret), manage::ManageError> {
     store.create_tenant(policy, "acme", "pro").await?;

@@ -37,23 +37,32 @@ impl Store {
     pub async fn data(&self) -> Result<Arc<KeysData>, ManageError> {
         match self {
             Store::File(store) => {
-                store.refresh()?;
+                off_runtime(store, |store| store.refresh().map_err(ManageError::from)).await?;
                 Ok(store.snapshot())
             }
             Store::Redis(store) => Ok(Arc::new(store.load_all().await?)),
         }
     }
 
-    pub async fn create_tenant(&self, policy: &Policy, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
+    pub async fn create_tenant(&self, policy: &Arc<Policy>, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::create_tenant(data, policy, id, plan, now())),
+            Store::File(store) => {
+                let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
+                off_runtime(store, move |store| {
+                    store.update(|data| manage::create_tenant(data, &policy, &id, &plan, now()))
+                })
+                .await
+            }
             Store::Redis(store) => store.create_tenant(policy, id, plan, now()).await,
         }
     }
 
-    pub async fn set_plan(&self, policy: &Policy, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
+    pub async fn set_plan(&self, policy: &Arc<Policy>, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::set_plan(data, policy, id, plan)),
+            Store::File(store) => {
+                let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
+                off_runtime(store, move |store| store.update(|data| manage::set_plan(data, &policy, &id, &plan))).await
+            }
             Store::Redis(store) => store.set_plan(policy, id, plan).await,
         }
     }
@@ -61,39 +70,57 @@ impl Store {
     /// Deletes a tenant and revokes its keys; returns the revoked key ids.
     pub async fn delete_tenant(&self, id: &str) -> Result<Vec<String>, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::delete_tenant(data, id, now())),
+            Store::File(store) => {
+                let id = id.to_string();
+                off_runtime(store, move |store| store.update(|data| manage::delete_tenant(data, &id, now()))).await
+            }
             Store::Redis(store) => store.delete_tenant(id, now()).await,
         }
     }
 
     pub async fn create_key(
         &self,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         peppers: &Peppers,
         new: &NewKey,
     ) -> Result<CreatedKey, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::create_key(data, policy, peppers, new, now())),
+            Store::File(store) => {
+                let (policy, peppers, new) = (Arc::clone(policy), peppers.clone(), new.clone());
+                off_runtime(store, move |store| {
+                    store.update(|data| manage::create_key(data, &policy, &peppers, &new, now()))
+                })
+                .await
+            }
             Store::Redis(store) => store.create_key(policy, peppers, new, now()).await,
         }
     }
 
     pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::revoke_key(data, id, now())),
+            Store::File(store) => {
+                let id = id.to_string();
+                off_runtime(store, move |store| store.update(|data| manage::revoke_key(data, &id, now()))).await
+            }
             Store::Redis(store) => store.revoke_key(id, now()).await,
         }
     }
 
     pub async fn rotate_key(
         &self,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         peppers: &Peppers,
         id: &str,
         grace: Duration,
     ) -> Result<CreatedKey, ManageError> {
         match self {
-            Store::File(store) => store.update(|data| manage::rotate_key(data, policy, peppers, id, grace, now())),
+            Store::File(store) => {
+                let (policy, peppers, id) = (Arc::clone(policy), peppers.clone(), id.to_string());
+                off_runtime(store, move |store| {
+                    store.update(|data| manage::rotate_key(data, &policy, &peppers, &id, grace, now()))
+                })
+                .await
+            }
             Store::Redis(store) => store.rotate_key(policy, peppers, id, grace, now()).await,
         }
     }
@@ -109,10 +136,16 @@ impl Store {
     /// Re-stores a key found under an old pepper under the current one.
     pub async fn restore_digest(&self, key_id: &str, current: KeyDigest) -> Result<(), StoreError> {
         match self {
-            Store::File(store) => store.update(|data| {
-                manage::restore_digest(data, key_id, current);
-                Ok::<(), StoreError>(())
-            }),
+            Store::File(store) => {
+                let key_id = key_id.to_string();
+                off_runtime(store, move |store| {
+                    store.update(|data| {
+                        manage::restore_digest(data, &key_id, current);
+                        Ok::<(), StoreError>(())
+                    })
+                })
+                .await
+            }
             Store::Redis(store) => Ok(store.restore_digest(key_id, current).await?),
         }
     }
@@ -130,5 +163,32 @@ impl Store {
             Store::File(_) => "file",
             Store::Redis(_) => "redis",
         }
+    }
+}
+
+/// Runs `work` on the file store on Tokio's blocking pool. A write takes an OS lock that
+/// another process (a CLI command) may hold, and fsyncs the file and its directory; a
+/// read stats and may read the file. None of that may stall a runtime thread: a proxy
+/// worker's (every connection it serves waits; a key re-stored under a new pepper writes
+/// from the request path) or the main thread's (health endpoints, metrics, watchers,
+/// the Redis tasks, the admin API). Outside a runtime (the CLI runs inside one too) it
+/// runs in place.
+async fn off_runtime<R, E>(
+    store: &Arc<FileStore>,
+    work: impl FnOnce(&FileStore) -> Result<R, E> + Send + 'static,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work(&store);
+    }
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down under it.
+        Err(e) => Err(StoreError::Unavailable(format!("the key store operation did not finish: {e}")).into()),
     }
 }
