@@ -536,7 +536,7 @@ impl AdminApi {
             (Resource::Tenant(id), Method::PATCH) => self.set_plan(store, &id, parse_body(&body, false)?).await,
             (Resource::Tenant(id), Method::DELETE) => self.delete_tenant(store, &id).await,
             (Resource::Tenant(id), _) => {
-                let data = store.data().await?;
+                let data = store.tenant_data(&id).await?;
                 let tenant = data.tenants.get(&id).ok_or_else(|| ManageError::UnknownTenant(id.clone()))?;
                 let active = json::active_keys(&data, &id, lifecycle::now());
                 Ok(json_response(StatusCode::OK, &json::tenant(tenant, Some(active))))
@@ -544,7 +544,10 @@ impl AdminApi {
             (Resource::Keys, Method::POST) => self.create_key(store, parse_body(&body, false)?).await,
             (Resource::Keys, _) => {
                 let tenant = query.iter().find(|(name, _)| *name == "tenant").map(|(_, value)| *value);
-                let data = store.data().await?;
+                let data = match tenant {
+                    Some(tenant) => store.tenant_data(tenant).await?,
+                    None => store.data().await?,
+                };
                 let keys = json::listed_keys(&data, tenant)?;
                 Ok(json_response(StatusCode::OK, &json::keys(&keys, lifecycle::now())))
             }
@@ -554,7 +557,7 @@ impl AdminApi {
                 Ok(json_response(StatusCode::OK, &json::key(&key, lifecycle::now())))
             }
             (Resource::Key(id), _) => {
-                let data = store.data().await?;
+                let data = store.key_data(&id).await?;
                 let key = data.keys.get(&id).ok_or_else(|| ManageError::UnknownKey(id.clone()))?;
                 Ok(json_response(StatusCode::OK, &json::key(key, lifecycle::now())))
             }
@@ -572,7 +575,7 @@ impl AdminApi {
     async fn set_plan(&self, store: &Store, id: &str, body: SetPlan) -> Result<Response<Full<Bytes>>, ApiError> {
         let policy = self.app.policy.load_full();
         // The plan before, for the audit line, as the CLI reads it.
-        let previous = store.data().await?.tenants.get(id).map(|t| t.plan.clone());
+        let previous = store.tenant_data(id).await?.tenants.get(id).map(|t| t.plan.clone());
         let tenant = store.set_plan(&policy, id, &body.plan).await?;
         audit::plan_set(Via::AdminApi, &tenant, previous.as_deref());
         Ok(json_response(StatusCode::OK, &json::tenant(&tenant, None)))
@@ -580,7 +583,7 @@ impl AdminApi {
 
     async fn delete_tenant(&self, store: &Store, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
         // The record as it was, for the answer.
-        let before = store.data().await?.tenants.get(id).cloned();
+        let before = store.tenant_data(id).await?.tenants.get(id).cloned();
         let revoked = store.delete_tenant(id).await?;
         audit::tenant_deleted(Via::AdminApi, id, &revoked);
         Ok(json_response(StatusCode::OK, &json::deleted_tenant(id, before.as_ref(), &revoked)))

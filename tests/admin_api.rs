@@ -601,3 +601,55 @@ async fn a_write_waiting_for_the_store_lock_does_not_stall_the_runtime() {
     assert!(create_took >= Duration::from_millis(1_500), "the write did not wait for the lock: {create_took:?}");
     assert!(api.kg.proxy_store().snapshot().tenants.contains_key("acme"));
 }
+
+/// Over the Redis store, reading one key or one tenant reads that key or tenant, not the
+/// whole store: with 30 tenants, `GET /admin/v1/keys/ID`, `GET /admin/v1/tenants/T` and
+/// `GET /admin/v1/keys?tenant=T` each send a handful of commands (counted through a
+/// relay), where listing everything sends one or more per tenant, and they answer what
+/// the full listings hold.
+#[tokio::test]
+async fn single_records_over_the_redis_store_are_read_alone() {
+    let upstream = upstream().await;
+    let redis = RedisServer::start();
+    let relay = support::redis::CountingRelay::start(redis.addr()).await;
+    let api = start_api(Keygate::builder(&upstream.url()).redis_keys(&relay.url(), "200ms")).await;
+    for i in 0..30 {
+        api.create_tenant(&format!("t{i:02}"), "pro").await;
+    }
+    let key = api.create_key("t07", &["calls:read"]).await;
+    api.create_key("t07", &["calls:read"]).await;
+    let id = key["id"].as_str().unwrap();
+
+    let commands = |before: u64| relay.commands() - before;
+    let before = relay.commands();
+    let all_keys = api.get("/admin/v1/keys").await;
+    let listing_all = commands(before);
+    let before = relay.commands();
+    let all_tenants = api.get("/admin/v1/tenants").await;
+    assert!(listing_all >= 30 && commands(before) >= 30, "the full listings read every tenant");
+
+    let before = relay.commands();
+    let one_key = api.get(&format!("/admin/v1/keys/{id}")).await;
+    assert!(commands(before) <= 4, "GET of one key sent {} commands", commands(before));
+    assert_eq!(one_key.status, 200);
+    let listed = all_keys.json().as_array().unwrap().iter().find(|k| k["id"] == id).unwrap().clone();
+    assert_eq!(one_key.json(), listed);
+
+    let before = relay.commands();
+    let tenant = api.get("/admin/v1/tenants/t07").await;
+    assert!(commands(before) <= 6, "GET of one tenant sent {} commands", commands(before));
+    assert_eq!(tenant.json()["active_keys"], 2, "{}", tenant.text());
+    let summary = all_tenants.json().as_array().unwrap().iter().find(|t| t["id"] == "t07").unwrap().clone();
+    assert_eq!(tenant.json()["plan"], summary["plan"]);
+
+    let before = relay.commands();
+    let keys_of = api.get("/admin/v1/keys?tenant=t07").await;
+    assert!(commands(before) <= 6, "the keys of one tenant sent {} commands", commands(before));
+    let expected: Vec<Value> =
+        all_keys.json().as_array().unwrap().iter().filter(|k| k["tenant"] == "t07").cloned().collect();
+    assert_eq!(keys_of.json(), Value::Array(expected));
+
+    assert_eq!(api.get("/admin/v1/keys/key_doesnotexist").await.status, 404);
+    assert_eq!(api.get("/admin/v1/tenants/nobody").await.status, 404);
+    api.kg.stop().await;
+}

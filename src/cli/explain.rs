@@ -80,7 +80,7 @@ fn key_holder(settings: &Settings, policy: &Policy, id: &str) -> Result<Holder, 
         .block_on(async {
             let metrics = Arc::new(Metrics::new());
             let store = crate::app::open_store(settings, metrics, Some(super::STORE_TIMEOUT)).await?;
-            store.data().await.map_err(|e| e.to_string())
+            store.key_data(id).await.map_err(|e| e.to_string())
         })
         .map_err(CliError::input)?;
     let key =

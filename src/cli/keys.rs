@@ -83,7 +83,11 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
             print_created(context, &created, None);
         }
         KeysCommand::List { tenant } => {
-            let data = context.block_on(store.data()).map_err(CliError::input)?;
+            let data = match tenant.as_deref() {
+                Some(tenant) => context.block_on(store.tenant_data(tenant)),
+                None => context.block_on(store.data()),
+            }
+            .map_err(CliError::input)?;
             let now = lifecycle::now();
             let keys = json::listed_keys(&data, tenant.as_deref()).map_err(CliError::input)?;
             if context.json {
@@ -107,7 +111,7 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
             }
         }
         KeysCommand::Show { id } => {
-            let data = context.block_on(store.data()).map_err(CliError::input)?;
+            let data = context.block_on(store.key_data(&id)).map_err(CliError::input)?;
             let key = data.keys.get(&id).ok_or_else(|| CliError::input(ManageError::UnknownKey(id.clone())))?;
             print_key(context, key, lifecycle::now());
         }

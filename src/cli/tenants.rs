@@ -49,7 +49,7 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
         TenantsCommand::SetPlan { id, plan } => {
             // The plan before, for the audit line: read first, as the change does not
             // return it.
-            let before = context.block_on(store.data()).map_err(CliError::input)?;
+            let before = context.block_on(store.tenant_data(&id)).map_err(CliError::input)?;
             let previous = before.tenants.get(&id).map(|t| t.plan.clone());
             let tenant = context.block_on(store.set_plan(&context.policy, &id, &plan)).map_err(CliError::input)?;
             audit::plan_set(Via::Cli, &tenant, previous.as_deref());
@@ -57,7 +57,7 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
         }
         TenantsCommand::Delete { id } => {
             // The record as it was, for `--json`.
-            let before = context.block_on(store.data()).map_err(CliError::input)?;
+            let before = context.block_on(store.tenant_data(&id)).map_err(CliError::input)?;
             let tenant = before.tenants.get(&id).cloned();
             let revoked = context.block_on(store.delete_tenant(&id)).map_err(CliError::input)?;
             audit::tenant_deleted(Via::Cli, &id, &revoked);

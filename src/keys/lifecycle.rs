@@ -44,6 +44,25 @@ impl Store {
         }
     }
 
+    /// What [`Self::data`] holds about one tenant: its record and its keys (all of them,
+    /// revoked and expired included). The file store gives its whole snapshot (in memory
+    /// already); Redis reads that tenant alone.
+    pub async fn tenant_data(&self, id: &str) -> Result<Arc<KeysData>, ManageError> {
+        match self {
+            Store::File(_) => self.data().await,
+            Store::Redis(store) => Ok(Arc::new(store.load_tenant(id).await?)),
+        }
+    }
+
+    /// What [`Self::data`] holds about one key: the key and its tenant's record. The file
+    /// store gives its whole snapshot; Redis reads that key alone.
+    pub async fn key_data(&self, id: &str) -> Result<Arc<KeysData>, ManageError> {
+        match self {
+            Store::File(_) => self.data().await,
+            Store::Redis(store) => Ok(Arc::new(store.load_key(id).await?)),
+        }
+    }
+
     pub async fn create_tenant(&self, policy: &Arc<Policy>, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
         match self {
             Store::File(store) => {

@@ -361,8 +361,59 @@ impl RedisStore {
             }
             records.extend(keys.iter().map(|key_id| layout::key(id, key_id)));
         }
-        if records.is_empty() {
+        self.load_records(&mut data, records).await?;
+        Ok(data)
+    }
+
+    /// One tenant and its keys (revoked and expired ones included), as [`Self::load_all`]
+    /// gives them, read from that tenant's slot alone: the single-tenant views of the
+    /// admin API and the CLI cost that tenant's records, not the whole store's. Empty
+    /// for an unknown tenant.
+    pub async fn load_tenant(&self, id: &str) -> Result<KeysData, ManageError> {
+        let mut data = KeysData::empty();
+        let (tenant, keys): (Fields, Vec<String>) = self
+            .manage(StoreOp::Lookup, {
+                let id = id.to_string();
+                move |mut con| async move {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("HGETALL").arg(layout::tenant(&id)).cmd("SMEMBERS").arg(layout::keys(&id));
+                    pipe.query_async(&mut con).await
+                }
+            })
+            .await?;
+        if let Some(tenant) = parse_tenant(&tenant).map_err(corrupt)? {
+            data.tenants.insert(tenant.id.clone(), tenant);
+        }
+        self.load_records(&mut data, keys.iter().map(|key_id| layout::key(id, key_id)).collect()).await?;
+        Ok(data)
+    }
+
+    /// One key and its tenant's record, as [`Self::load_all`] gives them, found through
+    /// `kg:keyid:<id>` (the admin API's and the CLI's single-key views). Empty for an
+    /// unknown key.
+    pub async fn load_key(&self, key_id: &str) -> Result<KeysData, ManageError> {
+        let mut data = KeysData::empty();
+        let Some(tenant_id) = self.tenant_of_key(key_id, MANAGE_TIMEOUT).await.map_err(unavailable)? else {
             return Ok(data);
+        };
+        let tenant: Fields = self
+            .manage(StoreOp::Lookup, {
+                let name = layout::tenant(&tenant_id);
+                move |mut con| async move { redis::cmd("HGETALL").arg(name).query_async(&mut con).await }
+            })
+            .await?;
+        if let Some(tenant) = parse_tenant(&tenant).map_err(corrupt)? {
+            data.tenants.insert(tenant.id.clone(), tenant);
+        }
+        self.load_records(&mut data, vec![layout::key(&tenant_id, key_id)]).await?;
+        Ok(data)
+    }
+
+    /// Reads the key hashes named `records` into `data` (an empty hash, a tombstone past
+    /// its 30 days still in its tenant's set, is skipped).
+    async fn load_records(&self, data: &mut KeysData, records: Vec<String>) -> Result<(), ManageError> {
+        if records.is_empty() {
+            return Ok(());
         }
         let hashes: Vec<Fields> = self
             .manage(StoreOp::Lookup, {
@@ -374,12 +425,11 @@ impl RedisStore {
             })
             .await?;
         for (name, fields) in records.iter().zip(&hashes) {
-            // Empty: a tombstone past its 30 days, still in its tenant's set.
             if let Some(key) = parse_key(fields).map_err(|e| corrupt(format!("{name}: {e}")))? {
                 data.keys.insert(key.id.clone(), key);
             }
         }
-        Ok(data)
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------
