@@ -67,10 +67,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
-                off_runtime(store, move |store| {
-                    store.update(|data| manage::create_tenant(data, &policy, &id, &plan, now()))
-                })
-                .await
+                update(store, move |data| manage::create_tenant(data, &policy, &id, &plan, now())).await
             }
             Store::Redis(store) => store.create_tenant(policy, id, plan, now()).await,
         }
@@ -80,7 +77,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
-                off_runtime(store, move |store| store.update(|data| manage::set_plan(data, &policy, &id, &plan))).await
+                update(store, move |data| manage::set_plan(data, &policy, &id, &plan)).await
             }
             Store::Redis(store) => store.set_plan(policy, id, plan).await,
         }
@@ -91,7 +88,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let id = id.to_string();
-                off_runtime(store, move |store| store.update(|data| manage::delete_tenant(data, &id, now()))).await
+                update(store, move |data| manage::delete_tenant(data, &id, now())).await
             }
             Store::Redis(store) => store.delete_tenant(id, now()).await,
         }
@@ -106,10 +103,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let (policy, peppers, new) = (Arc::clone(policy), peppers.clone(), new.clone());
-                off_runtime(store, move |store| {
-                    store.update(|data| manage::create_key(data, &policy, &peppers, &new, now()))
-                })
-                .await
+                update(store, move |data| manage::create_key(data, &policy, &peppers, &new, now())).await
             }
             Store::Redis(store) => store.create_key(policy, peppers, new, now()).await,
         }
@@ -119,7 +113,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let id = id.to_string();
-                off_runtime(store, move |store| store.update(|data| manage::revoke_key(data, &id, now()))).await
+                update(store, move |data| manage::revoke_key(data, &id, now())).await
             }
             Store::Redis(store) => store.revoke_key(id, now()).await,
         }
@@ -135,10 +129,7 @@ impl Store {
         match self {
             Store::File(store) => {
                 let (policy, peppers, id) = (Arc::clone(policy), peppers.clone(), id.to_string());
-                off_runtime(store, move |store| {
-                    store.update(|data| manage::rotate_key(data, &policy, &peppers, &id, grace, now()))
-                })
-                .await
+                update(store, move |data| manage::rotate_key(data, &policy, &peppers, &id, grace, now())).await
             }
             Store::Redis(store) => store.rotate_key(policy, peppers, id, grace, now()).await,
         }
@@ -157,11 +148,9 @@ impl Store {
         match self {
             Store::File(store) => {
                 let key_id = key_id.to_string();
-                off_runtime(store, move |store| {
-                    store.update(|data| {
-                        manage::restore_digest(data, &key_id, current);
-                        Ok::<(), StoreError>(())
-                    })
+                update(store, move |data| {
+                    manage::restore_digest(data, &key_id, current);
+                    Ok::<(), StoreError>(())
                 })
                 .await
             }
@@ -183,6 +172,18 @@ impl Store {
             Store::Redis(_) => "redis",
         }
     }
+}
+
+/// [`FileStore::update`] on Tokio's blocking pool (see [`off_runtime`]).
+async fn update<R, E>(
+    store: &Arc<FileStore>,
+    change: impl FnOnce(&mut KeysData) -> Result<R, E> + Send + 'static,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    off_runtime(store, move |store| store.update(change)).await
 }
 
 /// Runs `work` on the file store on Tokio's blocking pool. A write takes an OS lock that
