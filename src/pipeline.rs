@@ -33,11 +33,18 @@ use crate::ratelimit::{Decision, Limit};
 use crate::upstream::{self, ForwardContext, Tunnel, UpstreamError};
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub peer: std::net::SocketAddr,
     pub tls: bool,
+    /// What keeps the connection counted (against `max_connections`, among its worker's
+    /// open connections, in `keygate_connections_active`) while anything holds a clone:
+    /// the connection's task, and a WebSocket tunnel that outlives it.
+    pub hold: Option<ConnectionHold>,
 }
+
+/// See [`ConnectionInfo::hold`].
+pub type ConnectionHold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -372,7 +379,7 @@ async fn forward(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mut parts, _empty) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, true);
-            let tunnel = Tunnel::new(client_upgrade, upstream_upgrade);
+            let tunnel = Tunnel::new(client_upgrade, upstream_upgrade, connection.hold.clone());
             Ok(Forwarded { response: Response::from_parts(parts, body::empty()), rate, tunnel: Some(tunnel) })
         }
         Ok(response) => {

@@ -38,7 +38,7 @@ use crate::app::App;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::Refusal;
 use crate::io::{IoObserver, ObservedIo};
-use crate::pipeline::{self, ConnectionInfo};
+use crate::pipeline::{self, ConnectionHold, ConnectionInfo};
 use crate::tls::Tls;
 
 /// HTTP/2: streams one client may have open at once on a connection.
@@ -167,10 +167,9 @@ async fn run_worker(
         };
         let (app, builder, watcher, tls) = (app.clone(), builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let _open = open;
-            let _active = app.metrics.connection_opened();
-            let info = ConnectionInfo { peer, tls: tls.is_some() };
+            // Released when the connection ends, or its WebSocket tunnel if that is later.
+            let hold: ConnectionHold = Arc::new((permit, open, app.metrics.connection_opened()));
+            let info = ConnectionInfo { peer, tls: tls.is_some(), hold: Some(hold) };
             serve_connection(stream, info, app, builder, watcher, tls).await;
         });
     }
@@ -280,9 +279,10 @@ async fn run_http<IO>(
 {
     let limits = app.settings.server.clone();
     let service_activity = activity.clone();
+    let peer = info.peer;
     let service = service_fn(move |request: Request<Incoming>| {
         let guard = InFlight::start(&service_activity, request.version());
-        let app = app.clone();
+        let (app, info) = (app.clone(), info.clone());
         async move {
             let response = respond(app, info, request).await;
             Ok::<_, std::convert::Infallible>(response.map(|body| GuardedBody { inner: body, _guard: guard }))
@@ -296,13 +296,13 @@ async fn run_http<IO>(
         tokio::select! {
             result = &mut connection => {
                 if let Err(e) = result {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
             _ = tick.tick() => {
                 if let Some(why) = activity.expired(&limits) {
-                    tracing::debug!(peer = %info.peer, reason = why, "closing connection");
+                    tracing::debug!(peer = %peer, reason = why, "closing connection");
                     return;
                 }
             }

@@ -46,6 +46,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{AccessLog, ProxyBody};
 use crate::io::ObservedIo;
 use crate::keys::Principal;
+use crate::pipeline::ConnectionHold;
 use crate::policy::{Upstream, UpstreamProtocol};
 
 /// Why forwarding failed.
@@ -289,15 +290,17 @@ pub fn switched_to_websocket(headers: &HeaderMap) -> bool {
 }
 
 /// Both ends of an accepted WebSocket upgrade: the client's connection (once keygate's
-/// 101 is written) and the upstream's (once its 101 is read).
+/// 101 is written) and the upstream's (once its 101 is read), and the client
+/// connection's hold: an open tunnel still counts as an open connection.
 pub struct Tunnel {
     client: OnUpgrade,
     upstream: OnUpgrade,
+    _hold: Option<ConnectionHold>,
 }
 
 impl Tunnel {
-    pub fn new(client: OnUpgrade, upstream: OnUpgrade) -> Self {
-        Tunnel { client, upstream }
+    pub fn new(client: OnUpgrade, upstream: OnUpgrade, hold: Option<ConnectionHold>) -> Self {
+        Tunnel { client, upstream, _hold: hold }
     }
 
     /// Waits for both upgrades, then copies bytes both ways until either side closes

@@ -555,3 +555,36 @@ async fn to_an_h2c_upstream_the_handshake_goes_as_a_plain_request() {
     assert_eq!(h["x-keygate-tenant"], "acme");
     kg.stop().await;
 }
+
+/// An open tunnel is an open connection: it counts against `max_connections` (and in
+/// the worker's open connections and the active-connections gauge) until it closes,
+/// like the connection it came from, not only until the 101.
+#[tokio::test]
+async fn an_open_tunnel_counts_against_max_connections() {
+    let upstream = ws_upstream().await;
+    let kg = Keygate::builder(&upstream.url()).settings("[server]\nmax_connections = 2\n").start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    let bearer = format!("Bearer {}", key.expose());
+    let (mut tunnel, status, head) = handshake(kg.addr, "/v1/calls/ws", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 101, "{head}");
+    tunnel.write_all(b"ping").await.unwrap();
+    assert_eq!(read_exactly(&mut tunnel, 4).await, b"ping");
+    let metrics = Http::new().get(&kg.admin_url("/metrics"), None).await.text();
+    assert_eq!(metric(&metrics, "keygate_connections_active", &[]), Some(1.0), "the tunnel is an open connection");
+
+    // The second slot: an open connection with a request head in progress.
+    let mut second = TcpStream::connect(kg.addr).await.unwrap();
+    second.write_all(b"GET /v1/calls HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let url = kg.url("/v1/calls");
+    let key_text = key.expose().to_string();
+    let third = tokio::spawn(async move { Http::new().get(&url, Some(&key_text)).await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served while a tunnel and a connection were open");
+
+    // The client closes the tunnel: its slot frees, and the third connection is served.
+    drop(tunnel);
+    let served = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once the tunnel closed");
+    assert_eq!(served.unwrap(), 200);
+    drop(second);
+    kg.stop().await;
+}
