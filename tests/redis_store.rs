@@ -710,3 +710,35 @@ async fn works_on_a_redis_cluster() {
     assert!(data.keys[&keys[4].record.id].revoked_at.is_some());
     assert_eq!(data.keys[&keys[2].record.id].replaced_by.as_deref(), Some(rotated.record.id.as_str()));
 }
+
+/// A deletion that stopped after its first step (the tenant's hash gone and its keys
+/// revoked, but the tenant still in `kg:tenants` and its index entries without their
+/// 30-day TTL) is finished by deleting again, instead of "unknown tenant" for good.
+#[tokio::test]
+async fn deleting_again_finishes_a_deletion_whose_second_step_failed() {
+    let server = RedisServer::start();
+    let store = store(&server.url()).await;
+    let (policy, peppers, at) = (policy(), peppers(), now());
+    store.create_tenant(&policy, "acme", "pro", at).await.unwrap();
+    let a = store.create_key(&policy, &peppers, &new_key("acme"), at).await.unwrap();
+    assert_eq!(store.delete_tenant("acme", at).await.unwrap(), vec![a.record.id.clone()]);
+    // Undo the second step: what a deletion whose second step failed leaves.
+    let entries = [layout::digest(&a.record.digest), layout::key_id(&a.record.id)];
+    for entry in &entries {
+        assert_eq!(server.cli(&["PERSIST", entry]).trim(), "1");
+    }
+    server.cli(&["SADD", layout::TENANTS, "acme"]);
+    server.cli(&["ZREM", layout::DELETED_TENANTS, "acme"]);
+    assert!(!store.load_all().await.unwrap().tenants.contains_key("acme"), "no hash: not a tenant any more");
+
+    let revoked = store.delete_tenant("acme", at).await.expect("deleting again finishes the deletion");
+    assert_eq!(revoked, vec![a.record.id.clone()]);
+    for entry in &entries {
+        assert_tombstone_ttl(&server, entry);
+    }
+    assert_eq!(server.cli(&["SISMEMBER", layout::TENANTS, "acme"]).trim(), "0");
+    assert!(!server.cli(&["ZSCORE", layout::DELETED_TENANTS, "acme"]).trim().is_empty(), "listed as deleted");
+    // Finished: a third delete is an unknown tenant again.
+    let err = store.delete_tenant("acme", at).await.unwrap_err();
+    assert!(matches!(err, ManageError::UnknownTenant(_)), "{err}");
+}

@@ -507,7 +507,8 @@ impl RedisStore {
     /// Deletes the tenant and revokes (tombstones) all its keys not yet revoked, in one
     /// script on its slot; then their index entries get the tombstones' 30 days, the
     /// tenant moves from `kg:tenants` to `kg:tenants:deleted`, and the tenant and every
-    /// revoked key's digest are published. Returns the revoked key ids, sorted.
+    /// revoked key's digest are published. Returns the revoked key ids, sorted. Deleting
+    /// again finishes a deletion whose second step failed (see [`Self::finish_half_deleted`]).
     pub async fn delete_tenant(&self, id: &str, now: OffsetDateTime) -> Result<Vec<String>, ManageError> {
         let (tenant_key, keys_key, prefix) = (layout::tenant(id), layout::keys(id), layout::key_prefix(id));
         let now_text = format_time(now);
@@ -525,7 +526,7 @@ impl RedisStore {
             .await?;
         match status(&reply) {
             "ok" => {}
-            "unknown_tenant" => return Err(ManageError::UnknownTenant(id.to_string())),
+            "unknown_tenant" => return self.finish_half_deleted(id, now).await,
             _ => return Err(unexpected(&reply)),
         }
         let mut revoked: Vec<(String, KeyDigest)> = Vec::new();
@@ -534,6 +535,46 @@ impl RedisStore {
             let digest = parse_digest(digest).ok_or_else(|| unexpected(&reply))?;
             revoked.push((key_id.clone(), digest));
         }
+        self.delete_tenant_entries(id, revoked, now).await
+    }
+
+    /// A tenant whose deletion stopped after its first step (its hash gone and its keys
+    /// revoked, but still listed in `kg:tenants`, and its index entries without their
+    /// 30-day TTL) is finished: the second step runs again for its revoked keys (those
+    /// revoked before the deletion too: their entries get a fresh 30 days). Any other
+    /// tenant without a hash is unknown.
+    async fn finish_half_deleted(&self, id: &str, now: OffsetDateTime) -> Result<Vec<String>, ManageError> {
+        let listed: bool = self
+            .manage(StoreOp::Lookup, {
+                let id = id.to_string();
+                move |mut con| async move {
+                    redis::cmd("SISMEMBER").arg(layout::TENANTS).arg(id).query_async(&mut con).await
+                }
+            })
+            .await?;
+        if !listed {
+            return Err(ManageError::UnknownTenant(id.to_string()));
+        }
+        let data = self.load_tenant(id).await?;
+        let revoked = data
+            .keys
+            .values()
+            .filter(|key| key.revoked_at.is_some())
+            .map(|key| (key.id.clone(), key.digest.clone()))
+            .collect();
+        tracing::warn!(tenant = %id, "finishing a tenant deletion whose second step had failed");
+        self.delete_tenant_entries(id, revoked, now).await
+    }
+
+    /// The second step of a tenant's deletion: the revoked keys' index entries expire
+    /// with their tombstones, the tenant moves from `kg:tenants` to `kg:tenants:deleted`,
+    /// and replicas hear of it. Returns the revoked key ids, sorted.
+    async fn delete_tenant_entries(
+        &self,
+        id: &str,
+        mut revoked: Vec<(String, KeyDigest)>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, ManageError> {
         revoked.sort_by(|a, b| a.0.cmp(&b.0));
         let tenant = id.to_string();
         let entries = revoked.clone();
