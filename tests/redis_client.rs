@@ -386,3 +386,46 @@ async fn relay_counts_a_pipeline_of_three_split_across_reads() {
     assert_eq!(&got, expected);
     assert_eq!(relay.commands(), 3);
 }
+
+/// `rediss+cluster://` with a private CA: the client verifies every node it is sent to
+/// (the cluster names its TLS ports to a TLS client), routes keys to all three masters,
+/// and runs scripts on the right one; without the CA no node is trusted.
+#[tokio::test]
+async fn tls_cluster_with_a_private_ca() {
+    let cluster = RedisCluster::start_tls();
+    let ca = cluster.nodes[0].tls_ca().expect("a TLS cluster has a CA");
+    let settings =
+        settings::Redis { ca_file: Some(ca), timeout: Duration::from_secs(1), ..settings(&cluster.tls_url()) };
+    let client = RedisClient::connect(&settings, Arc::new(Metrics::new())).await.unwrap();
+    assert!(client.is_cluster());
+    assert!(client.wait_up(Duration::from_secs(5)).await, "connected over TLS");
+    let timeout = Duration::from_secs(2);
+    for i in 0..100 {
+        let key = format!("key:{i}");
+        client
+            .run_with_timeout(StoreOp::Write, timeout, |mut c| async move {
+                redis::cmd("SET").arg(&key).arg(i).exec_async(&mut c).await
+            })
+            .await
+            .unwrap();
+    }
+    for node in &cluster.nodes {
+        let size: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(size > 0, "node {} holds no key", node.port);
+    }
+    let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    for tenant in ["a", "b", "c", "d", "e", "f"] {
+        let script = script.clone();
+        let n: i64 = client
+            .run_with_timeout(StoreOp::Limit, timeout, |mut c| async move {
+                script.key(format!("{{{tenant}}}:n")).arg(2).invoke_async(&mut c).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    let untrusted = settings::Redis { ca_file: None, ..settings };
+    let client = RedisClient::connect(&untrusted, Arc::new(Metrics::new())).await.unwrap();
+    assert!(!client.wait_up(Duration::from_secs(1)).await, "a cluster whose CA is not trusted is not up");
+}

@@ -275,9 +275,10 @@ impl Drop for RedisServer {
 /// Writes `ca.pem`, `server.pem` (IP SAN 127.0.0.1) and `server.key` into `dir` with the
 /// `openssl` tool.
 fn make_certificates(dir: &std::path::Path) {
+    // `clientAuth` too: a TLS cluster's nodes present it to each other on the bus.
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .expect("write server.ext");
     let steps: [&[&str]; 3] = [
@@ -462,6 +463,36 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn_on_free_port(Vec::new(), None, true)).collect();
+        Self::form(nodes)
+    }
+
+    /// Three masters that also listen with TLS (`tls-port`, one test CA for all, the
+    /// cluster bus over TLS too): a client connected over TLS is told the nodes' TLS
+    /// ports. The cluster is formed over the plain ports.
+    pub fn start_tls() -> RedisCluster {
+        let certificates = tempfile::Builder::new().prefix("keygate-redis-ca-").tempdir().expect("a temp dir");
+        make_certificates(certificates.path());
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::Builder::new().prefix("keygate-redis-").tempdir().expect("a temp dir for redis");
+                for name in ["ca.pem", "server.pem", "server.key"] {
+                    std::fs::copy(certificates.path().join(name), dir.path().join(name)).expect("copy a certificate");
+                }
+                RedisServer::spawn_in(dir, vec!["--tls-cluster".into(), "yes".into()], None, true, true)
+            })
+            .collect();
+        Self::form(nodes)
+    }
+
+    /// `rediss+cluster://127.0.0.1:t1,…` (the TLS ports), for `start_tls` clusters.
+    pub fn tls_url(&self) -> String {
+        let hosts: Vec<String> =
+            self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls_port.expect("a start_tls cluster"))).collect();
+        format!("rediss+cluster://{}", hosts.join(","))
+    }
+
+    /// Assigns the slots over `nodes` and waits until the cluster is ok.
+    fn form(nodes: Vec<RedisServer>) -> RedisCluster {
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let output = Command::new("redis-cli")
             .arg("--cluster")
