@@ -204,12 +204,8 @@ async fn scripts_reload_after_noscript() {
     assert_eq!(store_errors(&metrics, "limit"), 0);
 }
 
-#[tokio::test]
-async fn cluster_set_and_get_many_keys() {
-    let cluster = RedisCluster::start();
-    let (client, _metrics) = client(&cluster.url()).await;
-    assert!(client.is_cluster());
-    assert!(client.wait_up(Duration::from_secs(5)).await);
+/// Sets 200 keys through `client` and reads them back; they must land on every node.
+async fn set_and_get_on_every_node(client: &RedisClient, cluster: &RedisCluster) {
     let timeout = Duration::from_secs(2);
     for i in 0..200 {
         let key = format!("key:{i}");
@@ -230,11 +226,20 @@ async fn cluster_set_and_get_many_keys() {
             .unwrap();
         assert_eq!(got, i);
     }
-    // Keys landed on every node.
     for node in &cluster.nodes {
         let size: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
         assert!(size > 0, "node {} holds no key", node.port);
     }
+}
+
+#[tokio::test]
+async fn cluster_set_and_get_many_keys() {
+    let cluster = RedisCluster::start();
+    let (client, _metrics) = client(&cluster.url()).await;
+    assert!(client.is_cluster());
+    assert!(client.wait_up(Duration::from_secs(5)).await);
+    let timeout = Duration::from_secs(2);
+    set_and_get_on_every_node(&client, &cluster).await;
     // A script over two keys of one hash tag, loaded on demand on the right node.
     let script = redis::Script::new("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])");
     let n: i64 = client
@@ -400,19 +405,7 @@ async fn tls_cluster_with_a_private_ca() {
     assert!(client.is_cluster());
     assert!(client.wait_up(Duration::from_secs(5)).await, "connected over TLS");
     let timeout = Duration::from_secs(2);
-    for i in 0..100 {
-        let key = format!("key:{i}");
-        client
-            .run_with_timeout(StoreOp::Write, timeout, |mut c| async move {
-                redis::cmd("SET").arg(&key).arg(i).exec_async(&mut c).await
-            })
-            .await
-            .unwrap();
-    }
-    for node in &cluster.nodes {
-        let size: u64 = node.cli(&["DBSIZE"]).trim().parse().unwrap();
-        assert!(size > 0, "node {} holds no key", node.port);
-    }
+    set_and_get_on_every_node(&client, &cluster).await;
     let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     for tenant in ["a", "b", "c", "d", "e", "f"] {
         let script = script.clone();
