@@ -600,58 +600,53 @@ impl Drop for CountingRelay {
     }
 }
 
+/// Copies `read` to `write` chunk by chunk, showing each chunk to `inspect` first, until
+/// either side ends (then shuts `write` down). Once `silent` is set it holds both halves
+/// open and forwards nothing more, for good.
+async fn forward(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+    mut inspect: impl FnMut(&[u8]),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        let n = match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if silent.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        inspect(&chunk[..n]);
+        if write.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
 async fn relay(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
     count: Arc<AtomicU64>,
     silent: Arc<AtomicBool>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let silent_up = silent.clone();
-    let upstream = async move {
-        let mut pending: Vec<u8> = Vec::new();
-        let mut chunk = vec![0u8; 16384];
-        loop {
-            let n = match client_read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if silent_up.load(Ordering::SeqCst) {
-                // Holds both halves open and forwards nothing, for good.
-                std::future::pending::<()>().await;
-            }
-            pending.extend_from_slice(&chunk[..n]);
-            // Counts before forwarding, so a reply can never be seen before its command
-            // was counted.
-            let mut consumed = 0;
-            while let Some(len) = resp_len(&pending[consumed..]) {
-                consumed += len;
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-            pending.drain(..consumed);
-            if server_write.write_all(&chunk[..n]).await.is_err() {
-                break;
-            }
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let mut pending: Vec<u8> = Vec::new();
+    // Counts before forwarding, so a reply can never be seen before its command was
+    // counted.
+    let upstream = forward(client_read, server_write, silent.clone(), move |chunk| {
+        pending.extend_from_slice(chunk);
+        let mut consumed = 0;
+        while let Some(len) = resp_len(&pending[consumed..]) {
+            consumed += len;
+            count.fetch_add(1, Ordering::SeqCst);
         }
-        let _ = server_write.shutdown().await;
-    };
-    let downstream = async move {
-        let mut chunk = vec![0u8; 16384];
-        loop {
-            let n = match server_read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if silent.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            if client_write.write_all(&chunk[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = client_write.shutdown().await;
-    };
+        pending.drain(..consumed);
+    });
+    let downstream = forward(server_read, client_write, silent, |_| {});
     tokio::join!(upstream, downstream);
 }
