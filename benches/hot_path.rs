@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
+use keygate::clock::SystemClock;
 use keygate::keys::cache::{CacheOutcome, KeyCache};
 use keygate::keys::store::{FileStore, Lookup};
 use keygate::keys::{manage, parse_secret, Peppers, Principal};
@@ -33,7 +34,7 @@ use keygate::path::{normalize, PathOptions};
 use keygate::policy::{Policy, RouteMatch};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::RedisLimiter;
-use keygate::ratelimit::{Decision, Limit, SystemClock};
+use keygate::ratelimit::{Decision, Limit};
 use keygate::redis_client::RedisClient;
 use keygate::upstream::{new_request_id, remove_hop_by_hop, rewrite_request_headers, ForwardContext};
 

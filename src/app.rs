@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyService;
+use crate::clock::{Clock, SystemClock};
 use crate::diag::Diagnostic;
 use crate::keys::lifecycle::Store;
 use crate::keys::redis_store::RedisStore;
@@ -22,7 +23,6 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::shared::Limiter;
-use crate::ratelimit::{Clock, SystemClock};
 use crate::redis_client::RedisClient;
 use crate::reload::{self, WatchHandle};
 use crate::settings::{KeySource, LimitBackend, Settings};
@@ -45,6 +45,8 @@ pub struct App {
     pub draining: AtomicBool,
     /// True once the listeners are bound and a policy is loaded.
     pub ready: AtomicBool,
+    /// The time rules read: key expiry here, windows in the limiter ([`Options::clock`]).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Why keygate could not start (exit 78 for a config problem).
@@ -59,6 +61,7 @@ pub enum StartError {
 /// Injectable parts, for tests; `Default` is production.
 #[derive(Clone)]
 pub struct Options {
+    /// What the limiter's windows and key expiry read as "now".
     pub clock: Arc<dyn Clock>,
 }
 
@@ -176,6 +179,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         metrics,
         draining: AtomicBool::new(false),
         ready: AtomicBool::new(false),
+        clock: options.clock,
     });
 
     let bind = |addr: SocketAddr, what: &'static str| async move {

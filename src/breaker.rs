@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::ratelimit::Clock;
+use crate::clock::Clock;
 
 /// How a [`Breaker`] trips and recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +215,7 @@ mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
-    use crate::ratelimit::ManualClock;
+    use crate::clock::ManualClock;
 
     fn breaker() -> (Arc<ManualClock>, Breaker) {
         let clock = Arc::new(ManualClock::new(1_000));

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod diag;
 pub mod duration;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod server;
 pub mod settings;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 pub use app::{start, Options, Running, StartError};
 pub use settings::Settings;

@@ -18,7 +18,6 @@ use std::time::Instant;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::auth::Authentication;
@@ -223,7 +222,7 @@ async fn process(
 /// Key → authentication → plan → scopes → body size → rate limit.
 async fn admit(app: &App, policy: &Policy, route: &Route, headers: &HeaderMap) -> Result<Authorized, Box<Denial>> {
     let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;
-    let authenticated = match app.keys.authenticate(&secret, OffsetDateTime::now_utc()).await {
+    let authenticated = match app.keys.authenticate(&secret, app.clock.now_utc()).await {
         Ok(Authentication::Valid(principal)) => Authenticated(principal),
         Ok(Authentication::Invalid(failure)) => return Err(Refusal::Unauthorized(failure).into()),
         // An outage never looks like a bad key (SPEC 4.4): 503, not 401.

@@ -45,8 +45,7 @@ pub mod local;
 pub mod redis;
 pub mod shared;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
@@ -105,55 +104,6 @@ pub struct Decision {
     pub reset: Duration,
     /// Refused only: until a request of this cost would be admitted (`Retry-After`).
     pub retry_after: Option<Duration>,
-}
-
-/// A clock in milliseconds since the Unix epoch; injectable so window logic is tested
-/// without waiting.
-pub trait Clock: Send + Sync + 'static {
-    fn now_millis(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_millis(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// A clock that only moves when told to (tests, including integration tests, drive the
-/// window without sleeping). Starts at the value given to [`ManualClock::new`]
-/// (default 0, the epoch).
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    millis: AtomicU64,
-}
-
-impl ManualClock {
-    /// A clock reading `millis` ms since the epoch.
-    pub fn new(millis: u64) -> Self {
-        ManualClock { millis: AtomicU64::new(millis) }
-    }
-
-    /// Sets the time to `millis` ms since the epoch (it may go backwards).
-    pub fn set(&self, millis: u64) {
-        self.millis.store(millis, Ordering::SeqCst);
-    }
-
-    /// Moves the time forward by `by` (saturating at `u64::MAX` ms).
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        // fetch_update never fails with a closure that always returns Some.
-        let _ = self.millis.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |m| Some(m.saturating_add(by)));
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_millis(&self) -> u64 {
-        self.millis.load(Ordering::SeqCst)
-    }
 }
 
 /// Whole seconds, rounded up: a client told to wait `t` must not come back early.
@@ -389,19 +339,5 @@ mod tests {
         assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
         assert_eq!(header(&h, "x-ratelimit-reset"), Some("18446744073709551615"));
         assert_eq!(header(&h, "retry-after"), Some("1"));
-    }
-
-    #[test]
-    fn manual_clock() {
-        let c = ManualClock::new(5);
-        assert_eq!(c.now_millis(), 5);
-        c.advance(Duration::from_millis(1_500));
-        assert_eq!(c.now_millis(), 1_505);
-        c.set(7);
-        assert_eq!(c.now_millis(), 7);
-        c.set(u64::MAX - 1);
-        c.advance(Duration::from_secs(10));
-        assert_eq!(c.now_millis(), u64::MAX);
-        assert!(SystemClock.now_millis() > 1_600_000_000_000);
     }
 }

@@ -28,8 +28,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::{Metrics, StoreOp};
-use crate::ratelimit::{Clock, SystemClock};
 
 // Both are shared across tasks and threads.
 const _: fn() = || {
@@ -472,7 +472,7 @@ impl Shared {
     /// The calling worker's own connection, if it is open; else starts opening it (on this
     /// worker, so that its reader task runs here) while the shared one serves.
     fn worker_connection(self: &Arc<Self>) -> Option<Arc<RedisConnection>> {
-        let index = crate::server::current_worker()?;
+        let index = crate::worker::current()?;
         let worker = self.per_worker.get()?.get(index)?;
         if let Some(connection) = worker.connection.load_full() {
             return Some(connection);

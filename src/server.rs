@@ -13,7 +13,6 @@
 //! - no request in flight and nothing arriving: `idle_timeout`;
 //! - a request in flight and no byte moving either way: `body_timeout`.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,16 +78,6 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
 }
 
-thread_local! {
-    /// This thread's index, on a worker thread.
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The index (`0..server.workers`) of the worker running the caller, if it runs on one.
-pub fn current_worker() -> Option<usize> {
-    WORKER.with(Cell::get)
-}
-
 impl Workers {
     /// Starts `app.settings.server.workers` threads, idle until connections arrive.
     pub fn start(app: &Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<Workers> {
@@ -102,7 +91,7 @@ impl Workers {
             let handle = runtime.handle().clone();
             let (app, tls, worker_open) = (app.clone(), tls.clone(), open.clone());
             std::thread::Builder::new().name(format!("keygate-worker-{index}")).spawn(move || {
-                WORKER.with(|w| w.set(Some(index)));
+                crate::worker::enter(index);
                 runtime.block_on(run_worker(connections, app, tls, worker_open));
                 // Dropping the runtime here ends what is left on it (a WebSocket tunnel).
                 drop(runtime);

@@ -112,7 +112,7 @@ impl Upstreams {
 
     fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
         let last = self.pools.len() - 1;
-        let pools = &self.pools[crate::server::current_worker().map_or(last, |worker| worker.min(last))];
+        let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((_, client)) = clients.iter().find(|(key, _)| key.serves(upstream)) {
             return client.clone();

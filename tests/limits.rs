@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keygate::ratelimit::ManualClock;
+use keygate::clock::ManualClock;
 use support::*;
 
 const START_MS: u64 = 1_800_000_000_000; // a whole number of sub-windows

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
+use keygate::clock::{ManualClock, SystemClock};
 use keygate::metrics::Metrics;
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::shared::{LimitOutcome, Limiter};
-use keygate::ratelimit::{Decision, Limit, LocalLimiter, ManualClock, SystemClock};
+use keygate::ratelimit::{Decision, Limit, LocalLimiter};
 use keygate::redis_client::RedisClient;
 use keygate::settings::{self, LimitBackend, Limits, OnStoreError};
 use support::eventually;

@@ -10,7 +10,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::{Clock, Decision, Limit, SUB_WINDOWS};
+use super::{Decision, Limit, SUB_WINDOWS};
+use crate::clock::Clock;
 
 /// Counters kept per (tenant, limit): every sub-window the count can include.
 const SLOTS: usize = SUB_WINDOWS as usize + 1;
@@ -196,8 +197,8 @@ impl Shard {
 }
 
 impl LocalLimiter {
-    /// An empty limiter reading time from `clock` ([`super::SystemClock`] in production,
-    /// [`super::ManualClock`] in tests).
+    /// An empty limiter reading time from `clock` ([`crate::clock::SystemClock`] in production,
+    /// [`crate::clock::ManualClock`] in tests).
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         LocalLimiter { clock, hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
@@ -245,7 +246,7 @@ impl fmt::Debug for LocalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::ManualClock;
+    use crate::clock::ManualClock;
     use proptest::prelude::*;
 
     fn limit(requests: u64, secs: u64) -> Limit {

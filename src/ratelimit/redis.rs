@@ -329,7 +329,7 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let slot: Slot = (crate::server::current_worker(), key(tenant, limit));
+        let slot: Slot = (crate::worker::current(), key(tenant, limit));
         let waiting = {
             let mut queues = self.inner.lock();
             match queues.get_mut(&slot) {

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::redis::RedisLimiter;
-use super::{Clock, Decision, Limit, LocalLimiter};
+use super::{Decision, Limit, LocalLimiter};
+use crate::clock::Clock;
 use crate::metrics::{FallbackAction, Metrics};
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
@@ -158,7 +159,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::ManualClock;
+    use crate::clock::ManualClock;
 
     fn limits(backend: LimitBackend, replicas: u32) -> Limits {
         Limits { backend, on_store_error: OnStoreError::Local, replicas }
