@@ -36,7 +36,8 @@ use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::RedisLimiter;
 use keygate::ratelimit::{Decision, Limit};
 use keygate::redis_client::RedisClient;
-use keygate::upstream::{new_request_id, remove_hop_by_hop, rewrite_request_headers, ForwardContext};
+use keygate::request_id;
+use keygate::upstream::{remove_hop_by_hop, rewrite_request_headers, ForwardContext};
 
 fn policy_with_routes(n: usize) -> Policy {
     let mut text = String::from(
@@ -196,7 +197,7 @@ fn headers(c: &mut Criterion) {
     c.bench_function("remove_hop_by_hop/response", |b| {
         b.iter_batched_ref(|| response.clone(), |headers| remove_hop_by_hop(headers, false), BatchSize::SmallInput)
     });
-    c.bench_function("new_request_id", |b| b.iter(new_request_id));
+    c.bench_function("new_request_id", |b| b.iter(request_id::new));
     // The rate-limit headers an admitted request's response gets.
     let decision =
         Decision { allowed: true, limit: 300, remaining: 287, reset: Duration::from_millis(58_250), retry_after: None };

@@ -1,8 +1,13 @@
-//! The admin listener (SPEC 5.1): `/metrics`, `/healthz`, `/readyz`. Never proxied.
+//! The admin listeners: the health listener of SPEC 5.1 (`/metrics`, `/healthz`,
+//! `/readyz`; never proxied), and the connection loop it shares with the key and tenant
+//! API ([`crate::admin_api`]).
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -16,40 +21,62 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::state::App;
 
-/// Serves the admin endpoints until `stop` is cancelled.
+/// Serves the health endpoints until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
+    let deadline = app.settings().server.header_read_timeout;
+    serve_connections(listener, deadline, stop, "admin", move |request, _peer| {
+        let app = app.clone();
+        async move { respond(&app, &request) }
+    })
+    .await;
+}
+
+/// The connection loop of an admin listener: HTTP/1.1 and h2c, a head within
+/// `header_read_timeout` (the first one too: see [`crate::server::first_head_within`]),
+/// each request answered by `answer` with the peer's address; on `stop`, no new
+/// connections, and those in flight finish.
+pub(crate) async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+    what: &'static str,
+    answer: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.settings.server.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let app = app.clone();
+        let answer = answer.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let deadline = app.settings.server.header_read_timeout;
-            let first_head = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let first_head = Arc::new(AtomicBool::new(false));
             let seen = first_head.clone();
             let service = service_fn(move |request| {
-                seen.store(true, std::sync::atomic::Ordering::Release);
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(respond(&app, &request)) }
+                seen.store(true, Ordering::Release);
+                let answer = answer.clone();
+                async move { Ok::<_, Infallible>(answer(request, peer).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            crate::server::first_head_within(deadline, &first_head, watcher.watch(connection.into_owned())).await;
+            crate::server::first_head_within(header_read_timeout, &first_head, watcher.watch(connection.into_owned()))
+                .await;
         });
     }
     drop(listener);
@@ -61,7 +88,7 @@ fn respond(app: &App, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match request.uri().path() {
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", app.metrics.encode()),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", app.metrics().encode()),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => readyz(app),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found: /metrics, /healthz, /readyz\n".into()),
@@ -71,10 +98,10 @@ fn respond(app: &App, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// 200 once listeners are bound and a policy is loaded, until shutdown begins. The body
 /// says what was checked. A store outage does not make keygate unready.
 fn readyz(app: &App) -> Response<Full<Bytes>> {
-    let draining = app.draining.load(Ordering::SeqCst);
-    let started = app.ready.load(Ordering::SeqCst);
+    let draining = app.is_draining();
+    let started = app.is_started();
     let ready = started && !draining;
-    let policy = app.policy.load();
+    let policy = app.policy();
     let body = serde_json::json!({
         "ready": ready,
         "draining": draining,
@@ -88,12 +115,12 @@ fn readyz(app: &App) -> Response<Full<Bytes>> {
 
 /// What `/readyz` says of the store: its kind and, for Redis, whether the breaker is closed.
 fn store_state(app: &App) -> serde_json::Value {
-    let keys = app.keys.store().kind();
-    match &app.redis {
+    let keys = app.keys().store().kind();
+    match app.redis() {
         None => serde_json::json!({"keys": keys, "limits": "local", "state": "up"}),
         Some(client) => serde_json::json!({
             "keys": keys,
-            "limits": if app.settings.limits.backend == crate::settings::LimitBackend::Redis { "redis" } else { "local" },
+            "limits": if app.settings().limits.backend == crate::settings::LimitBackend::Redis { "redis" } else { "local" },
             "redis": if client.is_cluster() { "cluster" } else { "single" },
             "state": if client.is_up() { "up" } else { "down" },
         }),

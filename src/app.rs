@@ -1,17 +1,14 @@
-//! The running proxy: the shared state every request reads ([`App`]), start-up in the
-//! order that makes a bad config fatal only at start, and the shutdown sequence of SPEC 6.
+//! Start-up and shutdown: everything is loaded and built in the order that makes a bad
+//! config fatal only at start, the listeners are bound and the watchers started; then the
+//! shutdown sequence of SPEC 6. The shared state it builds is [`App`] (`crate::state`).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Gate;
 use crate::auth::KeyService;
 use crate::clock::{Clock, SystemClock};
 use crate::diag::Diagnostic;
@@ -26,28 +23,8 @@ use crate::ratelimit::shared::Limiter;
 use crate::redis_client::RedisClient;
 use crate::reload::{self, WatchHandle};
 use crate::settings::{KeySource, LimitBackend, Settings};
-use crate::upstream::Upstreams;
-use crate::{admin, server};
-
-/// Everything a request needs, shared by all connections.
-pub struct App {
-    pub settings: Arc<Settings>,
-    /// The one policy snapshot; a request loads it once and keeps it to the end.
-    pub policy: ArcSwap<Policy>,
-    pub keys: Arc<KeyService>,
-    pub limiter: Limiter,
-    /// The Redis client keys or limits use, if any (its breaker is the store's state).
-    pub redis: Option<RedisClient>,
-    pub upstreams: Upstreams,
-    pub metrics: Arc<Metrics>,
-    pub trusted_proxies: Vec<IpNet>,
-    /// True from the moment shutdown begins: `/readyz` answers 503.
-    pub draining: AtomicBool,
-    /// True once the listeners are bound and a policy is loaded.
-    pub ready: AtomicBool,
-    /// The time rules read: key expiry here, windows in the limiter ([`Options::clock`]).
-    pub clock: Arc<dyn Clock>,
-}
+use crate::state::{unix_now, App};
+use crate::{admin, admin_api, server};
 
 /// Why keygate could not start (exit 78 for a config problem).
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +128,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     }
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(&settings, metrics.clone(), None).await.map_err(StartError::Other)?);
-    let api_token = crate::admin_api::load_token(&settings).map_err(StartError::Other)?;
+    let api_token = admin_api::load_token(&settings).map_err(StartError::Other)?;
     metrics.config_reload(ReloadResult::Success, Some(unix_now()));
     // One client (one breaker, one `store_up`) when keys and limits both use Redis.
     let redis = match (&*store, settings.limits.backend) {
@@ -167,44 +144,33 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     };
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
     let keys = Arc::new(KeyService::new(store, peppers, &settings.keys, metrics.clone()));
-    let workers = settings.server.workers;
-    let app = Arc::new(App {
-        trusted_proxies: settings.listen.trusted_proxies.clone(),
-        settings: Arc::new(settings),
-        policy: ArcSwap::from_pointee(policy),
-        keys,
-        limiter,
-        redis,
-        upstreams: Upstreams::new(workers),
-        metrics,
-        draining: AtomicBool::new(false),
-        ready: AtomicBool::new(false),
-        clock: options.clock,
-    });
+    let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error);
+    let app = Arc::new(App::new(settings, policy, gate, redis, metrics));
+    let settings = app.settings().clone();
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
     };
-    let tls = match &app.settings.listen.tls {
-        Some(files) => Some(crate::tls::Tls::load_and_watch(files, app.metrics.clone()).map_err(|e| {
-            StartError::Config(vec![Diagnostic::file_error(&app.settings.file, format!("listen.tls: {e}"))])
+    let tls = match &settings.listen.tls {
+        Some(files) => Some(crate::tls::Tls::load_and_watch(files, app.metrics().clone()).map_err(|e| {
+            StartError::Config(vec![Diagnostic::file_error(&settings.file, format!("listen.tls: {e}"))])
         })?),
         None => None,
     };
-    let proxy_listener = bind(app.settings.listen.address, "listen.address").await?;
-    let admin_listener = bind(app.settings.admin.address, "admin.address").await?;
+    let proxy_listener = bind(settings.listen.address, "listen.address").await?;
+    let admin_listener = bind(settings.admin.address, "admin.address").await?;
     let proxy_addr = local_addr(&proxy_listener)?;
     let admin_addr = local_addr(&admin_listener)?;
 
     let api_listener = match &api_token {
-        Some(_) => Some(bind(app.settings.admin.api_address, "admin.api_address").await?),
+        Some(_) => Some(bind(settings.admin.api_address, "admin.api_address").await?),
         None => None,
     };
     let admin_api_addr = api_listener.as_ref().map(local_addr).transpose()?;
 
     let workers = server::Workers::start(&app, tls)
         .map_err(|e| StartError::Other(format!("cannot start the proxy's worker threads: {e}")))?;
-    if let Some(redis) = &app.redis {
+    if let Some(redis) = app.redis() {
         redis.open_per_worker(&workers.runtimes());
     }
     let stop_accepting = CancellationToken::new();
@@ -213,12 +179,12 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
     ];
     if let (Some(listener), Some(token)) = (api_listener, api_token) {
-        servers.push(tokio::spawn(crate::admin_api::serve(listener, app.clone(), token, stop_accepting.clone())));
+        servers.push(tokio::spawn(admin_api::serve(listener, app.clone(), token, stop_accepting.clone())));
     }
     let background = CancellationToken::new();
-    app.keys.spawn_background(background.clone());
+    app.keys().spawn_background(background.clone());
     let watches = start_watches(&app);
-    app.ready.store(true, Ordering::SeqCst);
+    app.set_ready();
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "keygate ready");
     Ok(Running { proxy_addr, admin_addr, admin_api_addr, app, stop_accepting, background, servers, _watches: watches })
 }
@@ -236,7 +202,7 @@ const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
     let mut watches = Vec::new();
     let policy_app = Arc::downgrade(app);
-    let policy_file = app.settings.policy_file.clone();
+    let policy_file = app.settings().policy_file.clone();
     // What the watch last refused: the poll reads it again every 2 s, but a bad file is
     // reported (logged and counted) once, not on every poll.
     let refused = std::cell::RefCell::new(None::<String>);
@@ -249,7 +215,7 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
             };
         }
     }));
-    if let Some(store) = app.keys.store().file().cloned() {
+    if let Some(store) = app.keys().store().file().cloned() {
         let keys_path = store.path().to_path_buf();
         watches.push(reload::watch(&keys_path, KEYS_POLL, move || match store.refresh() {
             Ok(true) => tracing::info!(file = %store.path().display(), "key store reloaded"),
@@ -260,84 +226,12 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
     watches
 }
 
-impl App {
-    /// Re-reads the policy (SIGHUP does this); swaps it in when it is valid and its
-    /// content changed. An invalid file changes nothing: it is logged with
-    /// file:line:column and counted. Content whose hash is the one being served is not
-    /// even parsed: nothing is logged or counted.
-    pub fn reload_policy(&self) -> reload::Outcome {
-        self.reload_policy_unless(None)
-    }
-
-    /// [`App::reload_policy`], except that content named by `refused` (the key of an
-    /// earlier [`reload::Outcome::Refused`]) is not parsed, logged or counted again: the
-    /// watcher's poll sees a bad file every time it looks.
-    ///
-    /// Content that does not parse is read again after [`reload::SETTLE`]: it is refused
-    /// only once it has stopped changing (a slow in-place write is not an error).
-    ///
-    /// Safe to run concurrently (the watcher and SIGHUP): the swap is a compare-and-swap
-    /// against the policy the content was compared with, so one change is one swap and
-    /// one success, and a reload that lost the race reads the file again rather than
-    /// putting back older content.
-    pub fn reload_policy_unless(&self, refused: Option<&str>) -> reload::Outcome {
-        let path: &Path = &self.settings.policy_file;
-        let mut rounds = 0;
-        loop {
-            let current = self.policy.load_full();
-            let content = reload::read(path);
-            if content.key == current.hash {
-                return reload::Outcome::Unchanged;
-            }
-            if refused == Some(content.key.as_str()) {
-                return reload::Outcome::Refused { key: content.key };
-            }
-            let parsed = match content.bytes {
-                Err(e) => Err(vec![Diagnostic::file_error(path, format!("cannot read: {e}"))]),
-                Ok(bytes) => String::from_utf8(bytes)
-                    .map_err(|_| vec![Diagnostic::file_error(path, "not valid UTF-8")])
-                    .and_then(|text| Policy::parse(&text, path)),
-            };
-            let (policy, warnings) = match parsed {
-                Ok(parsed) => parsed,
-                // A file caught half-written is read again once the writer is done.
-                Err(_) if rounds < reload::SETTLE_ROUNDS && !reload::settled(path, &content.key) => {
-                    rounds += 1;
-                    continue;
-                }
-                Err(errors) => return self.refuse(path, content.key, &errors),
-            };
-            let previous = self.policy.compare_and_swap(&current, Arc::new(policy));
-            if !Arc::ptr_eq(&previous, &current) {
-                continue; // another reload swapped first: compare with what it put in
-            }
-            for warning in &warnings {
-                tracing::warn!("{warning}");
-            }
-            let upstreams: Vec<_> = self.policy.load().upstreams.values().cloned().collect();
-            self.upstreams.retain(&upstreams);
-            self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
-            tracing::info!(file = %path.display(), hash = %content.key, "policy reloaded");
-            return reload::Outcome::Reloaded;
-        }
-    }
-
-    fn refuse(&self, path: &Path, key: String, errors: &[Diagnostic]) -> reload::Outcome {
-        for error in errors {
-            tracing::error!("{error}");
-        }
-        self.metrics.config_reload(ReloadResult::Failure, None);
-        tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
-        reload::Outcome::Refused { key }
-    }
-}
-
 impl Running {
     /// SPEC 6: `/readyz` turns 503 at once, listeners close after `drain_delay`, requests
     /// in flight get up to `shutdown_grace` to finish.
     pub async fn shutdown(self) {
-        let settings = self.app.settings.clone();
-        self.app.draining.store(true, Ordering::SeqCst);
+        let settings = self.app.settings().clone();
+        self.app.start_draining();
         tracing::info!(drain_delay = ?settings.server.drain_delay, "shutting down: draining");
         tokio::time::sleep(settings.server.drain_delay).await;
         self.stop_accepting.cancel();
@@ -354,9 +248,4 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
     for handle in handles {
         let _ = handle.await;
     }
-}
-
-/// Seconds since the Unix epoch, for timestamp gauges.
-pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

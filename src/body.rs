@@ -1,22 +1,15 @@
-//! Body types: the one boxed body type that flows through the proxy both ways, the
-//! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering), and
-//! the access log (SPEC 6): [`AccessLog`] is one request's line, written once when it is
-//! dropped, and [`Counted`], [`Logged`] and [`crate::io::ObservedIo`] count the request's bytes as
-//! they pass, so that the line carries them without anything being buffered.
+//! Body types: the one boxed body type that flows through the proxy both ways, and the
+//! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
-
-use crate::keys::Principal;
-use crate::metrics::Mode;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,213 +88,6 @@ where
     }
 }
 
-/// One request's byte counts: body bytes received from the client (`received`) and body
-/// bytes sent to it (`sent`); for a WebSocket tunnel, every byte copied each way.
-#[derive(Debug, Default)]
-pub struct ByteCounts {
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
-}
-
-/// One request's access-log line (target `access`), written exactly once: when it is
-/// dropped. It lives in the response body ([`Logged`]) once the response head is sent, so
-/// the line comes when the body has been sent whole (or dropped: client gone, upstream
-/// reset), with the bytes counted on the way; for a WebSocket it lives in the tunnel
-/// task, so the line comes when the tunnel closes. A request whose handler is dropped
-/// before a response exists (the client went away) is logged with status 499, as nginx
-/// does.
-///
-/// `duration_ms` runs from the request head to the line (last body byte or tunnel
-/// closed). The `keygate_request_duration_seconds` histogram, by contrast, stays measured
-/// at response-head time (time to first byte), so a long download or WebSocket session
-/// does not distort it.
-///
-/// Only what is safe to log is held: the route's prefix (never the raw path), the key's
-/// id and tenant (never the key).
-pub struct AccessLog {
-    pub request_id: String,
-    pub method: http::Method,
-    /// The matched route's prefix (`none` when nothing matched).
-    pub route: Option<String>,
-    /// The response's status; `None` until a response exists.
-    pub status: Option<u16>,
-    pub decision: &'static str,
-    pub mode: Mode,
-    pub principal: Option<Principal>,
-    /// The upstream's configured name.
-    pub upstream: Option<String>,
-    started: Instant,
-    bytes: Arc<ByteCounts>,
-    /// The response body (or tunnel) ran to its end.
-    complete: bool,
-}
-
-impl AccessLog {
-    pub fn new(request_id: String, method: http::Method, started: Instant) -> Self {
-        AccessLog {
-            request_id,
-            method,
-            route: None,
-            status: None,
-            decision: "ok",
-            mode: Mode::Enforce,
-            principal: None,
-            upstream: None,
-            started,
-            bytes: Arc::new(ByteCounts::default()),
-            complete: false,
-        }
-    }
-
-    /// The counters the request's bodies (or tunnel) add to.
-    pub fn bytes(&self) -> Arc<ByteCounts> {
-        self.bytes.clone()
-    }
-
-    /// The time since the request head arrived.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
-
-    /// Marks the response as sent whole (or the tunnel as closed cleanly).
-    pub fn set_complete(&mut self) {
-        self.complete = true;
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        // The method is a client-chosen token: one that is a well-formed key is not logged.
-        let method =
-            if crate::keys::parse_secret(self.method.as_str()).is_ok() { "OTHER" } else { self.method.as_str() };
-        tracing::info!(
-            target: "access",
-            request_id = %self.request_id,
-            method = method,
-            route = self.route.as_deref().unwrap_or("none"),
-            status = self.status.unwrap_or(499),
-            decision = self.decision,
-            mode = self.mode.as_str(),
-            key_id = self.principal.as_ref().map(|p| p.key_id.as_str()),
-            tenant = self.principal.as_ref().map(|p| p.tenant.as_str()),
-            upstream = self.upstream.as_deref(),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            bytes_in = self.bytes.received.load(Ordering::Relaxed),
-            bytes_out = self.bytes.sent.load(Ordering::Relaxed),
-            complete = self.complete,
-        );
-    }
-}
-
-/// Streams a body through unchanged, adding the length of every data frame to `counter`.
-pub struct Counted<B> {
-    inner: B,
-    counts: Arc<ByteCounts>,
-}
-
-impl<B> Counted<B> {
-    /// Counts into `counts.received` (a request body, from the client).
-    pub fn received(inner: B, counts: Arc<ByteCounts>) -> Self {
-        Counted { inner, counts }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counts.received.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that counts its data bytes into its [`AccessLog`] and owns it, so the
-/// access line is written when the body is finished or dropped.
-pub struct Logged<B: Body> {
-    inner: B,
-    log: AccessLog,
-    ended: bool,
-    failed: bool,
-}
-
-impl<B: Body> Logged<B> {
-    pub fn new(inner: B, log: AccessLog) -> Self {
-        Logged { inner, log, ended: false, failed: false }
-    }
-}
-
-impl<B> Body for Logged<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.log.bytes.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.failed = true,
-            Poll::Ready(None) => this.ended = true,
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B: Body> Drop for Logged<B> {
-    fn drop(&mut self) {
-        // hyper stops polling once `is_end_stream` says so, so a body that ended may never
-        // have returned `None`.
-        if !self.failed && (self.ended || self.inner.is_end_stream()) {
-            self.log.complete = true;
-        }
-        // `self.log` is dropped next, which writes the line.
-    }
-}
-
-/// A WebSocket tunnel's client side counts into the request's [`ByteCounts`]: bytes read
-/// from the client as received, bytes written to it as sent.
-impl crate::io::IoObserver for ByteCounts {
-    fn on_read(&self, bytes: usize) {
-        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    fn on_write(&self, bytes: usize) {
-        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,32 +109,5 @@ mod tests {
         let err = body.collect().await.unwrap_err();
         assert!(err.is::<TooLarge>());
         assert!(tripped.load(Ordering::Relaxed));
-    }
-
-    #[tokio::test]
-    async fn counted_and_logged_bodies_count_data_bytes_and_see_the_end() {
-        let log = AccessLog::new("rid".into(), http::Method::POST, Instant::now());
-        let counts = log.bytes();
-        let request = Counted::received(Full::new(Bytes::from_static(b"0123456789")), counts.clone());
-        assert_eq!(request.size_hint().exact(), Some(10), "the size hint passes through");
-        assert_eq!(&request.collect().await.unwrap().to_bytes()[..], b"0123456789");
-        let response = Logged::new(Full::new(Bytes::from_static(b"abc")), log);
-        assert_eq!(&response.collect().await.unwrap().to_bytes()[..], b"abc");
-        assert_eq!(counts.received.load(Ordering::Relaxed), 10);
-        assert_eq!(counts.sent.load(Ordering::Relaxed), 3);
-    }
-
-    #[tokio::test]
-    async fn counting_io_counts_both_ways() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let counts = Arc::new(ByteCounts::default());
-        let (near, mut far) = tokio::io::duplex(64);
-        let mut io = crate::io::ObservedIo::new(near, counts.clone());
-        io.write_all(b"hello").await.unwrap();
-        far.write_all(b"hi").await.unwrap();
-        let mut got = [0u8; 2];
-        io.read_exact(&mut got).await.unwrap();
-        assert_eq!(counts.sent.load(Ordering::Relaxed), 5);
-        assert_eq!(counts.received.load(Ordering::Relaxed), 2);
     }
 }

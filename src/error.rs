@@ -1,5 +1,7 @@
-//! Every refusal keygate decides, and its ONE mapping to status, headers and JSON body
-//! (SPEC 4.2), or to a gRPC-shaped answer for gRPC requests.
+//! Every refusal keygate decides, and its ONE mapping: to status, headers and JSON body
+//! (SPEC 4.2), to a gRPC-shaped answer for gRPC requests, to the access log's `decision`
+//! and to the `result` label of `keygate_auth_decisions_total`. Nothing else in the crate
+//! matches on a [`Refusal`]; one table test pins every mapping of every variant.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -10,7 +12,7 @@ use crate::body::ProxyBody;
 
 /// Why a key did not authenticate; the 401 message names it, so API clients can tell
 /// them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthFailure {
     Missing,
     Malformed,
@@ -20,7 +22,8 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    pub fn as_str(self) -> &'static str {
+    /// The failure's name: the access log's `decision` and the metric label.
+    pub const fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
             AuthFailure::Malformed => "malformed",
@@ -38,6 +41,70 @@ impl AuthFailure {
             AuthFailure::Expired => "API key expired",
             AuthFailure::Revoked => "API key revoked",
         }
+    }
+}
+
+/// How a request's admission ended: the `result` label of
+/// `keygate_auth_decisions_total` (SPEC 5.1). A key that did not authenticate is labelled
+/// by its [`AuthFailure`], so the two never drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthResult {
+    /// Authenticated, authorised and within its limit.
+    Ok,
+    /// The key did not authenticate.
+    Key(AuthFailure),
+    /// The key lacks a scope of the route (or a declared body is over the route's limit).
+    Forbidden,
+    /// The tenant's plan has no API access (or is unknown).
+    NoApiAccess,
+    RateLimited,
+    /// The store was needed and unreachable (503).
+    StoreUnavailable,
+}
+
+impl AuthResult {
+    /// Every value, in the order of the metric's cached children.
+    pub const ALL: [AuthResult; 10] = [
+        AuthResult::Ok,
+        AuthResult::Key(AuthFailure::Missing),
+        AuthResult::Key(AuthFailure::Malformed),
+        AuthResult::Key(AuthFailure::Unknown),
+        AuthResult::Key(AuthFailure::Expired),
+        AuthResult::Key(AuthFailure::Revoked),
+        AuthResult::Forbidden,
+        AuthResult::NoApiAccess,
+        AuthResult::RateLimited,
+        AuthResult::StoreUnavailable,
+    ];
+
+    /// Position in [`AuthResult::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            AuthResult::Ok => 0,
+            AuthResult::Key(failure) => 1 + failure as usize,
+            AuthResult::Forbidden => 6,
+            AuthResult::NoApiAccess => 7,
+            AuthResult::RateLimited => 8,
+            AuthResult::StoreUnavailable => 9,
+        }
+    }
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Key(failure) => failure.as_str(),
+            AuthResult::Forbidden => "forbidden",
+            AuthResult::NoApiAccess => "no_api_access",
+            AuthResult::RateLimited => "rate_limited",
+            AuthResult::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -161,6 +228,44 @@ impl Refusal {
         }
     }
 
+    /// The `decision` field of the access log.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Refusal::Unauthorized(failure) => failure.as_str(),
+            Refusal::InsufficientScope { .. } => "forbidden",
+            Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => "no_api_access",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::Unavailable { .. } => "store_unavailable",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::BadGateway => "bad_gateway",
+            Refusal::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    /// The `result` label of `auth_decisions_total` for a refusal of the admission
+    /// phases. A tenant whose plan is unknown counts as `no_api_access`; a declared body
+    /// over the route's limit as `forbidden` (the other refusals never reach the count).
+    pub fn auth_result(&self) -> AuthResult {
+        match self {
+            Refusal::Unauthorized(failure) => AuthResult::Key(*failure),
+            Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => AuthResult::NoApiAccess,
+            Refusal::RateLimited { .. } => AuthResult::RateLimited,
+            Refusal::Unavailable { .. } => AuthResult::StoreUnavailable,
+            Refusal::InsufficientScope { .. }
+            | Refusal::PayloadTooLarge { .. }
+            | Refusal::BadRequest(_)
+            | Refusal::NotFound
+            | Refusal::MethodNotAllowed { .. }
+            | Refusal::HeadersTooLarge
+            | Refusal::BadGateway
+            | Refusal::GatewayTimeout => AuthResult::Forbidden,
+        }
+    }
+
     /// The response: JSON (SPEC 4.2), or gRPC-shaped (HTTP 200, `grpc-status`,
     /// `grpc-message`) when the request was gRPC.
     pub fn into_response(self, request_id: &str, grpc: bool) -> Response<ProxyBody> {
@@ -249,7 +354,7 @@ fn grpc_percent_encode(message: &str) -> String {
         if (0x20..=0x7e).contains(&byte) && byte != b'%' {
             out.push(byte as char);
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            crate::encoding::push_percent_encoded(&mut out, byte);
         }
     }
     out
@@ -272,28 +377,51 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
-    fn all() -> Vec<(Refusal, u16, &'static str)> {
+    /// The one table: every variant with its status, JSON `type`, gRPC status, access-log
+    /// decision and `auth_decisions_total` label.
+    fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)> {
         vec![
-            (Refusal::BadRequest("x".into()), 400, "bad_request"),
-            (Refusal::Unauthorized(AuthFailure::Missing), 401, "unauthorized"),
-            (Refusal::Unauthorized(AuthFailure::Revoked), 401, "unauthorized"),
-            (Refusal::InsufficientScope { scope: "calls:write".into() }, 403, "forbidden"),
-            (Refusal::NoApiAccess { plan: "trial".into() }, 403, "forbidden"),
-            (Refusal::UnknownPlan { plan: "gold".into() }, 403, "forbidden"),
-            (Refusal::NotFound, 404, "not_found"),
-            (Refusal::MethodNotAllowed { allow: vec![Method::GET] }, 405, "method_not_allowed"),
-            (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
-            (Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 }, 429, "rate_limited"),
-            (Refusal::HeadersTooLarge, 431, "headers_too_large"),
-            (Refusal::BadGateway, 502, "bad_gateway"),
-            (Refusal::Unavailable { retry_after: 1 }, 503, "unavailable"),
-            (Refusal::GatewayTimeout, 504, "gateway_timeout"),
+            (Refusal::BadRequest("x".into()), 400, "bad_request", 3, "bad_request", "forbidden"),
+            (Refusal::Unauthorized(AuthFailure::Missing), 401, "unauthorized", 16, "missing", "missing"),
+            (Refusal::Unauthorized(AuthFailure::Malformed), 401, "unauthorized", 16, "malformed", "malformed"),
+            (Refusal::Unauthorized(AuthFailure::Unknown), 401, "unauthorized", 16, "unknown", "unknown"),
+            (Refusal::Unauthorized(AuthFailure::Expired), 401, "unauthorized", 16, "expired", "expired"),
+            (Refusal::Unauthorized(AuthFailure::Revoked), 401, "unauthorized", 16, "revoked", "revoked"),
+            (Refusal::InsufficientScope { scope: "calls:write".into() }, 403, "forbidden", 7, "forbidden", "forbidden"),
+            (Refusal::NoApiAccess { plan: "trial".into() }, 403, "forbidden", 7, "no_api_access", "no_api_access"),
+            (Refusal::UnknownPlan { plan: "gold".into() }, 403, "forbidden", 7, "no_api_access", "no_api_access"),
+            (Refusal::NotFound, 404, "not_found", 12, "not_found", "forbidden"),
+            (
+                Refusal::MethodNotAllowed { allow: vec![Method::GET] },
+                405,
+                "method_not_allowed",
+                12,
+                "method_not_allowed",
+                "forbidden",
+            ),
+            (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large", 3, "payload_too_large", "forbidden"),
+            (
+                Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 },
+                429,
+                "rate_limited",
+                8,
+                "rate_limited",
+                "rate_limited",
+            ),
+            (Refusal::HeadersTooLarge, 431, "headers_too_large", 3, "headers_too_large", "forbidden"),
+            (Refusal::BadGateway, 502, "bad_gateway", 14, "bad_gateway", "forbidden"),
+            (Refusal::Unavailable { retry_after: 1 }, 503, "unavailable", 14, "store_unavailable", "store_unavailable"),
+            (Refusal::GatewayTimeout, 504, "gateway_timeout", 4, "gateway_timeout", "forbidden"),
         ]
     }
 
     #[tokio::test]
-    async fn each_refusal_maps_to_its_status_type_and_json_body() {
-        for (refusal, status, kind) in all() {
+    async fn every_refusal_maps_to_its_status_json_grpc_decision_and_label() {
+        let table = table();
+        for (refusal, status, kind, grpc, decision, label) in table.clone() {
+            assert_eq!(refusal.decision(), decision, "{refusal:?}");
+            assert_eq!(refusal.auth_result().as_str(), label, "{refusal:?}");
+            assert_eq!(refusal.grpc_status(), grpc, "{refusal:?}");
             let response = refusal.clone().into_response("req-1", false);
             assert_eq!(response.status().as_u16(), status, "{refusal:?}");
             assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
@@ -301,7 +429,24 @@ mod tests {
             assert_eq!(json["error"]["type"], kind);
             assert_eq!(json["error"]["request_id"], "req-1");
             assert!(json["error"]["message"].as_str().unwrap().len() > 5);
+            let grpc_response = refusal.clone().into_response("req-1", true);
+            assert_eq!(grpc_response.status(), StatusCode::OK, "{refusal:?}");
+            assert_eq!(grpc_response.headers()["grpc-status"], grpc.to_string().as_str());
         }
+        // Every variant is in the table (a new one without a row fails here).
+        let variants: std::collections::HashSet<_> = table.iter().map(|row| std::mem::discriminant(&row.0)).collect();
+        assert_eq!(variants.len(), 13);
+        let results: std::collections::HashSet<_> = table.iter().map(|row| row.0.auth_result()).collect();
+        assert!(results.len() == AuthResult::ALL.len() - 1, "every label but ok is reachable from a refusal");
+    }
+
+    #[test]
+    fn auth_results_are_indexed_in_declaration_order_and_distinct() {
+        for (i, result) in AuthResult::ALL.iter().enumerate() {
+            assert_eq!(result.index(), i, "{result:?}");
+        }
+        let labels: std::collections::HashSet<_> = AuthResult::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), AuthResult::ALL.len());
     }
 
     #[tokio::test]
@@ -356,19 +501,9 @@ mod tests {
     }
 
     #[test]
-    fn grpc_requests_get_grpc_status() {
-        let cases = [
-            (Refusal::Unauthorized(AuthFailure::Missing), "16"),
-            (Refusal::InsufficientScope { scope: "a".into() }, "7"),
-            (Refusal::RateLimited { requests: 1, window_secs: 1, retry_after: 1 }, "8"),
-            (Refusal::Unavailable { retry_after: 1 }, "14"),
-        ];
-        for (refusal, code) in cases {
-            let r = refusal.into_response("r", true);
-            assert_eq!(r.status(), StatusCode::OK);
-            assert_eq!(r.headers()["grpc-status"], code);
-            assert!(r.headers().contains_key("grpc-message"));
-        }
+    fn grpc_refusals_carry_a_message() {
+        let r = Refusal::Unauthorized(AuthFailure::Missing).into_response("r", true);
+        assert!(r.headers().contains_key("grpc-message"));
     }
 
     #[test]

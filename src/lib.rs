@@ -6,16 +6,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod admin_api;
+pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod bearer;
 pub mod body;
 pub mod breaker;
 pub mod cli;
 pub mod clock;
+pub mod connection;
 pub mod diag;
 pub mod duration;
+pub mod encoding;
 pub mod error;
 pub mod io;
 pub mod keys;
@@ -26,8 +31,10 @@ pub mod policy;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod reload;
+pub mod request_id;
 pub mod server;
 pub mod settings;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

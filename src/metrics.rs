@@ -13,6 +13,8 @@ use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::error::AuthResult;
+
 /// Every metric name starts with `keygate_`.
 const NAMESPACE: &str = "keygate";
 
@@ -53,27 +55,6 @@ macro_rules! label_enum {
             }
         }
     };
-}
-
-label_enum! {
-    /// `auth_decisions_total{result}`: how the request's authentication and
-    /// authorisation ended (SPEC 4.2).
-    AuthResult {
-        /// Authenticated, authorised and within its limit.
-        Ok => "ok",
-        Missing => "missing",
-        Malformed => "malformed",
-        Unknown => "unknown",
-        Expired => "expired",
-        Revoked => "revoked",
-        /// The key lacks a scope of the route.
-        Forbidden => "forbidden",
-        /// The tenant's plan has no API access (or is unknown).
-        NoApiAccess => "no_api_access",
-        RateLimited => "rate_limited",
-        /// The store was needed and unreachable (503).
-        StoreUnavailable => "store_unavailable",
-    }
 }
 
 label_enum! {

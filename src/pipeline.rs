@@ -2,9 +2,9 @@
 //! bottom. Normalise path → match route → extract key → authenticate → authorise plan
 //! and scopes → rate-limit → rewrite headers → forward → record.
 //!
-//! Proof types keep the order honest: authentication yields an [`Authenticated`], the
-//! plan and scope checks consume it into a [`Authorized`], and only an [`Admission`]
-//! (which only this module can build) can be forwarded.
+//! The admission phases (key to rate limit) are [`crate::admission`]'s, whose proof types
+//! keep the order honest: only an [`Admission`] can be forwarded, and only the admission
+//! rules make one.
 //!
 //! A WebSocket handshake is a request like any other until it is admitted; then it is
 //! forwarded with its `Upgrade`, and an upstream 101 turns into a tunnel (see
@@ -15,35 +15,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::app::App;
-use crate::auth::Authentication;
-use crate::body::{self, AccessLog, Counted, Limited, Logged, ProxyBody};
-use crate::error::{AuthFailure, Refusal};
-use crate::keys::{self, Principal};
-use crate::metrics::{AuthResult, Mode};
+use crate::access_log::{AccessLog, Counted, Logged};
+use crate::admission::{Admission, Denial, RateOutcome};
+use crate::body::{self, Limited, ProxyBody};
+use crate::connection::ConnectionInfo;
+use crate::error::Refusal;
+use crate::keys;
+use crate::metrics::Mode;
 use crate::path;
-use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode, UpstreamProtocol};
-use crate::ratelimit::shared::STORE_DOWN_RETRY_AFTER;
-use crate::ratelimit::{Decision, Limit};
-use crate::upstream::{self, ForwardContext, Tunnel, UpstreamError};
-
-/// What the server knows about the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub peer: std::net::SocketAddr,
-    pub tls: bool,
-    /// What keeps the connection counted (against `max_connections`, among its worker's
-    /// open connections, in `keygate_connections_active`) while anything holds a clone:
-    /// the connection's task, and a WebSocket tunnel that outlives it.
-    pub hold: Option<ConnectionHold>,
-}
-
-/// See [`ConnectionInfo::hold`].
-pub type ConnectionHold = Arc<dyn std::any::Any + Send + Sync>;
+use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
+use crate::request_id;
+use crate::state::App;
+use crate::upstream::{self, ForwardContext, Outbound, Tunnel, UpstreamError};
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -53,53 +40,10 @@ struct Forwarded {
     tunnel: Option<Tunnel>,
 }
 
-/// A key that authenticated.
-struct Authenticated(Principal);
-
-/// A principal cleared by plan and scopes, with its rate-limit decision.
-struct Authorized {
-    principal: Principal,
-    rate: Option<RateOutcome>,
-}
-
-/// The limiter's decision and what it was made against, for the response headers.
-#[derive(Clone)]
-struct RateOutcome {
-    plan: String,
-    limit: Limit,
-    decision: Decision,
-}
-
-/// A request cleared to go upstream.
-enum Admission {
-    /// A public (`auth = "none"`) route, or a forwarded CORS preflight.
-    Public,
-    Authorized(Authorized),
-    /// A shadow-mode route: forwarded whatever the decision; the principal if the key was
-    /// valid, and the rate decision if the limiter was reached.
-    Shadow {
-        principal: Option<Principal>,
-        rate: Option<RateOutcome>,
-    },
-}
-
-/// A refusal, with what was learnt before it (for shadow mode and the headers).
-struct Denial {
-    refusal: Refusal,
-    principal: Option<Principal>,
-    rate: Option<RateOutcome>,
-}
-
-impl From<Refusal> for Box<Denial> {
-    fn from(refusal: Refusal) -> Self {
-        Box::new(Denial { refusal, principal: None, rate: None })
-    }
-}
-
 /// Handles one request end to end. Never fails: every outcome is a response.
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
-    let policy = app.policy.load_full();
+    let policy = app.policy();
     let grpc = is_grpc(request.headers());
     // Written when dropped: with the response body, or with status 499 if this future is
     // dropped first (the client went away).
@@ -108,9 +52,13 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     let forwarded = match process(&app, &policy, connection, request, &mut record).await {
         Ok(forwarded) => forwarded,
         Err(denial) => {
-            record.decision = decision_name(&denial.refusal);
-            let response = denial.refusal.into_response(&record.request_id, grpc);
-            Forwarded { response, rate: denial.rate, tunnel: None }
+            let Denial { refusal, principal, rate } = *denial;
+            record.decision = refusal.decision();
+            if principal.is_some() {
+                record.principal = principal;
+            }
+            let response = refusal.into_response(&record.request_id, grpc);
+            Forwarded { response, rate, tunnel: None }
         }
     };
     finish(&app, forwarded, record)
@@ -120,7 +68,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
 /// `max_header_bytes`): answered, counted and access-logged like the pipeline's own.
 pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<ProxyBody> {
     let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), Instant::now());
-    record.decision = decision_name(&refusal);
+    record.decision = refusal.decision();
     let response = refusal.into_response(&record.request_id, is_grpc(request.headers()));
     finish(app, Forwarded { response, rate: None, tunnel: None }, record)
 }
@@ -130,7 +78,7 @@ pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<
 fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
     let Forwarded { mut response, rate, tunnel } = forwarded;
     if let Some(rate) = &rate {
-        rate.decision.write_headers(&rate.plan, &rate.limit, response.headers_mut());
+        rate.write_headers(response.headers_mut());
     }
     if let Ok(id) = HeaderValue::from_str(&record.request_id) {
         response.headers_mut().insert("x-request-id", id);
@@ -138,7 +86,7 @@ fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<Pr
 
     let status = response.status().as_u16();
     let route = record.route.as_deref().unwrap_or("none");
-    app.metrics.record_request(route, &record.method, status, record.elapsed());
+    app.metrics().record_request(route, &record.method, status, record.elapsed());
     record.status = Some(status);
     match tunnel {
         Some(tunnel) => {
@@ -188,123 +136,10 @@ async fn process(
     }
 
     // 4–7. Key, authentication, plan and scopes, body size, rate limit.
-    let admission = if preflight || route.auth == RouteAuth::None {
-        Admission::Public
-    } else {
-        match admit(app, policy, &route, request.headers()).await {
-            Ok(authorized) => {
-                app.metrics.auth_decision(AuthResult::Ok, record.mode);
-                Admission::Authorized(authorized)
-            }
-            Err(denial) => {
-                app.metrics.auth_decision(auth_result(&denial.refusal), record.mode);
-                if route.mode == RouteMode::Shadow {
-                    record.decision = decision_name(&denial.refusal);
-                    tracing::info!(
-                        request_id = %record.request_id,
-                        route = %route.prefix,
-                        decision = record.decision,
-                        "shadow mode: request would have been refused; forwarded"
-                    );
-                    Admission::Shadow { principal: denial.principal, rate: denial.rate }
-                } else {
-                    record.principal = denial.principal.clone();
-                    return Err(denial);
-                }
-            }
-        }
-    };
+    let admission = app.gate().admit(policy, &route, request.headers(), preflight, record).await?;
 
     // 8–9. Rewrite and forward.
     forward(app, &route, admission, connection, request, path, record).await
-}
-
-/// Key → authentication → plan → scopes → body size → rate limit.
-async fn admit(app: &App, policy: &Policy, route: &Route, headers: &HeaderMap) -> Result<Authorized, Box<Denial>> {
-    let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;
-    let authenticated = match app.keys.authenticate(&secret, app.clock.now_utc()).await {
-        Ok(Authentication::Valid(principal)) => Authenticated(principal),
-        Ok(Authentication::Invalid(failure)) => return Err(Refusal::Unauthorized(failure).into()),
-        // An outage never looks like a bad key (SPEC 4.4): 503, not 401.
-        Err(e) => {
-            tracing::warn!(error = %e, "key store unavailable for a key not in the cache");
-            return Err(Refusal::Unavailable { retry_after: 1 }.into());
-        }
-    };
-    authorize(app, policy, route, headers, authenticated).await
-}
-
-/// Plan (exists, has API access), scopes, declared body size, then the rate limit.
-async fn authorize(
-    app: &App,
-    policy: &Policy,
-    route: &Route,
-    headers: &HeaderMap,
-    Authenticated(principal): Authenticated,
-) -> Result<Authorized, Box<Denial>> {
-    let deny = |refusal: Refusal, principal: &Principal| {
-        Box::new(Denial { refusal, principal: Some(principal.clone()), rate: None })
-    };
-    let Some(plan) = policy.plans.get(&principal.plan) else {
-        tracing::warn!(plan = %principal.plan, tenant = %principal.tenant, "tenant's plan is not in the current policy");
-        return Err(deny(Refusal::UnknownPlan { plan: principal.plan.clone() }, &principal));
-    };
-    if !plan.api_access {
-        return Err(deny(Refusal::NoApiAccess { plan: plan.name.clone() }, &principal));
-    }
-    if let RouteAuth::Key { scopes } = &route.auth {
-        if let Some(missing) = scopes.iter().find(|s| !principal.scopes.contains(s)) {
-            return Err(deny(Refusal::InsufficientScope { scope: missing.clone() }, &principal));
-        }
-    }
-    if let (Some(max), Some(declared)) = (route.max_body_bytes, content_length(headers)) {
-        if declared > max {
-            return Err(deny(Refusal::PayloadTooLarge { limit: max }, &principal));
-        }
-    }
-    let Some(limit) = plan.limit else {
-        return Ok(Authorized { principal, rate: None });
-    };
-    let on_store_error = route.on_store_error.unwrap_or(app.settings.limits.on_store_error);
-    let outcome = app.limiter.check(&principal.tenant, &limit, route.cost, on_store_error).await;
-    if outcome.store_unavailable() {
-        // `on_store_error = "deny"` while the shared store is unreachable.
-        return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));
-    }
-    let Some(decision) = outcome.decision().copied() else {
-        // `on_store_error = "allow"`: admitted, nothing counted, no headers to give.
-        return Ok(Authorized { principal, rate: None });
-    };
-    let rate = RateOutcome { plan: plan.name.clone(), limit, decision };
-    if decision.allowed {
-        Ok(Authorized { principal, rate: Some(rate) })
-    } else {
-        let retry_after = decision.retry_after_secs().unwrap_or(1);
-        Err(Box::new(Denial {
-            refusal: Refusal::RateLimited {
-                requests: limit.requests,
-                window_secs: limit.window.as_secs(),
-                retry_after,
-            },
-            principal: Some(principal),
-            rate: Some(rate),
-        }))
-    }
-}
-
-/// `Authorization: Bearer <key>` (scheme case-insensitive, RFC 6750 2.1).
-fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthFailure::Missing)?;
-    if values.next().is_some() {
-        return Err(AuthFailure::Malformed);
-    }
-    let text = value.to_str().map_err(|_| AuthFailure::Malformed)?;
-    let (scheme, token) = text.trim().split_once(' ').ok_or(AuthFailure::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthFailure::Missing);
-    }
-    keys::parse_secret(token.trim()).map_err(|_| AuthFailure::Malformed)
 }
 
 /// Rewrites the request for the upstream, sends it, and maps failures to 413/502/504.
@@ -319,14 +154,6 @@ async fn forward(
     path: String,
     record: &mut AccessLog,
 ) -> Result<Forwarded, Box<Denial>> {
-    let (principal, rate) = match admission {
-        Admission::Public => (None, None),
-        Admission::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
-        Admission::Shadow { principal, rate } => (principal, rate),
-    };
-    // The access line keeps the principal; the rest of forwarding borrows it from there.
-    record.principal = principal;
-
     // The client's side of the upgrade must be taken before the request is taken apart.
     let websocket = upstream::is_websocket_upgrade(&request) && route.upstream.protocol == UpstreamProtocol::Http1;
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
@@ -342,19 +169,13 @@ async fn forward(
         None => path,
     };
     parts.uri = Uri::try_from(target).map_err(|_| Refusal::BadRequest("invalid request target".into()))?;
-    let peer_trusted = app.trusted_proxies.iter().any(|net| net.contains(&connection.peer.ip()));
     let context = ForwardContext {
         peer: connection.peer.ip(),
         tls: connection.tls,
         request_id: &record.request_id,
-        peer_trusted,
+        peer_trusted: app.peer_trusted(connection.peer.ip()),
         host,
     };
-    upstream::rewrite_request_headers(&mut parts.headers, &context, record.principal.as_ref(), websocket);
-    if websocket {
-        // Only WebSocket is asked for, whatever else the client listed.
-        parts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    }
 
     let too_large = Arc::new(AtomicBool::new(false));
     let incoming = Counted::received(incoming, record.bytes());
@@ -362,17 +183,24 @@ async fn forward(
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),
     };
+    let mut outbound = Outbound::new(&admission, parts, body, &context, websocket);
+    if websocket {
+        // Only WebSocket is asked for, whatever else the client listed.
+        outbound.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    // The identity headers are written; the access line keeps the principal from here.
+    let (principal, rate) = admission.into_parts();
+    record.principal = principal;
     let upstream_started = Instant::now();
-    let result = app.upstreams.send(&route.upstream, Request::from_parts(parts, body)).await;
-    app.metrics.observe_upstream(&route.upstream.name, upstream_started.elapsed());
+    let result = app.upstreams().send(&route.upstream, outbound).await;
+    app.metrics().observe_upstream(&route.upstream.name, upstream_started.elapsed());
     match result {
         Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let client_upgrade = match client_upgrade {
                 Some(client_upgrade) if upstream::switched_to_websocket(response.headers()) => client_upgrade,
                 _ => {
                     tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream switched protocols unasked");
-                    let principal = record.principal.clone();
-                    return Err(Box::new(Denial { refusal: Refusal::BadGateway, principal, rate }));
+                    return Err(Box::new(Denial { refusal: Refusal::BadGateway, principal: None, rate }));
                 }
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -389,16 +217,15 @@ async fn forward(
         }
         Err(UpstreamError::Timeout) => {
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");
-            Err(Box::new(Denial { refusal: Refusal::GatewayTimeout, principal: record.principal.clone(), rate }))
+            Err(Box::new(Denial { refusal: Refusal::GatewayTimeout, principal: None, rate }))
         }
         Err(UpstreamError::Failed(why)) => {
             if too_large.load(Ordering::Relaxed) {
                 let limit = route.max_body_bytes.unwrap_or_default();
-                let principal = record.principal.clone();
-                return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal, rate }));
+                return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal: None, rate }));
             }
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, error = %why, "upstream failed");
-            Err(Box::new(Denial { refusal: Refusal::BadGateway, principal: record.principal.clone(), rate }))
+            Err(Box::new(Denial { refusal: Refusal::BadGateway, principal: None, rate }))
         }
     }
 }
@@ -424,10 +251,8 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Refusal> {
 /// key is replaced too: request ids are logged, keys never are.
 fn request_id(headers: &HeaderMap) -> String {
     match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        Some(value) if upstream::valid_request_id(value.as_bytes()) && keys::parse_secret(value).is_err() => {
-            value.to_string()
-        }
-        _ => upstream::new_request_id(),
+        Some(value) if request_id::valid(value.as_bytes()) && keys::parse_secret(value).is_err() => value.to_string(),
+        _ => request_id::new(),
     }
 }
 
@@ -448,43 +273,4 @@ fn preflight_method<B>(request: &Request<B>) -> Method {
         .get("access-control-request-method")
         .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
         .unwrap_or(Method::OPTIONS)
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The `decision` field of the access log.
-fn decision_name(refusal: &Refusal) -> &'static str {
-    match refusal {
-        Refusal::Unauthorized(failure) => failure.as_str(),
-        Refusal::InsufficientScope { .. } => "forbidden",
-        Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => "no_api_access",
-        Refusal::RateLimited { .. } => "rate_limited",
-        Refusal::Unavailable { .. } => "store_unavailable",
-        Refusal::BadRequest(_) => "bad_request",
-        Refusal::NotFound => "not_found",
-        Refusal::MethodNotAllowed { .. } => "method_not_allowed",
-        Refusal::PayloadTooLarge { .. } => "payload_too_large",
-        Refusal::HeadersTooLarge => "headers_too_large",
-        Refusal::BadGateway => "bad_gateway",
-        Refusal::GatewayTimeout => "gateway_timeout",
-    }
-}
-
-/// The `result` label of `auth_decisions_total` for a refusal of the admission phases.
-/// A tenant whose plan is unknown counts as `no_api_access`; a declared body over the
-/// route's limit as `forbidden`.
-fn auth_result(refusal: &Refusal) -> AuthResult {
-    match refusal {
-        Refusal::Unauthorized(AuthFailure::Missing) => AuthResult::Missing,
-        Refusal::Unauthorized(AuthFailure::Malformed) => AuthResult::Malformed,
-        Refusal::Unauthorized(AuthFailure::Unknown) => AuthResult::Unknown,
-        Refusal::Unauthorized(AuthFailure::Expired) => AuthResult::Expired,
-        Refusal::Unauthorized(AuthFailure::Revoked) => AuthResult::Revoked,
-        Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => AuthResult::NoApiAccess,
-        Refusal::RateLimited { .. } => AuthResult::RateLimited,
-        Refusal::Unavailable { .. } => AuthResult::StoreUnavailable,
-        _ => AuthResult::Forbidden,
-    }
 }

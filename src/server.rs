@@ -33,11 +33,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::body::{BoxError, ProxyBody};
+use crate::connection::{ConnectionHold, ConnectionInfo};
 use crate::error::Refusal;
 use crate::io::{IoObserver, ObservedIo};
-use crate::pipeline::{self, ConnectionHold, ConnectionInfo};
+use crate::pipeline;
+use crate::state::App;
 use crate::tls::Tls;
 
 /// HTTP/2: streams one client may have open at once on a connection.
@@ -79,9 +80,9 @@ struct Accepted {
 }
 
 impl Workers {
-    /// Starts `app.settings.server.workers` threads, idle until connections arrive.
+    /// Starts `app.settings().server.workers` threads, idle until connections arrive.
     pub fn start(app: &Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<Workers> {
-        let count = app.settings.server.workers.max(1);
+        let count = app.settings().server.workers.max(1);
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -157,7 +158,7 @@ async fn run_worker(
         let (app, builder, watcher, tls) = (app.clone(), builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             // Released when the connection ends, or its WebSocket tunnel if that is later.
-            let hold: ConnectionHold = Arc::new((permit, open, app.metrics.connection_opened()));
+            let hold: ConnectionHold = Arc::new((permit, open, app.metrics().connection_opened()));
             let info = ConnectionInfo { peer, tls: tls.is_some(), hold: Some(hold) };
             serve_connection(stream, info, app, builder, watcher, tls).await;
         });
@@ -177,7 +178,7 @@ impl Drop for OpenConnection {
 /// Accepts on the proxy listener until `stop` is cancelled, handing each connection to a
 /// worker; then waits until the workers have let their open connections finish.
 pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(app.settings.server.max_connections));
+    let slots = Arc::new(Semaphore::new(app.settings().server.max_connections));
     loop {
         // Past `max_connections`, new connections wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -210,7 +211,7 @@ pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop:
 }
 
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
-    let limits = &app.settings.server;
+    let limits = &app.settings().server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper refuses a buffer under 8 KiB; smaller `max_header_bytes` are enforced on the
     // parsed head in `respond` (431 either way).
@@ -234,7 +235,7 @@ async fn serve_connection(
     tls: Option<Arc<Tls>>,
 ) {
     let activity = Arc::new(Activity::new());
-    let limits = app.settings.server.clone();
+    let limits = app.settings().server.clone();
     match tls {
         Some(tls) => {
             let acceptor = tls.acceptor();
@@ -266,7 +267,7 @@ async fn run_http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = app.settings.server.clone();
+    let limits = app.settings().server.clone();
     let service_activity = activity.clone();
     let peer = info.peer;
     let service = service_fn(move |request: Request<Incoming>| {
@@ -310,7 +311,7 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
 }
 
 async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
-    if head_bytes(&request) > app.settings.server.max_header_bytes {
+    if head_bytes(&request) > app.settings().server.max_header_bytes {
         return pipeline::refuse(&app, &request, Refusal::HeadersTooLarge);
     }
     // Boxed: the pipeline's future is large (every phase's state), and hyper moves the

@@ -74,10 +74,7 @@ async fn readyz_turns_503_when_shutdown_begins() {
     let app = running.app.clone();
     let stopping = tokio::spawn(running.shutdown());
     let http = Http::new();
-    assert!(
-        eventually(std::time::Duration::from_secs(1), async || app.draining.load(std::sync::atomic::Ordering::SeqCst))
-            .await
-    );
+    assert!(eventually(std::time::Duration::from_secs(1), async || app.is_draining()).await);
     let ready = http.get(&admin, None).await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["draining"], true);

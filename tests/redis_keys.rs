@@ -31,8 +31,8 @@ async fn replicas_share_keys_and_see_revocations_and_plan_changes_within_a_secon
     }
 
     // A plan change through replica 1 reaches all (each has the tenant cached).
-    let policy = replicas[1].app().policy.load_full();
-    replicas[1].app().keys.store().set_plan(&policy, "acme", "tiny").await.unwrap();
+    let policy = replicas[1].app().policy();
+    replicas[1].app().keys().store().set_plan(&policy, "acme", "tiny").await.unwrap();
     let changed = Instant::now();
     for kg in &replicas {
         let url = kg.url("/v1/calls");
@@ -46,7 +46,7 @@ async fn replicas_share_keys_and_see_revocations_and_plan_changes_within_a_secon
     assert!(changed.elapsed() < Duration::from_secs(2));
 
     // A revocation through replica 2 reaches all within 1 s.
-    replicas[2].app().keys.store().revoke_key(&key_id).await.unwrap();
+    replicas[2].app().keys().store().revoke_key(&key_id).await.unwrap();
     let revoked = Instant::now();
     for kg in &replicas {
         let url = kg.url("/v1/calls");
@@ -198,11 +198,11 @@ async fn keys_and_tenants_work_through_a_redis_cluster() {
     for (_, key) in &keys {
         assert_eq!(http.get(&b.url("/v1/calls"), Some(key.expose())).await.status, 200);
     }
-    a.app().keys.store().revoke_key(&keys[0].0).await.unwrap();
+    a.app().keys().store().revoke_key(&keys[0].0).await.unwrap();
     let url = b.url("/v1/calls");
     let secret = keys[0].1.expose().to_string();
     assert!(eventually(Duration::from_secs(1), async || http.get(&url, Some(&secret)).await.status == 401).await);
-    let data = b.app().keys.store().data().await.unwrap();
+    let data = b.app().keys().store().data().await.unwrap();
     assert_eq!(data.tenants.len(), 4);
     a.stop().await;
     b.stop().await;
@@ -288,7 +288,7 @@ async fn last_used_at_is_written_off_the_request_path() {
     let kg = replica(&upstream, &redis.url()).await;
     let (key_id, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
     let http = Http::new();
-    let store = kg.app().keys.store().clone();
+    let store = kg.app().keys().store().clone();
     assert!(store.data().await.unwrap().keys[&key_id].last_used_at.is_none());
     for _ in 0..5 {
         assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 200);

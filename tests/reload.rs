@@ -459,7 +459,7 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     let file = kg.routes_path();
     rename_over(&file, &policy(&up.url(), &public_route("/v1/good")));
     assert!(becomes(&http, &kg.url("/v1/good"), 200, PROMPTLY).await);
-    let good_hash = kg.app().policy.load().hash.clone();
+    let good_hash = kg.app().policy().hash.clone();
     let successes = reloads(kg.admin, "success").await;
     let failures = reloads(kg.admin, "failure").await;
 
@@ -467,7 +467,7 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     let broken = policy(&up.url(), "[[routes]\nprefix = \"/v1/broken\"\n");
     rename_over(&file, &broken);
     assert!(reloads_reach(kg.admin, "failure", failures + 1.0, PROMPTLY).await, "the failure was not counted");
-    assert_eq!(kg.app().policy.load().hash, good_hash, "an invalid file replaced the policy");
+    assert_eq!(kg.app().policy().hash, good_hash, "an invalid file replaced the policy");
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 200);
     let Err(errors) = keygate::policy::Policy::load(&file) else { panic!("the file is valid") };
     let broken_line = broken.lines().position(|l| l == "[[routes]").unwrap() + 1;
@@ -487,7 +487,7 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     let Err(errors) = keygate::policy::Policy::load(&file) else { panic!("the file is valid") };
     assert!(errors.iter().all(|e| e.line > 0 && e.column > 0), "{errors:?}");
     assert!(errors.iter().any(|e| e.message.contains("nope")), "{errors:?}");
-    assert_eq!(kg.app().policy.load().hash, good_hash);
+    assert_eq!(kg.app().policy().hash, good_hash);
     assert_eq!(status_of(&http, &kg.url("/v1/nowhere")).await, 404);
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 200);
 
@@ -595,7 +595,7 @@ async fn the_pool_of_an_unchanged_upstream_survives_a_reload() {
     assert!(longer.contains("timeout = \"5s\""));
     let hash = keygate::reload::content_hash(longer.as_bytes());
     rename_over(&kg.routes_path(), &longer);
-    assert!(eventually(PROMPTLY, async || kg.app().policy.load().hash == hash).await);
+    assert!(eventually(PROMPTLY, async || kg.app().policy().hash == hash).await);
     for _ in 0..3 {
         assert_eq!(status_of(&http, &kg.url("/status")).await, 200);
     }
@@ -721,7 +721,7 @@ async fn concurrent_reloads_of_one_change_count_once() {
         }
         // Let the watcher's own reload of this change run too.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(app.policy.load().hash, keygate::reload::content_hash(text.as_bytes()));
+        assert_eq!(app.policy().hash, keygate::reload::content_hash(text.as_bytes()));
         assert_eq!(reloads(kg.admin, "success").await, successes + 1.0, "round {round}: one change, one success");
     }
     kg.stop().await;

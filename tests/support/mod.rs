@@ -316,13 +316,13 @@ impl Keygate {
         Policy::load(&self.routes_path()).expect("test policy is valid").0
     }
 
-    pub fn app(&self) -> &Arc<keygate::app::App> {
+    pub fn app(&self) -> &Arc<keygate::state::App> {
         &self.running.as_ref().unwrap().app
     }
 
     /// The running proxy's own file store (file-store keygates only).
     pub fn proxy_store(&self) -> &Arc<FileStore> {
-        self.app().keys.store().file().expect("a file-store keygate")
+        self.app().keys().store().file().expect("a file-store keygate")
     }
 
     /// Creates tenant `tenant` on `plan` (if new) and a key with `scopes`.
@@ -362,8 +362,8 @@ impl Keygate {
     /// own store (file or Redis), as the CLI and the admin API do.
     pub async fn store_key(&self, tenant: &str, plan: &str, scopes: &[&str]) -> (String, Secret) {
         let app = self.app();
-        let policy = app.policy.load_full();
-        let store = app.keys.store();
+        let policy = app.policy();
+        let store = app.keys().store();
         match store.create_tenant(&policy, tenant, plan).await {
             Ok(_) | Err(manage::ManageError::TenantExists(_)) => {}
             Err(e) => panic!("create tenant: {e}"),
@@ -374,7 +374,7 @@ impl Keygate {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             expires_in: None,
         };
-        let created = store.create_key(&policy, app.keys.peppers(), &new).await.expect("create key");
+        let created = store.create_key(&policy, app.keys().peppers(), &new).await.expect("create key");
         (created.record.id, created.secret)
     }
 
@@ -394,7 +394,7 @@ impl Keygate {
     /// within 250 ms (the CLI tests exercise the watcher itself).
     fn refresh_proxy_store(&self) {
         if let Some(running) = &self.running {
-            if let Some(store) = running.app.keys.store().file() {
+            if let Some(store) = running.app.keys().store().file() {
                 store.refresh().expect("the proxy re-reads the key store");
             }
         }
@@ -404,7 +404,7 @@ impl Keygate {
     pub async fn sync_store(&self) {
         let want = self.store.snapshot();
         let app = self.app().clone();
-        let store = app.keys.store().file().expect("a file-store keygate").clone();
+        let store = app.keys().store().file().expect("a file-store keygate").clone();
         let ok = eventually(Duration::from_secs(3), async || *store.snapshot() == *want).await;
         assert!(ok, "the proxy did not pick up the key store change within 3 s");
     }

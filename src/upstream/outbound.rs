@@ -1,0 +1,212 @@
+//! The request as it goes upstream (SPEC 4.3): made only from an [`Admission`], it is the
+//! client's request with hop-by-hop headers, `Authorization` and every spelling of
+//! `x-keygate-*` removed, and keygate's own headers added last — the identity headers
+//! from the admission's principal, then `x-request-id` and the forwarding headers.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, HOST};
+use http::request::Parts;
+use http::{HeaderMap, Request};
+
+use super::hop_by_hop::remove_hop_by_hop;
+use crate::admission::Admission;
+use crate::body::ProxyBody;
+use crate::keys::Principal;
+
+/// An admitted request, rewritten for the upstream. Only [`Outbound::new`] makes one, from
+/// an [`Admission`]; [`super::Upstreams::send`] takes nothing else.
+pub struct Outbound(Request<ProxyBody>);
+
+impl Outbound {
+    /// Rewrites the request's headers for the upstream from `admission` (its principal's
+    /// identity headers) and `context`; `keep_upgrade` for an admitted WebSocket
+    /// handshake.
+    pub fn new(
+        admission: &Admission,
+        mut parts: Parts,
+        body: ProxyBody,
+        context: &ForwardContext<'_>,
+        keep_upgrade: bool,
+    ) -> Outbound {
+        rewrite_request_headers(&mut parts.headers, context, admission.principal(), keep_upgrade);
+        Outbound(Request::from_parts(parts, body))
+    }
+
+    /// The headers as they will go upstream (keygate's own are already written).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        self.0.headers_mut()
+    }
+
+    pub(super) fn into_request(self) -> Request<ProxyBody> {
+        self.0
+    }
+}
+
+/// True for `x-keygate-*` in any letter case and with `_` for `-` anywhere (a WSGI or PHP
+/// backend maps `_` to `-`, so `x_keygate_tenant` would spoof `x-keygate-tenant`).
+pub(super) fn is_keygate_header(name: &HeaderName) -> bool {
+    let bytes = name.as_str().as_bytes(); // http lower-cases names
+    bytes.len() > 10
+        && bytes[..10].iter().zip(b"x-keygate-").all(|(&b, &want)| b == want || (want == b'-' && b == b'_'))
+}
+
+/// The facts about the connection and request that the forwarding headers need.
+#[derive(Debug, Clone)]
+pub struct ForwardContext<'a> {
+    pub peer: IpAddr,
+    /// Whether the client connection is TLS (`x-forwarded-proto`).
+    pub tls: bool,
+    pub request_id: &'a str,
+    /// Whether the peer is in `trusted_proxies`: then its `X-Forwarded-For` is kept.
+    pub peer_trusted: bool,
+    /// The original `Host` (or HTTP/2 `:authority`), if any.
+    pub host: Option<HeaderValue>,
+}
+
+const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+const X_KEYGATE_TENANT: HeaderName = HeaderName::from_static("x-keygate-tenant");
+const X_KEYGATE_PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
+const X_KEYGATE_SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Rewrites a request's headers for the upstream (SPEC 4.3), for [`Outbound::new`] (and
+/// the benchmarks: rewriting a header map forwards nothing): hop-by-hop first, then
+/// `Authorization` and every spelling of `x-keygate-*`, then keygate's own headers last,
+/// so that no client header can make keygate drop them.
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    context: &ForwardContext<'_>,
+    principal: Option<&Principal>,
+    keep_upgrade: bool,
+) {
+    // Built before anything is removed: the client's value is read as it arrived.
+    let forwarded_for = forwarded_for(headers, context);
+    remove_hop_by_hop(headers, keep_upgrade);
+    headers.remove(AUTHORIZATION);
+    if headers.keys().any(is_keygate_header) {
+        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_keygate_header(n)).cloned().collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
+
+    if let Some(principal) = principal {
+        insert_text(headers, X_KEYGATE_KEY_ID, &principal.key_id);
+        insert_text(headers, X_KEYGATE_TENANT, &principal.tenant);
+        insert_text(headers, X_KEYGATE_PLAN, &principal.plan);
+        if let Some(scopes) = joined(&principal.scopes, b",") {
+            headers.insert(X_KEYGATE_SCOPES, scopes);
+        }
+    }
+    insert_text(headers, X_REQUEST_ID, context.request_id);
+    if let Some(forwarded_for) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if context.tls { "https" } else { "http" }));
+    headers.remove(X_FORWARDED_HOST);
+    if let Some(host) = &context.host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host.clone());
+        }
+    }
+}
+
+/// `X-Forwarded-For` for the upstream: the client's values (each trimmed, empty ones and
+/// those that are not visible ASCII left out) when the peer is trusted, then the peer,
+/// joined by `", "`. Built in one exactly sized buffer that becomes the value.
+pub(super) fn forwarded_for(headers: &HeaderMap, context: &ForwardContext<'_>) -> Option<HeaderValue> {
+    let peer = IpText::new(context.peer);
+    let client = context.peer_trusted.then(|| headers.get_all(X_FORWARDED_FOR));
+    let client = || client.iter().flatten().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let len = client().map(|v| v.len() + 2).sum::<usize>() + peer.as_bytes().len();
+    let mut value = Vec::with_capacity(len);
+    for v in client() {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(peer.as_bytes());
+    into_value(value)
+}
+
+/// `parts` joined by `separator` as a header value (one exactly sized buffer), or `None`
+/// if that is not a valid header value.
+pub(super) fn joined(parts: &[String], separator: &[u8]) -> Option<HeaderValue> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + separator.len() * parts.len().saturating_sub(1);
+    let mut value = Vec::with_capacity(len);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            value.extend_from_slice(separator);
+        }
+        value.extend_from_slice(part.as_bytes());
+    }
+    into_value(value)
+}
+
+/// A header value that takes over `bytes` (validated, not copied: no allocation when the
+/// buffer is exactly full), or `None` if they are not a valid header value.
+fn into_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+/// An IP address as `Display` writes it, on the stack.
+pub(super) struct IpText {
+    /// The longest text `Ipv6Addr` writes is 39 bytes.
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    pub(super) fn new(ip: IpAddr) -> IpText {
+        let mut text = IpText { buf: [0; 48], len: 0 };
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b".");
+                    }
+                    text.push(digits.format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(text, "{v6}");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.buf.len() - self.len < s.len() {
+            return Err(std::fmt::Error);
+        }
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Sets a header from text keygate controls; a value that cannot be a header value (it
+/// cannot happen with validated ids) is left out rather than panicking.
+fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}

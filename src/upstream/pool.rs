@@ -1,0 +1,134 @@
+//! The pooled upstream clients: per worker thread, one hyper-util client per upstream
+//! identity, kept across policy reloads while the upstream's address, protocol and
+//! connect timeout are unchanged; and the one call that sends an admitted request.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::{Outbound, UpstreamError};
+use crate::body::ProxyBody;
+use crate::policy::{Upstream, UpstreamProtocol};
+
+type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// The identity of a pool: an upstream whose address, protocol and connect timeout are
+/// unchanged keeps its pool across policy reloads.
+#[derive(Debug, Clone)]
+struct PoolKey {
+    authority: Authority,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+}
+
+impl PoolKey {
+    fn of(upstream: &Upstream) -> PoolKey {
+        PoolKey {
+            authority: upstream.authority.clone(),
+            protocol: upstream.protocol,
+            connect_timeout: upstream.connect_timeout,
+        }
+    }
+
+    /// Whether `upstream`'s pool is this one (the protocol first: cheapest to compare).
+    fn serves(&self, upstream: &Upstream) -> bool {
+        self.protocol == upstream.protocol
+            && self.connect_timeout == upstream.connect_timeout
+            && self.authority == upstream.authority
+    }
+}
+
+/// The pooled clients: per worker thread (see the server's workers), one per
+/// upstream identity. A pooled connection's task runs on the worker that opened it, so a
+/// worker that only uses its own pools never wakes another thread to forward a request.
+pub struct Upstreams {
+    /// One set per worker, and a last one for callers on no worker (tests). A list, not a
+    /// map: a policy names a handful of upstreams, and comparing a few authorities costs
+    /// less per request than hashing one.
+    pools: Vec<Mutex<Pools>>,
+}
+
+/// One worker's clients, by upstream identity.
+type Pools = Vec<(PoolKey, Arc<HttpClient>)>;
+
+/// How long an idle pooled connection to an upstream is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl Upstreams {
+    /// Pools for `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        Upstreams { pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect() }
+    }
+
+    fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
+        let last = self.pools.len() - 1;
+        let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
+        let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, client)) = clients.iter().find(|(key, _)| key.serves(upstream)) {
+            return client.clone();
+        }
+        let key = PoolKey::of(upstream);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        // Without the timer the pool's idle timeout does nothing.
+        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        if upstream.protocol == UpstreamProtocol::H2c {
+            builder.http2_only(true).timer(TokioTimer::new());
+        }
+        let client = Arc::new(builder.build(connector));
+        clients.push((key, client.clone()));
+        client
+    }
+
+    /// Drops the pools of upstreams no longer in `current` (after a reload).
+    pub fn retain(&self, current: &[Arc<Upstream>]) {
+        for pools in &self.pools {
+            let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            clients.retain(|(key, _)| current.iter().any(|u| key.serves(u)));
+        }
+    }
+
+    /// Sends an admitted request (already rewritten) to `upstream`, waiting at most its
+    /// `timeout` for the response headers. The body streams on after this returns.
+    pub async fn send(&self, upstream: &Upstream, outbound: Outbound) -> Result<Response<Incoming>, UpstreamError> {
+        let mut request = outbound.into_request();
+        let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| UpstreamError::Failed(format!("cannot build upstream URI: {e}")))?;
+        *request.uri_mut() = uri;
+        *request.version_mut() = match upstream.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        let client = self.client(upstream);
+        match tokio::time::timeout(upstream.timeout, client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
