@@ -37,7 +37,6 @@ mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -51,21 +50,14 @@ use crate::keys::json;
 use crate::keys::lifecycle::{self, Store};
 use crate::keys::manage::ManageError;
 use crate::state::App;
+pub use api_error::REALM;
 use api_error::{json_response, ApiError};
+pub use requests::MAX_BODY_BYTES;
 use requests::{parse_body, read_body};
 use resource::{query_parameters, Resource};
 pub use token::load_token;
 use token::TokenDigest;
 
-/// The largest request body, in bytes: the biggest legitimate one (a key with every
-/// scope) is far smaller. Larger bodies get 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The `realm` of the API's `WWW-Authenticate` challenge (RFC 6750 3).
-pub const REALM: &str = "keygate-admin";
-
-/// The grace of a rotation that names none, as for `keygate keys rotate`.
-const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 /// The API's state: the running keygate (its store, current policy and peppers) and the
 /// token. Only the token's SHA-256 is kept, so a presented token is compared with it in
 /// constant time and in fixed length (no early exit on a length mismatch).
@@ -148,20 +140,24 @@ impl AdminApi {
         };
         let store: &Store = self.app.keys().store();
         match (resource, parts.method) {
-            (Resource::Tenants, Method::POST) => self.create_tenant(store, parse_body(&body, false)?).await,
+            (Resource::Tenants, Method::POST) => {
+                handlers::create_tenant(&self.app, store, parse_body(&body, false)?).await
+            }
             (Resource::Tenants, _) => {
                 let data = store.data().await?;
                 Ok(json_response(StatusCode::OK, &json::tenants(&data, lifecycle::now())))
             }
-            (Resource::Tenant(id), Method::PATCH) => self.set_plan(store, &id, parse_body(&body, false)?).await,
-            (Resource::Tenant(id), Method::DELETE) => self.delete_tenant(store, &id).await,
+            (Resource::Tenant(id), Method::PATCH) => {
+                handlers::set_plan(&self.app, store, &id, parse_body(&body, false)?).await
+            }
+            (Resource::Tenant(id), Method::DELETE) => handlers::delete_tenant(store, &id).await,
             (Resource::Tenant(id), _) => {
                 let data = store.tenant_data(&id).await?;
                 let tenant = data.tenants.get(&id).ok_or_else(|| ManageError::UnknownTenant(id.clone()))?;
                 let active = json::active_keys(&data, &id, lifecycle::now());
                 Ok(json_response(StatusCode::OK, &json::tenant(tenant, Some(active))))
             }
-            (Resource::Keys, Method::POST) => self.create_key(store, parse_body(&body, false)?).await,
+            (Resource::Keys, Method::POST) => handlers::create_key(&self.app, store, parse_body(&body, false)?).await,
             (Resource::Keys, _) => {
                 let tenant = query.iter().find(|(name, _)| *name == "tenant").map(|(_, value)| *value);
                 let data = match tenant {
@@ -181,7 +177,7 @@ impl AdminApi {
                 let key = data.keys.get(&id).ok_or_else(|| ManageError::UnknownKey(id.clone()))?;
                 Ok(json_response(StatusCode::OK, &json::key(key, lifecycle::now())))
             }
-            (Resource::Rotate(id), _) => self.rotate_key(store, &id, parse_body(&body, true)?).await,
+            (Resource::Rotate(id), _) => handlers::rotate_key(&self.app, store, &id, parse_body(&body, true)?).await,
         }
     }
 }

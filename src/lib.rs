@@ -1,8 +1,46 @@
 //! keygate: an auth-enforcing reverse-proxy sidecar. API keys, scopes and plan rate
-//! limits in front of a service (see SPEC.md). The binary in `main.rs` only parses the
-//! command line and calls into this library, so tests run the real server in-process.
+//! limits in front of a service (see `docs/reference.md`). The binary in `main.rs` only
+//! parses the command line and calls into this library, so tests run the real server
+//! in-process.
 //!
 //! The request pipeline, phase by phase, is in [`pipeline`].
+//!
+//! # Layout
+//!
+//! The modules stand on floors; a module imports only from its own floor or below, and
+//! the imports between files form no circle (`tests/layout.rs` reads this drawing and
+//! checks both, and that no file holds more than 600 lines of non-test code):
+//!
+//! ```text
+//! floor 11 start-up: app cli
+//! floor 10 admin surfaces: admin admin_api
+//! floor 9  server: server
+//! floor 8  pipeline: pipeline
+//! floor 7  shared state: state
+//! floor 6  forwarding: upstream
+//! floor 5  admission: admission
+//! floor 4  keys, limits, stores: keys auth ratelimit redis_client breaker tls reload access_log
+//! floor 3  metrics: metrics
+//! floor 2  config: settings policy
+//! floor 1  utilities: clock duration path io diag encoding worker bearer connection request_id body error
+//! ```
+//!
+//! - utilities: time ([`clock`]), the duration grammar, path normalisation, I/O byte
+//!   observers, diagnostics with file:line:column, hex and percent-encoding, the worker
+//!   index, the `Bearer` parser, connection facts, request ids, the body type, and every
+//!   refusal with its one mapping to HTTP ([`error`]).
+//! - config: `keygate.toml` ([`settings`]) and the hot-reloaded policy ([`policy`]).
+//! - [`metrics`]: every metric, on an explicit registry.
+//! - keys, limits, stores: the key format and stores ([`keys`]), authentication through
+//!   the cache ([`auth`]), the limiters ([`ratelimit`]), the Redis client and its
+//!   breaker, TLS certificates, file watching, the access log.
+//! - [`admission`]: the rules a request must pass, and the proof that it passed them.
+//! - [`upstream`]: forwarding an admitted request.
+//! - [`state`]: what every request reads ([`state::App`]).
+//! - [`pipeline`]: one request's phases, in order.
+//! - [`server`]: the proxy listener and its worker threads.
+//! - admin surfaces: health and metrics ([`admin`]), the key and tenant API ([`admin_api`]).
+//! - start-up: [`app`] builds and starts everything; [`cli`] is the command line.
 
 #![forbid(unsafe_code)]
 

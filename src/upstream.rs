@@ -15,19 +15,8 @@ pub mod tunnel;
 
 pub use hop_by_hop::remove_hop_by_hop;
 pub use outbound::{rewrite_request_headers, ForwardContext, Outbound};
-pub use pool::Upstreams;
+pub use pool::{UpstreamError, Upstreams};
 pub use tunnel::{is_websocket_upgrade, switched_to_websocket, Tunnel};
-
-/// Why forwarding failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// Refused, unreachable within `connect_timeout`, reset, or not HTTP: 502.
-    #[error("upstream unreachable or broken: {0}")]
-    Failed(String),
-    /// Response headers later than the upstream's `timeout`: 504.
-    #[error("upstream response headers timed out")]
-    Timeout,
-}
 
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,11 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::{MAX_BODY_BYTES, REALM};
 use crate::keys::manage::ManageError;
 use crate::keys::store::StoreError;
+
+/// The `realm` of the API's `WWW-Authenticate` challenge (RFC 6750 3).
+pub const REALM: &str = "keygate-admin";
 
 /// A refused call: its status, `type`, `code` and one-line message. Never a secret, and
 /// no internal detail (store errors are logged, not returned).
@@ -66,11 +68,11 @@ impl ApiError {
         error
     }
 
-    pub(super) fn payload_too_large() -> ApiError {
+    pub(super) fn payload_too_large(limit: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the request body is larger than {limit} bytes"),
         )
     }
 

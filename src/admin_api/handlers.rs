@@ -2,77 +2,79 @@
 //! with the CLI's JSON objects and logged as the CLI's audit lines.
 
 use bytes::Bytes;
+use std::time::Duration;
+
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::api_error::{created, json_response, ApiError};
 use super::requests::{parse_duration, CreateKey, CreateTenant, Rotate, SetPlan};
-use super::{AdminApi, DEFAULT_GRACE};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, Replaced};
 use crate::keys::lifecycle::Store;
 use crate::keys::manage::NewKey;
+use crate::state::App;
 
-impl AdminApi {
-    pub(super) async fn create_tenant(
-        &self,
-        store: &Store,
-        body: CreateTenant,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
-        let policy = self.app.policy();
-        let tenant = store.create_tenant(&policy, &body.id, &body.plan).await?;
-        audit::tenant_created(Via::AdminApi, &tenant);
-        Ok(created(&format!("/admin/v1/tenants/{}", tenant.id), &json::tenant(&tenant, None)))
-    }
+/// The grace of a rotation that names none, as for `keygate keys rotate`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
-    pub(super) async fn set_plan(
-        &self,
-        store: &Store,
-        id: &str,
-        body: SetPlan,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
-        let policy = self.app.policy();
-        // The plan before, for the audit line, as the CLI reads it.
-        let previous = store.tenant_data(id).await?.tenants.get(id).map(|t| t.plan.clone());
-        let tenant = store.set_plan(&policy, id, &body.plan).await?;
-        audit::plan_set(Via::AdminApi, &tenant, previous.as_deref());
-        Ok(json_response(StatusCode::OK, &json::tenant(&tenant, None)))
-    }
+pub(super) async fn create_tenant(
+    app: &App,
+    store: &Store,
+    body: CreateTenant,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let policy = app.policy();
+    let tenant = store.create_tenant(&policy, &body.id, &body.plan).await?;
+    audit::tenant_created(Via::AdminApi, &tenant);
+    Ok(created(&format!("/admin/v1/tenants/{}", tenant.id), &json::tenant(&tenant, None)))
+}
 
-    pub(super) async fn delete_tenant(&self, store: &Store, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-        // The record as it was, for the answer.
-        let before = store.tenant_data(id).await?.tenants.get(id).cloned();
-        let revoked = store.delete_tenant(id).await?;
-        audit::tenant_deleted(Via::AdminApi, id, &revoked);
-        Ok(json_response(StatusCode::OK, &json::deleted_tenant(id, before.as_ref(), &revoked)))
-    }
+pub(super) async fn set_plan(
+    app: &App,
+    store: &Store,
+    id: &str,
+    body: SetPlan,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let policy = app.policy();
+    // The plan before, for the audit line, as the CLI reads it.
+    let previous = store.tenant_data(id).await?.tenants.get(id).map(|t| t.plan.clone());
+    let tenant = store.set_plan(&policy, id, &body.plan).await?;
+    audit::plan_set(Via::AdminApi, &tenant, previous.as_deref());
+    Ok(json_response(StatusCode::OK, &json::tenant(&tenant, None)))
+}
 
-    pub(super) async fn create_key(&self, store: &Store, body: CreateKey) -> Result<Response<Full<Bytes>>, ApiError> {
-        let expires_in = body.expires_in.as_deref().map(|text| parse_duration("expires_in", text)).transpose()?;
-        let new = NewKey {
-            tenant: body.tenant,
-            name: body.name,
-            scopes: body.scopes.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            expires_in,
-        };
-        let policy = self.app.policy();
-        let key = store.create_key(&policy, self.app.keys().peppers(), &new).await?;
-        audit::key_created(Via::AdminApi, &key.record);
-        Ok(created(&format!("/admin/v1/keys/{}", key.record.id), &json::created_key(&key, None)))
-    }
+pub(super) async fn delete_tenant(store: &Store, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    // The record as it was, for the answer.
+    let before = store.tenant_data(id).await?.tenants.get(id).cloned();
+    let revoked = store.delete_tenant(id).await?;
+    audit::tenant_deleted(Via::AdminApi, id, &revoked);
+    Ok(json_response(StatusCode::OK, &json::deleted_tenant(id, before.as_ref(), &revoked)))
+}
 
-    pub(super) async fn rotate_key(
-        &self,
-        store: &Store,
-        id: &str,
-        body: Rotate,
-    ) -> Result<Response<Full<Bytes>>, ApiError> {
-        let grace =
-            body.grace.as_deref().map(|text| parse_duration("grace", text)).transpose()?.unwrap_or(DEFAULT_GRACE);
-        let policy = self.app.policy();
-        let key = store.rotate_key(&policy, self.app.keys().peppers(), id, grace).await?;
-        audit::key_rotated(Via::AdminApi, &key.record, id, grace);
-        let replaced = Replaced::after_rotation(id, &key, grace);
-        Ok(created(&format!("/admin/v1/keys/{}", key.record.id), &json::created_key(&key, Some(&replaced))))
-    }
+pub(super) async fn create_key(app: &App, store: &Store, body: CreateKey) -> Result<Response<Full<Bytes>>, ApiError> {
+    let expires_in = body.expires_in.as_deref().map(|text| parse_duration("expires_in", text)).transpose()?;
+    let new = NewKey {
+        tenant: body.tenant,
+        name: body.name,
+        scopes: body.scopes.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        expires_in,
+    };
+    let policy = app.policy();
+    let key = store.create_key(&policy, app.keys().peppers(), &new).await?;
+    audit::key_created(Via::AdminApi, &key.record);
+    Ok(created(&format!("/admin/v1/keys/{}", key.record.id), &json::created_key(&key, None)))
+}
+
+pub(super) async fn rotate_key(
+    app: &App,
+    store: &Store,
+    id: &str,
+    body: Rotate,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let grace = body.grace.as_deref().map(|text| parse_duration("grace", text)).transpose()?.unwrap_or(DEFAULT_GRACE);
+    let policy = app.policy();
+    let key = store.rotate_key(&policy, app.keys().peppers(), id, grace).await?;
+    audit::key_rotated(Via::AdminApi, &key.record, id, grace);
+    let replaced = Replaced::after_rotation(id, &key, grace);
+    Ok(created(&format!("/admin/v1/keys/{}", key.record.id), &json::created_key(&key, Some(&replaced))))
 }

@@ -9,7 +9,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use super::api_error::ApiError;
-use super::MAX_BODY_BYTES;
+
+/// The largest request body, in bytes: the biggest legitimate one (a key with every
+/// scope) is far smaller. Larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `POST /admin/v1/tenants`.
 #[derive(Debug, serde::Deserialize)]
@@ -54,11 +57,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::payload_too_large());
+        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
     }
     match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
         Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body came too slowly")),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(MAX_BODY_BYTES))
+        }
         Ok(Err(_)) => Err(ApiError::bad_request("body_unreadable", "the request body could not be read")),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }

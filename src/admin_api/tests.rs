@@ -5,6 +5,8 @@ use super::requests::*;
 use super::resource::*;
 use super::token::*;
 use super::*;
+use std::time::Duration;
+
 use crate::keys::store::StoreError;
 use crate::settings::Settings;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};

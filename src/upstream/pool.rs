@@ -12,9 +12,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{Outbound, UpstreamError};
+use super::outbound::Outbound;
 use crate::body::ProxyBody;
 use crate::policy::{Upstream, UpstreamProtocol};
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Refused, unreachable within `connect_timeout`, reset, or not HTTP: 502.
+    #[error("upstream unreachable or broken: {0}")]
+    Failed(String),
+    /// Response headers later than the upstream's `timeout`: 504.
+    #[error("upstream response headers timed out")]
+    Timeout,
+}
 
 type HttpClient = Client<HttpConnector, ProxyBody>;
 
