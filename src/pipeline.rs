@@ -27,7 +27,7 @@ use crate::keys::{self, Principal};
 use crate::metrics::{AuthResult, Mode};
 use crate::path;
 use crate::policy::{Policy, Route, RouteAuth, RouteMatch, RouteMode, UpstreamProtocol};
-use crate::ratelimit::shared::STORE_DOWN_RETRY_AFTER;
+use crate::ratelimit::front::STORE_DOWN_RETRY_AFTER;
 use crate::ratelimit::{Decision, Limit};
 use crate::upstream::{self, ForwardContext, Tunnel, UpstreamError};
 

@@ -41,9 +41,9 @@
 //! Memory is `SUB_WINDOWS + 1` counters per tenant whatever the limit, unlike a log of
 //! every request.
 
+pub mod front;
 pub mod local;
 pub mod redis;
-pub mod shared;
 
 use std::time::Duration;
 

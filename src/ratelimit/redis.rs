@@ -49,7 +49,7 @@
 //! # Coalescing
 //!
 //! Under load, concurrent checks of one (tenant, limit) on one proxy worker thread of one
-//! replica (each worker coalesces its own checks: see [`Slot`]) do not each cost a
+//! replica (each worker coalesces its own checks: see [`BatchKey`]) do not each cost a
 //! round trip. The first check finds nothing in flight for its key and calls the script
 //! at once (no timer, so an idle tenant pays no added latency). Checks that arrive while
 //! that call is in flight queue behind it; when it returns, *all* the queued checks go to
@@ -276,14 +276,15 @@ pub fn key(tenant: &str, limit: &Limit) -> String {
     key
 }
 
-/// Checks waiting for the call in flight for their slot.
-type Queues = HashMap<Slot, Vec<Waiter>>;
+/// The checks waiting behind the call in flight, per batch key.
+type Queues = HashMap<BatchKey, Vec<Waiter>>;
 
-/// What checks coalesce on: the Redis key (tenant and limit) and the proxy worker thread
-/// they run on (see [`crate::server::Workers`]). Each worker batches its own checks, so a
-/// batch's answers wake tasks on the thread that sent it, never another one; with N
-/// workers a tenant costs up to N script calls in flight instead of one.
-type Slot = (Option<usize>, String);
+/// A batch key: what checks coalesce on, the proxy worker thread they run on (see
+/// [`crate::worker`]) and the Redis key (tenant and limit). Not a Redis Cluster slot.
+/// Each worker batches its own checks, so a batch's answers wake tasks on the thread that
+/// sent it, never another one; with N workers a tenant costs up to N script calls in
+/// flight instead of one.
+type BatchKey = (Option<usize>, String);
 
 /// A queued check: its cost and where its answer goes.
 struct Waiter {
@@ -329,17 +330,17 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let slot: Slot = (crate::worker::current(), key(tenant, limit));
+        let batch_key: BatchKey = (crate::worker::current(), key(tenant, limit));
         let waiting = {
             let mut queues = self.inner.lock();
-            match queues.get_mut(&slot) {
+            match queues.get_mut(&batch_key) {
                 Some(queue) => {
                     let (tx, rx) = oneshot::channel();
                     queue.push(Waiter { cost, tx });
                     Some(rx)
                 }
                 None => {
-                    queues.insert(slot.clone(), Vec::new());
+                    queues.insert(batch_key.clone(), Vec::new());
                     None
                 }
             }
@@ -352,8 +353,8 @@ impl RedisLimiter {
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
-        let mut leader = Leader { inner: self.inner.clone(), slot, limit: *limit, failed: None };
-        let result = self.inner.call(&leader.slot.1, limit, &[cost]).await.and_then(|mut decisions| {
+        let mut leader = Leader { inner: self.inner.clone(), batch_key, limit: *limit, failed: None };
+        let result = self.inner.call(&leader.batch_key.1, limit, &[cost]).await.and_then(|mut decisions| {
             decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
         });
         if let Err(e) = &result {
@@ -402,22 +403,22 @@ impl Inner {
 
     /// Sends the checks queued for `key`, batch after batch, until none is left; then
     /// forgets the key (the next check of it goes at once again).
-    async fn drain(self: Arc<Self>, slot: Slot, limit: Limit) {
+    async fn drain(self: Arc<Self>, batch_key: BatchKey, limit: Limit) {
         loop {
             let batch: Vec<Waiter> = {
                 let mut queues = self.lock();
-                let Some(queue) = queues.get_mut(&slot) else { return };
+                let Some(queue) = queues.get_mut(&batch_key) else { return };
                 // A check whose caller has gone away would count for nothing served.
                 queue.retain(|w| !w.tx.is_closed());
                 if queue.is_empty() {
-                    queues.remove(&slot);
+                    queues.remove(&batch_key);
                     return;
                 }
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&slot.1, &limit, &costs).await {
+            match self.call(&batch_key.1, &limit, &costs).await {
                 Ok(decisions) => {
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
@@ -425,16 +426,16 @@ impl Inner {
                 }
                 Err(e) => {
                     fail(batch, &e);
-                    self.fail_queued(&slot, &e);
+                    self.fail_queued(&batch_key, &e);
                     return;
                 }
             }
         }
     }
 
-    /// Fails every check queued for `slot` with `error`, and forgets the slot.
-    fn fail_queued(&self, slot: &Slot, error: &RedisCallError) {
-        let queued = self.lock().remove(slot).unwrap_or_default();
+    /// Fails every check queued for `batch_key` with `error`, and forgets the key.
+    fn fail_queued(&self, batch_key: &BatchKey, error: &RedisCallError) {
+        let queued = self.lock().remove(batch_key).unwrap_or_default();
         fail(queued, error);
     }
 }
@@ -454,7 +455,7 @@ fn unexpected(what: &'static str) -> RedisError {
 /// or failed at once if its call failed.
 struct Leader {
     inner: Arc<Inner>,
-    slot: Slot,
+    batch_key: BatchKey,
     limit: Limit,
     failed: Option<RedisCallError>,
 }
@@ -462,22 +463,22 @@ struct Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(error) = self.failed.take() {
-            self.inner.fail_queued(&self.slot, &error);
+            self.inner.fail_queued(&self.batch_key, &error);
             return;
         }
         {
             let mut queues = self.inner.lock();
-            if queues.get(&self.slot).is_none_or(Vec::is_empty) {
-                queues.remove(&self.slot);
+            if queues.get(&self.batch_key).is_none_or(Vec::is_empty) {
+                queues.remove(&self.batch_key);
                 return;
             }
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.slot), self.limit));
+                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.batch_key), self.limit));
             }
             // No runtime to send them from (it is shutting down): they fail.
-            Err(_) => self.inner.fail_queued(&self.slot, &RedisCallError::Unavailable),
+            Err(_) => self.inner.fail_queued(&self.batch_key, &RedisCallError::Unavailable),
         }
     }
 }
