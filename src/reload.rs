@@ -156,8 +156,9 @@ fn is_change(event: &notify::Result<notify::Event>) -> bool {
     }
 }
 
-/// The directory holding `path` (`.` for a bare file name).
-fn watched_directory(path: &Path) -> PathBuf {
+/// The directory [`watch`] watches for `path`: the one holding it (`.` for a bare file
+/// name). Two files in one directory need one watch.
+pub fn watched_directory(path: &Path) -> PathBuf {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
