@@ -2,8 +2,10 @@
 //! rename over it and Kubernetes swaps a `..data` symlink), events are debounced, and a
 //! slow poll is the backstop for filesystems without inotify. What a change means is the
 //! caller's business: `on_change` re-reads (resolving the path anew), compares a content
-//! hash, validates and swaps; [`content_hash`] and [`Outcome`] are the shared vocabulary.
+//! hash, validates and swaps; [`content_hash`], [`Fingerprint`] and [`Outcome`] are the
+//! shared vocabulary.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -29,26 +31,53 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 /// How many times a reload reads again content that keeps changing before refusing it.
 pub const SETTLE_ROUNDS: u32 = 5;
 
+/// What one read of a watched file found, named so that two reads can be compared: the
+/// same fingerprint means the same content (or the same failure to read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fingerprint {
+    /// The hex SHA-256 of the bytes ([`content_hash`]: the policy's `hash`).
+    Hash(String),
+    /// The file could not be read: the error's text.
+    Unreadable(String),
+}
+
+impl Fingerprint {
+    /// Whether this is the content whose [`content_hash`] is `hash`.
+    pub fn is_hash(&self, hash: &str) -> bool {
+        matches!(self, Fingerprint::Hash(h) if h == hash)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    /// The hash, or `unreadable: <error>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fingerprint::Hash(hash) => f.write_str(hash),
+            Fingerprint::Unreadable(error) => write!(f, "unreadable: {error}"),
+        }
+    }
+}
+
 /// A watched file as one reload read it.
 pub struct Content {
-    /// Names the content: the hex SHA-256 of the bytes, or why they could not be read.
-    pub key: String,
+    /// Names the content: its hash, or why it could not be read.
+    pub fingerprint: Fingerprint,
     pub bytes: Result<Vec<u8>, std::io::Error>,
 }
 
 /// Reads `path` (through any symlinks, resolved anew: the `..data` swap changes them).
 pub fn read(path: &Path) -> Content {
     match std::fs::read(path) {
-        Ok(bytes) => Content { key: content_hash(&bytes), bytes: Ok(bytes) },
-        Err(e) => Content { key: format!("unreadable: {e}"), bytes: Err(e) },
+        Ok(bytes) => Content { fingerprint: Fingerprint::Hash(content_hash(&bytes)), bytes: Ok(bytes) },
+        Err(e) => Content { fingerprint: Fingerprint::Unreadable(e.to_string()), bytes: Err(e) },
     }
 }
 
-/// Waits [`SETTLE`], then tells whether `path` still holds the content named `key`
+/// Waits [`SETTLE`], then tells whether `path` still holds the content of `fingerprint`
 /// (read with [`read`]): only content that has stopped changing is refused.
-pub fn settled(path: &Path, key: &str) -> bool {
+pub fn settled(path: &Path, fingerprint: &Fingerprint) -> bool {
     thread::sleep(SETTLE);
-    read(path).key == key
+    read(path).fingerprint == *fingerprint
 }
 
 /// What one reload attempt did.
@@ -58,10 +87,10 @@ pub enum Outcome {
     Unchanged,
     /// The new content is valid and was swapped in.
     Reloaded,
-    /// The content was refused (the last good one keeps serving). `key` names that
-    /// content (its hash, or why it could not be read), so that a watcher can report
+    /// The content was refused (the last good one keeps serving). `fingerprint` names
+    /// that content (its hash, or why it could not be read), so that a watcher can report
     /// the same refused content once rather than on every poll.
-    Refused { key: String },
+    Refused { fingerprint: Fingerprint },
 }
 
 /// The hex SHA-256 of `bytes`: the content hash reloads compare (the policy's `hash`).
@@ -293,9 +322,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("routes.toml");
         std::fs::write(&file, "half").unwrap();
-        let key = read(&file).key;
-        assert_eq!(key, content_hash(b"half"));
-        assert!(settled(&file, &key));
+        let fingerprint = read(&file).fingerprint;
+        assert_eq!(fingerprint, Fingerprint::Hash(content_hash(b"half")));
+        assert!(fingerprint.is_hash(&content_hash(b"half")));
+        assert!(settled(&file, &fingerprint));
         let writer = {
             let file = file.clone();
             thread::spawn(move || {
@@ -303,10 +333,12 @@ mod tests {
                 std::fs::write(&file, "half and the rest").unwrap();
             })
         };
-        assert!(!settled(&file, &key), "a file still being written counted as settled");
+        assert!(!settled(&file, &fingerprint), "a file still being written counted as settled");
         writer.join().unwrap();
         let missing = read(&dir.path().join("nothing.toml"));
-        assert!(missing.key.starts_with("unreadable: ") && missing.bytes.is_err(), "{}", missing.key);
+        assert!(matches!(missing.fingerprint, Fingerprint::Unreadable(_)) && missing.bytes.is_err());
+        assert!(missing.fingerprint.to_string().starts_with("unreadable: "), "{}", missing.fingerprint);
+        assert!(!missing.fingerprint.is_hash(&content_hash(b"")));
     }
 
     #[test]
