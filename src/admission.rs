@@ -22,7 +22,7 @@ use crate::error::{AuthFailure, AuthResult, Refusal};
 use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Route, RouteAuth, RouteMode};
-use crate::ratelimit::shared::{Limiter, STORE_DOWN_RETRY_AFTER};
+use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
 use crate::ratelimit::{Decision, Limit};
 use crate::settings::OnStoreError;
 

@@ -18,8 +18,8 @@ use crate::keys::store::FileStore;
 use crate::keys::Peppers;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
+use crate::ratelimit::front::Limiter;
 use crate::ratelimit::redis::RedisLimiter;
-use crate::ratelimit::shared::Limiter;
 use crate::redis_client::RedisClient;
 use crate::reload::{self, WatchHandle};
 use crate::settings::{KeySource, LimitBackend, Settings};
@@ -205,12 +205,12 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
     let policy_file = app.settings().policy_file.clone();
     // What the watch last refused: the poll reads it again every 2 s, but a bad file is
     // reported (logged and counted) once, not on every poll.
-    let refused = std::cell::RefCell::new(None::<String>);
+    let refused = std::cell::RefCell::new(None::<reload::Fingerprint>);
     watches.push(reload::watch(&policy_file, POLICY_POLL, move || {
         if let Some(app) = policy_app.upgrade() {
             let mut refused = refused.borrow_mut();
-            *refused = match app.reload_policy_unless(refused.as_deref()) {
-                reload::Outcome::Refused { key } => Some(key),
+            *refused = match app.reload_policy_unless(refused.as_ref()) {
+                reload::Outcome::Refused { fingerprint } => Some(fingerprint),
                 reload::Outcome::Unchanged | reload::Outcome::Reloaded => None,
             };
         }

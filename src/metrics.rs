@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::error::AuthResult;
+use crate::settings::OnStoreError;
 
 /// Every metric name starts with `keygate_`.
 const NAMESPACE: &str = "keygate";
@@ -66,13 +67,17 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// `ratelimit_store_fallback_total{action}`: `on_store_error` as applied to a decision
-    /// taken without the store.
-    FallbackAction {
-        Local => "local",
-        Allow => "allow",
-        Deny => "deny",
+/// `ratelimit_store_fallback_total{action}`: the `on_store_error` applied to a decision
+/// taken without the store, labelled with its configuration name. The limiter passes the
+/// setting itself: one type, no mirror enum to keep in step.
+const STORE_FALLBACK_ACTIONS: &[OnStoreError] = &[OnStoreError::Local, OnStoreError::Allow, OnStoreError::Deny];
+
+/// The `action` label of `action`, and its position in [`STORE_FALLBACK_ACTIONS`].
+const fn store_fallback_label(action: OnStoreError) -> (&'static str, usize) {
+    match action {
+        OnStoreError::Local => ("local", 0),
+        OnStoreError::Allow => ("allow", 1),
+        OnStoreError::Deny => ("deny", 2),
     }
 }
 
@@ -228,8 +233,8 @@ impl Metrics {
             "ratelimit_store_fallback_total",
             "Rate-limit decisions taken without the store, by the action applied.",
             "action",
-            FallbackAction::ALL,
-            FallbackAction::as_str,
+            STORE_FALLBACK_ACTIONS,
+            |action| store_fallback_label(action).0,
         );
         let cache_lookups = fixed_counter(
             r,
@@ -354,8 +359,8 @@ impl Metrics {
     }
 
     /// A rate-limit decision taken without the store.
-    pub fn store_fallback(&self, action: FallbackAction) {
-        inc(&self.store_fallback, action.index());
+    pub fn store_fallback(&self, action: OnStoreError) {
+        inc(&self.store_fallback, store_fallback_label(action).1);
     }
 
     /// One lookup in the in-process key cache.
@@ -465,7 +470,7 @@ mod tests {
             (
                 "ratelimit_store_fallback_total",
                 "action",
-                FallbackAction::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+                STORE_FALLBACK_ACTIONS.iter().map(|&v| store_fallback_label(v).0).collect::<Vec<_>>(),
             ),
             ("key_cache_lookups_total", "result", CacheResult::ALL.iter().map(|v| v.as_str()).collect()),
             ("store_errors_total", "op", StoreOp::ALL.iter().map(|v| v.as_str()).collect()),
@@ -583,7 +588,7 @@ mod tests {
         m.auth_decision(AuthResult::NoApiAccess, Mode::Shadow);
         m.auth_decision(AuthResult::Ok, Mode::Enforce);
         m.auth_decision(AuthResult::Ok, Mode::Enforce);
-        m.store_fallback(FallbackAction::Deny);
+        m.store_fallback(OnStoreError::Deny);
         m.cache_lookup(CacheResult::NegativeHit);
         m.store_error(StoreOp::Subscribe);
         m.set_store_up(false);

@@ -14,9 +14,13 @@
 //!   wait for traffic. `store_up` mirrors the breaker: 0 exactly while it is not closed.
 //! - A connection that stays silent for many probes (a blackholed peer, which TCP alone
 //!   may never report) is replaced by a fresh one.
+//!
+//! Turning `[redis]` into node addresses, password and CA is `redis_client/url.rs`.
+
+mod url;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -25,11 +29,12 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::{Metrics, StoreOp};
+use url::{parse, resolve_password};
 
 // Both are shared across tasks and threads.
 const _: fn() = || {
@@ -241,13 +246,6 @@ impl std::fmt::Debug for RedisClient {
             .field("breaker", &self.shared.breaker.state())
             .finish_non_exhaustive()
     }
-}
-
-/// The parsed `[redis]` settings.
-struct Parsed {
-    nodes: Vec<ConnectionInfo>,
-    cluster: bool,
-    certs: Option<TlsCertificates>,
 }
 
 impl RedisClient {
@@ -565,156 +563,5 @@ fn log_failed_attempt(result: Result<(), String>) -> bool {
     }
 }
 
-/// `password_file` (trimmed), else `env` (if not empty), else none (the URL's).
-fn resolve_password(file: Option<&Path>, env: Option<String>) -> Result<Option<String>, RedisClientError> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| RedisClientError::PasswordFile { path: path.to_path_buf(), source })?;
-        return Ok(Some(text.trim().to_string()));
-    }
-    Ok(env.filter(|p| !p.is_empty()))
-}
-
-/// Splits `url` into node connection infos, with `password` (if any) replacing the
-/// URL's, and the TLS roots from `ca_file`.
-fn parse(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<Parsed, RedisClientError> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| RedisClientError::Url("no scheme".into()))?;
-    let scheme = scheme.to_ascii_lowercase();
-    let (node_scheme, cluster) = match scheme.as_str() {
-        "redis" => ("redis", false),
-        "rediss" => ("rediss", false),
-        "redis+cluster" => ("redis", true),
-        "rediss+cluster" => ("rediss", true),
-        _ => return Err(RedisClientError::Url("unknown scheme".into())),
-    };
-    let node_urls: Vec<String> = if cluster {
-        // `[user:pass@]h1:p1,h2:p2[/db]`: the credentials apply to every node.
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
-        };
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (format!("{u}@"), h),
-            None => (String::new(), authority),
-        };
-        let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
-        if hosts.iter().any(|h| h.is_empty()) {
-            return Err(RedisClientError::Url("empty host in the cluster node list".into()));
-        }
-        hosts.iter().map(|h| format!("{node_scheme}://{userinfo}{h}{path}")).collect()
-    } else {
-        vec![format!("{node_scheme}://{rest}")]
-    };
-    let mut nodes = Vec::with_capacity(node_urls.len());
-    for node in node_urls {
-        // redis-rs's message is generic; the URL itself is never echoed (it may hold a
-        // password).
-        let info = node.as_str().into_connection_info().map_err(|e| RedisClientError::Url(e.category().to_string()))?;
-        let info = match password {
-            Some(p) => {
-                let redis = info.redis_settings().clone().set_password(p);
-                info.set_redis_settings(redis)
-            }
-            None => info,
-        };
-        nodes.push(info);
-    }
-    let tls = node_scheme == "rediss";
-    let certs = match ca_file {
-        Some(path) if tls => Some(TlsCertificates { client_tls: None, root_cert: Some(read_ca(path)?) }),
-        _ => None,
-    };
-    Ok(Parsed { nodes, cluster, certs })
-}
-
-/// Reads `path` and checks it holds at least one PEM certificate.
-fn read_ca(path: &Path) -> Result<Vec<u8>, RedisClientError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let ca_error = |message: String| RedisClientError::CaFile { path: path.to_path_buf(), message };
-    let pem = std::fs::read(path).map_err(|e| ca_error(format!("cannot read: {e}")))?;
-    let mut count = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|e| ca_error(format!("invalid PEM: {e}")))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(ca_error("no PEM certificate in it".into()));
-    }
-    Ok(pem)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn password_precedence() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join("pw");
-        std::fs::write(&file, "  from-file\n").unwrap_or_else(|e| panic!("{e}"));
-        let got = resolve_password(Some(&file), Some("from-env".into())).ok().flatten();
-        assert_eq!(got.as_deref(), Some("from-file"));
-        let got = resolve_password(None, Some("from-env".into())).ok().flatten();
-        assert_eq!(got.as_deref(), Some("from-env"));
-        assert_eq!(resolve_password(None, Some(String::new())).ok().flatten(), None);
-        let missing = resolve_password(Some(&dir.path().join("nope")), None);
-        assert!(matches!(missing, Err(RedisClientError::PasswordFile { .. })));
-    }
-
-    #[test]
-    fn parses_single_and_cluster_urls() {
-        let p = parse("redis://:urlpw@127.0.0.1:6380/2", None, None).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!p.cluster);
-        assert_eq!(p.nodes.len(), 1);
-        assert_eq!(p.nodes[0].redis_settings().password(), Some("urlpw"));
-        assert_eq!(p.nodes[0].redis_settings().db(), 2);
-
-        let p = parse("redis://:urlpw@127.0.0.1:6380", Some("filepw"), None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p.nodes[0].redis_settings().password(), Some("filepw"), "the file wins over the URL");
-
-        let p = parse("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001, 10.0.0.3:7002", None, None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(p.cluster);
-        assert_eq!(p.nodes.len(), 3);
-        assert!(p.nodes.iter().all(|n| n.redis_settings().password() == Some("pw")));
-        assert_eq!(p.nodes[2].addr().to_string(), "10.0.0.3:7002");
-
-        let p = parse("rediss+cluster://a:1,b:2", None, None).unwrap_or_else(|e| panic!("{e}"));
-        assert!(p.cluster);
-        assert!(matches!(p.nodes[0].addr(), redis::ConnectionAddr::TcpTls { .. }));
-
-        assert!(parse("http://x", None, None).is_err());
-        assert!(parse("redis+cluster://a:1,,b:2", None, None).is_err());
-        assert!(parse("no-scheme", None, None).is_err());
-    }
-
-    #[test]
-    fn url_errors_never_echo_the_url() {
-        let e = parse("redis://:sekrit@[bad", None, None).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(!e.is_empty());
-        assert!(!e.contains("sekrit"), "{e}");
-    }
-
-    #[test]
-    fn ca_file_must_hold_a_certificate() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join("ca.pem");
-        std::fs::write(&file, "not a pem").unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(parse("rediss://h:1", None, Some(&file)), Err(RedisClientError::CaFile { .. })));
-        assert!(matches!(
-            parse("rediss://h:1", None, Some(&dir.path().join("missing"))),
-            Err(RedisClientError::CaFile { .. })
-        ));
-        // Plain redis:// ignores the CA.
-        assert!(parse("redis://h:1", None, Some(&file)).is_ok());
-    }
-
-    #[test]
-    fn classifies_errors() {
-        let io: redis::RedisError = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
-        assert!(means_down(&io));
-        let wrongtype = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "nope"));
-        assert!(!means_down(&wrongtype));
-    }
-}
+mod tests;

@@ -120,7 +120,7 @@ impl App {
         self.reload_policy_unless(None)
     }
 
-    /// [`App::reload_policy`], except that content named by `refused` (the key of an
+    /// [`App::reload_policy`], except that content named by `refused` (the fingerprint of an
     /// earlier [`reload::Outcome::Refused`]) is not parsed, logged or counted again: the
     /// watcher's poll sees a bad file every time it looks.
     ///
@@ -131,17 +131,17 @@ impl App {
     /// against the policy the content was compared with, so one change is one swap and
     /// one success, and a reload that lost the race reads the file again rather than
     /// putting back older content.
-    pub fn reload_policy_unless(&self, refused: Option<&str>) -> reload::Outcome {
+    pub fn reload_policy_unless(&self, refused: Option<&reload::Fingerprint>) -> reload::Outcome {
         let path: &Path = &self.settings.policy_file;
         let mut rounds = 0;
         loop {
             let current = self.policy.load_full();
             let content = reload::read(path);
-            if content.key == current.hash {
+            if content.fingerprint.is_hash(&current.hash) {
                 return reload::Outcome::Unchanged;
             }
-            if refused == Some(content.key.as_str()) {
-                return reload::Outcome::Refused { key: content.key };
+            if refused == Some(&content.fingerprint) {
+                return reload::Outcome::Refused { fingerprint: content.fingerprint };
             }
             let parsed = match content.bytes {
                 Err(e) => Err(vec![Diagnostic::file_error(path, format!("cannot read: {e}"))]),
@@ -152,11 +152,11 @@ impl App {
             let (policy, warnings) = match parsed {
                 Ok(parsed) => parsed,
                 // A file caught half-written is read again once the writer is done.
-                Err(_) if rounds < reload::SETTLE_ROUNDS && !reload::settled(path, &content.key) => {
+                Err(_) if rounds < reload::SETTLE_ROUNDS && !reload::settled(path, &content.fingerprint) => {
                     rounds += 1;
                     continue;
                 }
-                Err(errors) => return self.refuse(path, content.key, &errors),
+                Err(errors) => return self.refuse(path, content.fingerprint, &errors),
             };
             let previous = self.policy.compare_and_swap(&current, Arc::new(policy));
             if !Arc::ptr_eq(&previous, &current) {
@@ -168,18 +168,18 @@ impl App {
             let upstreams: Vec<_> = self.policy.load().upstreams.values().cloned().collect();
             self.upstreams.retain(&upstreams);
             self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
-            tracing::info!(file = %path.display(), hash = %content.key, "policy reloaded");
+            tracing::info!(file = %path.display(), hash = %content.fingerprint, "policy reloaded");
             return reload::Outcome::Reloaded;
         }
     }
 
-    fn refuse(&self, path: &Path, key: String, errors: &[Diagnostic]) -> reload::Outcome {
+    fn refuse(&self, path: &Path, fingerprint: reload::Fingerprint, errors: &[Diagnostic]) -> reload::Outcome {
         for error in errors {
             tracing::error!("{error}");
         }
         self.metrics.config_reload(ReloadResult::Failure, None);
         tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
-        reload::Outcome::Refused { key }
+        reload::Outcome::Refused { fingerprint }
     }
 }
 

@@ -23,10 +23,15 @@
 //!
 //! `tls_cert_expiry_timestamp_seconds` (SPEC 5.1) is set to the leaf certificate's
 //! `notAfter` at load and at every successful reload; [`not_after`] reads it from the DER.
+//!
+//! Reading and checking a pair is `tls/pair.rs`; the DER walk to `notAfter`, `tls/der.rs`.
+
+mod der;
+mod pair;
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -35,12 +40,12 @@ use arc_swap::ArcSwap;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{InconsistentKeys, ServerConfig};
-use rustls_pki_types::pem::{self, PemObject};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
+
+pub use der::not_after;
+use pair::{build, read_files, Fingerprint};
 
 use crate::metrics::Metrics;
 use crate::reload::{self, WatchHandle};
@@ -48,11 +53,10 @@ use crate::reload::{self, WatchHandle};
 /// How often the watcher re-reads the files even without a change notification.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// How long the watcher waits for a refused pair to stop changing before it counts it.
+/// How long the watcher waits for a refused pair to stop changing before it counts it:
+/// twice the single file's [`reload::SETTLE`], since a writer may be between two files.
+/// Read again at most [`reload::SETTLE_ROUNDS`] times.
 const SETTLE: Duration = Duration::from_millis(200);
-
-/// How many times the watcher re-reads a pair that keeps changing before refusing it.
-const SETTLE_ROUNDS: u32 = 5;
 
 /// The ALPN protocols offered, in the server's order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -147,28 +151,6 @@ struct State {
     current: Fingerprint,
     /// The last pair refused, and why.
     refused: Option<(Fingerprint, TlsError)>,
-}
-
-/// Identifies what a read of the two files found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Fingerprint {
-    /// SHA-256 over both files' contents.
-    Content([u8; 32]),
-    /// A file could not be read; the error's text.
-    Unreadable(String),
-}
-
-/// Both files as read, and their hash.
-struct Contents {
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    fingerprint: Fingerprint,
-}
-
-/// A pair ready to serve.
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    not_after: i64,
 }
 
 /// What one attempt to reload found.
@@ -268,7 +250,7 @@ impl Tls {
         }
         let mut directories: Vec<PathBuf> = Vec::new();
         for path in [&self.files.cert, &self.files.key] {
-            let directory = directory_of(path);
+            let directory = reload::watched_directory(path);
             if directories.contains(&directory) {
                 continue; // one watch sees both files
             }
@@ -293,7 +275,7 @@ impl Tls {
             std::thread::sleep(SETTLE);
             let now =
                 read_files(&self.files).map_or_else(|e| Fingerprint::Unreadable(e.to_string()), |c| c.fingerprint);
-            if now == fingerprint || round + 1 >= SETTLE_ROUNDS {
+            if now == fingerprint || round + 1 >= reload::SETTLE_ROUNDS {
                 self.refuse(fingerprint, &error);
                 return;
             }
@@ -379,79 +361,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The directory [`reload::watch`] watches for `path`.
-fn directory_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Reads both files (resolving symlinks anew) and hashes them.
-fn read_files(files: &crate::settings::Tls) -> Result<Contents, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| TlsError::Read { path: path.to_path_buf(), reason: e.to_string() })
-    };
-    let cert = read(&files.cert)?;
-    let key = read(&files.key)?;
-    let mut hash = Sha256::new();
-    hash.update((cert.len() as u64).to_be_bytes());
-    hash.update(&cert);
-    hash.update(&key);
-    let fingerprint = Fingerprint::Content(hash.finalize().into());
-    Ok(Contents { cert, key, fingerprint })
-}
-
-/// Parses the pair and checks that the key belongs to the leaf certificate.
-fn build(files: &crate::settings::Tls, contents: &Contents, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
-    let cert_error = |reason: String| TlsError::Certificate { path: files.cert.clone(), reason };
-    let key_error = |reason: String| TlsError::Key { path: files.key.clone(), reason };
-    let chain = CertificateDer::pem_slice_iter(&contents.cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_error(pem_reason(&e).to_owned()))?;
-    if chain.is_empty() {
-        return Err(cert_error("no CERTIFICATE section in the PEM file".to_owned()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|e| match e {
-        pem::Error::NoItemsFound => key_error(
-            "no unencrypted private key (PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY section) in the PEM file"
-                .to_owned(),
-        ),
-        other => key_error(pem_reason(&other).to_owned()),
-    })?;
-    // rustls' messages here describe the key type, never the key.
-    let signing_key = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| key_error(format!("not a private key rustls can use: {e}")))?;
-    let certified = CertifiedKey::new(chain, signing_key);
-    match certified.keys_match() {
-        Ok(()) => {}
-        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
-            return Err(TlsError::Mismatch { cert: files.cert.clone(), key: files.key.clone() })
-        }
-        Err(rustls::Error::InconsistentKeys(_)) => {
-            return Err(key_error("cannot check that the key belongs to the certificate".to_owned()))
-        }
-        Err(e) => return Err(cert_error(format!("the first certificate is not a valid X.509 certificate: {e}"))),
-    }
-    let leaf = certified.cert.first().ok_or_else(|| cert_error("no certificate".to_owned()))?;
-    let expiry = not_after(leaf).ok_or_else(|| cert_error("cannot read the leaf certificate's notAfter".to_owned()))?;
-    Ok(Loaded { key: Arc::new(certified), not_after: expiry })
-}
-
-/// A PEM error's description, without the bytes some variants carry.
-fn pem_reason(error: &pem::Error) -> &'static str {
-    match error {
-        pem::Error::MissingSectionEnd { .. } => "malformed PEM: a section has no END line",
-        pem::Error::IllegalSectionStart { .. } => "malformed PEM: invalid BEGIN line",
-        pem::Error::Base64Decode(_) => "malformed PEM: invalid base64",
-        pem::Error::NoItemsFound => "no PEM section of the expected type",
-        pem::Error::SectionTooLarge => "malformed PEM: section too large",
-        _ => "malformed PEM",
-    }
-}
-
 /// Logs a pair that is now served, with its expiry; warns when it has expired.
 fn log_loaded(files: &crate::settings::Tls, not_after: i64, message: &str) {
     let expires = time::OffsetDateTime::from_unix_timestamp(not_after)
@@ -464,284 +373,5 @@ fn log_loaded(files: &crate::settings::Tls, not_after: i64, message: &str) {
     }
 }
 
-/// The `notAfter` of an X.509 certificate in DER, in Unix seconds; `None` when the DER is
-/// not shaped like a certificate. A minimal walk: Certificate → tbsCertificate → (version,
-/// serialNumber, signature, issuer) → validity → notAfter, a UTCTime or GeneralizedTime.
-pub fn not_after(cert_der: &[u8]) -> Option<i64> {
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    const VERSION: u8 = 0xa0; // [0] EXPLICIT
-    let (tag, certificate, _) = der_element(cert_der)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, tbs, _) = der_element(certificate)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (mut tag, mut body, mut rest) = der_element(tbs)?;
-    if tag == VERSION {
-        (tag, body, rest) = der_element(rest)?;
-    }
-    let _serial = (tag == INTEGER).then_some(body)?;
-    let (tag, _signature, rest) = der_element(rest)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, _issuer, rest) = der_element(rest)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, validity, _) = der_element(rest)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (_, _not_before, rest) = der_element(validity)?;
-    let (tag, time, _) = der_element(rest)?;
-    der_time(tag, time)
-}
-
-/// Splits one DER element off `input`: its tag, its contents and what follows it.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None; // multi-byte tags do not occur on this path
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (length, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let octets = usize::from(first & 0x7f);
-        if octets == 0 || octets > 4 || rest.len() < octets {
-            return None; // indefinite lengths are not DER; 4 GiB is plenty
-        }
-        let (bytes, rest) = rest.split_at(octets);
-        (bytes.iter().fold(0usize, |length, &b| length << 8 | usize::from(b)), rest)
-    };
-    if rest.len() < length {
-        return None;
-    }
-    let (contents, rest) = rest.split_at(length);
-    Some((tag, contents, rest))
-}
-
-/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag
-/// 0x18), as RFC 5280 requires them, in Unix seconds.
-fn der_time(tag: u8, contents: &[u8]) -> Option<i64> {
-    let digits = contents.strip_suffix(b"Z")?;
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| {
-        digits.get(range).map(|d| d.iter().fold(0i32, |n, &b| n * 10 + i32::from(b - b'0')))
-    };
-    let (year, rest) = match (tag, digits.len()) {
-        (0x17, 12) => {
-            let yy = number(0..2)?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
-        }
-        (0x18, 14) => (number(0..4)?, 4),
-        _ => return None,
-    };
-    let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2).and_then(|n| u8::try_from(n).ok());
-    let month = time::Month::try_from(field(0)?).ok()?;
-    let date = time::Date::from_calendar_date(year, month, field(1)?).ok()?;
-    let time = time::Time::from_hms(field(2)?, field(3)?, field(4)?).ok()?;
-    Some(time::PrimitiveDateTime::new(date, time).assume_utc().unix_timestamp())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::process::Command;
-
-    /// Makes a self-signed certificate with openssl; returns (cert PEM path, key PEM path).
-    fn openssl_cert(dir: &Path, name: &str, days: u32, key_args: &[&str]) -> (PathBuf, PathBuf) {
-        let cert = dir.join(format!("{name}.crt"));
-        let key = dir.join(format!("{name}.key"));
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-nodes", "-subj", "/CN=localhost", "-days", &days.to_string(), "-newkey"])
-            .args(key_args)
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-        (cert, key)
-    }
-
-    fn openssl_enddate(cert: &Path) -> i64 {
-        let out = Command::new("openssl")
-            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in"])
-            .arg(cert)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        // notAfter=2026-05-01 12:00:00Z
-        let text = String::from_utf8(out.stdout).unwrap();
-        let value = text.trim().strip_prefix("notAfter=").unwrap();
-        let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
-        time::PrimitiveDateTime::parse(value, &format).unwrap().assume_utc().unix_timestamp()
-    }
-
-    fn leaf_der(cert: &Path) -> Vec<u8> {
-        CertificateDer::pem_file_iter(cert).unwrap().next().unwrap().unwrap().to_vec()
-    }
-
-    #[test]
-    fn not_after_matches_openssl_for_utc_time_and_generalized_time() {
-        let dir = tempfile::tempdir().unwrap();
-        // 30 days: a UTCTime; 36500 days: past 2049, a GeneralizedTime.
-        for (name, days) in [("short", 30), ("long", 36500)] {
-            let (cert, _) = openssl_cert(dir.path(), name, days, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-            let der = leaf_der(&cert);
-            let expected = openssl_enddate(&cert);
-            assert_eq!(not_after(&der), Some(expected), "{name}");
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let wanted = now + i64::from(days) * 86_400;
-            assert!((expected - wanted).abs() < 120, "{name}: {expected} vs {wanted}");
-        }
-    }
-
-    #[test]
-    fn not_after_of_an_rsa_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = openssl_cert(dir.path(), "rsa", 400, &["rsa:2048"]);
-        assert_eq!(not_after(&leaf_der(&cert)), Some(openssl_enddate(&cert)));
-    }
-
-    #[test]
-    fn der_times() {
-        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
-        assert_eq!(der_time(0x17, b"500101000000Z"), Some(-631_152_000));
-        assert_eq!(der_time(0x18, b"20380119031408Z"), Some(2_147_483_648));
-        assert_eq!(der_time(0x18, b"99991231235959Z"), Some(253_402_300_799));
-        // Not RFC 5280: no Z, fractions, offsets, wrong lengths, impossible dates.
-        assert_eq!(der_time(0x17, b"700101000000"), None);
-        assert_eq!(der_time(0x18, b"20380119031408.5Z"), None);
-        assert_eq!(der_time(0x17, b"7001010000+0100"), None);
-        assert_eq!(der_time(0x18, b"700101000000Z"), None);
-        assert_eq!(der_time(0x17, b"701301000000Z"), None);
-        assert_eq!(der_time(0x17, b"700230000000Z"), None);
-        assert_eq!(der_time(0x04, b"700101000000Z"), None);
-    }
-
-    #[test]
-    fn not_after_refuses_what_is_not_a_certificate() {
-        assert_eq!(not_after(&[]), None);
-        assert_eq!(not_after(&[0x30]), None);
-        assert_eq!(not_after(&[0x30, 0x80, 0x00, 0x00]), None);
-        assert_eq!(not_after(&[0x30, 0x05, 0x30, 0x03, 0x02, 0x01]), None);
-        assert_eq!(not_after(&[0x04, 0x02, 0x30, 0x00]), None);
-        // Every truncation of a real certificate is refused, never a panic.
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = openssl_cert(dir.path(), "t", 1, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-        let der = leaf_der(&cert);
-        for end in 0..der.len() {
-            assert_eq!(not_after(&der[..end]), None, "truncated at {end}");
-        }
-    }
-
-    #[test]
-    fn load_refuses_bad_pairs_naming_the_files_and_not_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert_a, key_a) = openssl_cert(dir.path(), "a", 1, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-        let (_, key_b) = openssl_cert(dir.path(), "b", 1, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-        let metrics = Arc::new(Metrics::new());
-        let settings = |cert: &Path, key: &Path| crate::settings::Tls { cert: cert.into(), key: key.into() };
-        let key_text = std::fs::read_to_string(&key_b).unwrap();
-        let key_body: Vec<&str> = key_text.lines().filter(|l| !l.starts_with("-----")).collect();
-
-        let missing = dir.path().join("missing.key");
-        let garbage = dir.path().join("garbage.pem");
-        std::fs::write(&garbage, "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n").unwrap();
-        let cases = [
-            (settings(&cert_a, &key_b), "does not match"),
-            (settings(&cert_a, &missing), "cannot read"),
-            (settings(&key_a, &key_a), "no CERTIFICATE"),
-            (settings(&cert_a, &cert_a), "no unencrypted private key"),
-            (settings(&cert_a, &garbage), "invalid base64"),
-        ];
-        for (pair, wanted) in cases {
-            let error = Tls::load(&pair, metrics.clone()).unwrap_err().to_string();
-            assert!(error.contains(wanted), "{error}");
-            assert!(
-                error.contains(&*pair.cert.to_string_lossy()) || error.contains(&*pair.key.to_string_lossy()),
-                "{error}"
-            );
-            for line in &key_body {
-                assert!(!error.contains(line), "{error}");
-            }
-        }
-        Tls::load(&settings(&cert_a, &key_a), metrics).unwrap();
-    }
-
-    #[test]
-    fn reload_swaps_only_new_valid_pairs_and_counts_each_refusal_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        let (cert_a, key_a) = openssl_cert(dir.path(), "a", 10, &ec);
-        let (cert_b, key_b) = openssl_cert(dir.path(), "b", 20, &ec);
-        let cert = dir.path().join("tls.crt");
-        let key = dir.path().join("tls.key");
-        std::fs::copy(&cert_a, &cert).unwrap();
-        std::fs::copy(&key_a, &key).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let tls = Tls::load(&crate::settings::Tls { cert: cert.clone(), key: key.clone() }, metrics).unwrap();
-        assert_eq!(tls.not_after(), openssl_enddate(&cert_a));
-        assert_eq!(tls.reload(), Ok(false));
-
-        // A mismatched pair: refused, counted once however often it is read.
-        std::fs::copy(&cert_b, &cert).unwrap();
-        assert!(matches!(tls.reload(), Err(TlsError::Mismatch { .. })));
-        assert!(matches!(tls.reload(), Err(TlsError::Mismatch { .. })));
-        assert_eq!(tls.reload_failures(), 1);
-        assert_eq!(tls.current().cert[0].as_ref(), leaf_der(&cert_a));
-        assert_eq!(tls.not_after(), openssl_enddate(&cert_a));
-
-        // The matching key arrives: swapped once.
-        std::fs::copy(&key_b, &key).unwrap();
-        assert_eq!(tls.reload(), Ok(true));
-        assert_eq!(tls.reload(), Ok(false));
-        assert_eq!(tls.current().cert[0].as_ref(), leaf_der(&cert_b));
-        assert_eq!(tls.not_after(), openssl_enddate(&cert_b));
-
-        // The same bad content again after a good one is a new failure.
-        std::fs::copy(&cert_a, &cert).unwrap();
-        assert!(tls.reload().is_err());
-        assert_eq!(tls.reload_failures(), 2);
-        std::fs::remove_file(&key).unwrap();
-        assert!(matches!(tls.reload(), Err(TlsError::Read { .. })));
-        assert!(matches!(tls.reload(), Err(TlsError::Read { .. })));
-        assert_eq!(tls.reload_failures(), 3);
-        assert_eq!(tls.current().cert[0].as_ref(), leaf_der(&cert_b));
-    }
-
-    #[test]
-    fn keys_in_pkcs8_sec1_and_pkcs1_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let (ec_cert, ec_key) = openssl_cert(dir.path(), "ec", 1, &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
-        let (rsa_cert, rsa_key) = openssl_cert(dir.path(), "rsa", 1, &["rsa:2048"]);
-        let sec1 = dir.path().join("sec1.key");
-        let pkcs1 = dir.path().join("pkcs1.key");
-        let run = |args: &[&str], input: &Path, output: &Path| {
-            let out =
-                Command::new("openssl").args(args).arg("-in").arg(input).arg("-out").arg(output).output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&["ec"], &ec_key, &sec1);
-        run(&["rsa", "-traditional"], &rsa_key, &pkcs1);
-        assert!(std::fs::read_to_string(&sec1).unwrap().contains("BEGIN EC PRIVATE KEY"));
-        assert!(std::fs::read_to_string(&pkcs1).unwrap().contains("BEGIN RSA PRIVATE KEY"));
-        for (cert, key) in [(&ec_cert, &ec_key), (&ec_cert, &sec1), (&rsa_cert, &rsa_key), (&rsa_cert, &pkcs1)] {
-            let settings = crate::settings::Tls { cert: cert.clone(), key: key.clone() };
-            if let Err(e) = Tls::load(&settings, metrics.clone()) {
-                panic!("{}: {e}", key.display());
-            }
-        }
-    }
-}
+mod tests;

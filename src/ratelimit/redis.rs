@@ -4,7 +4,8 @@
 //! # The script
 //!
 //! The algorithm is the parent module's (see [`super`]), run inside Redis so that every
-//! replica applies it to the same counters, atomically. [`SCRIPT`] is sent with EVALSHA
+//! replica applies it to the same counters, atomically (`redis/sliding_window.lua`, loaded
+//! into [`LUA`]). [`SCRIPT`] is sent with EVALSHA
 //! (redis-rs' [`Script`] re-loads it and retries once on `NOSCRIPT`, so a Redis restart or
 //! a `SCRIPT FLUSH` costs one extra round trip and no failed request). It:
 //!
@@ -49,7 +50,7 @@
 //! # Coalescing
 //!
 //! Under load, concurrent checks of one (tenant, limit) on one proxy worker thread of one
-//! replica (each worker coalesces its own checks: see [`Slot`]) do not each cost a
+//! replica (each worker coalesces its own checks: see [`BatchKey`]) do not each cost a
 //! round trip. The first check finds nothing in flight for its key and calls the script
 //! at once (no timer, so an idle tenant pays no added latency). Checks that arrive while
 //! that call is in flight queue behind it; when it returns, *all* the queued checks go to
@@ -89,173 +90,11 @@ pub const MAX_BATCH: usize = 512;
 /// 2^53.
 const MAX_EXACT: u64 = 1 << 53;
 
-/// The limiter script. `KEYS[1]`: the tenant's hash (sub-window index → count, and the
-/// summary fields `-1`, `-2`, `-3`; see the module docs).
-/// `ARGV`: `requests`, sub-window length (ms), window length (ms), then one cost per
-/// request, in arrival order. Returns `allowed, remaining, reset_ms, retry_after_ms` per
-/// cost, flattened (`retry_after_ms` is `-1` when admitted).
-pub const LUA: &str = r#"
-local key = KEYS[1]
-local requests = tonumber(ARGV[1])
-local sub = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-
--- Redis's clock, in ms: one clock for every replica.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function field(k) return string.format('%d', k) end
-local current, oldest
-local function place()
-  current = math.floor(now / sub)
-  if current * sub > now then current = current - 1 end
-  local from = math.max(now - window, 0)
-  oldest = math.floor(from / sub)
-  if oldest * sub > from then oldest = oldest - 1 end
-end
-place()
-
--- The summary, in fields whose negative names are never a sub-window's index: '-1' the
--- sum of the counters held, '-2' no counter is older than this, '-3' the newest held.
-local read = redis.call('HMGET', key, '-1', '-2', '-3', field(current))
-local total, low, newest = tonumber(read[1]), tonumber(read[2]), tonumber(read[3])
-local cur = tonumber(read[4]) or 0
-local dirty = false
-
--- The summary from the counters themselves, deleting those that left the window: for a
--- new key, one written without a summary (an older keygate), or one idle too long.
-local function rebuild()
-  local raw = redis.call('HGETALL', key)
-  local stale = {}
-  total, newest = 0, -1
-  for i = 1, #raw, 2 do
-    local k = tonumber(raw[i])
-    if k ~= nil and k >= 0 then
-      if k < oldest then
-        stale[#stale + 1] = raw[i]
-      else
-        total = total + tonumber(raw[i + 1])
-        if k > newest then newest = k end
-      end
-    end
-  end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  low = oldest
-  dirty = true
-end
-if total == nil or low == nil or newest == nil then rebuild() end
-
--- A clock that steps back must not un-count what was admitted.
-if newest >= 0 and now < newest * sub then
-  now = newest * sub
-  place()
-  cur = tonumber(redis.call('HGET', key, field(current))) or 0
-end
-
--- Sub-windows that left the window: out of the sum, their fields deleted.
-if low < oldest then
-  if newest < oldest then
-    if newest >= 0 then redis.call('DEL', key) end
-    total, newest = 0, -1
-  elseif oldest - low > 64 then
-    rebuild()
-  else
-    local gone = {}
-    for k = low, oldest - 1 do gone[#gone + 1] = field(k) end
-    local counts = redis.call('HMGET', key, unpack(gone))
-    for i = 1, #counts do
-      if counts[i] then total = total - tonumber(counts[i]) end
-    end
-    redis.call('HDEL', key, unpack(gone))
-  end
-  low = oldest
-  dirty = true
-end
-
--- When sub-window k stops being counted.
-local function leaves(k) return (k + 1) * sub + window - now end
-
--- The counters of the window's sub-windows, read only when a request is refused (for its
--- Retry-After) or the current sub-window is empty (for the reset).
-local counts = nil
-local function counts_in_window()
-  if counts == nil then
-    local fields = {}
-    for k = oldest, current do fields[#fields + 1] = field(k) end
-    local values = redis.call('HMGET', key, unpack(fields))
-    counts = {}
-    for i = 1, #values do counts[oldest + i - 1] = tonumber(values[i]) or 0 end
-  end
-  return counts
-end
-
--- The newest non-empty sub-window before the current one: the reset while the current
--- one is empty.
-local older_reset = nil
-local function reset_before_current()
-  if older_reset == nil then
-    older_reset = 0
-    if total > cur then
-      local c = counts_in_window()
-      for k = current - 1, oldest, -1 do
-        if c[k] > 0 then older_reset = leaves(k) break end
-      end
-    end
-  end
-  return older_reset
-end
-
-local count = total
-local added = 0
-local out = {}
-for i = 4, #ARGV do
-  local cost = tonumber(ARGV[i])
-  local allowed = count + cost <= requests
-  local retry = -1
-  if allowed then
-    count = count + cost
-    cur = cur + cost
-    added = added + cost
-  elseif cost > requests then
-    retry = window
-  else
-    -- Until enough of the oldest sub-windows have left for this cost to fit.
-    local c = counts_in_window()
-    local excess = count + cost - requests
-    local freed = 0
-    retry = window
-    for k = oldest, current do
-      local n = c[k]
-      if k == current then n = cur end
-      freed = freed + n
-      if freed >= excess then retry = leaves(k) break end
-    end
-  end
-  local reset
-  if cur > 0 then reset = leaves(current) else reset = reset_before_current() end
-  out[#out + 1] = allowed and 1 or 0
-  out[#out + 1] = math.max(requests - count, 0)
-  out[#out + 1] = reset
-  out[#out + 1] = retry
-end
-
-if added > 0 then
-  if dirty or current > newest then
-    if current > newest then newest = current end
-    redis.call('HSET', key, field(current), field(cur), '-1', field(count), '-2', field(low), '-3', field(newest))
-  else
-    redis.call('HSET', key, field(current), field(cur), '-1', field(count))
-  end
-  redis.call('PEXPIRE', key, window + sub)
-elseif dirty then
-  if newest >= 0 then
-    redis.call('HSET', key, '-1', field(total), '-2', field(low), '-3', field(newest))
-  else
-    redis.call('DEL', key)
-  end
-end
-return out
-"#;
+/// The limiter script (`redis/sliding_window.lua`: its header lists `KEYS` and `ARGV`).
+/// `KEYS[1]`: the tenant's hash; `ARGV`: `requests`, sub-window length (ms), window length
+/// (ms), then one cost per request, in arrival order. Returns `allowed, remaining,
+/// reset_ms, retry_after_ms` per cost, flattened (`retry_after_ms` is `-1` when admitted).
+pub const LUA: &str = include_str!("redis/sliding_window.lua");
 
 /// The script, with its SHA1 computed once.
 pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
@@ -276,14 +115,15 @@ pub fn key(tenant: &str, limit: &Limit) -> String {
     key
 }
 
-/// Checks waiting for the call in flight for their slot.
-type Queues = HashMap<Slot, Vec<Waiter>>;
+/// The checks waiting behind the call in flight, per batch key.
+type Queues = HashMap<BatchKey, Vec<Waiter>>;
 
-/// What checks coalesce on: the Redis key (tenant and limit) and the proxy worker thread
-/// they run on (see [`crate::server::Workers`]). Each worker batches its own checks, so a
-/// batch's answers wake tasks on the thread that sent it, never another one; with N
-/// workers a tenant costs up to N script calls in flight instead of one.
-type Slot = (Option<usize>, String);
+/// A batch key: what checks coalesce on, the proxy worker thread they run on (see
+/// [`crate::worker`]) and the Redis key (tenant and limit). Not a Redis Cluster slot.
+/// Each worker batches its own checks, so a batch's answers wake tasks on the thread that
+/// sent it, never another one; with N workers a tenant costs up to N script calls in
+/// flight instead of one.
+type BatchKey = (Option<usize>, String);
 
 /// A queued check: its cost and where its answer goes.
 struct Waiter {
@@ -329,17 +169,17 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let slot: Slot = (crate::worker::current(), key(tenant, limit));
+        let batch_key: BatchKey = (crate::worker::current(), key(tenant, limit));
         let waiting = {
             let mut queues = self.inner.lock();
-            match queues.get_mut(&slot) {
+            match queues.get_mut(&batch_key) {
                 Some(queue) => {
                     let (tx, rx) = oneshot::channel();
                     queue.push(Waiter { cost, tx });
                     Some(rx)
                 }
                 None => {
-                    queues.insert(slot.clone(), Vec::new());
+                    queues.insert(batch_key.clone(), Vec::new());
                     None
                 }
             }
@@ -352,8 +192,8 @@ impl RedisLimiter {
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
-        let mut leader = Leader { inner: self.inner.clone(), slot, limit: *limit, failed: None };
-        let result = self.inner.call(&leader.slot.1, limit, &[cost]).await.and_then(|mut decisions| {
+        let mut leader = Leader { inner: self.inner.clone(), batch_key, limit: *limit, failed: None };
+        let result = self.inner.call(&leader.batch_key.1, limit, &[cost]).await.and_then(|mut decisions| {
             decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
         });
         if let Err(e) = &result {
@@ -402,22 +242,22 @@ impl Inner {
 
     /// Sends the checks queued for `key`, batch after batch, until none is left; then
     /// forgets the key (the next check of it goes at once again).
-    async fn drain(self: Arc<Self>, slot: Slot, limit: Limit) {
+    async fn drain(self: Arc<Self>, batch_key: BatchKey, limit: Limit) {
         loop {
             let batch: Vec<Waiter> = {
                 let mut queues = self.lock();
-                let Some(queue) = queues.get_mut(&slot) else { return };
+                let Some(queue) = queues.get_mut(&batch_key) else { return };
                 // A check whose caller has gone away would count for nothing served.
                 queue.retain(|w| !w.tx.is_closed());
                 if queue.is_empty() {
-                    queues.remove(&slot);
+                    queues.remove(&batch_key);
                     return;
                 }
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&slot.1, &limit, &costs).await {
+            match self.call(&batch_key.1, &limit, &costs).await {
                 Ok(decisions) => {
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
@@ -425,16 +265,16 @@ impl Inner {
                 }
                 Err(e) => {
                     fail(batch, &e);
-                    self.fail_queued(&slot, &e);
+                    self.fail_queued(&batch_key, &e);
                     return;
                 }
             }
         }
     }
 
-    /// Fails every check queued for `slot` with `error`, and forgets the slot.
-    fn fail_queued(&self, slot: &Slot, error: &RedisCallError) {
-        let queued = self.lock().remove(slot).unwrap_or_default();
+    /// Fails every check queued for `batch_key` with `error`, and forgets the key.
+    fn fail_queued(&self, batch_key: &BatchKey, error: &RedisCallError) {
+        let queued = self.lock().remove(batch_key).unwrap_or_default();
         fail(queued, error);
     }
 }
@@ -454,7 +294,7 @@ fn unexpected(what: &'static str) -> RedisError {
 /// or failed at once if its call failed.
 struct Leader {
     inner: Arc<Inner>,
-    slot: Slot,
+    batch_key: BatchKey,
     limit: Limit,
     failed: Option<RedisCallError>,
 }
@@ -462,22 +302,22 @@ struct Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(error) = self.failed.take() {
-            self.inner.fail_queued(&self.slot, &error);
+            self.inner.fail_queued(&self.batch_key, &error);
             return;
         }
         {
             let mut queues = self.inner.lock();
-            if queues.get(&self.slot).is_none_or(Vec::is_empty) {
-                queues.remove(&self.slot);
+            if queues.get(&self.batch_key).is_none_or(Vec::is_empty) {
+                queues.remove(&self.batch_key);
                 return;
             }
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.slot), self.limit));
+                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.batch_key), self.limit));
             }
             // No runtime to send them from (it is shutting down): they fail.
-            Err(_) => self.inner.fail_queued(&self.slot, &RedisCallError::Unavailable),
+            Err(_) => self.inner.fail_queued(&self.batch_key, &RedisCallError::Unavailable),
         }
     }
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use super::redis::RedisLimiter;
 use super::{Decision, Limit, LocalLimiter};
 use crate::clock::Clock;
-use crate::metrics::{FallbackAction, Metrics};
+use crate::metrics::Metrics;
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
 /// `Retry-After` of the 503 answered under `on_store_error = "deny"`: one second.
@@ -135,22 +135,15 @@ impl Limiter {
     }
 
     fn fall_back(&self, tenant: &str, limit: &Limit, cost: u64, action: OnStoreError) -> LimitOutcome {
+        self.metrics.store_fallback(action);
         let decision = match action {
             OnStoreError::Local => {
-                self.metrics.store_fallback(FallbackAction::Local);
                 let share = Limit { requests: limit.requests.div_ceil(self.replicas), window: limit.window };
                 let mut decision = self.fallback.check(tenant, &share, cost);
                 decision.limit = limit.requests;
                 Some(decision)
             }
-            OnStoreError::Allow => {
-                self.metrics.store_fallback(FallbackAction::Allow);
-                None
-            }
-            OnStoreError::Deny => {
-                self.metrics.store_fallback(FallbackAction::Deny);
-                None
-            }
+            OnStoreError::Allow | OnStoreError::Deny => None,
         };
         LimitOutcome::Fallback { action, decision }
     }
