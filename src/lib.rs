@@ -29,6 +29,7 @@ pub mod reload;
 pub mod server;
 pub mod settings;
 pub mod tls;
+pub mod toml_check;
 pub mod upstream;
 pub mod worker;
 

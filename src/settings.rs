@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use serde_spanned::Spanned;
 
 use crate::diag::Diagnostic;
-use crate::policy::{choice, duration_value, toml_error, Checker, ON_STORE_ERROR};
+use crate::toml_check::{choice, duration_value, toml_error, Checker};
 
 /// The validated static settings. Relative paths are already resolved against the
 /// directory of the config file.
@@ -160,6 +160,11 @@ pub enum OnStoreError {
     /// Answers 503 with `Retry-After`.
     Deny,
 }
+
+/// The words of `on_store_error`, in `[limits]` and on a route (the policy reads the
+/// same words, so they live beside the type).
+pub(crate) const ON_STORE_ERROR: &[(&str, OnStoreError)] =
+    &[("local", OnStoreError::Local), ("allow", OnStoreError::Allow), ("deny", OnStoreError::Deny)];
 
 /// `[redis]`.
 #[derive(Debug, Clone)]
