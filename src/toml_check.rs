@@ -1,5 +1,5 @@
 //! The shared vocabulary of config checking: turn a `toml` parse error into a positioned
-//! [`Diagnostic`], collect every finding of one file in a [`Checker`], and read the
+//! [`Diagnostic`], collect every finding of one file in a `Checker`, and read the
 //! value kinds both config files use (durations, a word out of a fixed set).
 //!
 //! It sits below `settings` and `policy` so that both can use it without importing
