@@ -74,6 +74,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod tls;
+pub mod toml_check;
 pub mod upstream;
 pub mod worker;
 

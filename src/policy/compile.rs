@@ -1,0 +1,261 @@
+//! Validates and compiles a parsed `routes.toml` into a [`Policy`]: the top-level
+//! settings, `[paths]`, `[scopes]`, `[plans]` and `[upstreams]` here, `[[routes]]` in
+//! `compile_routes`. Every finding goes to the [`Checker`]; invalid parts are left out
+//! of the result.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+use sha2::{Digest, Sha256};
+
+use super::compile_routes::compile_routes;
+use super::model::{Plan, Policy, Upstream};
+use super::raw;
+use super::routes::RouteTable;
+use super::validate::{parse_upstream_url, positive};
+use crate::path::PathOptions;
+use crate::ratelimit::Limit;
+use crate::toml_check::{choice, duration_value, Checker};
+
+/// Validates and compiles the raw policy. The result is only usable when `check` holds
+/// no error: invalid parts are left out of it.
+pub(super) fn compile(raw: raw::RawPolicy, check: &mut Checker<'_>) -> Policy {
+    if let Some(default) = &raw.default {
+        if default.get_ref() != "deny" {
+            check.error(
+                default.span(),
+                format!(
+                    "`default` is \"{}\"; the only value is \"deny\" (a path no route matches gets 404)",
+                    default.get_ref()
+                ),
+            );
+        }
+    }
+    let paths = compile_paths(raw.paths.as_ref(), check);
+    let scopes = compile_scopes(raw.scopes.as_ref(), check);
+    let plans = compile_plans(&raw.plans, check);
+    let upstreams = compile_upstreams(&raw.upstreams, check);
+    let declared: HashSet<&str> = raw.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
+    let routes = compile_routes(raw.routes.as_ref(), &scopes, &upstreams, &declared, &plans, check);
+
+    let used: HashSet<&str> = routes.iter().map(|r| r.upstream.name.as_str()).collect();
+    for (name, upstream) in &raw.upstreams {
+        if upstreams.contains_key(name.get_ref().as_str()) && !used.contains(name.get_ref().as_str()) {
+            check.warning(upstream.span(), format!("upstream `{}` is not used by any route", name.get_ref()));
+        }
+    }
+
+    let hash = hex::encode(Sha256::digest(check.text().as_bytes()));
+    Policy {
+        file: check.file().to_path_buf(),
+        hash,
+        forward_preflight: raw.forward_preflight.unwrap_or(false),
+        paths,
+        scopes,
+        plans: plans.into_iter().collect(),
+        upstreams,
+        routes: RouteTable::new(routes),
+    }
+}
+
+/// `[paths]`: `encoded_slash` and `semicolon`, each "reject" (the default) or "keep".
+fn compile_paths(raw: Option<&raw::RawPaths>, check: &mut Checker<'_>) -> PathOptions {
+    let mut options = PathOptions::default();
+    let Some(raw) = raw else { return options };
+    let keep = [("reject", false), ("keep", true)];
+    if let Some(v) = &raw.encoded_slash {
+        options.keep_encoded_slash = choice(check, "encoded_slash", v, &keep).unwrap_or(false);
+    }
+    if let Some(v) = &raw.semicolon {
+        options.keep_semicolon = choice(check, "semicolon", v, &keep).unwrap_or(false);
+    }
+    options
+}
+
+/// `[scopes]`: names (non-empty, no whitespace, no comma: keys carry them comma-separated)
+/// → descriptions.
+fn compile_scopes(
+    raw: Option<&BTreeMap<Spanned<String>, Spanned<String>>>,
+    check: &mut Checker<'_>,
+) -> BTreeMap<String, String> {
+    let mut scopes = BTreeMap::new();
+    for (name, description) in raw.into_iter().flatten() {
+        let text = name.get_ref();
+        if text.is_empty() {
+            check.error(name.span(), "a scope name cannot be empty");
+        } else if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            check.error(
+                name.span(),
+                format!(
+                    "scope `{text}` contains whitespace; scope names are single words such \
+                    as `calls:read`"
+                ),
+            );
+        } else if text.contains(',') {
+            check.error(
+                name.span(),
+                format!(
+                    "scope `{text}` contains a comma; scopes are listed comma-separated \
+                    (`--scopes a,b`, `x-keygate-scopes`), so a name cannot hold one"
+                ),
+            );
+        }
+        scopes.insert(text.clone(), description.get_ref().clone());
+    }
+    scopes
+}
+
+/// `[plans.NAME]`.
+fn compile_plans(
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawPlan>>,
+    check: &mut Checker<'_>,
+) -> BTreeMap<String, Plan> {
+    let mut plans = BTreeMap::new();
+    for (name, table) in raw {
+        let plan = table.get_ref();
+        let api_access = plan.api_access.as_ref().is_none_or(|v| *v.get_ref());
+        let limit = plan_limit(name.get_ref(), plan, check);
+        let max_keys = plan.max_keys.as_ref().and_then(|v| {
+            let n = positive(check, &format!("plan `{}`: `max_keys`", name.get_ref()), v)?;
+            match u32::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    check.error(v.span(), format!("`max_keys` is at most {}; leave it out for no cap", u32::MAX));
+                    None
+                }
+            }
+        });
+        if name.get_ref().is_empty() {
+            check.error(name.span(), "a plan name cannot be empty");
+        }
+        let no_limit_written = plan.requests_per_minute.is_none() && plan.requests.is_none() && plan.window.is_none();
+        if api_access && no_limit_written {
+            check.warning(
+                table.span(),
+                format!(
+                    "plan `{}` has API access and no rate limit: its tenants are unlimited (set \
+                    `requests_per_minute`, or `requests` and `window`)",
+                    name.get_ref()
+                ),
+            );
+        }
+        plans.insert(name.get_ref().clone(), Plan { name: name.get_ref().clone(), api_access, limit, max_keys });
+    }
+    plans
+}
+
+/// A plan's limit: `requests_per_minute = N`, or `requests` per `window` (both, whole
+/// seconds), never both forms.
+fn plan_limit(name: &str, plan: &raw::RawPlan, check: &mut Checker<'_>) -> Option<Limit> {
+    if let Some(rpm) = &plan.requests_per_minute {
+        if plan.requests.is_some() || plan.window.is_some() {
+            check.error(
+                rpm.span(),
+                format!(
+                    "plan `{name}` sets both `requests_per_minute` and `requests`/`window`: \
+                    they are two ways to write one limit, keep one"
+                ),
+            );
+            return None;
+        }
+        let requests = positive(check, &format!("plan `{name}`: `requests_per_minute`"), rpm)?;
+        return Some(Limit { requests, window: Duration::from_secs(60) });
+    }
+    match (&plan.requests, &plan.window) {
+        (None, None) => None,
+        (Some(requests), None) => {
+            check.error(
+                requests.span(),
+                format!(
+                    "plan `{name}` has `requests` but no `window`: write both (e.g. `window \
+                    = \"10s\"`), or use `requests_per_minute`"
+                ),
+            );
+            None
+        }
+        (None, Some(window)) => {
+            check.error(
+                window.span(),
+                format!(
+                    "plan `{name}` has a `window` but no `requests`: write both, or use \
+                    `requests_per_minute`"
+                ),
+            );
+            None
+        }
+        (Some(requests), Some(window)) => {
+            let requests = positive(check, &format!("plan `{name}`: `requests`"), requests);
+            let window = duration_value(check, "window", window).and_then(|d| {
+                if d.subsec_nanos() == 0 && d >= Duration::from_secs(1) {
+                    Some(d)
+                } else {
+                    check.error(
+                        window.span(),
+                        format!(
+                            "plan `{name}`: `window` is \"{}\"; a window is a whole number of \
+                            seconds, at least 1s",
+                            window.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+            Some(Limit { requests: requests?, window: window? })
+        }
+    }
+}
+
+/// `[upstreams.NAME]`.
+fn compile_upstreams(
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawUpstream>>,
+    check: &mut Checker<'_>,
+) -> HashMap<String, Arc<Upstream>> {
+    let mut upstreams = HashMap::new();
+    for (name, table) in raw {
+        let upstream = table.get_ref();
+        let target = match &upstream.url {
+            None => {
+                check.error(table.span(), format!("upstream `{}` has no `url`", name.get_ref()));
+                None
+            }
+            Some(url) => match parse_upstream_url(url.get_ref()) {
+                Ok(target) => Some(target),
+                Err(e) => {
+                    check.error(url.span(), format!("upstream `{}`: {e}", name.get_ref()));
+                    None
+                }
+            },
+        };
+        let connect_timeout =
+            timeout_value(check, "connect_timeout", upstream.connect_timeout.as_ref(), Duration::from_secs(2));
+        let timeout = timeout_value(check, "timeout", upstream.timeout.as_ref(), Duration::from_secs(30));
+        if let (Some((protocol, authority)), Some(connect_timeout), Some(timeout)) = (target, connect_timeout, timeout)
+        {
+            upstreams.insert(
+                name.get_ref().clone(),
+                Arc::new(Upstream { name: name.get_ref().clone(), protocol, authority, connect_timeout, timeout }),
+            );
+        }
+    }
+    upstreams
+}
+
+/// An optional positive duration with a default.
+fn timeout_value(
+    check: &mut Checker<'_>,
+    name: &str,
+    value: Option<&Spanned<String>>,
+    default: Duration,
+) -> Option<Duration> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    let d = duration_value(check, name, value)?;
+    if d.is_zero() {
+        check.error(value.span(), format!("`{name}` must be longer than 0s"));
+        return None;
+    }
+    Some(d)
+}

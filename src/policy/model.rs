@@ -1,0 +1,70 @@
+//! The compiled policy: the types request code reads ([`Policy`], [`Plan`], [`Upstream`]),
+//! whose invariants hold by construction (only `compile` builds them from a checked file).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::routes::RouteTable;
+use crate::path::PathOptions;
+use crate::ratelimit::Limit;
+
+/// One compiled policy: routes, plans, upstreams and scopes. Requests load it once
+/// (one `Arc`) and keep it to the end, so a reload never changes a request midway.
+#[derive(Debug)]
+pub struct Policy {
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// Hex SHA-256 of the file's bytes: reported by `/readyz`, and compared to skip
+    /// reloads that change nothing.
+    pub hash: String,
+    /// `forward_preflight` (default false): CORS preflights go upstream without a key.
+    pub forward_preflight: bool,
+    /// `[paths]`.
+    pub paths: PathOptions,
+    /// `[scopes]`: every scope a key may hold → its description.
+    pub scopes: BTreeMap<String, String>,
+    /// `[plans.NAME]` by name.
+    pub plans: HashMap<String, Plan>,
+    /// `[upstreams.NAME]` by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub routes: RouteTable,
+}
+
+/// A plan: whether it may use the API, its rate limit, and its cap on keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    /// `api_access` (default true).
+    pub api_access: bool,
+    /// `requests_per_minute = N`, or `requests` per `window`. `None`: no rate limit
+    /// (allowed, with a warning from `check`, for plans that have API access).
+    pub limit: Option<Limit>,
+    /// `max_keys`; `None` is unlimited.
+    pub max_keys: Option<u32>,
+}
+
+/// The protocol keygate speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    /// `http://…`: HTTP/1.1.
+    Http1,
+    /// `h2c://…`: HTTP/2 with prior knowledge (gRPC services).
+    H2c,
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    pub name: String,
+    pub protocol: UpstreamProtocol,
+    /// `host:port` (port defaulted to 80 when the URL has none). The URL may carry no
+    /// path other than `/`, no query and no credentials: the upstream gets exactly the
+    /// path that was authorised.
+    pub authority: http::uri::Authority,
+    /// Default 2s: 502 when the upstream cannot be reached in time.
+    pub connect_timeout: Duration,
+    /// Default 30s: 504 when response headers take longer.
+    pub timeout: Duration,
+}
