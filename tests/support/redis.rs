@@ -5,7 +5,8 @@
 //! Lua scripts run inside — `INFO commandstats` counts those too).
 //!
 //! Readiness is polled with a deadline, never slept for. A missing `redis-server` is a
-//! loud panic: these tests never skip.
+//! loud panic: these tests never skip. [`client`] connects keygate's own Redis client to
+//! one of these servers.
 
 #![allow(dead_code)]
 
@@ -16,6 +17,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// `[redis]` settings for `url` with the request-path `timeout` (no password file, no CA).
+pub fn redis_settings(url: &str, timeout: Duration) -> keygate::settings::Redis {
+    keygate::settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout }
+}
+
+/// keygate's shared Redis client on `url` (`timeout` per call), and the metrics it
+/// reports into. Connecting never fails for a server that is down (it reconnects in the
+/// background); it fails for invalid settings.
+pub async fn client(
+    url: &str,
+    timeout: Duration,
+) -> (keygate::redis_client::RedisClient, Arc<keygate::metrics::Metrics>) {
+    let metrics = Arc::new(keygate::metrics::Metrics::new());
+    let client = keygate::redis_client::RedisClient::connect(&redis_settings(url, timeout), metrics.clone())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    (client, metrics)
+}
 
 /// How long a server gets to answer after it was spawned.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
