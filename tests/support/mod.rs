@@ -43,9 +43,27 @@ pub async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool
         if Instant::now() >= end {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// [`eventually`] for synchronous code (the Redis harness starts servers outside any
+/// runtime work): the same polling, blocking the thread between checks.
+pub fn eventually_blocking(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// How often [`eventually`] and [`eventually_blocking`] look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------
 // Upstream
