@@ -18,17 +18,6 @@ use support::*;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// Every access line in `stdout`, whole (with `timestamp`, `level`, `target`, `fields`).
-fn access_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-        })
-        .filter(|v| v["target"] == "access")
-        .collect()
-}
-
 #[tokio::test]
 async fn one_access_line_per_request_with_every_field_and_the_bytes() {
     let upstream = upstream().await;

@@ -566,39 +566,41 @@ async fn a_write_waiting_for_the_store_lock_does_not_stall_the_runtime() {
     let upstream = upstream().await;
     let api = start_api(Keygate::builder(&upstream.url())).await;
     // Held by another open file description, as another process would: released by a
-    // thread of its own after 2 s.
-    let lock = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(api.kg.dir.path().join("keys.json.lock"))
-        .unwrap();
+    // thread of its own when the test says so (or after 10 s, so that a runtime stuck
+    // in the write fails the test rather than hangs it).
+    let lock_path = api.kg.dir.path().join("keys.json.lock");
+    let lock = std::fs::File::options().read(true).write(true).create(true).truncate(false).open(&lock_path).unwrap();
     lock.lock().unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(2));
+        let _ = released.recv_timeout(Duration::from_secs(10));
+        let at = Instant::now();
         lock.unlock().unwrap();
+        at
     });
 
-    let started = Instant::now();
     let create = async {
         let answer = api.call("POST", "/admin/v1/tenants", Some(json!({"id": "acme", "plan": "pro"}))).await;
-        (answer, started.elapsed())
+        (answer, Instant::now())
     };
-    // Due 300 ms in, once the write waits; measured from then, so that a runtime thread
-    // stuck in the write (which would also hold up this timer) shows.
+    // Once the write waits for the lock (its flock shows as blocked in /proc/locks),
+    // /healthz is asked, timed from then: a runtime thread stuck in the write (which
+    // would also hold up this poll) shows. Then the lock is released.
     let health = async {
-        let due = started + Duration::from_millis(300);
-        tokio::time::sleep_until(due.into()).await;
+        let waits = eventually(Duration::from_secs(5), async || process::flock_waiters(&lock_path) > 0).await;
+        let asked = Instant::now();
         let answer = Http::new().get(&api.kg.admin_url("/healthz"), None).await;
-        (answer.status, due.elapsed())
+        let took = asked.elapsed();
+        let _ = release.send(());
+        (waits, answer.status, took)
     };
-    let ((created, create_took), (health, health_took)) = tokio::join!(create, health);
-    releaser.join().unwrap();
+    let ((created, created_at), (waits, health, health_took)) = tokio::join!(create, health);
+    let released_at = releaser.join().unwrap();
+    assert!(waits, "the write did not wait for the lock (or waited on a runtime thread, which stalled the poll)");
     assert_eq!(health, 200);
     assert!(health_took < Duration::from_secs(1), "/healthz took {health_took:?} while a write waited for the lock");
     assert_eq!(created.status, 201, "{}", created.text());
-    assert!(create_took >= Duration::from_millis(1_500), "the write did not wait for the lock: {create_took:?}");
+    assert!(created_at >= released_at, "the write completed before the lock was released");
     assert!(api.kg.proxy_store().snapshot().tenants.contains_key("acme"));
 }
 

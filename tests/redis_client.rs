@@ -11,19 +11,11 @@ use std::time::{Duration, Instant};
 use keygate::metrics::{Metrics, StoreOp};
 use keygate::redis_client::{RedisCallError, RedisClient, RedisConnection};
 use keygate::settings;
+use support::eventually;
+use support::process::established_to;
 use support::redis::*;
 
 const TIMEOUT: Duration = Duration::from_millis(50);
-
-fn settings(url: &str) -> settings::Redis {
-    settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout: TIMEOUT }
-}
-
-async fn client(url: &str) -> (RedisClient, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new());
-    let client = RedisClient::connect(&settings(url), metrics.clone()).await.expect("valid settings");
-    (client, metrics)
-}
 
 async fn ping(client: &RedisClient) -> Result<String, RedisCallError> {
     client.run(StoreOp::Lookup, |mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await
@@ -44,24 +36,10 @@ fn sample(text: &str, series: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{text}")) as i64
 }
 
-/// Polls `check` every 10 ms until it holds or `deadline` passes; returns the time it took.
-async fn within(deadline: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn ping_through_the_client() {
     let server = RedisServer::start();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     assert!(client.is_up(), "connect() connects at once when Redis is up");
     assert_eq!(store_up(&metrics), 1);
     assert_eq!(ping(&client).await.unwrap(), "PONG");
@@ -79,7 +57,7 @@ async fn ping_through_the_client() {
 #[tokio::test]
 async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
     let server = RedisServer::start();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 
     server.pause();
@@ -104,8 +82,8 @@ async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
     assert_eq!(store_errors(&metrics, "lookup"), 3, "refusals are not store errors");
 
     server.resume();
-    let took = within(Duration::from_secs(1), || client.is_up()).await;
-    assert!(took.is_some(), "the breaker closes within 1 s of SIGCONT, without traffic");
+    let up = eventually(Duration::from_secs(1), async || client.is_up()).await;
+    assert!(up, "the breaker closes within 1 s of SIGCONT, without traffic");
     assert_eq!(store_up(&metrics), 1);
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 }
@@ -113,7 +91,7 @@ async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
 #[tokio::test]
 async fn recovers_from_a_restart_on_the_same_port() {
     let mut server = RedisServer::start();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 
     server.kill();
@@ -125,8 +103,8 @@ async fn recovers_from_a_restart_on_the_same_port() {
     assert_eq!(store_up(&metrics), 0);
 
     server.restart();
-    let took = within(Duration::from_secs(1), || client.is_up()).await;
-    assert!(took.is_some(), "the breaker closes within 1 s of Redis answering again");
+    let up = eventually(Duration::from_secs(1), async || client.is_up()).await;
+    assert!(up, "the breaker closes within 1 s of Redis answering again");
     assert_eq!(store_up(&metrics), 1);
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 }
@@ -136,15 +114,19 @@ async fn recovers_from_a_long_stall_by_reconnecting() {
     // Paused long enough for the prober to give up on the silent connection and build a
     // new one, which itself hangs in its handshake until SIGCONT.
     let server = RedisServer::start();
-    let (client, _metrics) = client(&server.url()).await;
+    let (client, _metrics) = client(&server.url(), TIMEOUT).await;
     server.pause();
+    let connections = established_to(server.port);
     for _ in 0..3 {
         let _ = ping(&client).await;
     }
     assert!(!client.is_up());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The prober gives up after 8 silent probes (about 2.4 s) and opens a new connection:
+    // the kernel accepts it for the stopped server, so it shows while its handshake hangs.
+    let rebuilding = eventually(Duration::from_secs(15), async || established_to(server.port) > connections).await;
+    assert!(rebuilding, "the prober did not open a new connection to the stalled server");
     server.resume();
-    assert!(within(Duration::from_secs(1), || client.is_up()).await.is_some());
+    assert!(eventually(Duration::from_secs(1), async || client.is_up()).await);
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 }
 
@@ -153,7 +135,7 @@ async fn connects_while_redis_is_down_and_works_once_it_is_up() {
     let mut server = RedisServer::start();
     server.kill();
     let start = Instant::now();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     assert!(start.elapsed() < Duration::from_secs(2), "connect() does not wait for Redis");
     assert!(!client.is_up());
     assert_eq!(store_up(&metrics), 0, "no connection yet: the breaker is open");
@@ -170,7 +152,7 @@ async fn connects_while_redis_is_down_and_works_once_it_is_up() {
 #[tokio::test]
 async fn command_errors_do_not_open_the_breaker() {
     let server = RedisServer::start();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     server.cli(&["SET", "s", "x"]);
     for _ in 0..5 {
         let result = client
@@ -189,7 +171,7 @@ async fn command_errors_do_not_open_the_breaker() {
 #[tokio::test]
 async fn scripts_reload_after_noscript() {
     let server = RedisServer::start();
-    let (client, metrics) = client(&server.url()).await;
+    let (client, metrics) = client(&server.url(), TIMEOUT).await;
     let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     let run = |client: RedisClient, script: redis::Script| async move {
         client
@@ -235,7 +217,7 @@ async fn set_and_get_on_every_node(client: &RedisClient, cluster: &RedisCluster)
 #[tokio::test]
 async fn cluster_set_and_get_many_keys() {
     let cluster = RedisCluster::start();
-    let (client, _metrics) = client(&cluster.url()).await;
+    let (client, _metrics) = client(&cluster.url(), TIMEOUT).await;
     assert!(client.is_cluster());
     assert!(client.wait_up(Duration::from_secs(5)).await);
     let timeout = Duration::from_secs(2);
@@ -258,7 +240,7 @@ async fn pubsub_client_reaches_the_server() {
     let file = dir.path().join("pw");
     std::fs::write(&file, "pubsub-pw\n").unwrap();
     let metrics = Arc::new(Metrics::new());
-    let settings = settings::Redis { password_file: Some(file), ..settings(&server.url()) };
+    let settings = settings::Redis { password_file: Some(file), ..redis_settings(&server.url(), TIMEOUT) };
     let client = RedisClient::connect(&settings, metrics).await.unwrap();
     let mut pubsub = client.pubsub_client().get_async_pubsub().await.unwrap();
     pubsub.subscribe("keygate:test").await.unwrap();
@@ -287,7 +269,7 @@ async fn password_from_password_file() {
     let file = dir.path().join("redis-password");
     std::fs::write(&file, "  s3cret-pw\n").unwrap();
     let metrics = Arc::new(Metrics::new());
-    let settings = settings::Redis { password_file: Some(file.clone()), ..settings(&server.url()) };
+    let settings = settings::Redis { password_file: Some(file.clone()), ..redis_settings(&server.url(), TIMEOUT) };
     let client = RedisClient::connect(&settings, metrics).await.unwrap();
     assert_eq!(ping(&client).await.unwrap(), "PONG");
     assert!(!format!("{client:?}").contains("s3cret"));
@@ -315,7 +297,7 @@ async fn tls_with_a_private_ca() {
     let settings = settings::Redis {
         ca_file: Some(ca),
         timeout: Duration::from_secs(1),
-        ..settings(&format!("rediss://127.0.0.1:{}", server.tls_port().unwrap()))
+        ..redis_settings(&format!("rediss://127.0.0.1:{}", server.tls_port().unwrap()), TIMEOUT)
     };
     let client = RedisClient::connect(&settings, Arc::new(Metrics::new())).await.unwrap();
     assert!(client.is_up());
@@ -331,7 +313,7 @@ async fn tls_with_a_private_ca() {
 async fn relay_counts_round_trips_not_script_internals() {
     let server = RedisServer::start();
     let relay = CountingRelay::start(server.addr()).await;
-    let (client, _metrics) = client(&relay.url()).await;
+    let (client, _metrics) = client(&relay.url(), TIMEOUT).await;
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 
     relay.reset();
@@ -399,8 +381,11 @@ async fn relay_counts_a_pipeline_of_three_split_across_reads() {
 async fn tls_cluster_with_a_private_ca() {
     let cluster = RedisCluster::start_tls();
     let ca = cluster.nodes[0].tls_ca().expect("a TLS cluster has a CA");
-    let settings =
-        settings::Redis { ca_file: Some(ca), timeout: Duration::from_secs(1), ..settings(&cluster.tls_url()) };
+    let settings = settings::Redis {
+        ca_file: Some(ca),
+        timeout: Duration::from_secs(1),
+        ..redis_settings(&cluster.tls_url(), TIMEOUT)
+    };
     let client = RedisClient::connect(&settings, Arc::new(Metrics::new())).await.unwrap();
     assert!(client.is_cluster());
     assert!(client.wait_up(Duration::from_secs(5)).await, "connected over TLS");

@@ -17,10 +17,9 @@ use keygate::metrics::Metrics;
 use keygate::ratelimit::front::{LimitOutcome, Limiter};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::{Decision, Limit, LocalLimiter};
-use keygate::redis_client::RedisClient;
-use keygate::settings::{self, LimitBackend, Limits, OnStoreError};
+use keygate::settings::{LimitBackend, Limits, OnStoreError};
 use support::eventually;
-use support::redis::{CountingRelay, RedisCluster, RedisServer};
+use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
 
 /// Generous per-call timeout for the tests that are not about timeouts: a loaded CI
 /// machine must not turn a slow reply into a fallback.
@@ -35,13 +34,6 @@ const RECOVERY: Duration = Duration::from_millis(1_500);
 
 fn limit(requests: u64, window: Duration) -> Limit {
     Limit { requests, window }
-}
-
-async fn client(url: &str, timeout: Duration) -> (RedisClient, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new());
-    let settings = settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout };
-    let client = RedisClient::connect(&settings, metrics.clone()).await.expect("connect to the test redis");
-    (client, metrics)
 }
 
 async fn limiter(url: &str, timeout: Duration) -> RedisLimiter {
@@ -299,30 +291,35 @@ async fn refused_requests_do_not_lock_a_client_out_and_retry_after_is_exact() {
     let replica = limiter(&server.url(), RELAXED).await;
     // W = 1 s, a sub-window is 50 ms.
     let plan = limit(3, Duration::from_secs(1));
+    // The window filled by one admission of cost 3: three calls could straddle a
+    // sub-window boundary (likely on a loaded machine), and then leave one by one.
     let first = Instant::now();
-    for _ in 0..3 {
-        assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
-    }
+    assert!(replica.check("acme", &plan, 3).await.unwrap().allowed);
     let refused = replica.check("acme", &plan, 1).await.unwrap();
     let retry = refused.retry_after.expect("refused");
-    // The first admission's sub-window leaves the window 1 s (+ at most one 50 ms
-    // sub-window) after it: a loaded machine may have spent some of that already.
+    // The admission's sub-window leaves the window 1 s (+ at most one 50 ms sub-window)
+    // after it: a loaded machine may have spent some of that already.
     let floor = Duration::from_millis(1_000).saturating_sub(first.elapsed());
     assert!(retry >= floor && retry <= Duration::from_millis(1_050), "{refused:?}, floor {floor:?}");
     // Keep retrying until the answer says it fits: every retry refused, none counted.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // (The window runs on Redis's clock, `TIME`, which a test cannot move: this waits
+    // the second out.)
     let mut retries = 0;
-    let d = loop {
+    let mut admitted = None;
+    let fits = eventually(Duration::from_secs(3), async || {
         let d = replica.check("acme", &plan, 1).await.unwrap();
-        if d.allowed {
-            break d;
+        if !d.allowed {
+            retries += 1;
+            return false;
         }
-        retries += 1;
-        assert!(Instant::now() < deadline, "locked out");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+        admitted = Some(d);
+        true
+    })
+    .await;
+    assert!(fits, "locked out");
+    let d = admitted.unwrap();
     assert!(retries > 10, "the client kept retrying while refused: {retries}");
-    // The three admitted left together; the refusals left nothing behind.
+    // The admission left whole; the refusals left nothing behind.
     assert_eq!(d.remaining, 2, "{d:?}");
 }
 
@@ -364,6 +361,9 @@ async fn script_flush_mid_run_fails_no_request() {
             (ok, failed)
         }));
     }
+    // The flushes are spaced (50 ms) so that they land among the clients' calls, and the
+    // clients run on 50 ms after the last one: the disruption is paced on purpose, no
+    // verdict waits on these.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         tokio::task::block_in_place(|| server.cli(&["SCRIPT", "FLUSH"]));
@@ -660,6 +660,8 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
         let fields = hash.range(0..).count();
         assert!(fields <= 21, "{fields} counters");
         fields_seen = fields_seen.max(fields);
+        // Spreads the requests over 1.5 s of Redis's clock (`TIME`, which a test cannot
+        // move), so that every 50 ms sub-window gets a counter.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let spread = memory_usage(&server, &shared_window::key("fast", &fast));

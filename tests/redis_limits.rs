@@ -10,31 +10,30 @@ use std::time::{Duration, Instant};
 use support::redis::*;
 use support::*;
 
-async fn replica(upstream: &Upstream, redis_url: &str, on_store_error: &str) -> Keygate {
-    Keygate::builder(&upstream.url())
-        .redis_keys(redis_url, "50ms")
-        .settings(&format!("[limits]\nbackend = \"redis\"\non_store_error = \"{on_store_error}\"\nreplicas = 3\n"))
-        .start()
-        .await
-}
+/// The limits of these replicas: shared through Redis, refusing when it cannot answer.
+const SHARED_LIMITS: &str = "[limits]\nbackend = \"redis\"\non_store_error = \"deny\"\nreplicas = 3\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_admit_more_than_the_limit_in_any_window_and_come_close_to_it() {
     let redis = RedisServer::start();
     let upstream = upstream().await;
     let replicas = [
-        replica(&upstream, &redis.url(), "deny").await,
-        replica(&upstream, &redis.url(), "deny").await,
-        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
     ];
     let (_, key) = replicas[0].store_key("busy", "twenty", &["calls:read"]).await;
+    let (_, warmer) = replicas[0].store_key("warmer", "twenty", &["calls:read"]).await;
     let urls: Vec<String> = replicas.iter().map(|kg| kg.url("/v1/calls")).collect();
     let http = Http::new();
-    for url in &urls {
-        // Warm each replica's cache and the limiter script; these count, so start after.
-        http.get(url, Some(key.expose())).await;
+    for kg in &replicas {
+        // Warm each replica's key cache and its limiter (script, connections) without
+        // spending any of `busy`'s window, so that the run starts on an empty one (the
+        // window runs on Redis's clock, which no test can move): `busy` authenticates but
+        // lacks the scope, refused before the limiter; another tenant goes through it.
+        assert_eq!(http.get(&kg.url("/v1/webhooks"), Some(key.expose())).await.status, 403);
+        assert_eq!(http.get(&kg.url("/v1/calls"), Some(warmer.expose())).await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(2100)).await; // let that window pass
     let before = upstream.count();
 
     // 12 concurrent clients, round-robin over the replicas, for 4 windows.
@@ -53,6 +52,7 @@ async fn three_replicas_never_admit_more_than_the_limit_in_any_window_and_come_c
                 let answer = http.get(&urls[i % 3], Some(&secret)).await;
                 statuses.lock().unwrap().push(answer.status);
                 i += 1;
+                // Paced load: twelve clients must not starve a small machine.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
@@ -89,9 +89,9 @@ async fn headers_agree_across_replicas_and_refusals_are_not_counted() {
     let redis = RedisServer::start();
     let upstream = upstream().await;
     let replicas = [
-        replica(&upstream, &redis.url(), "deny").await,
-        replica(&upstream, &redis.url(), "deny").await,
-        replica(&upstream, &redis.url(), "deny").await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
     ];
     let (_, key) = replicas[0].store_key("small", "tiny", &["calls:read"]).await;
     let http = Http::new();
@@ -216,12 +216,10 @@ async fn until_every_worker_decides_through_redis(
     deadline: Duration,
 ) -> u64 {
     let mut decided = 0;
-    let started = Instant::now();
     let mut waiting: Vec<usize> = (0..connections.len()).collect();
-    while !waiting.is_empty() {
-        assert!(started.elapsed() < deadline, "connections {waiting:?} not decided by Redis after {deadline:?}");
+    let all = eventually(deadline, async || {
         let mut still = Vec::new();
-        for i in waiting {
+        for &i in &waiting {
             let answer = connections[i].get("/v1/calls", key).await;
             assert_eq!(answer.status, 200, "on_store_error = allow");
             if decided_by_redis(&answer) {
@@ -231,8 +229,10 @@ async fn until_every_worker_decides_through_redis(
             }
         }
         waiting = still;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        waiting.is_empty()
+    })
+    .await;
+    assert!(all, "connections {waiting:?} not decided by Redis after {deadline:?}");
     for connection in connections.iter_mut() {
         let answer = connection.get("/v1/calls", key).await;
         assert!(decided_by_redis(&answer), "back on Redis, a worker left it again: {:?}", answer.headers);
@@ -296,7 +296,7 @@ async fn every_worker_thread_leaves_a_silent_redis_connection() {
 async fn script_flush_mid_run_causes_no_5xx() {
     let redis = RedisServer::start();
     let upstream = upstream().await;
-    let kg = replica(&upstream, &redis.url(), "deny").await;
+    let kg = replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await;
     let (_, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
     let http = Http::new();
     for i in 0..60 {
@@ -313,8 +313,8 @@ async fn script_flush_mid_run_causes_no_5xx() {
 async fn the_limiter_is_shared_through_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let upstream = upstream().await;
-    let a = replica(&upstream, &cluster.url(), "deny").await;
-    let b = replica(&upstream, &cluster.url(), "deny").await;
+    let a = replica(&upstream, &cluster.url(), "50ms", SHARED_LIMITS).await;
+    let b = replica(&upstream, &cluster.url(), "50ms", SHARED_LIMITS).await;
     let (_, key) = a.store_key("small", "tiny", &["calls:read"]).await;
     let http = Http::new();
     let statuses = [

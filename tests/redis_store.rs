@@ -14,9 +14,7 @@ use keygate::keys::manage::{CreatedKey, ManageError, NewKey};
 use keygate::keys::redis_store::{layout, Invalidation, RedisStore, INVALIDATION_CHANNEL};
 use keygate::keys::store::{Lookup, StoreError};
 use keygate::keys::{generate_secret, KeyState, Peppers};
-use keygate::metrics::Metrics;
 use keygate::policy::Policy;
-use keygate::redis_client::RedisClient;
 use support::redis::*;
 use time::OffsetDateTime;
 
@@ -86,21 +84,8 @@ fn new_key(tenant: &str) -> NewKey {
     NewKey { tenant: tenant.into(), name: "ci".into(), scopes: vec!["calls:read".into()], expires_in: None }
 }
 
-async fn client(url: &str) -> RedisClient {
-    let settings = keygate::settings::Redis {
-        url: url.to_string(),
-        password_file: None,
-        ca_file: None,
-        timeout: Duration::from_secs(2),
-    };
-    match RedisClient::connect(&settings, Arc::new(Metrics::new())).await {
-        Ok(client) => client,
-        Err(e) => panic!("connect to {url}: {e}"),
-    }
-}
-
 async fn store(url: &str) -> RedisStore {
-    RedisStore::new(client(url).await)
+    RedisStore::new(client(url, Duration::from_secs(2)).await.0)
 }
 
 /// A store with tenants `acme` (pro: 2 keys), `big` (agency: no cap), `free` (trial: no

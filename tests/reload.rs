@@ -41,14 +41,6 @@ fn public_route(prefix: &str) -> String {
     format!("[[routes]]\nprefix = \"{prefix}\"\nauth = \"none\"\nupstream = \"app\"\n")
 }
 
-/// Writes `text` to a temporary file next to `path` and renames it over `path`, as
-/// editors and config-management tools do.
-fn rename_over(path: &Path, text: &str) {
-    let temp = path.with_file_name(".routes.toml.swp");
-    std::fs::write(&temp, text).unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
-
 fn inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().ino()
@@ -293,13 +285,13 @@ async fn a_file_renamed_over_is_reloaded_within_a_second() {
     let successes = reloads(kg.admin, "success").await;
 
     let started = Instant::now();
-    rename_over(&file, &policy(&up.url(), &public_route("/v1/renamed")));
+    rename_over(&file, policy(&up.url(), &public_route("/v1/renamed")));
     assert_ne!(inode(&file), before, "the file was not replaced");
     assert!(becomes(&http, &kg.url("/v1/renamed"), 200, PROMPTLY).await, "the new route did not appear");
     eprintln!("rename over live after {:?}", started.elapsed());
 
     // And again: the watch follows the directory, so the replaced inode does not matter.
-    rename_over(&file, &policy(&up.url(), &public_route("/v1/renamed-again")));
+    rename_over(&file, policy(&up.url(), &public_route("/v1/renamed-again")));
     assert!(becomes(&http, &kg.url("/v1/renamed-again"), 200, PROMPTLY).await);
     assert_eq!(status_of(&http, &kg.url("/v1/renamed")).await, 404);
     assert!(reloads_reach(kg.admin, "success", successes + 2.0, Duration::from_secs(2)).await);
@@ -444,7 +436,7 @@ async fn the_binary_logs_an_invalid_policy_with_its_position_and_keeps_serving()
     assert_eq!(status_of(&http, &serve.url("/status")).await, 200);
 
     // A valid file after that is picked up.
-    rename_over(&file, &policy(&up.url(), &public_route("/v1/fixed")));
+    rename_over(&file, policy(&up.url(), &public_route("/v1/fixed")));
     assert!(becomes(&http, &serve.url("/v1/fixed"), 200, PROMPTLY).await);
 }
 
@@ -457,7 +449,7 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     let kg = Keygate::builder(&up.url()).start().await;
     let http = Http::new();
     let file = kg.routes_path();
-    rename_over(&file, &policy(&up.url(), &public_route("/v1/good")));
+    rename_over(&file, policy(&up.url(), &public_route("/v1/good")));
     assert!(becomes(&http, &kg.url("/v1/good"), 200, PROMPTLY).await);
     let good_hash = kg.app().policy().hash.clone();
     let successes = reloads(kg.admin, "success").await;
@@ -475,7 +467,12 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     assert!(errors[0].to_string().contains(&format!("routes.toml:{broken_line}:")), "{}", errors[0]);
 
     // The poll (every 2 s) sees the same bad content again: it is not reported again.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Nothing else reads the file now (the watch's own reload is over: it was counted),
+    // so the next open is the poll's. Its verdict is final before the watch handles the
+    // next change (one thread does both), which the exact counts below check.
+    let reads = FileReads::watch(&file);
+    let polled = eventually(Duration::from_secs(10), async || reads.count() >= 1).await;
+    assert!(polled, "the poll did not read the file within 10 s");
     assert_eq!(reloads(kg.admin, "failure").await, failures + 1.0, "the same bad content was counted twice");
 
     // Semantically invalid (an unknown upstream) is a new failure.
@@ -492,7 +489,7 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 200);
 
     // A later valid file is picked up.
-    rename_over(&file, &policy(&up.url(), &public_route("/v1/better")));
+    rename_over(&file, policy(&up.url(), &public_route("/v1/better")));
     assert!(becomes(&http, &kg.url("/v1/better"), 200, PROMPTLY).await);
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 404);
     assert!(reloads_reach(kg.admin, "success", successes + 1.0, Duration::from_secs(2)).await);
@@ -519,7 +516,8 @@ async fn a_file_caught_half_written_is_not_reported_as_a_failure() {
     let file = kg.routes_path();
     let mut writer = std::fs::OpenOptions::new().write(true).truncate(true).open(&file).unwrap();
     writer.write_all(&text.as_bytes()[..cut]).unwrap();
-    // Longer than the watch's debounce (50 ms), shorter than the settle time (100 ms).
+    // A slow writer, on purpose: longer than the watch's debounce (50 ms), shorter than
+    // the settle time (100 ms).
     tokio::time::sleep(Duration::from_millis(80)).await;
     writer.write_all(&text.as_bytes()[cut..]).unwrap();
     drop(writer);
@@ -556,7 +554,7 @@ async fn a_reload_changes_a_plans_limit_and_an_upstreams_address() {
 
     // The upstream's address.
     let (at_first, at_second) = (first.count(), second.count());
-    rename_over(&kg.routes_path(), &lower.replace(&first.url(), &second.url()));
+    rename_over(&kg.routes_path(), lower.replace(&first.url(), &second.url()));
     assert!(eventually(PROMPTLY, async || call().await.status == 200 && second.count() > at_second).await);
     let first_settled = first.count();
     for _ in 0..5 {
@@ -580,7 +578,7 @@ async fn the_pool_of_an_unchanged_upstream_survives_a_reload() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1, "keygate does not keep upstream connections alive");
 
     // A reload that changes only a route.
-    rename_over(&kg.routes_path(), &policy(&url, &public_route("/v1/new")));
+    rename_over(&kg.routes_path(), policy(&url, &public_route("/v1/new")));
     assert!(becomes(&http, &kg.url("/v1/new"), 200, PROMPTLY).await);
     for _ in 0..5 {
         assert_eq!(status_of(&http, &kg.url("/status")).await, 200);
@@ -719,8 +717,14 @@ async fn concurrent_reloads_of_one_change_count_once() {
         for thread in threads {
             thread.join().unwrap();
         }
-        // Let the watcher's own reload of this change run too.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(app.policy().hash, keygate::reload::content_hash(text.as_bytes()));
+        // The watcher's own reload of this change must count nothing either. Its thread
+        // handles one change after another: once it has refused a later, invalid file
+        // (counted as a failure), its reload of this one is over.
+        let failures = reloads(kg.admin, "failure").await;
+        rename_over(&kg.routes_path(), format!("{text}\n[[routes]\nprefix = \"/v1/round{round}-broken\"\n"));
+        let refused = reloads_reach(kg.admin, "failure", failures + 1.0, Duration::from_secs(10)).await;
+        assert!(refused, "round {round}: the watcher did not refuse the invalid file");
         assert_eq!(app.policy().hash, keygate::reload::content_hash(text.as_bytes()));
         assert_eq!(reloads(kg.admin, "success").await, successes + 1.0, "round {round}: one change, one success");
     }
@@ -739,7 +743,7 @@ async fn the_last_success_timestamp_moves_forward_on_success_only() {
     assert!(at_start > 0.0 && at_start <= unix_now(), "set at start: {at_start}");
 
     let written = unix_now();
-    rename_over(&kg.routes_path(), &policy(&up.url(), &public_route("/v1/tick")));
+    rename_over(&kg.routes_path(), policy(&up.url(), &public_route("/v1/tick")));
     assert!(becomes(&http, &kg.url("/v1/tick"), 200, PROMPTLY).await);
     assert!(eventually(Duration::from_secs(2), async || last_success(kg.admin).await >= written).await);
     let after = last_success(kg.admin).await;
@@ -752,7 +756,7 @@ async fn the_last_success_timestamp_moves_forward_on_success_only() {
     assert_eq!(last_success(kg.admin).await, after);
 
     // A valid file moves it on; reloading an unchanged file (the poll, SIGHUP) does not.
-    rename_over(&kg.routes_path(), &policy(&up.url(), &public_route("/v1/tock")));
+    rename_over(&kg.routes_path(), policy(&up.url(), &public_route("/v1/tock")));
     assert!(eventually(Duration::from_secs(2), async || last_success(kg.admin).await > after).await);
     let latest = last_success(kg.admin).await;
     kg.app().reload_policy();

@@ -3,12 +3,14 @@
 //! protocol versions, and rotation (in-place write, rename over, the Kubernetes `..data`
 //! symlink swap, a mismatched pair refused) with the expiry gauge following.
 
+mod support;
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keygate::metrics::Metrics;
 use keygate::tls::{handshake, Tls};
@@ -16,6 +18,7 @@ use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
+use support::{eventually, rename_over};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -240,24 +243,11 @@ async fn connect(address: SocketAddr, roots: &[CertificateDer<'static>]) -> io::
 
 /// Handshakes until the server presents `leaf`, for at most [`ROTATION_DEADLINE`].
 async fn wait_until_served(address: SocketAddr, roots: &[CertificateDer<'static>], leaf: &CertificateDer<'_>) {
-    let start = Instant::now();
-    loop {
-        let presented = connect(address, roots).await.ok().map(|s| s.leaf().clone());
-        if presented.as_ref() == Some(leaf) {
-            return;
-        }
-        assert!(start.elapsed() < ROTATION_DEADLINE, "the new certificate is not served after {:?}", start.elapsed());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits for `done`, for at most `deadline`.
-async fn wait_for(deadline: Duration, what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < deadline, "{what}: not after {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let served = eventually(ROTATION_DEADLINE, async || {
+        connect(address, roots).await.is_ok_and(|session| session.leaf() == leaf)
+    })
+    .await;
+    assert!(served, "the new certificate is not served after {ROTATION_DEADLINE:?}");
 }
 
 fn expiry_gauge(metrics: &Metrics) -> f64 {
@@ -272,12 +262,10 @@ fn overwrite(pair: &Pair, target: &Pair) {
     std::fs::write(&target.key, std::fs::read(&pair.key).unwrap()).unwrap();
 }
 
-/// Copies `pair` to temporary files and renames them over `target`'s.
-fn rename_over(pair: &Pair, target: &Pair) {
+/// Renames copies of `pair`'s files over `target`'s, the certificate first.
+fn rename_pair_over(pair: &Pair, target: &Pair) {
     for (from, to) in [(&pair.cert, &target.cert), (&pair.key, &target.key)] {
-        let temp = to.with_extension("tmp");
-        std::fs::copy(from, &temp).unwrap();
-        std::fs::rename(&temp, to).unwrap();
+        rename_over(to, std::fs::read(from).unwrap());
     }
 }
 
@@ -421,9 +409,9 @@ async fn a_pair_renamed_over_is_served_within_two_seconds() {
     let address = serve(tls.clone()).await;
     let roots = [a.leaf(), b.leaf()];
 
-    rename_over(&b, &target);
+    rename_pair_over(&b, &target);
     wait_until_served(address, &roots, &b.leaf()).await;
-    rename_over(&a, &target);
+    rename_pair_over(&a, &target);
     wait_until_served(address, &roots, &a.leaf()).await;
     assert_eq!(expiry_gauge(&metrics), a.not_after() as f64);
     assert_eq!(tls.reload_failures(), 0);
@@ -478,8 +466,9 @@ async fn a_mismatched_pair_is_refused_and_counted_and_the_old_one_stays() {
     let roots = [a.leaf(), b.leaf(), c.leaf()];
 
     // B's certificate with C's key.
-    rename_over(&Pair { cert: b.cert.clone(), key: c.key.clone() }, &target);
-    wait_for(Duration::from_secs(4), "the mismatch is counted", || tls.reload_failures() >= 1).await;
+    rename_pair_over(&Pair { cert: b.cert.clone(), key: c.key.clone() }, &target);
+    let counted = eventually(Duration::from_secs(4), async || tls.reload_failures() >= 1).await;
+    assert!(counted, "the mismatch is not counted after 4 s");
     assert_eq!(tls.reload_failures(), 1);
     assert_eq!(connect(address, &roots).await.unwrap().leaf(), &a.leaf());
     assert_eq!(expiry_gauge(&metrics), a.not_after() as f64);
@@ -487,14 +476,15 @@ async fn a_mismatched_pair_is_refused_and_counted_and_the_old_one_stays() {
     assert_eq!(tls.reload_failures(), 1, "the same refused pair is counted once");
 
     // The right key arrives: B is served.
-    rename_over(&b, &target);
+    rename_pair_over(&b, &target);
     wait_until_served(address, &roots, &b.leaf()).await;
     assert_eq!(expiry_gauge(&metrics), b.not_after() as f64);
     assert_eq!(tls.reload_failures(), 1);
 
     // A file that is not PEM at all is refused the same way.
     std::fs::write(&target.cert, "not a certificate\n").unwrap();
-    wait_for(Duration::from_secs(4), "the bad file is counted", || tls.reload_failures() >= 2).await;
+    let counted = eventually(Duration::from_secs(4), async || tls.reload_failures() >= 2).await;
+    assert!(counted, "the bad file is not counted after 4 s");
     assert_eq!(connect(address, &roots).await.unwrap().leaf(), &b.leaf());
 }
 

@@ -1,7 +1,9 @@
 //! The test harness: real servers on ephemeral ports. `upstream()` records what it
 //! receives; `Keygate::builder()` writes a config into a temporary folder and starts the
-//! real proxy in-process; `Http` sends requests. Readiness is polled with a deadline,
-//! never slept for.
+//! real proxy in-process (`replica()`: one on a shared Redis); `Http` sends requests.
+//! Readiness and every other wait for something to happen is `eventually()`, a poll
+//! with a deadline, never a sleep. Also the shared file and log helpers
+//! (`rename_over()`, `FileReads`, `access_lines()`).
 
 #![allow(dead_code)]
 
@@ -30,7 +32,8 @@ use keygate::{Options, Running, Settings};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-/// Polls `check` until it is true or `deadline` passes.
+/// Polls `check` (every 20 ms) until it is true or `deadline` passes; tells whether it
+/// became true. The one way tests wait for something to happen.
 pub async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {
@@ -40,9 +43,27 @@ pub async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool
         if Instant::now() >= end {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// [`eventually`] for synchronous code (the Redis harness starts servers outside any
+/// runtime work): the same polling, blocking the thread between checks.
+pub fn eventually_blocking(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// How often [`eventually`] and [`eventually_blocking`] look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------
 // Upstream
@@ -499,6 +520,70 @@ impl Builder {
             peppers,
         }
     }
+}
+
+/// A keygate replica with its keys in the Redis at `redis_url` (`timeout`: the request
+/// path's `redis.timeout`), plus `settings` (extra TOML tables, e.g. a `[limits]` with
+/// `backend = "redis"`): several of these on one Redis are replicas of one deployment.
+pub async fn replica(upstream: &Upstream, redis_url: &str, timeout: &str, settings: &str) -> Keygate {
+    Keygate::builder(&upstream.url()).redis_keys(redis_url, timeout).settings(settings).start().await
+}
+
+// ---------------------------------------------------------------------------------------
+// Files and logs
+
+/// Writes `contents` to a temporary file next to `path` and renames it over `path`, as
+/// editors and config-management tools do (the watchers must see a new inode).
+pub fn rename_over(path: &Path, contents: impl AsRef<[u8]>) {
+    let name = path.file_name().expect("a file path").to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.swp"));
+    std::fs::write(&temp, contents).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// Counts the times anyone opens one file, from inotify events on its directory: how a
+/// test sees that a watcher's poll (which reads the file and may do nothing else
+/// observable) has run. Start it after the test's own reads.
+pub struct FileReads {
+    opens: Arc<std::sync::atomic::AtomicUsize>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl FileReads {
+    pub fn watch(path: &Path) -> FileReads {
+        use notify::event::{AccessKind, EventKind};
+        use notify::Watcher;
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = opens.clone();
+        let name = path.file_name().expect("a file path").to_os_string();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            let ours = event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()));
+            if ours && matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .expect("an inotify watcher");
+        let directory = path.parent().expect("a file in a directory");
+        watcher.watch(directory, notify::RecursiveMode::NonRecursive).expect("watch the directory");
+        FileReads { opens, _watcher: watcher }
+    }
+
+    /// Opens seen since `watch`.
+    pub fn count(&self) -> usize {
+        self.opens.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Every access line (target `access`) among JSON log lines, whole (with `timestamp`,
+/// `level`, `target`, `fields`). Every line must be JSON.
+pub fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
+        .filter(|v| v["target"] == "access")
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 //! `keygate serve` as a child process: the real binary, its output captured, its ports
-//! found from /proc (whatever the log level), stopped with SIGTERM.
+//! found from /proc (whatever the log level), stopped with SIGTERM. Also the other
+//! probes of /proc that let a test wait for an event it cannot otherwise see (a TCP
+//! connection opened, a lock waited for).
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -107,7 +109,6 @@ impl Drop for Served {
 }
 
 /// Of a keygate's listening ports, (proxy, admin): the admin port answers
-/// `/healthz` with `ok`.
 /// `/healthz` with `ok`, the proxy with a 404 (no route); an admin API port, if any,
 /// with a 401.
 async fn identify(ports: &[u16]) -> (SocketAddr, SocketAddr) {
@@ -163,4 +164,37 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// How many TCP connections on this host are established to 127.0.0.1:`port` (the
+/// client ends, from /proc/net/tcp): a connection a client opens shows up here even
+/// while the server is stopped (SIGSTOP), since the kernel completes the handshake.
+pub fn established_to(port: u16) -> usize {
+    let Ok(text) = std::fs::read_to_string("/proc/net/tcp") else { return 0 };
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 3
+                && cols[3] == "01"
+                && cols[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+        })
+        .count()
+}
+
+/// How many `flock` requests are blocked waiting on `path`'s lock (the `->` entries of
+/// /proc/locks for its inode).
+pub fn flock_waiters(path: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path).unwrap().ino();
+    let suffix = format!(":{inode}");
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else { return 0 };
+    text.lines()
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.get(1) == Some(&"->")
+                && cols.get(2) == Some(&"FLOCK")
+                && cols.get(6).is_some_and(|d| d.ends_with(&suffix))
+        })
+        .count()
 }

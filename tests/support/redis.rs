@@ -5,7 +5,8 @@
 //! Lua scripts run inside — `INFO commandstats` counts those too).
 //!
 //! Readiness is polled with a deadline, never slept for. A missing `redis-server` is a
-//! loud panic: these tests never skip.
+//! loud panic: these tests never skip. [`client`] connects keygate's own Redis client to
+//! one of these servers.
 
 #![allow(dead_code)]
 
@@ -15,7 +16,28 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::eventually_blocking;
+
+/// `[redis]` settings for `url` with the request-path `timeout` (no password file, no CA).
+pub fn redis_settings(url: &str, timeout: Duration) -> keygate::settings::Redis {
+    keygate::settings::Redis { url: url.to_string(), password_file: None, ca_file: None, timeout }
+}
+
+/// keygate's shared Redis client on `url` (`timeout` per call), and the metrics it
+/// reports into. Connecting never fails for a server that is down (it reconnects in the
+/// background); it fails for invalid settings.
+pub async fn client(
+    url: &str,
+    timeout: Duration,
+) -> (keygate::redis_client::RedisClient, Arc<keygate::metrics::Metrics>) {
+    let metrics = Arc::new(keygate::metrics::Metrics::new());
+    let client = keygate::redis_client::RedisClient::connect(&redis_settings(url, timeout), metrics.clone())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    (client, metrics)
+}
 
 /// How long a server gets to answer after it was spawned.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -155,28 +177,31 @@ impl RedisServer {
         let pid = child.id();
         self.child = Some(child);
         self.paused.store(false, Ordering::SeqCst);
-        let end = Instant::now() + READY_DEADLINE;
-        loop {
+        // Until it answers as this very process (the pid is checked, so that another
+        // server that took the port in a race is never mistaken for this one) or exits.
+        let mut exited = None;
+        let answered = eventually_blocking(READY_DEADLINE, || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                self.child = None;
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if log.contains("Address already in use") || log.contains("Could not create server TCP listening") {
-                    return Err(Clash);
-                }
-                panic!("redis-server on port {} exited at start ({status}); its log:\n{log}", self.port);
+                exited = Some(status);
+                return true;
             }
-            // Checks the pid, so that another server that took the port in a race is
-            // never mistaken for this one.
-            if info_field(self.port, self.password.as_deref(), "process_id").as_deref() == Some(&pid.to_string()) {
-                return Ok(());
+            info_field(self.port, self.password.as_deref(), "process_id").as_deref() == Some(&pid.to_string())
+        });
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(status) = exited {
+            self.child = None;
+            let log = log();
+            if log.contains("Address already in use") || log.contains("Could not create server TCP listening") {
+                return Err(Clash);
             }
-            if Instant::now() >= end {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                self.kill();
-                panic!("redis-server on port {} did not answer within {READY_DEADLINE:?}; its log:\n{log}", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            panic!("redis-server on port {} exited at start ({status}); its log:\n{log}", self.port);
         }
+        if !answered {
+            let log = log();
+            self.kill();
+            panic!("redis-server on port {} did not answer within {READY_DEADLINE:?}; its log:\n{log}", self.port);
+        }
+        Ok(())
     }
 
     fn log_path(&self) -> PathBuf {
@@ -231,14 +256,8 @@ impl RedisServer {
     /// still runs). Waits briefly if the port is still taken.
     pub fn restart(&mut self) {
         self.kill();
-        let end = Instant::now() + READY_DEADLINE;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(Clash) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
-                Err(Clash) => panic!("port {} stayed taken for {READY_DEADLINE:?}; cannot restart redis", self.port),
-            }
-        }
+        let spawned = eventually_blocking(READY_DEADLINE, || self.spawn().is_ok());
+        assert!(spawned, "port {} stayed taken for {READY_DEADLINE:?}; cannot restart redis", self.port);
     }
 
     /// Runs `redis-cli -p PORT args…` (authenticated if the server has a password) and
@@ -509,18 +528,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         let cluster = RedisCluster { nodes };
-        let end = Instant::now() + CLUSTER_DEADLINE;
-        loop {
-            let ok = cluster.nodes.iter().all(|n| {
+        let ok = eventually_blocking(CLUSTER_DEADLINE, || {
+            cluster.nodes.iter().all(|n| {
                 raw_command(n.port, None, &["CLUSTER", "INFO"])
                     .is_some_and(|r| String::from_utf8_lossy(&r).contains("cluster_state:ok"))
-            });
-            if ok {
-                return cluster;
-            }
-            assert!(Instant::now() < end, "the cluster did not reach cluster_state:ok within {CLUSTER_DEADLINE:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        });
+        assert!(ok, "the cluster did not reach cluster_state:ok within {CLUSTER_DEADLINE:?}");
+        cluster
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`.
