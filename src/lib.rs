@@ -22,7 +22,7 @@
 //! floor 4  keys, limits, stores: keys auth ratelimit redis_client breaker tls reload access_log
 //! floor 3  metrics: metrics
 //! floor 2  config: settings policy
-//! floor 1  utilities: clock duration path io diag encoding worker bearer connection request_id body error
+//! floor 1  utilities: clock duration path io diag toml_check encoding worker bearer connection request_id body error
 //! ```
 //!
 //! - utilities: time ([`clock`]), the duration grammar, path normalisation, I/O byte

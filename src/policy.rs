@@ -2,17 +2,19 @@
 //! compiled into one immutable [`Policy`] snapshot. Pure: no I/O beyond [`Policy::load`].
 //!
 //! This file is the way in ([`Policy::load`], [`Policy::parse`]) and the module's public
-//! names. The parts, one job each: `model` (the compiled types), `raw` (the file as
+//! names. The parts, one job each: `model` (the compiled types), `limit` (a plan's rate limit), `upstream` (an upstream), `raw` (the file as
 //! written), `compile` and `compile_routes` (checks and conversion into the model),
 //! `validate` (single values), `overlap` (routes that collide) and [`routes`] (the
 //! route table).
 
 mod compile;
 mod compile_routes;
+mod limit;
 mod model;
 mod overlap;
 mod raw;
 pub mod routes;
+mod upstream;
 mod validate;
 
 use std::path::Path;
@@ -20,8 +22,10 @@ use std::path::Path;
 use crate::diag::Diagnostic;
 use crate::toml_check::{toml_error, Checker};
 
-pub use model::{Plan, Policy, Upstream, UpstreamProtocol};
+pub use limit::{Limit, SUB_WINDOWS};
+pub use model::{Plan, Policy};
 pub use routes::{Route, RouteAuth, RouteMatch, RouteMode, RouteTable};
+pub use upstream::{Upstream, UpstreamProtocol};
 
 impl Policy {
     /// Reads and compiles `path`. On success also returns warnings.

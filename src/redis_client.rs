@@ -20,7 +20,6 @@
 mod url;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -34,6 +33,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::{Metrics, StoreOp};
+pub use url::RedisClientError;
 use url::{parse, resolve_password};
 
 // Both are shared across tasks and threads.
@@ -99,28 +99,6 @@ impl ConnectionLike for RedisConnection {
             RedisConnection::Cluster(c) => c.get_db(),
         }
     }
-}
-
-/// Why [`RedisClient::connect`] refused the configuration. Never includes the password
-/// (nor the URL, which may hold one).
-#[derive(Debug, thiserror::Error)]
-pub enum RedisClientError {
-    /// The URL does not parse.
-    #[error("redis.url is not a valid redis://, rediss://, redis+cluster:// or rediss+cluster:// URL: {0}")]
-    Url(String),
-    /// `password_file` cannot be read.
-    #[error("cannot read redis.password_file {path}: {source}")]
-    PasswordFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// `ca_file` cannot be read or holds no PEM certificate.
-    #[error("redis.ca_file {path}: {message}")]
-    CaFile { path: PathBuf, message: String },
-    /// redis-rs refused the resulting configuration.
-    #[error("invalid Redis client configuration: {0}")]
-    Config(String),
 }
 
 /// Why one call failed.

@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 pub use der::not_after;
+pub use pair::TlsError;
 use pair::{build, read_files, Fingerprint};
 
 use crate::metrics::Metrics;
@@ -60,47 +61,6 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 /// The ALPN protocols offered, in the server's order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// Why a certificate/key pair could not be loaded. The message names the file, never its
-/// content.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TlsError {
-    /// A file could not be read.
-    #[error("cannot read {}: {reason}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        reason: String,
-    },
-    /// The certificate file holds no usable certificate chain.
-    #[error("TLS certificate file {}: {reason}", path.display())]
-    Certificate {
-        /// The certificate file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The key file holds no usable private key.
-    #[error("TLS key file {}: {reason}", path.display())]
-    Key {
-        /// The key file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The private key does not belong to the leaf certificate.
-    #[error("TLS key file {} does not match the certificate in {}", key.display(), cert.display())]
-    Mismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-    },
-    /// rustls refused the server configuration (a bug, not an operator error).
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
 
 /// Hands every new handshake the certificate currently in force.
 #[derive(Debug)]

@@ -11,12 +11,13 @@ use serde_spanned::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::compile_routes::compile_routes;
-use super::model::{Plan, Policy, Upstream};
+use super::limit::Limit;
+use super::model::{Plan, Policy};
 use super::raw;
 use super::routes::RouteTable;
+use super::upstream::Upstream;
 use super::validate::{parse_upstream_url, positive};
 use crate::path::PathOptions;
-use crate::ratelimit::Limit;
 use crate::toml_check::{choice, duration_value, Checker};
 
 /// Validates and compiles the raw policy. The result is only usable when `check` holds

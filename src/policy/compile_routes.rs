@@ -8,10 +8,11 @@ use std::sync::Arc;
 use http::Method;
 use serde_spanned::Spanned;
 
-use super::model::{Plan, Upstream};
+use super::model::Plan;
 use super::overlap::{check_overlaps, Shape};
 use super::raw;
 use super::routes::{Route, RouteAuth, RouteMode};
+use super::upstream::Upstream;
 use super::validate::{method_problem, positive, prefix_problem};
 use crate::settings::ON_STORE_ERROR;
 use crate::toml_check::{choice, Checker};

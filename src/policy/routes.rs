@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::Upstream;
+use super::upstream::Upstream;
 use crate::settings::OnStoreError;
 
 /// One compiled route.

@@ -8,11 +8,11 @@ use std::time::Duration;
 use http::Method;
 use sha2::{Digest, Sha256};
 
+use super::limit::Limit;
 use super::validate::{method_problem, parse_upstream_url, prefix_problem};
 use super::*;
 use crate::diag::Diagnostic;
 use crate::path::PathOptions;
-use crate::ratelimit::Limit;
 use crate::settings::OnStoreError;
 
 const SPEC_EXAMPLE: &str = r#"

@@ -4,7 +4,7 @@
 
 use serde_spanned::Spanned;
 
-use super::model::UpstreamProtocol;
+use super::upstream::UpstreamProtocol;
 use crate::toml_check::Checker;
 
 /// A positive integer, or an error at the value.

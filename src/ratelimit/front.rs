@@ -27,10 +27,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::decision::Decision;
+use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
-use super::{Decision, Limit, LocalLimiter};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::policy::Limit;
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
 /// `Retry-After` of the 503 answered under `on_store_error = "deny"`: one second.

@@ -10,8 +10,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::{Decision, Limit, SUB_WINDOWS};
+use super::decision::Decision;
 use crate::clock::Clock;
+use crate::policy::{Limit, SUB_WINDOWS};
 
 /// Counters kept per (tenant, limit): every sub-window the count can include.
 const SLOTS: usize = SUB_WINDOWS as usize + 1;

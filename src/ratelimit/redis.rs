@@ -77,8 +77,9 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::oneshot;
 
-use super::{Decision, Limit};
+use super::decision::Decision;
 use crate::metrics::StoreOp;
+use crate::policy::Limit;
 use crate::redis_client::{RedisCallError, RedisClient};
 
 /// The most checks one script call decides. A burst larger than this takes several calls

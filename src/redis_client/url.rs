@@ -2,11 +2,31 @@
 //! or a cluster's list), the password that applies (file, environment or URL) and the
 //! CA to trust for `rediss://`. Errors never echo the URL: it may hold a password.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redis::{ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
-use super::RedisClientError;
+/// Why `RedisClient::connect` refused the configuration. Never includes the password
+/// (nor the URL, which may hold one).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisClientError {
+    /// The URL does not parse.
+    #[error("redis.url is not a valid redis://, rediss://, redis+cluster:// or rediss+cluster:// URL: {0}")]
+    Url(String),
+    /// `password_file` cannot be read.
+    #[error("cannot read redis.password_file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `ca_file` cannot be read or holds no PEM certificate.
+    #[error("redis.ca_file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    /// redis-rs refused the resulting configuration.
+    #[error("invalid Redis client configuration: {0}")]
+    Config(String),
+}
 
 /// The parsed `[redis]` settings.
 pub(super) struct Parsed {

@@ -2,7 +2,7 @@
 //! anew) and fingerprinted, the PEM parsed, the key loaded and matched to the leaf
 //! certificate. Errors name the files, never their content.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -13,7 +13,47 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use super::der::not_after;
-use super::TlsError;
+
+/// Why a certificate/key pair could not be loaded. The message names the file, never its
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The certificate file holds no usable certificate chain.
+    #[error("TLS certificate file {}: {reason}", path.display())]
+    Certificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key file holds no usable private key.
+    #[error("TLS key file {}: {reason}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The private key does not belong to the leaf certificate.
+    #[error("TLS key file {} does not match the certificate in {}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// rustls refused the server configuration (a bug, not an operator error).
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
 
 /// Identifies what a read of the two files found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,9 @@
 //! Unit tests of the plan limit's geometry and of the rate-limit response headers.
 
+use std::time::Duration;
+
+use http::HeaderMap;
+
 use super::*;
 
 fn limit(requests: u64, secs: u64) -> Limit {
