@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 
 use crate::error::AuthFailure;
 use crate::keys::cache::{CacheOutcome, KeyCache};
+use crate::keys::data::{Lookup, StoreError};
 use crate::keys::lifecycle::Store;
 use crate::keys::redis_store::{Invalidation, INVALIDATION_CHANNEL};
-use crate::keys::store::{Lookup, StoreError};
 use crate::keys::{KeyDigest, KeyState, Peppers, Principal, Secret};
 use crate::metrics::{CacheResult, Metrics, StoreOp};
 use crate::settings::Keys;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod data;
 pub mod json;
 pub mod lifecycle;
 pub mod manage;

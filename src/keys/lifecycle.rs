@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use super::data::{KeysData, Lookup, StoreError};
 use super::manage::{self, CreatedKey, ManageError, NewKey};
 use super::redis_store::RedisStore;
-use super::store::{FileStore, KeysData, Lookup, StoreError};
+use super::store::FileStore;
 use super::{KeyDigest, KeyRecord, Peppers, TenantRecord};
 use crate::policy::Policy;
 use crate::redis_client::RedisCallError;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::store::{KeysData, StoreError};
+use super::data::{KeysData, StoreError};
 use super::{valid_tenant_id, KeyRecord, KeyState, Peppers, Secret, TenantRecord};
 use crate::policy::{Plan, Policy};
 

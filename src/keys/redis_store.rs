@@ -33,8 +33,8 @@ use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
+use super::data::{KeysData, Lookup, StoreError};
 use super::manage::{self, CreatedKey, ManageError, NewKey, TOMBSTONE_TTL};
-use super::store::{KeysData, Lookup, StoreError};
 use super::{generate_key_id, KeyDigest, KeyRecord, Peppers, TenantRecord};
 use crate::metrics::StoreOp;
 use crate::policy::Policy;

@@ -1,9 +1,9 @@
-//! Where keys and tenants live. The file store: one JSON file holding digests only,
-//! written atomically (temp file + rename) under an exclusive lock so that concurrent
-//! `keygate keys …` commands lose no write, and read by the proxy into an in-memory
-//! snapshot that is re-read when the file changes.
+//! The embedded file store: one JSON file holding digests only, written atomically (temp
+//! file + rename) under an exclusive lock so that concurrent `keygate keys …` commands
+//! lose no write, and read by the proxy into an in-memory snapshot that is re-read when
+//! the file changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,53 +14,11 @@ use arc_swap::ArcSwap;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use super::{KeyDigest, KeyRecord, TenantRecord};
-
-/// The format version this keygate reads and writes.
-pub const KEYS_FILE_VERSION: u32 = 1;
-
-/// The whole content of the keys file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysData {
-    /// Format version, 1.
-    pub version: u32,
-    pub tenants: BTreeMap<String, TenantRecord>,
-    pub keys: BTreeMap<String, KeyRecord>,
-}
-
-impl KeysData {
-    /// An empty store of the current version: what a missing file holds.
-    pub fn empty() -> KeysData {
-        KeysData { version: KEYS_FILE_VERSION, ..KeysData::default() }
-    }
-}
-
-/// A store failure. Never carries a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("key store {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("key store unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// What a lookup by digest found.
-// Returned by value once per lookup, never stored in bulk: boxing `Found` would only add
-// an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    Found {
-        key: KeyRecord,
-        /// `None` when the tenant no longer exists.
-        tenant: Option<TenantRecord>,
-        /// The digest (of those asked for) that matched: when its pepper is not the
-        /// current one, the caller re-stores the key under the current pepper.
-        matched: KeyDigest,
-    },
-    NotFound,
-}
+// MERGE: re-export for callers outside this area (`keys::store::{KeysData, Lookup,
+// StoreError}`); inside, they come from `super::data`.
+pub use super::data::{KeysData, Lookup, StoreError, KEYS_FILE_VERSION};
+use super::manage::prune_tombstones;
+use super::KeyDigest;
 
 /// The embedded file store.
 ///
@@ -209,14 +167,14 @@ impl FileStore {
     /// The lock is an OS lock (`flock`) on `<file>.lock`, so concurrent commands, in this
     /// process or others, lose no write. The content is read from disk under the lock,
     /// never taken from the snapshot. Tombstones past their 30 days are pruned on every
-    /// write (see [`super::manage::prune_tombstones`]). The file gets mode 0600: it holds
+    /// write (see [`prune_tombstones`]). The file gets mode 0600: it holds
     /// digests. A corrupt file is refused rather than overwritten.
     pub fn update<R, E: From<StoreError>>(&self, change: impl FnOnce(&mut KeysData) -> Result<R, E>) -> Result<R, E> {
         let lock = self.lock()?;
         let read = read_file(&self.path)?;
         let mut data = parse(&self.path, &read.bytes)?;
         let result = change(&mut data)?;
-        super::manage::prune_tombstones(&mut data, time::OffsetDateTime::now_utc());
+        prune_tombstones(&mut data, time::OffsetDateTime::now_utc());
         data.version = KEYS_FILE_VERSION;
         let loaded = index(&self.path, data)?;
         let (stamp, hash) = self.write(&loaded.data)?;
@@ -343,7 +301,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::keys::{generate_secret, Peppers, Secret};
+    use crate::keys::{generate_secret, KeyRecord, Peppers, Secret, TenantRecord};
 
     fn tenant(id: &str) -> TenantRecord {
         TenantRecord { id: id.to_string(), plan: "pro".to_string(), created_at: datetime!(2025-06-01 12:00 UTC) }
