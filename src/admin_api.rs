@@ -343,7 +343,7 @@ impl From<ManageError> for ApiError {
             ManageError::Revoked(_) => (StatusCode::CONFLICT, "key_revoked"),
             ManageError::Expired(_) => (StatusCode::CONFLICT, "key_expired"),
             ManageError::Replaced { .. } => (StatusCode::CONFLICT, "key_replaced"),
-            ManageError::Store(StoreError::Unavailable(detail)) => {
+            ManageError::Store(StoreError::Unavailable(detail) | StoreError::Corrupt(detail)) => {
                 tracing::warn!(error = %detail, "admin API: the key store is unreachable");
                 let mut error = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

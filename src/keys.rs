@@ -5,11 +5,18 @@
 pub mod audit;
 pub mod cache;
 pub mod data;
+pub mod file_store;
 pub mod json;
-pub mod lifecycle;
 pub mod manage;
 pub mod redis_store;
 pub mod store;
+
+/// The old path of [`store`].
+// MERGE: re-export for callers outside this area: `keys::lifecycle` is now `keys::store`
+// (the file holding `Store`).
+pub mod lifecycle {
+    pub use super::store::{now, Store};
+}
 
 use std::fmt;
 use std::path::Path;

@@ -34,8 +34,15 @@ impl KeysData {
 pub enum StoreError {
     #[error("key store {path}: {message}")]
     File { path: PathBuf, message: String },
+    /// The store could not be reached (or did not answer in time).
     #[error("key store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered with data keygate cannot read (a hand-edited Redis record, an
+    /// unexpected script reply): not an outage, but answered like one (503 on the admin
+    /// API, the same message in the CLI), so its text keeps the wording it had when it
+    /// was reported as `Unavailable`.
+    #[error("key store unavailable: {0}")]
+    Corrupt(String),
 }
 
 /// What a lookup by digest found.

@@ -40,6 +40,14 @@ use crate::metrics::StoreOp;
 use crate::policy::Policy;
 use crate::redis_client::{RedisCallError, RedisClient, RedisConnection};
 
+/// A Redis call that failed (unreachable, timed out, refused by the breaker) is the store
+/// being unavailable: the proxy answers 503, never 401.
+impl From<RedisCallError> for StoreError {
+    fn from(e: RedisCallError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
 /// The pub/sub channel on which every write announces what changed (see
 /// [`Invalidation`]); replicas subscribe to it to drop cached entries.
 pub const INVALIDATION_CHANNEL: &str = "keygate:invalidate";
@@ -1385,7 +1393,7 @@ fn unavailable(e: RedisCallError) -> ManageError {
 }
 
 fn corrupt(message: impl Into<String>) -> ManageError {
-    ManageError::Store(StoreError::Unavailable(format!("unreadable data in Redis: {}", message.into())))
+    ManageError::Store(StoreError::Corrupt(format!("unreadable data in Redis: {}", message.into())))
 }
 
 fn unexpected(reply: &[String]) -> ManageError {
