@@ -21,9 +21,9 @@ impl RedisStore {
     /// path: bounded as a whole by `redis.timeout` (through
     /// [`crate::redis_client::RedisClient::run`]) and two round trips at most: one `MGET`
     /// of the digest index entries (split by slot on a cluster), then one script on the
-    /// tenant's slot reading the key record and the tenant. The record decides: `matched` is the asked digest equal (in constant time)
-    /// to the record's; an index entry whose record is gone or holds another digest is
-    /// not a match.
+    /// tenant's slot reading the key record and the tenant. The record decides: `matched`
+    /// is the asked digest equal (in constant time) to the record's; an index entry whose
+    /// record is gone or holds another digest is not a match.
     pub async fn lookup(&self, digests: &[KeyDigest]) -> Result<Lookup, RedisCallError> {
         if digests.is_empty() {
             return Ok(Lookup::NotFound);
