@@ -27,7 +27,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use keygate::clock::SystemClock;
 use keygate::keys::cache::{CacheOutcome, KeyCache};
-use keygate::keys::store::{FileStore, Lookup};
+use keygate::keys::data::Lookup;
+use keygate::keys::file_store::FileStore;
 use keygate::keys::{manage, parse_secret, Peppers, Principal};
 use keygate::metrics::Metrics;
 use keygate::path::{normalize, PathOptions};
@@ -106,7 +107,7 @@ fn keys(c: &mut Criterion) {
         })
     });
 
-    // What `auth::KeyService` does in front of the Redis key store on a warm key: every
+    // What `auth::Authenticator` does in front of the Redis key store on a warm key: every
     // digest (current pepper first, then plain SHA-256), the cache keyed by the first.
     let cache = KeyCache::new(Duration::from_secs(3600), Duration::from_secs(3600));
     let lookup = |text: &str| {

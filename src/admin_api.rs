@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::keys::audit::{self, Via};
 use crate::keys::json;
-use crate::keys::lifecycle::{self, Store};
 use crate::keys::manage::ManageError;
+use crate::keys::store::{self, Store};
 use crate::state::App;
 pub use api_error::REALM;
 use api_error::{json_response, ApiError};
@@ -145,7 +145,7 @@ impl AdminApi {
             }
             (Resource::Tenants, _) => {
                 let data = store.data().await?;
-                Ok(json_response(StatusCode::OK, &json::tenants(&data, lifecycle::now())))
+                Ok(json_response(StatusCode::OK, &json::tenants(&data, store::now())))
             }
             (Resource::Tenant(id), Method::PATCH) => {
                 handlers::set_plan(&self.app, store, &id, parse_body(&body, false)?).await
@@ -154,7 +154,7 @@ impl AdminApi {
             (Resource::Tenant(id), _) => {
                 let data = store.tenant_data(&id).await?;
                 let tenant = data.tenants.get(&id).ok_or_else(|| ManageError::UnknownTenant(id.clone()))?;
-                let active = json::active_keys(&data, &id, lifecycle::now());
+                let active = json::active_keys(&data, &id, store::now());
                 Ok(json_response(StatusCode::OK, &json::tenant(tenant, Some(active))))
             }
             (Resource::Keys, Method::POST) => handlers::create_key(&self.app, store, parse_body(&body, false)?).await,
@@ -165,17 +165,17 @@ impl AdminApi {
                     None => store.data().await?,
                 };
                 let keys = json::listed_keys(&data, tenant)?;
-                Ok(json_response(StatusCode::OK, &json::keys(&keys, lifecycle::now())))
+                Ok(json_response(StatusCode::OK, &json::keys(&keys, store::now())))
             }
             (Resource::Key(id), Method::DELETE) => {
                 let key = store.revoke_key(&id).await?;
                 audit::key_revoked(Via::AdminApi, &key);
-                Ok(json_response(StatusCode::OK, &json::key(&key, lifecycle::now())))
+                Ok(json_response(StatusCode::OK, &json::key(&key, store::now())))
             }
             (Resource::Key(id), _) => {
                 let data = store.key_data(&id).await?;
                 let key = data.keys.get(&id).ok_or_else(|| ManageError::UnknownKey(id.clone()))?;
-                Ok(json_response(StatusCode::OK, &json::key(key, lifecycle::now())))
+                Ok(json_response(StatusCode::OK, &json::key(key, store::now())))
             }
             (Resource::Rotate(id), _) => handlers::rotate_key(&self.app, store, &id, parse_body(&body, true)?).await,
         }

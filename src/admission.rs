@@ -15,7 +15,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue};
 
 use crate::access_log::AccessLog;
-use crate::auth::{Authentication, KeyService};
+use crate::auth::{Authentication, Authenticator};
 use crate::bearer::{self, BearerError};
 use crate::clock::Clock;
 use crate::error::{AuthFailure, AuthResult, Refusal};
@@ -103,7 +103,7 @@ impl From<Refusal> for Box<Denial> {
 /// What the admission rules read besides the policy: the keys, the limiter, the clock,
 /// and where decisions are counted.
 pub struct Gate {
-    keys: Arc<KeyService>,
+    keys: Arc<Authenticator>,
     limiter: Limiter,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -113,7 +113,7 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(
-        keys: Arc<KeyService>,
+        keys: Arc<Authenticator>,
         limiter: Limiter,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
@@ -123,7 +123,7 @@ impl Gate {
     }
 
     /// The key service the gate authenticates with.
-    pub fn keys(&self) -> &Arc<KeyService> {
+    pub fn keys(&self) -> &Arc<Authenticator> {
         &self.keys
     }
 

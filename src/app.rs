@@ -9,12 +9,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gate;
-use crate::auth::KeyService;
+use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::diag::Diagnostic;
-use crate::keys::lifecycle::Store;
+use crate::keys::file_store::FileStore;
 use crate::keys::redis_store::RedisStore;
-use crate::keys::store::FileStore;
+use crate::keys::store::Store;
 use crate::keys::Peppers;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
@@ -143,7 +143,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         LimitBackend::Redis => redis.clone().map(RedisLimiter::new),
     };
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
-    let keys = Arc::new(KeyService::new(store, peppers, &settings.keys, metrics.clone()));
+    let keys = Arc::new(Authenticator::new(store, peppers, &settings.keys, metrics.clone()));
     let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error);
     let app = Arc::new(App::new(settings, policy, gate, redis, metrics));
     let settings = app.settings().clone();

@@ -13,9 +13,9 @@ use time::OffsetDateTime;
 
 use crate::error::AuthFailure;
 use crate::keys::cache::{CacheOutcome, KeyCache};
-use crate::keys::lifecycle::Store;
+use crate::keys::data::{Lookup, StoreError};
 use crate::keys::redis_store::{Invalidation, INVALIDATION_CHANNEL};
-use crate::keys::store::{Lookup, StoreError};
+use crate::keys::store::Store;
 use crate::keys::{KeyDigest, KeyState, Peppers, Principal, Secret};
 use crate::metrics::{CacheResult, Metrics, StoreOp};
 use crate::settings::Keys;
@@ -41,8 +41,10 @@ struct LastUsed {
     keys: HashMap<String, (String, Option<Instant>, Option<OffsetDateTime>)>,
 }
 
-/// Looks keys up in the configured store.
-pub struct KeyService {
+/// Authenticates presented secrets through the configured store (and, for Redis, the
+/// in-process cache), and runs the background work that goes with it: re-storing keys
+/// found under an old pepper, writing `last_used_at`, following invalidations.
+pub struct Authenticator {
     store: Arc<Store>,
     peppers: Peppers,
     cache: Option<KeyCache>,
@@ -50,14 +52,14 @@ pub struct KeyService {
     last_used: Mutex<LastUsed>,
 }
 
-impl KeyService {
+impl Authenticator {
     /// The cache is used in front of Redis only: the file store is already in memory.
     pub fn new(store: Arc<Store>, peppers: Peppers, settings: &Keys, metrics: Arc<Metrics>) -> Self {
         let cache = match &*store {
             Store::Redis(_) => Some(KeyCache::new(settings.cache_ttl, settings.stale_if_error)),
             Store::File(_) => None,
         };
-        KeyService { store, peppers, cache, metrics, last_used: Mutex::new(LastUsed::default()) }
+        Authenticator { store, peppers, cache, metrics, last_used: Mutex::new(LastUsed::default()) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -125,11 +127,11 @@ impl KeyService {
     /// Re-stores a key's digest under the current pepper, in the background.
     fn restore_under_current_pepper(self: &Arc<Self>, key_id: String, current: KeyDigest) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let service = self.clone();
+        let authenticator = self.clone();
         runtime.spawn(async move {
-            match service.store.restore_digest(&key_id, current.clone()).await {
+            match authenticator.store.restore_digest(&key_id, current.clone()).await {
                 Ok(()) => {
-                    if let Some(cache) = &service.cache {
+                    if let Some(cache) = &authenticator.cache {
                         cache.invalidate_digest(&current.hex);
                     }
                     tracing::info!(target: "audit", action = "key.repepper", key_id = %key_id, "key re-stored under the current pepper");
@@ -178,7 +180,7 @@ impl KeyService {
         }
     }
 
-    /// The background work of a Redis-backed service: the `last_used_at` flusher and the
+    /// The background work of a Redis-backed authenticator: the `last_used_at` flusher and the
     /// invalidation subscriber. Returns at once for the file store.
     pub fn spawn_background(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let Store::Redis(store) = &*self.store else { return };

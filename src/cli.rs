@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::keys::lifecycle::Store;
+use crate::keys::store::Store;
 use crate::keys::Peppers;
 use crate::policy::Policy;
 use crate::settings::Settings;

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::admission::Gate;
-use crate::auth::KeyService;
+use crate::auth::Authenticator;
 use crate::diag::Diagnostic;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
@@ -73,7 +73,7 @@ impl App {
     }
 
     /// The key service (the store behind it is what the admin API manages).
-    pub fn keys(&self) -> &Arc<KeyService> {
+    pub fn keys(&self) -> &Arc<Authenticator> {
         self.gate.keys()
     }
 

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use keygate::keys::store::{FileStore, KeysData, Lookup, StoreError};
+use keygate::keys::data::{KeysData, Lookup, StoreError};
+use keygate::keys::file_store::FileStore;
 use keygate::keys::{generate_key_id, generate_secret, KeyRecord, Peppers, TenantRecord};
 use time::OffsetDateTime;
 

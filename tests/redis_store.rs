@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate::keys::data::{Lookup, StoreError};
 use keygate::keys::manage::{CreatedKey, ManageError, NewKey};
 use keygate::keys::redis_store::{layout, Invalidation, RedisStore, INVALIDATION_CHANNEL};
-use keygate::keys::store::{Lookup, StoreError};
 use keygate::keys::{generate_secret, KeyState, Peppers};
 use keygate::policy::Policy;
 use support::redis::*;

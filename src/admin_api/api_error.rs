@@ -7,8 +7,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
+use crate::keys::data::StoreError;
 use crate::keys::manage::ManageError;
-use crate::keys::store::StoreError;
 
 /// The `realm` of the API's `WWW-Authenticate` challenge (RFC 6750 3).
 pub const REALM: &str = "keygate-admin";
@@ -123,7 +123,7 @@ impl From<ManageError> for ApiError {
             ManageError::Revoked(_) => (StatusCode::CONFLICT, "key_revoked"),
             ManageError::Expired(_) => (StatusCode::CONFLICT, "key_expired"),
             ManageError::Replaced { .. } => (StatusCode::CONFLICT, "key_replaced"),
-            ManageError::Store(StoreError::Unavailable(detail)) => {
+            ManageError::Store(StoreError::Unavailable(detail) | StoreError::Corrupt(detail)) => {
                 tracing::warn!(error = %detail, "admin API: the key store is unreachable");
                 let mut error = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

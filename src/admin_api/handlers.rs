@@ -11,8 +11,8 @@ use super::api_error::{created, json_response, ApiError};
 use super::requests::{parse_duration, CreateKey, CreateTenant, Rotate, SetPlan};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, Replaced};
-use crate::keys::lifecycle::Store;
 use crate::keys::manage::NewKey;
+use crate::keys::store::Store;
 use crate::state::App;
 
 /// The grace of a rotation that names none, as for `keygate keys rotate`.

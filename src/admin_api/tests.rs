@@ -7,7 +7,7 @@ use super::token::*;
 use super::*;
 use std::time::Duration;
 
-use crate::keys::store::StoreError;
+use crate::keys::data::StoreError;
 use crate::settings::Settings;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::HeaderMap;

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 
 use super::CliError;
 use crate::app::{self, Options};
-use crate::keys::lifecycle::Store;
 use crate::keys::manage::{self, NewKey};
+use crate::keys::store::Store;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::settings::Settings;

@@ -5,7 +5,7 @@
 //! `audit`: what, key id, tenant; never a secret). A secret is printed once, by `create`
 //! and `rotate`. The JSON objects are [`crate::keys::json`]'s, the admin API's too.
 //!
-//! [`Store`]: crate::keys::lifecycle::Store
+//! [`Store`]: crate::keys::store::Store
 
 use std::fmt::Write as _;
 
@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use super::{CliError, Context};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, rfc3339, state_name, Replaced};
-use crate::keys::lifecycle;
 use crate::keys::manage::{CreatedKey, ManageError, NewKey};
+use crate::keys::store;
 use crate::keys::{KeyRecord, KeyState};
 
 /// The `keys` subcommands.
@@ -88,7 +88,7 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
                 None => context.block_on(store.data()),
             }
             .map_err(CliError::input)?;
-            let now = lifecycle::now();
+            let now = store::now();
             let keys = json::listed_keys(&data, tenant.as_deref()).map_err(CliError::input)?;
             if context.json {
                 println!("{}", json::keys(&keys, now));
@@ -113,13 +113,13 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
         KeysCommand::Show { id } => {
             let data = context.block_on(store.key_data(&id)).map_err(CliError::input)?;
             let key = data.keys.get(&id).ok_or_else(|| CliError::input(ManageError::UnknownKey(id.clone())))?;
-            print_key(context, key, lifecycle::now());
+            print_key(context, key, store::now());
         }
         KeysCommand::Revoke { id } => {
             let key = context.block_on(store.revoke_key(&id)).map_err(CliError::input)?;
             audit::key_revoked(Via::Cli, &key);
             if context.json {
-                println!("{}", json::key(&key, lifecycle::now()));
+                println!("{}", json::key(&key, store::now()));
             } else {
                 println!("Revoked key {} (tenant {}, name {:?}).", key.id, key.tenant, key.name);
             }

@@ -8,7 +8,7 @@ use super::keys::{row, table};
 use super::{CliError, Context};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, rfc3339};
-use crate::keys::{lifecycle, manage, TenantRecord};
+use crate::keys::{manage, store, TenantRecord};
 
 /// The `tenants` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -72,7 +72,7 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
         }
         TenantsCommand::List => {
             let data = context.block_on(store.data()).map_err(CliError::input)?;
-            let now = lifecycle::now();
+            let now = store::now();
             if context.json {
                 println!("{}", json::tenants(&data, now));
             } else if data.tenants.is_empty() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::store::{Lookup, StoreError};
+use super::data::{Lookup, StoreError};
 
 /// How long "this digest is unknown" is believed. Short: a key created elsewhere is found
 /// soon even if its invalidation message was lost.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::data::KeysData;
 use super::manage::{CreatedKey, ManageError};
-use super::store::KeysData;
 use super::{KeyRecord, KeyState, TenantRecord};
 
 /// RFC 3339, as in the store and every JSON output.

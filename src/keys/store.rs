@@ -1,546 +1,208 @@
-//! Where keys and tenants live. The file store: one JSON file holding digests only,
-//! written atomically (temp file + rename) under an exclusive lock so that concurrent
-//! `keygate keys …` commands lose no write, and read by the proxy into an in-memory
-//! snapshot that is re-read when the file changes.
+//! The key store as the CLI, the admin API and the proxy see it: the embedded file or
+//! Redis, behind one set of operations with the same rules and the same errors.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use sha2::Digest;
-use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
 
-use super::{KeyDigest, KeyRecord, TenantRecord};
+use super::data::{KeysData, Lookup, StoreError};
+use super::file_store::FileStore;
+use super::manage::{self, CreatedKey, ManageError, NewKey};
+use super::redis_store::RedisStore;
+use super::{KeyDigest, KeyRecord, Peppers, TenantRecord};
+use crate::policy::Policy;
 
-/// The format version this keygate reads and writes.
-pub const KEYS_FILE_VERSION: u32 = 1;
-
-/// The whole content of the keys file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysData {
-    /// Format version, 1.
-    pub version: u32,
-    pub tenants: BTreeMap<String, TenantRecord>,
-    pub keys: BTreeMap<String, KeyRecord>,
+/// Where keys and tenants live (`[keys] source`).
+pub enum Store {
+    File(Arc<FileStore>),
+    Redis(RedisStore),
 }
 
-impl KeysData {
-    /// An empty store of the current version: what a missing file holds.
-    pub fn empty() -> KeysData {
-        KeysData { version: KEYS_FILE_VERSION, ..KeysData::default() }
-    }
+/// Now, to the second: stored times read better without nanoseconds, and truncating never
+/// moves a revocation or an expiry later than asked.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
 }
 
-/// A store failure. Never carries a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("key store {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("key store unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// What a lookup by digest found.
-// Returned by value once per lookup, never stored in bulk: boxing `Found` would only add
-// an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
-    Found {
-        key: KeyRecord,
-        /// `None` when the tenant no longer exists.
-        tenant: Option<TenantRecord>,
-        /// The digest (of those asked for) that matched: when its pepper is not the
-        /// current one, the caller re-stores the key under the current pepper.
-        matched: KeyDigest,
-    },
-    NotFound,
-}
-
-/// The embedded file store.
-///
-/// Reads are served from an in-memory snapshot (the data plus a digest index) that
-/// [`FileStore::refresh`] replaces when the file changes; writes go through
-/// [`FileStore::update`], which serialises writers, across processes too, with an OS
-/// lock on the sibling file `<file>.lock`.
-pub struct FileStore {
-    path: PathBuf,
-    /// The sibling lock file, `<file>.lock`.
-    lock_path: PathBuf,
-    snapshot: ArcSwap<Loaded>,
-    /// What the last read saw of the file; also serialises snapshot swaps.
-    seen: Mutex<Seen>,
-}
-
-/// One snapshot: the data and its digest index.
-struct Loaded {
-    data: Arc<KeysData>,
-    /// Digest hex → key id. A hash map is fine here: what must be constant-time is the
-    /// comparison of the digest once found, which [`FileStore::lookup`] does.
-    by_digest: HashMap<String, String>,
-}
-
-/// The identity and content of the file as last read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Seen {
-    /// `None`: the file was missing.
-    stamp: Option<Stamp>,
-    /// SHA-256 of the content (empty when missing): an unchanged rewrite (e.g. `touch`,
-    /// or a writer that changed nothing) does not rebuild the snapshot.
-    hash: [u8; 32],
-}
-
-/// (mtime, length, device, inode): a cheap test of whether the file may have changed.
-/// Every [`FileStore::update`] renames a new file in, so the inode alone changes on
-/// each write; mtime and length catch edits in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    dev: u64,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        #[cfg(unix)]
-        let (dev, ino) = {
-            use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino())
-        };
-        #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
-        Stamp { modified: meta.modified().ok(), len: meta.len(), dev, ino }
-    }
-}
-
-/// What one read of the file found.
-struct FileRead {
-    stamp: Option<Stamp>,
-    bytes: Vec<u8>,
-}
-
-impl FileStore {
-    /// Opens the store at `path`; a missing file is an empty store (created on first
-    /// write). An unreadable or corrupt file is an error.
-    pub fn open(path: &Path) -> Result<FileStore, StoreError> {
-        let read = read_file(path)?;
-        let data = parse(path, &read.bytes)?;
-        let loaded = index(path, data)?;
-        let mut lock_name = path.as_os_str().to_os_string();
-        lock_name.push(".lock");
-        Ok(FileStore {
-            path: path.to_path_buf(),
-            lock_path: PathBuf::from(lock_name),
-            snapshot: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new(Seen { stamp: read.stamp, hash: sha256(&read.bytes) }),
-        })
-    }
-
-    /// The keys file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Re-reads the file if it changed since the last read. Returns whether it did.
-    /// A corrupt file (e.g. hand-edited) is an error and keeps the last good snapshot.
-    ///
-    /// Cheap when nothing changed (one `stat`), so it can run every second. A corrupt
-    /// file is reported once: later calls return `Ok(false)` until the file changes
-    /// again.
-    pub fn refresh(&self) -> Result<bool, StoreError> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let stamp = match std::fs::metadata(&self.path) {
-            Ok(meta) => Some(Stamp::of(&meta)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(file_error(&self.path, format!("cannot stat: {e}"))),
-        };
-        if stamp == seen.stamp {
-            return Ok(false);
-        }
-        let read = read_file(&self.path)?;
-        let hash = sha256(&read.bytes);
-        if hash == seen.hash {
-            seen.stamp = read.stamp;
-            return Ok(false);
-        }
-        // Remember what was read even when it is corrupt, so that a bad file is reported
-        // once rather than on every poll; the last good snapshot keeps serving.
-        *seen = Seen { stamp: read.stamp, hash };
-        let loaded = parse(&self.path, &read.bytes).and_then(|data| index(&self.path, data))?;
-        self.snapshot.store(Arc::new(loaded));
-        Ok(true)
-    }
-
-    /// Looks a key up by its digests (one per pepper), in memory; digests are compared
-    /// in constant time.
-    pub fn lookup(&self, digests: &[KeyDigest]) -> Lookup {
-        let loaded = self.snapshot.load();
-        for digest in digests {
-            let Some(key) = loaded.by_digest.get(&digest.hex).and_then(|id| loaded.data.keys.get(id)) else {
-                continue;
-            };
-            let same_hex: bool = key.digest.hex.as_bytes().ct_eq(digest.hex.as_bytes()).into();
-            if same_hex && key.digest.pepper_id == digest.pepper_id {
-                return Lookup::Found {
-                    key: key.clone(),
-                    tenant: loaded.data.tenants.get(&key.tenant).cloned(),
-                    matched: digest.clone(),
-                };
+impl Store {
+    /// Every tenant and key (lists, `show`, the admin API).
+    pub async fn data(&self) -> Result<Arc<KeysData>, ManageError> {
+        match self {
+            Store::File(store) => {
+                off_runtime(store, |store| store.refresh().map_err(ManageError::from)).await?;
+                Ok(store.snapshot())
             }
-        }
-        Lookup::NotFound
-    }
-
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<KeysData> {
-        Arc::clone(&self.snapshot.load().data)
-    }
-
-    /// Runs `change` on the file's latest content under an exclusive lock and, if it
-    /// returns `Ok`, writes the result atomically (temp file in the same directory,
-    /// fsync, rename). Returns what `change` returned.
-    ///
-    /// The lock is an OS lock (`flock`) on `<file>.lock`, so concurrent commands, in this
-    /// process or others, lose no write. The content is read from disk under the lock,
-    /// never taken from the snapshot. Tombstones past their 30 days are pruned on every
-    /// write (see [`super::manage::prune_tombstones`]). The file gets mode 0600: it holds
-    /// digests. A corrupt file is refused rather than overwritten.
-    pub fn update<R, E: From<StoreError>>(&self, change: impl FnOnce(&mut KeysData) -> Result<R, E>) -> Result<R, E> {
-        let lock = self.lock()?;
-        let read = read_file(&self.path)?;
-        let mut data = parse(&self.path, &read.bytes)?;
-        let result = change(&mut data)?;
-        super::manage::prune_tombstones(&mut data, time::OffsetDateTime::now_utc());
-        data.version = KEYS_FILE_VERSION;
-        let loaded = index(&self.path, data)?;
-        let (stamp, hash) = self.write(&loaded.data)?;
-        // Swap the snapshot before the lock is released, so that snapshots follow the
-        // order of writes.
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            *seen = Seen { stamp: Some(stamp), hash };
-            self.snapshot.store(Arc::new(loaded));
-        }
-        drop(lock);
-        Ok(result)
-    }
-
-    /// Takes the exclusive lock on `<file>.lock` (created if missing), blocking until
-    /// other writers are done. Released when the returned file is dropped.
-    fn lock(&self) -> Result<File, StoreError> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let file = options
-            .open(&self.lock_path)
-            .map_err(|e| file_error(&self.path, format!("cannot open lock file {}: {e}", self.lock_path.display())))?;
-        // `File::lock` (flock on Unix), stable since Rust 1.89.
-        file.lock().map_err(|e| file_error(&self.path, format!("cannot lock {}: {e}", self.lock_path.display())))?;
-        Ok(file)
-    }
-
-    /// Writes `data` atomically: a temp file in the same directory, fsync, rename over
-    /// the file, fsync the directory (so that the rename survives a crash). Returns the
-    /// new file's stamp and content hash.
-    fn write(&self, data: &KeysData) -> Result<(Stamp, [u8; 32]), StoreError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| file_error(&self.path, format!("{what}: {e}"));
-        let mut bytes = serde_json::to_vec_pretty(data).map_err(|e| fail("cannot serialise", &e))?;
-        bytes.push(b'\n');
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        // NamedTempFile creates the file with mode 0600 on Unix.
-        let mut temp = tempfile::NamedTempFile::new_in(dir)
-            .map_err(|e| fail(&format!("cannot create a temporary file in {}", dir.display()), &e))?;
-        temp.write_all(&bytes).map_err(|e| fail("cannot write", &e))?;
-        temp.as_file().sync_all().map_err(|e| fail("cannot fsync", &e))?;
-        let meta = temp.as_file().metadata().map_err(|e| fail("cannot stat", &e))?;
-        temp.persist(&self.path).map_err(|e| fail("cannot rename into place", &e.error))?;
-        #[cfg(unix)]
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail(&format!("cannot fsync directory {}", dir.display()), &e))?;
-        Ok((Stamp::of(&meta), sha256(&bytes)))
-    }
-}
-
-impl std::fmt::Debug for FileStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStore").field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-fn file_error(path: &Path, message: impl Into<String>) -> StoreError {
-    StoreError::File { path: path.to_path_buf(), message: message.into() }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(bytes).into()
-}
-
-/// Reads the file and the stamp of what was read (from the open handle, so the two
-/// agree even if the file is renamed over meanwhile). Missing: no stamp, no bytes.
-fn read_file(path: &Path) -> Result<FileRead, StoreError> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileRead { stamp: None, bytes: Vec::new() }),
-        Err(e) => return Err(file_error(path, format!("cannot open: {e}"))),
-    };
-    let meta = file.metadata().map_err(|e| file_error(path, format!("cannot stat: {e}")))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
-    Ok(FileRead { stamp: Some(Stamp::of(&meta)), bytes })
-}
-
-/// Parses the file's content. Missing or blank (e.g. just `touch`ed): an empty store.
-fn parse(path: &Path, bytes: &[u8]) -> Result<KeysData, StoreError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(KeysData::empty());
-    }
-    let data: KeysData =
-        serde_json::from_slice(bytes).map_err(|e| file_error(path, format!("not a valid keys file: {e}")))?;
-    if data.version != KEYS_FILE_VERSION {
-        return Err(file_error(
-            path,
-            format!("version {} is not supported (this keygate reads version {KEYS_FILE_VERSION})", data.version),
-        ));
-    }
-    Ok(data)
-}
-
-/// Checks the data's consistency and builds its digest index.
-fn index(path: &Path, data: KeysData) -> Result<Loaded, StoreError> {
-    for (id, tenant) in &data.tenants {
-        if &tenant.id != id {
-            return Err(file_error(path, format!("tenant `{id}` has id `{}`", tenant.id)));
-        }
-    }
-    let mut by_digest = HashMap::with_capacity(data.keys.len());
-    for (id, key) in &data.keys {
-        if &key.id != id {
-            return Err(file_error(path, format!("key `{id}` has id `{}`", key.id)));
-        }
-        if let Some(other) = by_digest.insert(key.digest.hex.clone(), id.clone()) {
-            return Err(file_error(path, format!("keys `{other}` and `{id}` have the same digest")));
-        }
-    }
-    Ok(Loaded { data: Arc::new(data), by_digest })
-}
-
-#[cfg(test)]
-mod tests {
-    use time::macros::datetime;
-
-    use super::*;
-    use crate::keys::{generate_secret, Peppers, Secret};
-
-    fn tenant(id: &str) -> TenantRecord {
-        TenantRecord { id: id.to_string(), plan: "pro".to_string(), created_at: datetime!(2025-06-01 12:00 UTC) }
-    }
-
-    fn key(id: &str, secret: &Secret, peppers: &Peppers) -> KeyRecord {
-        KeyRecord {
-            id: id.to_string(),
-            tenant: "acme".to_string(),
-            name: "ci".to_string(),
-            scopes: vec!["calls:read".to_string()],
-            created_at: datetime!(2025-06-01 12:00 UTC),
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-            replaced_by: None,
-            digest: peppers.current(secret),
+            Store::Redis(store) => Ok(Arc::new(store.load_all().await?)),
         }
     }
 
-    fn add_key(store: &FileStore, record: KeyRecord) {
-        store
-            .update(|data| {
-                data.tenants.insert("acme".into(), tenant("acme"));
-                data.keys.insert(record.id.clone(), record);
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-    }
-
-    #[test]
-    fn a_missing_file_is_an_empty_store_created_on_first_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        let store = FileStore::open(&path).unwrap();
-        assert_eq!(*store.snapshot(), KeysData::empty());
-        assert!(!path.exists());
-        assert!(!store.refresh().unwrap());
-        store
-            .update(|data| {
-                data.tenants.insert("acme".into(), tenant("acme"));
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        let on_disk: KeysData = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(on_disk.version, 1);
-        assert!(on_disk.tenants.contains_key("acme"));
-        assert_eq!(*store.snapshot(), on_disk);
-        assert!(!store.refresh().unwrap(), "its own write is no change");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
+    /// What [`Self::data`] holds about one tenant: its record and its keys (all of them,
+    /// revoked and expired included). The file store gives its whole snapshot (in memory
+    /// already); Redis reads that tenant alone.
+    pub async fn tenant_data(&self, id: &str) -> Result<Arc<KeysData>, ManageError> {
+        match self {
+            Store::File(_) => self.data().await,
+            Store::Redis(store) => Ok(Arc::new(store.load_tenant(id).await?)),
         }
     }
 
-    #[test]
-    fn a_blank_file_is_an_empty_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        std::fs::write(&path, "\n").unwrap();
-        assert_eq!(*FileStore::open(&path).unwrap().snapshot(), KeysData::empty());
+    /// What [`Self::data`] holds about one key: the key and its tenant's record. The file
+    /// store gives its whole snapshot; Redis reads that key alone.
+    pub async fn key_data(&self, id: &str) -> Result<Arc<KeysData>, ManageError> {
+        match self {
+            Store::File(_) => self.data().await,
+            Store::Redis(store) => Ok(Arc::new(store.load_key(id).await?)),
+        }
     }
 
-    #[test]
-    fn a_failed_change_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        let store = FileStore::open(&path).unwrap();
-        let result: Result<(), StoreError> = store.update(|data| {
-            data.tenants.insert("acme".into(), tenant("acme"));
-            Err(StoreError::Unavailable("refused".into()))
-        });
-        assert!(result.is_err());
-        assert!(!path.exists());
-        assert!(store.snapshot().tenants.is_empty());
-    }
-
-    #[test]
-    fn lookup_by_digest_reports_the_matched_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("keys.json")).unwrap();
-        let old = Peppers::from_entries(vec![("v1".into(), b"one".to_vec())]);
-        let secret = generate_secret();
-        add_key(&store, key("key_a", &secret, &old));
-
-        let rotated = Peppers::from_entries(vec![("v2".into(), b"two".to_vec()), ("v1".into(), b"one".to_vec())]);
-        match store.lookup(&rotated.all(&secret)) {
-            Lookup::Found { key, tenant, matched } => {
-                assert_eq!(key.id, "key_a");
-                assert_eq!(tenant.map(|t| t.id), Some("acme".to_string()));
-                assert_eq!(matched.pepper_id, "v1");
-                assert_eq!(matched, old.current(&secret));
+    pub async fn create_tenant(&self, policy: &Arc<Policy>, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
+                update(store, move |data| manage::create_tenant(data, &policy, &id, &plan, now())).await
             }
-            Lookup::NotFound => panic!("not found"),
-        }
-        assert_eq!(store.lookup(&rotated.all(&generate_secret())), Lookup::NotFound);
-        // Same hex under another pepper id is not a match.
-        let mut wrong_id = old.current(&secret);
-        wrong_id.pepper_id = "v9".into();
-        assert_eq!(store.lookup(&[wrong_id]), Lookup::NotFound);
-        assert_eq!(store.lookup(&[]), Lookup::NotFound);
-    }
-
-    #[test]
-    fn lookup_reports_a_missing_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("keys.json")).unwrap();
-        let peppers = Peppers::default();
-        let secret = generate_secret();
-        add_key(&store, key("key_a", &secret, &peppers));
-        store
-            .update(|data| {
-                data.tenants.clear();
-                Ok::<_, StoreError>(())
-            })
-            .unwrap();
-        match store.lookup(&peppers.all(&secret)) {
-            Lookup::Found { tenant, .. } => assert_eq!(tenant, None),
-            Lookup::NotFound => panic!("not found"),
+            Store::Redis(store) => store.create_tenant(policy, id, plan, now()).await,
         }
     }
 
-    #[test]
-    fn refresh_sees_changes_and_keeps_the_last_good_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        let writer = FileStore::open(&path).unwrap();
-        let reader = FileStore::open(&path).unwrap();
-        let peppers = Peppers::default();
-        let secret = generate_secret();
-        add_key(&writer, key("key_a", &secret, &peppers));
-        assert_eq!(reader.lookup(&peppers.all(&secret)), Lookup::NotFound);
-        assert!(reader.refresh().unwrap());
-        assert!(matches!(reader.lookup(&peppers.all(&secret)), Lookup::Found { .. }));
-        assert!(!reader.refresh().unwrap());
-
-        // The same content rewritten (new inode, new mtime): no change.
-        let bytes = std::fs::read(&path).unwrap();
-        let temp = dir.path().join("rewrite");
-        std::fs::write(&temp, &bytes).unwrap();
-        std::fs::rename(&temp, &path).unwrap();
-        assert!(!reader.refresh().unwrap());
-
-        // A corrupt file: an error, once, and the last good snapshot keeps serving.
-        std::fs::write(&path, b"{ not json").unwrap();
-        let err = reader.refresh().unwrap_err();
-        assert!(err.to_string().contains("keys.json"), "{err}");
-        assert!(!reader.refresh().unwrap());
-        assert!(matches!(reader.lookup(&peppers.all(&secret)), Lookup::Found { .. }));
-        // ... and a writer refuses to overwrite it.
-        let refused = writer.update(|_| Ok::<_, StoreError>(()));
-        assert!(refused.is_err());
-        assert!(FileStore::open(&path).is_err());
-
-        // Fixed again: picked up.
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(reader.refresh().unwrap());
-        assert!(matches!(reader.lookup(&peppers.all(&secret)), Lookup::Found { .. }));
-
-        // Removed: an empty store.
-        std::fs::remove_file(&path).unwrap();
-        assert!(reader.refresh().unwrap());
-        assert_eq!(reader.lookup(&peppers.all(&secret)), Lookup::NotFound);
+    pub async fn set_plan(&self, policy: &Arc<Policy>, id: &str, plan: &str) -> Result<TenantRecord, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, id, plan) = (Arc::clone(policy), id.to_string(), plan.to_string());
+                update(store, move |data| manage::set_plan(data, &policy, &id, &plan)).await
+            }
+            Store::Redis(store) => store.set_plan(policy, id, plan).await,
+        }
     }
 
-    #[test]
-    fn refuses_an_unknown_version_or_inconsistent_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        std::fs::write(&path, r#"{"version": 2, "tenants": {}, "keys": {}}"#).unwrap();
-        let err = FileStore::open(&path).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
-        std::fs::write(
-            &path,
-            r#"{"version": 1, "tenants": {"a": {"id": "b", "plan": "pro", "created_at": "2025-01-01T00:00:00Z"}}, "keys": {}}"#,
-        )
-        .unwrap();
-        assert!(FileStore::open(&path).is_err());
-        std::fs::write(&path, r#"{"version": 1, "tenants": {}, "keys": {}, "extra": 1}"#).unwrap();
-        assert!(FileStore::open(&path).is_err());
+    /// Deletes a tenant and revokes its keys; returns the revoked key ids.
+    pub async fn delete_tenant(&self, id: &str) -> Result<Vec<String>, ManageError> {
+        match self {
+            Store::File(store) => {
+                let id = id.to_string();
+                update(store, move |data| manage::delete_tenant(data, &id, now())).await
+            }
+            Store::Redis(store) => store.delete_tenant(id, now()).await,
+        }
     }
 
-    #[test]
-    fn updates_prune_old_tombstones() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("keys.json")).unwrap();
-        let peppers = Peppers::default();
-        let mut old = key("key_old", &generate_secret(), &peppers);
-        old.revoked_at = Some(datetime!(2020-01-01 0:00 UTC));
-        let mut recent = key("key_recent", &generate_secret(), &peppers);
-        recent.revoked_at = Some(time::OffsetDateTime::now_utc());
-        add_key(&store, old);
-        add_key(&store, recent);
-        let data = store.snapshot();
-        assert!(!data.keys.contains_key("key_old"));
-        assert!(data.keys.contains_key("key_recent"));
+    pub async fn create_key(
+        &self,
+        policy: &Arc<Policy>,
+        peppers: &Peppers,
+        new: &NewKey,
+    ) -> Result<CreatedKey, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, peppers, new) = (Arc::clone(policy), peppers.clone(), new.clone());
+                update(store, move |data| manage::create_key(data, &policy, &peppers, &new, now())).await
+            }
+            Store::Redis(store) => store.create_key(policy, peppers, new, now()).await,
+        }
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord, ManageError> {
+        match self {
+            Store::File(store) => {
+                let id = id.to_string();
+                update(store, move |data| manage::revoke_key(data, &id, now())).await
+            }
+            Store::Redis(store) => store.revoke_key(id, now()).await,
+        }
+    }
+
+    pub async fn rotate_key(
+        &self,
+        policy: &Arc<Policy>,
+        peppers: &Peppers,
+        id: &str,
+        grace: Duration,
+    ) -> Result<CreatedKey, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, peppers, id) = (Arc::clone(policy), peppers.clone(), id.to_string());
+                update(store, move |data| manage::rotate_key(data, &policy, &peppers, &id, grace, now())).await
+            }
+            Store::Redis(store) => store.rotate_key(policy, peppers, id, grace, now()).await,
+        }
+    }
+
+    /// The request path's lookup by digest (one per pepper, current first).
+    pub async fn lookup(&self, digests: &[KeyDigest]) -> Result<Lookup, StoreError> {
+        match self {
+            Store::File(store) => Ok(store.lookup(digests)),
+            Store::Redis(store) => Ok(store.lookup(digests).await?),
+        }
+    }
+
+    /// Re-stores a key found under an old pepper under the current one.
+    pub async fn restore_digest(&self, key_id: &str, current: KeyDigest) -> Result<(), StoreError> {
+        match self {
+            Store::File(store) => {
+                let key_id = key_id.to_string();
+                update(store, move |data| {
+                    manage::restore_digest(data, &key_id, current);
+                    Ok::<(), StoreError>(())
+                })
+                .await
+            }
+            Store::Redis(store) => Ok(store.restore_digest(key_id, current).await?),
+        }
+    }
+
+    /// The file store, for what only it does (watching its file).
+    pub fn file(&self) -> Option<&Arc<FileStore>> {
+        match self {
+            Store::File(store) => Some(store),
+            Store::Redis(_) => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::File(_) => "file",
+            Store::Redis(_) => "redis",
+        }
+    }
+}
+
+/// [`FileStore::update`] on Tokio's blocking pool (see [`off_runtime`]).
+async fn update<R, E>(
+    store: &Arc<FileStore>,
+    change: impl FnOnce(&mut KeysData) -> Result<R, E> + Send + 'static,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    off_runtime(store, move |store| store.update(change)).await
+}
+
+/// Runs `work` on the file store on Tokio's blocking pool. A write takes an OS lock that
+/// another process (a CLI command) may hold, and fsyncs the file and its directory; a
+/// read stats and may read the file. None of that may stall a runtime thread: a proxy
+/// worker's (every connection it serves waits; a key re-stored under a new pepper writes
+/// from the request path) or the main thread's (health endpoints, metrics, watchers,
+/// the Redis tasks, the admin API). Outside a runtime (the CLI runs inside one too) it
+/// runs in place.
+async fn off_runtime<R, E>(
+    store: &Arc<FileStore>,
+    work: impl FnOnce(&FileStore) -> Result<R, E> + Send + 'static,
+) -> Result<R, E>
+where
+    R: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work(&store);
+    }
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down under it.
+        Err(e) => Err(StoreError::Unavailable(format!("the key store operation did not finish: {e}")).into()),
     }
 }

@@ -24,8 +24,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate::clock::Clock;
+use keygate::keys::file_store::FileStore;
 use keygate::keys::manage::{self, NewKey};
-use keygate::keys::store::FileStore;
 use keygate::keys::{Peppers, Secret};
 use keygate::policy::Policy;
 use keygate::{Options, Running, Settings};
@@ -401,11 +401,11 @@ impl Keygate {
 
     /// Changes the store directly (bypassing the rules), e.g. to put a tenant on a plan
     /// the policy lacks.
-    pub fn edit_store(&self, change: impl FnOnce(&mut keygate::keys::store::KeysData)) {
+    pub fn edit_store(&self, change: impl FnOnce(&mut keygate::keys::data::KeysData)) {
         self.store
             .update(|data| {
                 change(data);
-                Ok::<_, keygate::keys::store::StoreError>(())
+                Ok::<_, keygate::keys::data::StoreError>(())
             })
             .unwrap();
         self.refresh_proxy_store();

@@ -1,0 +1,63 @@
+//! What every key store holds and answers, whatever its backend: the whole data
+//! ([`KeysData`], also the keys file's format), the result of a lookup by digest
+//! ([`Lookup`]) and a store's failure ([`StoreError`]). The lifecycle rules
+//! ([`super::manage`]) work on these types, and both stores build on them, so they sit
+//! below both.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{KeyDigest, KeyRecord, TenantRecord};
+
+/// The format version this keygate reads and writes.
+pub const KEYS_FILE_VERSION: u32 = 1;
+
+/// The whole content of the keys file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysData {
+    /// Format version, 1.
+    pub version: u32,
+    pub tenants: BTreeMap<String, TenantRecord>,
+    pub keys: BTreeMap<String, KeyRecord>,
+}
+
+impl KeysData {
+    /// An empty store of the current version: what a missing file holds.
+    pub fn empty() -> KeysData {
+        KeysData { version: KEYS_FILE_VERSION, ..KeysData::default() }
+    }
+}
+
+/// A store failure. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key store {path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// The store could not be reached (or did not answer in time).
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with data keygate cannot read (a hand-edited Redis record, an
+    /// unexpected script reply): not an outage, but answered like one (503 on the admin
+    /// API, the same message in the CLI), so its text keeps the wording it had when it
+    /// was reported as `Unavailable`.
+    #[error("key store unavailable: {0}")]
+    Corrupt(String),
+}
+
+/// What a lookup by digest found.
+// Returned by value once per lookup, never stored in bulk: boxing `Found` would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found {
+        key: KeyRecord,
+        /// `None` when the tenant no longer exists.
+        tenant: Option<TenantRecord>,
+        /// The digest (of those asked for) that matched: when its pepper is not the
+        /// current one, the caller re-stores the key under the current pepper.
+        matched: KeyDigest,
+    },
+    NotFound,
+}

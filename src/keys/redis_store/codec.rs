@@ -1,0 +1,125 @@
+//! How records are written into Redis hashes and read back, and how script replies are
+//! read. Times are RFC 3339 in UTC (`Z`), fractional seconds only when non-zero, so that
+//! the scripts can compare them as strings (see `scripts/norm.lua`).
+
+use std::collections::HashMap;
+
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::keys::{KeyDigest, KeyRecord, TenantRecord};
+use crate::policy::Policy;
+
+/// A hash's fields, as `HGETALL` returns them.
+pub(super) type Fields = HashMap<String, String>;
+
+/// A time as stored: RFC 3339 in UTC (`Z`), fractional seconds only when non-zero.
+pub(super) fn format_time(t: OffsetDateTime) -> String {
+    // Cannot fail for a UTC time in the years 0–9999, the range `time` supports here.
+    t.to_offset(UtcOffset::UTC).format(&Rfc3339).unwrap_or_default()
+}
+
+pub(super) fn parse_time(field: &str, text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("`{field}` is not an RFC 3339 time: {e}"))
+}
+
+/// `pepper_id:hex`, as the record's `digest` field holds it.
+pub(super) fn digest_text(digest: &KeyDigest) -> String {
+    format!("{}:{}", digest.pepper_id, digest.hex)
+}
+
+pub(super) fn parse_digest(text: &str) -> Option<KeyDigest> {
+    let (pepper_id, hex) = text.rsplit_once(':')?;
+    (!pepper_id.is_empty() && !hex.is_empty())
+        .then(|| KeyDigest { pepper_id: pepper_id.to_string(), hex: hex.to_string() })
+}
+
+/// `<tenant>/<key_id>` → its parts.
+pub(super) fn split_target(text: &str) -> Option<(&str, &str)> {
+    let (tenant, key_id) = text.split_once('/')?;
+    (!tenant.is_empty() && !key_id.is_empty()).then_some((tenant, key_id))
+}
+
+/// A key record as hash fields; absent optional fields are not written.
+pub(super) fn key_fields(record: &KeyRecord) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", record.id.clone()),
+        ("tenant", record.tenant.clone()),
+        ("name", record.name.clone()),
+        ("scopes", serde_json::to_string(&record.scopes).unwrap_or_else(|_| "[]".to_string())),
+        ("created_at", format_time(record.created_at)),
+        ("digest", digest_text(&record.digest)),
+    ];
+    let optional =
+        [("expires_at", record.expires_at), ("revoked_at", record.revoked_at), ("last_used_at", record.last_used_at)];
+    fields.extend(optional.into_iter().filter_map(|(name, t)| t.map(|t| (name, format_time(t)))));
+    if let Some(by) = &record.replaced_by {
+        fields.push(("replaced_by", by.clone()));
+    }
+    fields
+}
+
+pub(super) fn tenant_fields(tenant: &TenantRecord) -> Vec<(&'static str, String)> {
+    vec![("id", tenant.id.clone()), ("plan", tenant.plan.clone()), ("created_at", format_time(tenant.created_at))]
+}
+
+/// A key record from its hash; `None` when the hash is empty (missing).
+pub(super) fn parse_key(fields: &Fields) -> Result<Option<KeyRecord>, String> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let required = |name: &str| fields.get(name).ok_or_else(|| format!("a key record has no `{name}`"));
+    let optional_time =
+        |name: &str| fields.get(name).filter(|v| !v.is_empty()).map(|v| parse_time(name, v)).transpose();
+    let scopes: Vec<String> =
+        serde_json::from_str(required("scopes")?).map_err(|e| format!("`scopes` is not a JSON list: {e}"))?;
+    Ok(Some(KeyRecord {
+        id: required("id")?.clone(),
+        tenant: required("tenant")?.clone(),
+        name: required("name")?.clone(),
+        scopes,
+        created_at: parse_time("created_at", required("created_at")?)?,
+        expires_at: optional_time("expires_at")?,
+        revoked_at: optional_time("revoked_at")?,
+        last_used_at: optional_time("last_used_at")?,
+        replaced_by: fields.get("replaced_by").filter(|v| !v.is_empty()).cloned(),
+        digest: parse_digest(required("digest")?).ok_or("`digest` is not `pepper_id:hex`")?,
+    }))
+}
+
+/// A tenant from its hash; `None` when the hash is empty (missing).
+pub(super) fn parse_tenant(fields: &Fields) -> Result<Option<TenantRecord>, String> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let required = |name: &str| fields.get(name).ok_or_else(|| format!("a tenant record has no `{name}`"));
+    Ok(Some(TenantRecord {
+        id: required("id")?.clone(),
+        plan: required("plan")?.clone(),
+        created_at: parse_time("created_at", required("created_at")?)?,
+    }))
+}
+
+/// The policy's plans as the create script takes them: (name, max_keys or -1,
+/// api_access 1/0) for each, flat.
+pub(super) fn plan_args(policy: &Policy) -> Vec<String> {
+    let mut plans: Vec<_> = policy.plans.values().collect();
+    plans.sort_by(|a, b| a.name.cmp(&b.name));
+    plans
+        .into_iter()
+        .flat_map(|plan| {
+            let max = plan.max_keys.map_or_else(|| "-1".to_string(), |m| m.to_string());
+            [plan.name.clone(), max, if plan.api_access { "1" } else { "0" }.to_string()]
+        })
+        .collect()
+}
+
+/// A script's status, its first element.
+pub(super) fn status(reply: &[String]) -> &str {
+    reply.first().map_or("", String::as_str)
+}
+
+/// The field/value pairs after a script's `ok`.
+pub(super) fn reply_fields(reply: &[String]) -> Fields {
+    reply.get(1..).unwrap_or_default().chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect()
+}

@@ -1,0 +1,12 @@
+-- Reads a key record and its tenant's hash together.
+--
+-- KEYS[1]: the key record, kg:{t:<tenant>}:key:<key_id>
+-- KEYS[2]: the tenant's hash, kg:{t:<tenant>}:tenant
+-- ARGV: none
+--
+-- Returns: {HGETALL of KEYS[1], HGETALL of KEYS[2]}, each empty when missing.
+--
+-- A script, not MULTI/EXEC: one round trip on the request path that both reads run in
+-- (a script answers in one reply; MULTI/EXEC needs the MULTI, the queued commands and
+-- the EXEC), and both keys carry the tenant's hash tag, so it runs on one Cluster slot.
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}

@@ -1,0 +1,268 @@
+//! Unit tests of the key format, the query check, peppers and digests.
+
+use super::pepper::{hmac_digest, lower_hex};
+use super::secret::{checksum, crc32};
+use super::*;
+
+/// Builds a key with a given random part and a correct checksum.
+fn key_with(random: &str) -> String {
+    let check = checksum(random.as_bytes());
+    format!("kg_{random}{}", std::str::from_utf8(&check).unwrap())
+}
+
+#[test]
+fn crc32_matches_the_standard_check_value() {
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    assert_eq!(crc32(b""), 0);
+}
+
+#[test]
+fn generated_keys_round_trip() {
+    for _ in 0..200 {
+        let secret = generate_secret();
+        let text = secret.expose();
+        assert_eq!(text.len(), KEY_LEN);
+        assert!(text.starts_with("kg_"));
+        assert!(text[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(parse_secret(text), Ok(secret.clone()));
+    }
+}
+
+#[test]
+fn generated_keys_differ() {
+    let a = generate_secret();
+    let b = generate_secret();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn randomness_is_at_least_128_bits() {
+    assert!((KEY_RANDOM_LEN as f64) * 62f64.log2() >= 128.0);
+    assert!(62u64.pow(KEY_CHECKSUM_LEN as u32) > u64::from(u32::MAX));
+}
+
+#[test]
+fn malformed_prefix() {
+    let good = generate_secret();
+    let body = &good.expose()[3..];
+    assert_eq!(parse_secret(&format!("KG_{body}")), Err(Malformed::Prefix));
+    assert_eq!(parse_secret(&format!("gh_{body}")), Err(Malformed::Prefix));
+    assert_eq!(parse_secret(""), Err(Malformed::Prefix));
+    assert_eq!(parse_secret(body), Err(Malformed::Prefix));
+}
+
+#[test]
+fn malformed_length() {
+    let good = generate_secret();
+    let text = good.expose();
+    assert_eq!(parse_secret(&text[..KEY_LEN - 1]), Err(Malformed::Length));
+    assert_eq!(parse_secret(&format!("{text}A")), Err(Malformed::Length));
+    assert_eq!(parse_secret("kg_"), Err(Malformed::Length));
+    assert_eq!(parse_secret(&format!("{text} ")), Err(Malformed::Length));
+}
+
+#[test]
+fn malformed_charset() {
+    let good = generate_secret();
+    let text = good.expose();
+    for bad in ['-', '_', ' ', 'é', '\0'] {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars[10] = bad;
+        let bad_key: String = chars.into_iter().collect();
+        assert_eq!(parse_secret(&bad_key), Err(Malformed::Charset), "{bad:?}");
+    }
+}
+
+#[test]
+fn malformed_checksum() {
+    let good = generate_secret();
+    let text = good.expose();
+    // A typo in the random part.
+    let mut typo: Vec<u8> = text.as_bytes().to_vec();
+    typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    assert_eq!(parse_secret(&typo), Err(Malformed::Checksum));
+    // Two characters swapped.
+    let mut swapped: Vec<u8> = key_with("ab00000000000000000000").into_bytes();
+    swapped.swap(3, 4);
+    assert_eq!(parse_secret(std::str::from_utf8(&swapped).unwrap()), Err(Malformed::Checksum));
+    // A wrong checksum.
+    let wrong = format!("{}000000", &text[..KEY_LEN - KEY_CHECKSUM_LEN]);
+    if wrong != text {
+        assert_eq!(parse_secret(&wrong), Err(Malformed::Checksum));
+    }
+}
+
+#[test]
+fn checksum_is_left_padded() {
+    // A random part whose CRC is small still gives six characters.
+    let key = key_with("0000000000000000000000");
+    assert_eq!(key.len(), KEY_LEN);
+    assert!(parse_secret(&key).is_ok());
+}
+
+#[test]
+fn secret_debug_and_display_show_at_most_8_chars() {
+    let secret = generate_secret();
+    let text = secret.expose().to_string();
+    let shown = [format!("{secret}"), format!("{secret:?}"), format!("{secret:#?}")];
+    for out in shown {
+        assert!(!out.contains(&text[..9]), "{out} shows more than 8 characters");
+        assert!(out.contains(&text[..8]));
+    }
+    let digest_debug = format!("{:?}", Peppers::from_entries(vec![("a".into(), b"pepper-secret".to_vec())]));
+    assert!(!digest_debug.contains("pepper-secret"));
+}
+
+#[test]
+fn key_ids_have_the_format() {
+    let id = generate_key_id();
+    assert!(id.starts_with("key_"));
+    assert_eq!(id.len(), 4 + 16);
+    assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_ne!(id, generate_key_id());
+}
+
+#[test]
+fn tenant_ids() {
+    for good in ["acme", "a", "0day", "acme-corp_2", &"a".repeat(63)] {
+        assert!(valid_tenant_id(good), "{good}");
+    }
+    for bad in ["", "-acme", "_acme", "Acme", "acme corp", "acmé", "a/b", &"a".repeat(64)] {
+        assert!(!valid_tenant_id(bad), "{bad}");
+    }
+}
+
+fn write_peppers(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peppers");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn pepper_file_first_line_is_current() {
+    let (_dir, path) = write_peppers("# rotated 2025-01\n\nv2=new-secret\r\n  v1 = old-secret  \n");
+    let peppers = Peppers::load(Some(&path), Some("ignored".into())).unwrap();
+    assert_eq!(format!("{peppers:?}"), r#"Peppers { ids: ["v2", "v1"] }"#);
+    assert_eq!(peppers.current_id(), "v2");
+    let secret = generate_secret();
+    let all = peppers.all(&secret);
+    assert_eq!(all.len(), 3, "every pepper, then plain SHA-256 for keys stored before any pepper");
+    assert_eq!(all[0], peppers.current(&secret));
+    assert_eq!(all[0].pepper_id, "v2");
+    assert_eq!(all[1].pepper_id, "v1");
+    assert_eq!(all[2].pepper_id, SHA256_PEPPER_ID);
+    assert_ne!(all[0].hex, all[1].hex);
+}
+
+#[test]
+fn pepper_file_errors_name_file_and_line_never_the_secret() {
+    let cases = [
+        ("v1=ok\nnot-a-pair-s3cr3t\n", ":2:"),
+        ("v1=ok\n\nv 2=s3cr3t\n", ":3:"),
+        ("v1=s3cr3t\nv1=s3cr3t-again\n", ":2:"),
+        ("v1=\n", ":1:"),
+        ("=s3cr3t\n", ":1:"),
+        ("sha256=s3cr3t\n", ":1:"),
+    ];
+    for (text, line) in cases {
+        let (_dir, path) = write_peppers(text);
+        let err = Peppers::load(Some(&path), None).unwrap_err();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains(line), "{err} should name line {line}");
+        assert!(!err.contains("s3cr3t"), "{err} leaks the secret");
+    }
+    let (_dir, path) = write_peppers("# only comments\n\n");
+    assert!(Peppers::load(Some(&path), None).is_err());
+    let missing = std::path::Path::new("/nonexistent/peppers");
+    assert!(Peppers::load(Some(missing), None).unwrap_err().contains("/nonexistent/peppers"));
+}
+
+#[test]
+fn pepper_from_env_or_none() {
+    let env = Peppers::load(None, Some("from-env".into())).unwrap();
+    assert_eq!(env.current_id(), "env");
+    assert!(!env.is_empty());
+    let none = Peppers::load(None, None).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(none.current_id(), "sha256");
+    assert!(Peppers::load(None, Some(String::new())).is_err());
+}
+
+#[test]
+fn lower_hex_is_what_hex_encode_gives() {
+    let every_byte: Vec<u8> = (0..=255).collect();
+    assert_eq!(lower_hex(&every_byte), hex::encode(&every_byte));
+    assert_eq!(lower_hex(&[]), "");
+}
+
+#[test]
+fn hmac_with_a_pepper_and_sha256_without() {
+    let secret = parse_secret(&key_with("abcdefghijABCDEFGHIJ01")).unwrap();
+    let plain = Peppers::default().current(&secret);
+    assert_eq!(plain.pepper_id, "sha256");
+    {
+        use sha2::Digest;
+        assert_eq!(plain.hex, hex::encode(sha2::Sha256::digest(secret.expose())));
+    }
+    let peppered = Peppers::from_entries(vec![("p1".into(), b"pepper".to_vec())]).current(&secret);
+    assert_eq!(peppered.pepper_id, "p1");
+    assert_eq!(peppered.hex.len(), 64);
+    assert_ne!(peppered.hex, plain.hex);
+    {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"pepper").unwrap();
+        mac.update(secret.expose().as_bytes());
+        assert_eq!(peppered.hex, hex::encode(mac.finalize().into_bytes()));
+    }
+    // RFC 4231 test case 2: HMAC-SHA-256(key "Jefe", "what do ya want for nothing?").
+    let vector = hmac_digest("x", b"Jefe", &Secret::from_raw("what do ya want for nothing?"));
+    assert_eq!(vector.hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_eq!(Peppers::default().all(&secret), vec![plain]);
+}
+
+#[test]
+fn digest_serialises_as_pepper_id_and_hex() {
+    let digest = KeyDigest { pepper_id: "v1".into(), hex: "ab".repeat(32) };
+    let json = serde_json::to_string(&digest).unwrap();
+    assert_eq!(json, format!("\"v1:{}\"", "ab".repeat(32)));
+    assert_eq!(serde_json::from_str::<KeyDigest>(&json).unwrap(), digest);
+    assert!(serde_json::from_str::<KeyDigest>("\"nocolon\"").is_err());
+}
+
+#[test]
+fn query_without_a_key() {
+    for query in ["", "a=1&b=2", "api_key=kg_short", "q=kg_%20", "x=%41%42", "kg_", "name=kg_abc&page=2"] {
+        assert!(!query_carries_key(query), "{query}");
+    }
+    // A key with a broken checksum is not a key.
+    let good = generate_secret();
+    let mut typo = good.expose().as_bytes().to_vec();
+    typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    assert!(!query_carries_key(&format!("api_key={typo}")));
+}
+
+#[test]
+fn query_with_a_key() {
+    let key = generate_secret();
+    let k = key.expose();
+    let encoded_underscore = k.replacen('_', "%5F", 1);
+    let encoded_lower = k.replacen('_', "%5f", 1);
+    let all_encoded: String = k.bytes().map(|b| format!("%{b:02X}")).collect();
+    for query in [
+        format!("api_key={k}"),
+        format!("a=1&token={k}&b=2"),
+        k.to_string(),
+        format!("{k}=1"),
+        format!("a=1;key={k}"),
+        format!("key={encoded_underscore}"),
+        format!("key={encoded_lower}"),
+        format!("key={all_encoded}"),
+        format!("auth=Bearer+{k}"),
+        format!("auth=Bearer%20{k}"),
+    ] {
+        assert!(query_carries_key(&query), "{query}");
+    }
+}
