@@ -26,10 +26,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use keygate::clock::SystemClock;
-use keygate::keys::cache::{CacheOutcome, KeyCache};
+use keygate::keys::cache::KeyCache;
 use keygate::keys::data::Lookup;
 use keygate::keys::file_store::FileStore;
 use keygate::keys::{manage, parse_secret, Peppers, Principal};
+use keygate::metrics::CacheResult;
 use keygate::metrics::Metrics;
 use keygate::path::{normalize, PathOptions};
 use keygate::policy::{Policy, RouteMatch};
@@ -118,12 +119,12 @@ fn keys(c: &mut Criterion) {
         ready(cache.get(&cache_key, || async move { Ok(store.lookup(&digests)) }))
     };
     let (warm, outcome) = lookup(&text);
-    assert!(matches!(warm, Ok(Lookup::Found { .. })) && outcome == CacheOutcome::Miss);
-    assert_eq!(lookup(&text).1, CacheOutcome::Hit);
+    assert!(matches!(warm, Ok(Lookup::Found { .. })) && outcome == CacheResult::Miss);
+    assert_eq!(lookup(&text).1, CacheResult::Hit);
     c.bench_function("key_parse_digest_cache_hit", |b| {
         b.iter(|| {
             let (found, outcome) = lookup(black_box(&text));
-            debug_assert_eq!(outcome, CacheOutcome::Hit);
+            debug_assert_eq!(outcome, CacheResult::Hit);
             found
         })
     });

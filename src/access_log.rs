@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::keys::Principal;
-use crate::metrics::Mode;
+use crate::policy::RouteMode;
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
 /// bytes sent to it (`sent`); for a WebSocket tunnel, every byte copied each way.
@@ -45,7 +45,7 @@ pub struct AccessLog {
     /// The response's status; `None` until a response exists.
     pub status: Option<u16>,
     pub decision: &'static str,
-    pub mode: Mode,
+    pub mode: RouteMode,
     pub principal: Option<Principal>,
     /// The upstream's configured name.
     pub upstream: Option<String>,
@@ -63,7 +63,7 @@ impl AccessLog {
             route: None,
             status: None,
             decision: "ok",
-            mode: Mode::Enforce,
+            mode: RouteMode::Enforce,
             principal: None,
             upstream: None,
             started,

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::error::AuthFailure;
-use crate::keys::cache::{CacheOutcome, KeyCache};
+use crate::keys::cache::KeyCache;
 use crate::keys::data::{Lookup, StoreError};
 use crate::keys::redis_store::{Invalidation, INVALIDATION_CHANNEL};
 use crate::keys::store::Store;
 use crate::keys::{KeyDigest, KeyState, Peppers, Principal, Secret};
-use crate::metrics::{CacheResult, Metrics, StoreOp};
+use crate::metrics::{Metrics, StoreOp};
 use crate::settings::Keys;
 
 /// What authenticating a well-formed key found.
@@ -94,12 +94,7 @@ impl Authenticator {
                 let store = self.store.clone();
                 let digests = self.peppers.all(secret);
                 let (result, outcome) = cache.get(&current.hex, || async move { store.lookup(&digests).await }).await;
-                self.metrics.cache_lookup(match outcome {
-                    CacheOutcome::Hit => CacheResult::Hit,
-                    CacheOutcome::Miss => CacheResult::Miss,
-                    CacheOutcome::NegativeHit => CacheResult::NegativeHit,
-                    CacheOutcome::Stale => CacheResult::Stale,
-                });
+                self.metrics.cache_lookup(outcome);
                 result?
             }
         };

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::error::AuthResult;
+use crate::policy::RouteMode;
 use crate::settings::OnStoreError;
 
 /// Every metric name starts with `keygate_`.
@@ -56,15 +57,6 @@ macro_rules! label_enum {
             }
         }
     };
-}
-
-label_enum! {
-    /// `auth_decisions_total{mode}`: whether the route enforces its decisions or only
-    /// records them (shadow mode forwards regardless).
-    Mode {
-        Enforce => "enforce",
-        Shadow => "shadow",
-    }
 }
 
 /// `ratelimit_store_fallback_total{action}`: the `on_store_error` applied to a decision
@@ -134,7 +126,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
-    /// `[result][mode]`, in `AuthResult::ALL` × `Mode::ALL` order.
+    /// `[result][mode]`, in `AuthResult::ALL` × `RouteMode::ALL` order.
     auth_decisions: Vec<[IntCounter; 2]>,
     store_fallback: Vec<IntCounter>,
     cache_lookups: Vec<IntCounter>,
@@ -223,8 +215,9 @@ impl Metrics {
         let auth_decisions = AuthResult::ALL
             .iter()
             .map(|res| {
-                // Indexed by `Mode::index`: Enforce, Shadow.
-                [Mode::Enforce, Mode::Shadow].map(|mode| auth_vec.with_label_values(&[res.as_str(), mode.as_str()]))
+                // Indexed by `RouteMode::index`: Enforce, Shadow.
+                [RouteMode::Enforce, RouteMode::Shadow]
+                    .map(|mode| auth_vec.with_label_values(&[res.as_str(), mode.as_str()]))
             })
             .collect();
 
@@ -352,7 +345,7 @@ impl Metrics {
 
     /// How one request's authentication and authorisation ended, and whether the route
     /// enforced it.
-    pub fn auth_decision(&self, result: AuthResult, mode: Mode) {
+    pub fn auth_decision(&self, result: AuthResult, mode: RouteMode) {
         if let Some(c) = self.auth_decisions.get(result.index()).and_then(|row| row.get(mode.index())) {
             c.inc();
         }
@@ -461,7 +454,7 @@ mod tests {
         let m = Metrics::new();
         let text = m.encode();
         for res in AuthResult::ALL {
-            for mode in Mode::ALL {
+            for mode in RouteMode::ALL {
                 let line = format!("keygate_auth_decisions_total{{mode=\"{mode}\",result=\"{res}\"}} 0");
                 assert!(has_line(&text, &line), "missing {line}\n{text}");
             }
@@ -585,9 +578,9 @@ mod tests {
     #[test]
     fn typed_recorders() {
         let m = Metrics::new();
-        m.auth_decision(AuthResult::NoApiAccess, Mode::Shadow);
-        m.auth_decision(AuthResult::Ok, Mode::Enforce);
-        m.auth_decision(AuthResult::Ok, Mode::Enforce);
+        m.auth_decision(AuthResult::NoApiAccess, RouteMode::Shadow);
+        m.auth_decision(AuthResult::Ok, RouteMode::Enforce);
+        m.auth_decision(AuthResult::Ok, RouteMode::Enforce);
         m.store_fallback(OnStoreError::Deny);
         m.cache_lookup(CacheResult::NegativeHit);
         m.store_error(StoreOp::Subscribe);

@@ -73,6 +73,8 @@
 //! recognised by one tight scan and copied; any other path is rewritten in one pass
 //! into a single pre-sized buffer (the output is never longer than the input).
 
+use crate::encoding::{hex_value, percent_encoded};
+
 /// `[paths]` of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PathOptions {
@@ -137,8 +139,6 @@ static PLAIN: [bool; 256] = {
     table
 };
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
 fn is_plain(b: u8) -> bool {
     PLAIN[usize::from(b)]
 }
@@ -146,16 +146,6 @@ fn is_plain(b: u8) -> bool {
 /// RFC 3986 2.3.
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-/// The value of one hex digit (of a percent-encoding).
-pub(crate) fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// The fast path: true when `raw` is already its own normal form, that is, it starts
@@ -248,7 +238,7 @@ fn push_decoded(out: &mut Vec<u8>, value: u8, options: PathOptions) -> Result<()
         b';' if !options.keep_semicolon => return Err(PathError::Semicolon),
         _ => {}
     }
-    out.extend_from_slice(&[b'%', HEX_UPPER[usize::from(value >> 4)], HEX_UPPER[usize::from(value & 0x0F)]]);
+    out.extend_from_slice(&percent_encoded(value));
     Ok(())
 }
 

@@ -25,7 +25,6 @@ use crate::body::{self, Limited, ProxyBody};
 use crate::connection::ConnectionInfo;
 use crate::error::Refusal;
 use crate::keys;
-use crate::metrics::Mode;
 use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::request_id;
@@ -132,7 +131,7 @@ async fn process(
     record.route = Some(route.prefix.clone());
     record.upstream = Some(route.upstream.name.clone());
     if route.mode == RouteMode::Shadow {
-        record.mode = Mode::Shadow;
+        record.mode = RouteMode::Shadow;
     }
 
     // 4–7. Key, authentication, plan and scopes, body size, rate limit.

@@ -95,7 +95,7 @@ pub enum Outcome {
 
 /// The hex SHA-256 of `bytes`: the content hash reloads compare (the policy's `hash`).
 pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    crate::encoding::lower_hex(&Sha256::digest(bytes))
 }
 
 /// Keeps a watch alive; dropping it stops the watch.

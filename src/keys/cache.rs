@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use super::data::{Lookup, StoreError};
+use crate::metrics::CacheResult;
 
 /// How long "this digest is unknown" is believed. Short: a key created elsewhere is found
 /// soon even if its invalidation message was lost.
@@ -21,16 +22,6 @@ pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 pub const MAX_ENTRIES: u64 = 200_000;
 /// At most this many negative entries are kept.
 pub const MAX_NEGATIVE: u64 = 100_000;
-
-/// How an answer was found, for `keygate_key_cache_lookups_total{result}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheOutcome {
-    Hit,
-    Miss,
-    NegativeHit,
-    /// A cached entry past `cache_ttl` served because the store could not be reached.
-    Stale,
-}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -73,7 +64,7 @@ impl KeyCache {
     /// The answer for `digest`: from the cache while fresh, else from `load` (one call per
     /// digest however many requests wait for it), else — when `load` fails — a stale entry
     /// up to `stale_if_error`, else the error.
-    pub async fn get<F, Fut>(&self, digest: &str, load: F) -> (Result<Lookup, StoreError>, CacheOutcome)
+    pub async fn get<F, Fut>(&self, digest: &str, load: F) -> (Result<Lookup, StoreError>, CacheResult)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Lookup, StoreError>>,
@@ -82,10 +73,10 @@ impl KeyCache {
         let cached = self.entries.get(digest);
         if let Some(entry) = &cached {
             if entry.generation == generation && entry.fetched.elapsed() < self.ttl {
-                return (Ok(entry.lookup.clone()), CacheOutcome::Hit);
+                return (Ok(entry.lookup.clone()), CacheResult::Hit);
             }
         } else if self.negatives.contains_key(digest) {
-            return (Ok(Lookup::NotFound), CacheOutcome::NegativeHit);
+            return (Ok(Lookup::NotFound), CacheResult::NegativeHit);
         }
 
         let flight = {
@@ -109,12 +100,12 @@ impl KeyCache {
             }
         }
         match result {
-            Ok(lookup) => (Ok(lookup), CacheOutcome::Miss),
+            Ok(lookup) => (Ok(lookup), CacheResult::Miss),
             Err(error) => match cached {
                 Some(entry) if entry.fetched.elapsed() < self.ttl + self.stale_if_error => {
-                    (Ok(entry.lookup.clone()), CacheOutcome::Stale)
+                    (Ok(entry.lookup.clone()), CacheResult::Stale)
                 }
-                _ => (Err(StoreError::Unavailable(error)), CacheOutcome::Miss),
+                _ => (Err(StoreError::Unavailable(error)), CacheResult::Miss),
             },
         }
     }
@@ -206,8 +197,8 @@ mod tests {
             loads.fetch_add(1, Ordering::SeqCst);
             Ok(found("acme"))
         };
-        assert_eq!(cache.get("d", load).await.1, CacheOutcome::Miss);
-        assert_eq!(cache.get("d", load).await.1, CacheOutcome::Hit);
+        assert_eq!(cache.get("d", load).await.1, CacheResult::Miss);
+        assert_eq!(cache.get("d", load).await.1, CacheResult::Hit);
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
 
@@ -215,10 +206,10 @@ mod tests {
     async fn unknown_digests_are_negative_hits_until_invalidated() {
         let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
         let (r, o) = cache.get("x", || async { Ok(Lookup::NotFound) }).await;
-        assert_eq!((r.unwrap(), o), (Lookup::NotFound, CacheOutcome::Miss));
-        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheOutcome::NegativeHit);
+        assert_eq!((r.unwrap(), o), (Lookup::NotFound, CacheResult::Miss));
+        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheResult::NegativeHit);
         cache.invalidate_digest("x");
-        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheOutcome::Miss);
+        assert_eq!(cache.get("x", || async { Ok(found("a")) }).await.1, CacheResult::Miss);
     }
 
     #[tokio::test]
@@ -253,7 +244,7 @@ mod tests {
         let _ = cache.get("d", || async { Ok(found("acme")) }).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let (r, o) = cache.get("d", || async { Err(StoreError::Unavailable("down".into())) }).await;
-        assert_eq!(o, CacheOutcome::Stale);
+        assert_eq!(o, CacheResult::Stale);
         assert!(r.is_ok());
         let (r, _) = cache.get("other", || async { Err(StoreError::Unavailable("down".into())) }).await;
         assert!(r.is_err(), "an unknown key during an outage is an error, never NotFound");
@@ -264,10 +255,10 @@ mod tests {
         let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
         let _ = cache.get("d", || async { Ok(found("acme")) }).await;
         cache.revalidate_all();
-        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheOutcome::Miss);
+        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheResult::Miss);
         cache.invalidate_tenant("acme");
         cache.entries.run_pending_tasks();
-        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheOutcome::Miss);
+        assert_eq!(cache.get("d", || async { Ok(found("acme")) }).await.1, CacheResult::Miss);
     }
 
     #[tokio::test]

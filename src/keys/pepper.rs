@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::secret::Secret;
+use crate::encoding::lower_hex;
 
 /// A digest of a key under one pepper, as stored: `pepper_id` is `sha256` when no pepper
 /// is configured.
@@ -145,20 +146,6 @@ fn sha256_digest(secret: &Secret) -> KeyDigest {
         pepper_id: SHA256_PEPPER_ID.to_string(),
         hex: lower_hex(&sha2::Sha256::digest(secret.expose().as_bytes())),
     }
-}
-
-/// Lower-case hex of `bytes`, what `hex::encode` gives, in one exactly sized buffer: the
-/// digests are computed on every request, and `hex::encode` collects an iterator of
-/// `char`s (about 1,700 instructions for 32 bytes, against about 200 here).
-pub(super) fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-    // Only ASCII digits and letters were pushed.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 impl serde::Serialize for KeyDigest {

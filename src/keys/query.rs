@@ -48,7 +48,7 @@ fn contains_key(bytes: &[u8]) -> bool {
 /// Percent-decodes (once) a query parameter, `+` as a space; an invalid escape is kept
 /// as it is.
 fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    use crate::path::hex_value;
+    use crate::encoding::hex_value;
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {

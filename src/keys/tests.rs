@@ -1,8 +1,9 @@
 //! Unit tests of the key format, the query check, peppers and digests.
 
-use super::pepper::{hmac_digest, lower_hex};
+use super::pepper::hmac_digest;
 use super::secret::{checksum, crc32};
 use super::*;
+use crate::encoding::lower_hex;
 
 /// Builds a key with a given random part and a correct checksum.
 fn key_with(random: &str) -> String {

@@ -48,7 +48,7 @@ pub(super) fn compile(raw: raw::RawPolicy, check: &mut Checker<'_>) -> Policy {
         }
     }
 
-    let hash = hex::encode(Sha256::digest(check.text().as_bytes()));
+    let hash = crate::encoding::lower_hex(&Sha256::digest(check.text().as_bytes()));
     Policy {
         file: check.file().to_path_buf(),
         hash,

@@ -38,12 +38,36 @@ pub enum RouteAuth {
     None,
 }
 
-/// `mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `mode`: also the `mode` label of `auth_decisions_total` and the access log's `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteMode {
     Enforce,
     /// Decide and record, but let every request through.
     Shadow,
+}
+
+impl RouteMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [RouteMode; 2] = [RouteMode::Enforce, RouteMode::Shadow];
+
+    /// Position in [`RouteMode::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label and log value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Enforce => "enforce",
+            RouteMode::Shadow => "shadow",
+        }
+    }
+}
+
+impl std::fmt::Display for RouteMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The outcome of a lookup.
