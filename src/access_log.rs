@@ -1,4 +1,4 @@
-//! The access log (SPEC 6): [`AccessLog`] is one request's line, written once when it is
+//! The access log (docs/reference.md §6): [`AccessLog`] is one request's line, written once when it is
 //! dropped, and [`Counted`], [`Logged`] and [`crate::io::ObservedIo`] count the request's
 //! bytes as they pass, so that the line carries them without anything being buffered.
 

@@ -1,4 +1,4 @@
-//! The admin listeners: the health listener of SPEC 5.1 (`/metrics`, `/healthz`,
+//! The admin listeners: the health listener of docs/reference.md §5.1 (`/metrics`, `/healthz`,
 //! `/readyz`; never proxied), and the connection loop it shares with the key and tenant
 //! API ([`crate::admin_api`]).
 

@@ -1,4 +1,4 @@
-//! The key and tenant API (SPEC 5.2): JSON in and out on `[admin] api_address`, for a
+//! The key and tenant API (docs/reference.md §5.2): JSON in and out on `[admin] api_address`, for a
 //! dashboard backend that manages tenants and keys without shelling out to the CLI.
 //!
 //! Served only when a token is configured ([`token::load_token`]); every call needs

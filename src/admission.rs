@@ -1,5 +1,5 @@
 //! Admission: the rules a request must pass before it may go upstream — key,
-//! authentication, plan, scopes, declared body size, rate limit (SPEC 4.1–4.4) — and the
+//! authentication, plan, scopes, declared body size, rate limit (docs/reference.md §4.1–4.4) — and the
 //! proof that it passed them.
 //!
 //! The proof types keep the order honest, as linkerd's permits do: only
@@ -169,7 +169,7 @@ impl Gate {
         }
     }
 
-    /// Key → authentication. An outage never looks like a bad key (SPEC 4.4): 503, not
+    /// Key → authentication. An outage never looks like a bad key (docs/reference.md §4.4): 503, not
     /// 401.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Box<Denial>> {
         let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;

@@ -1,6 +1,6 @@
 //! Start-up and shutdown: everything is loaded and built in the order that makes a bad
 //! config fatal only at start, the listeners are bound and the watchers started; then the
-//! shutdown sequence of SPEC 6. The shared state it builds is [`App`] (`crate::state`).
+//! shutdown sequence of docs/reference.md §6. The shared state it builds is [`App`] (`crate::state`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,7 +193,7 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
     listener.local_addr().map_err(|e| StartError::Other(format!("cannot read a listener's address: {e}")))
 }
 
-/// How often the keys file is checked even without a filesystem event: the SPEC wants a
+/// How often the keys file is checked even without a filesystem event: docs/reference.md promises a
 /// change seen within 1 s.
 const KEYS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// The policy's poll backstop (events make reloads immediate).
@@ -227,7 +227,7 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
 }
 
 impl Running {
-    /// SPEC 6: `/readyz` turns 503 at once, listeners close after `drain_delay`, requests
+    /// docs/reference.md §6: `/readyz` turns 503 at once, listeners close after `drain_delay`, requests
     /// in flight get up to `shutdown_grace` to finish.
     pub async fn shutdown(self) {
         let settings = self.app.settings().clone();

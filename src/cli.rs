@@ -1,4 +1,4 @@
-//! The command line (SPEC 1). `main.rs` parses it with clap and calls [`run`]; each
+//! The command line (docs/reference.md §1). `main.rs` parses it with clap and calls [`run`]; each
 //! subcommand lives in its own module.
 
 pub mod check;
@@ -91,7 +91,7 @@ impl CliError {
 /// sysexits.h EX_CONFIG: the exit code of `serve` with an invalid configuration.
 pub const EX_CONFIG: i32 = 78;
 
-/// The config path of SPEC 1: `--config`, else `$KEYGATE_CONFIG`, else `config/keygate.toml`.
+/// The config path of docs/reference.md §1: `--config`, else `$KEYGATE_CONFIG`, else `config/keygate.toml`.
 pub fn config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("KEYGATE_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config/keygate.toml"))
@@ -110,7 +110,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// How long a key or tenant command waits for the store (SPEC 1: the CLI has its own
+/// How long a key or tenant command waits for the store (docs/reference.md §1: the CLI has its own
 /// timeout, in seconds, not the request path's).
 pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -1,4 +1,4 @@
-//! The duration grammar of the SPEC's conventions: `500ms`, `10s`, `5m`, `24h`, `90d`.
+//! The duration grammar of the conventions of docs/reference.md: `500ms`, `10s`, `5m`, `24h`, `90d`.
 
 use std::time::Duration;
 

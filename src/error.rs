@@ -1,5 +1,5 @@
 //! Every refusal keygate decides, and its ONE mapping: to status, headers and JSON body
-//! (SPEC 4.2), to a gRPC-shaped answer for gRPC requests, to the access log's `decision`
+//! (docs/reference.md §4.2), to a gRPC-shaped answer for gRPC requests, to the access log's `decision`
 //! and to the `result` label of `keygate_auth_decisions_total`. Nothing else in the crate
 //! matches on a [`Refusal`]; one table test pins every mapping of every variant.
 
@@ -45,7 +45,7 @@ impl AuthFailure {
 }
 
 /// How a request's admission ended: the `result` label of
-/// `keygate_auth_decisions_total` (SPEC 5.1). A key that did not authenticate is labelled
+/// `keygate_auth_decisions_total` (docs/reference.md §5.1). A key that did not authenticate is labelled
 /// by its [`AuthFailure`], so the two never drift apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthResult {
@@ -266,7 +266,7 @@ impl Refusal {
         }
     }
 
-    /// The response: JSON (SPEC 4.2), or gRPC-shaped (HTTP 200, `grpc-status`,
+    /// The response: JSON (docs/reference.md §4.2), or gRPC-shaped (HTTP 200, `grpc-status`,
     /// `grpc-message`) when the request was gRPC.
     pub fn into_response(self, request_id: &str, grpc: bool) -> Response<ProxyBody> {
         let mut builder = Response::builder();

@@ -1,4 +1,4 @@
-//! API keys (SPEC 3): the module's root, naming its parts and re-exporting the key types
+//! API keys (docs/reference.md §3): the module's root, naming its parts and re-exporting the key types
 //! every caller uses as `crate::keys::…`: the `kg_` format and the redacting [`Secret`]
 //! (`secret`), the check for keys in query strings (`query`), digests under versioned
 //! peppers (`pepper`), the stored records and the [`Principal`] (`records`); then what is

@@ -21,7 +21,7 @@ fn main() {
     }
 }
 
-/// `serve` logs JSON lines to stdout (SPEC 6). The other commands keep stdout for their
+/// `serve` logs JSON lines to stdout (docs/reference.md §6). The other commands keep stdout for their
 /// output (`--json` must stay parseable), so their log and audit lines go to stderr; the
 /// demo is quiet unless `RUST_LOG` asks otherwise, so its curl lines stay readable.
 fn init_logging(command: &keygate::cli::Command) {

@@ -1,4 +1,4 @@
-//! Every metric keygate exports (SPEC 5.1), registered in one place on an explicit
+//! Every metric keygate exports (docs/reference.md §5.1), registered in one place on an explicit
 //! registry, with bounded labels only.
 //!
 //! Callers cannot invent label values: the fixed sets are enums, and the open ones are
@@ -161,7 +161,7 @@ fn fixed_counter<T: Copy>(
 }
 
 impl Metrics {
-    /// Registers every metric of SPEC 5.1 on a fresh registry, each fixed-set counter at
+    /// Registers every metric of docs/reference.md §5.1 on a fresh registry, each fixed-set counter at
     /// 0 for each of its values, `build_info` at 1 and `store_up` at 1 (the breaker starts
     /// closed). Panics only if registration fails, which fixed names rule out.
     pub fn new() -> Metrics {
@@ -483,7 +483,7 @@ mod tests {
         ] {
             assert!(has_line(&text, line), "missing {line}\n{text}");
         }
-        // Exactly the label sets of SPEC 5.1.
+        // Exactly the label sets of docs/reference.md §5.1.
         assert_eq!(AuthResult::ALL.len(), 10);
         assert_eq!(text.lines().filter(|l| l.starts_with("keygate_auth_decisions_total{")).count(), 20);
     }

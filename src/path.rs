@@ -1,4 +1,4 @@
-//! Path normalisation (SPEC 4.5, RFC 3986 2.3 and 5.2.4) and its refusals: the one
+//! Path normalisation (docs/reference.md §4.5, RFC 3986 2.3 and 5.2.4) and its refusals: the one
 //! function that turns a request's raw path into the path that is matched and forwarded.
 //!
 //! # Why this exists

@@ -1,4 +1,4 @@
-//! `handle()`: every request's phases, in order, in one place — the SPEC read top to
+//! `handle()`: every request's phases, in order, in one place — the reference read top to
 //! bottom. Normalise path → match route → extract key → authenticate → authorise plan
 //! and scopes → rate-limit → rewrite headers → forward → record.
 //!
@@ -107,8 +107,8 @@ async fn process(
     // 1. The request's shape: one Host, an absolute-form target naming the same host.
     check_host(&request)?;
 
-    // 2. The path, normalised once (SPEC 4.5); the query is never matched, but a key in
-    //    it is refused before it travels on into access logs (SPEC 4.1).
+    // 2. The path, normalised once (docs/reference.md §4.5); the query is never matched, but a key in
+    //    it is refused before it travels on into access logs (docs/reference.md §4.1).
     let path = path::normalize(request.uri().path(), policy.paths).map_err(|e| Refusal::BadRequest(e.to_string()))?;
     if request.uri().query().is_some_and(keys::query_carries_key) {
         return Err(Refusal::BadRequest(
@@ -229,7 +229,7 @@ async fn forward(
     }
 }
 
-/// SPEC 4.5: two `Host` headers, or an absolute-form target (or HTTP/2 `:authority`)
+/// docs/reference.md §4.5: two `Host` headers, or an absolute-form target (or HTTP/2 `:authority`)
 /// whose authority differs from `Host`, is refused.
 fn check_host<B>(request: &Request<B>) -> Result<(), Refusal> {
     let mut hosts = request.headers().get_all(HOST).iter();

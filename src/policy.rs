@@ -1,4 +1,4 @@
-//! `routes.toml`: the hot-reloaded policy (SPEC 2.2), parsed into `Raw*` structs and
+//! `routes.toml`: the hot-reloaded policy (docs/reference.md §2.2), parsed into `Raw*` structs and
 //! compiled into one immutable [`Policy`] snapshot. Pure: no I/O beyond [`Policy::load`].
 //!
 //! This file is the way in ([`Policy::load`], [`Policy::parse`]) and the module's public

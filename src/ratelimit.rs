@@ -1,4 +1,4 @@
-//! Plan rate limits (SPEC 4.4): the [`Limit`] of a plan, the limiter's [`Decision`], and
+//! Plan rate limits (docs/reference.md §4.4): the [`Limit`] of a plan, the limiter's [`Decision`], and
 //! the response headers every request that reached the limiter carries.
 //!
 //! The window is sliding and exact: it is split into [`SUB_WINDOWS`] sub-windows with one

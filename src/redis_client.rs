@@ -1,6 +1,6 @@
 //! The shared Redis client used by the Redis key store and the Redis rate limiter: one
 //! connection (single node or cluster) behind a circuit breaker, every call bounded by
-//! a timeout, so that no request waits on a store known to be down (SPEC 4.4).
+//! a timeout, so that no request waits on a store known to be down (docs/reference.md §4.4).
 //!
 //! - `redis://`, `rediss://` (TLS, rustls; `ca_file` is then the root to trust, else the
 //!   system's roots), `redis+cluster://h1:p1,h2:p2` and `rediss+cluster://…`.

@@ -1,4 +1,4 @@
-//! `keygate.toml`: the static settings read at start (SPEC 2.1), parsed into `Raw*`
+//! `keygate.toml`: the static settings read at start (docs/reference.md §2.1), parsed into `Raw*`
 //! structs and validated into [`Settings`], whose invariants hold by construction.
 //!
 //! This file is the way in ([`Settings::load`], [`Settings::parse`]) and the module's

@@ -1,4 +1,4 @@
-//! The TLS listener's configuration, with certificate rotation (SPEC 2.1 `[listen] tls`).
+//! The TLS listener's configuration, with certificate rotation (docs/reference.md §2.1 `[listen] tls`).
 //!
 //! One rustls [`ServerConfig`] is built at start and never rebuilt: TLS 1.3 and 1.2 only
 //! (rustls has no TLS 1.0/1.1), ALPN `h2` then `http/1.1`, the `ring` provider, no client
@@ -21,7 +21,7 @@
 //! The watcher lets files that are half-written settle before it refuses them: a
 //! certificate written a moment before its key is not a failure.
 //!
-//! `tls_cert_expiry_timestamp_seconds` (SPEC 5.1) is set to the leaf certificate's
+//! `tls_cert_expiry_timestamp_seconds` (docs/reference.md §5.1) is set to the leaf certificate's
 //! `notAfter` at load and at every successful reload; [`not_after`] reads it from the DER.
 //!
 //! Reading and checking a pair is `tls/pair.rs`; the DER walk to `notAfter`, `tls/der.rs`.

@@ -75,7 +75,7 @@ impl<'a> Checker<'a> {
     }
 }
 
-/// A duration value in the SPEC's grammar, or an error at the value.
+/// A duration value in the duration grammar of docs/reference.md, or an error at the value.
 pub(crate) fn duration_value(check: &mut Checker<'_>, name: &str, value: &Spanned<String>) -> Option<Duration> {
     match crate::duration::parse(value.get_ref()) {
         Ok(d) => Some(d),

@@ -1,8 +1,8 @@
-//! Forwarding (SPEC 4.3): one pooled hyper-util client per upstream ([`pool`]), hop-by-hop
+//! Forwarding (docs/reference.md §4.3): one pooled hyper-util client per upstream ([`pool`]), hop-by-hop
 //! header removal both ways (RFC 9110 7.6.1, [`hop_by_hop`]), the request as it goes
 //! upstream with the identity and forwarding headers keygate adds ([`outbound`]), the
 //! connect and response-header timeouts that become 502 and 504, and the WebSocket
-//! tunnel (SPEC 4.1, [`tunnel`]).
+//! tunnel (docs/reference.md §4.1, [`tunnel`]).
 //!
 //! Only an admitted request can be sent: [`Upstreams::send`] takes an [`Outbound`], and
 //! an [`Outbound`] is made only from a [`crate::admission::Admission`], whose identity

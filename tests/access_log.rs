@@ -1,4 +1,4 @@
-//! The access log (SPEC 6): the real binary, `keygate serve`, writes one JSON line per
+//! The access log (docs/reference.md §6): the real binary, `keygate serve`, writes one JSON line per
 //! request on stdout (target `access`) with time, request id, method, route prefix,
 //! status, decision, key id, tenant, upstream, duration and body bytes in and out; the
 //! line comes once the response body is sent, so streamed bodies are counted too.

@@ -1,4 +1,4 @@
-//! The admin listener (SPEC 5.1) and the metrics the core records.
+//! The admin listener (docs/reference.md §5.1) and the metrics the core records.
 
 mod support;
 

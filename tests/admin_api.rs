@@ -1,4 +1,4 @@
-//! The key and tenant API (SPEC 5.2): every endpoint, the token check, the CLI's rules
+//! The key and tenant API (docs/reference.md §5.2): every endpoint, the token check, the CLI's rules
 //! and errors as HTTP statuses, the same JSON objects as `--json`, changes seen by the
 //! proxy within a second, the Redis store behind it, and audit lines without secrets.
 

@@ -1,6 +1,6 @@
 //! A canary key goes through every kind of traffic this suite knows, against the real
 //! binary with debug logging; no trace of it (beyond its first 8 characters) may appear
-//! in logs, metrics, error bodies or upstream headers (SPEC 3).
+//! in logs, metrics, error bodies or upstream headers (docs/reference.md §3).
 
 mod support;
 

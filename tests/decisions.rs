@@ -1,4 +1,4 @@
-//! Every decision of SPEC 4.2 that the embedded store can make, through the real proxy.
+//! Every decision of docs/reference.md §4.2 that the embedded store can make, through the real proxy.
 
 mod support;
 

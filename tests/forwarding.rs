@@ -1,4 +1,4 @@
-//! Forwarding (SPEC 4.3): what the upstream sees, what the client gets back, streaming.
+//! Forwarding (docs/reference.md §4.3): what the upstream sees, what the client gets back, streaming.
 
 mod support;
 

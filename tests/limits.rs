@@ -1,4 +1,4 @@
-//! The in-process limiter through the proxy (SPEC 4.4), on an injected clock: windows,
+//! The in-process limiter through the proxy (docs/reference.md §4.4), on an injected clock: windows,
 //! cost, refusals not counted, and the headers on every response that reached it.
 
 mod support;

@@ -1,4 +1,4 @@
-//! The metric set (SPEC 5.1): every name of the table exported from start, labels that do
+//! The metric set (docs/reference.md §5.1): every name of the table exported from start, labels that do
 //! not grow with traffic, and output that `promtool check metrics` accepts.
 
 mod support;

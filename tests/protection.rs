@@ -1,4 +1,4 @@
-//! The `[server]` protective limits (SPEC 2.1, 6) and TLS through the real listener: each
+//! The `[server]` protective limits (docs/reference.md §2.1, 6) and TLS through the real listener: each
 //! test fails if its limit is not wired.
 
 mod support;

@@ -1,4 +1,4 @@
-//! Keys in Redis, through the real proxy (SPEC 3, 4.4): replicas share keys, revocations
+//! Keys in Redis, through the real proxy (docs/reference.md §3, 4.4): replicas share keys, revocations
 //! and plan changes reach every replica within a second, the cache spares Redis, and an
 //! outage never looks like a bad key.
 

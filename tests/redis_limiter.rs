@@ -28,7 +28,7 @@ const RELAXED: Duration = Duration::from_millis(500);
 const TIGHT: Duration = Duration::from_millis(50);
 /// What a request may take beyond `redis.timeout` while Redis is paused.
 const MARGIN: Duration = Duration::from_millis(100);
-/// How soon after Redis answers again decisions must be shared again (SPEC: 1 s), plus
+/// How soon after Redis answers again decisions must be shared again (docs/reference.md: 1 s), plus
 /// a margin for a loaded machine.
 const RECOVERY: Duration = Duration::from_millis(1_500);
 

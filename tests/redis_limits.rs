@@ -1,5 +1,5 @@
 //! The shared limiter through three real keygate replicas on one test-owned Redis
-//! (SPEC 4.4): exact across replicas, close to the limit under saturation, headers that
+//! (docs/reference.md §4.4): exact across replicas, close to the limit under saturation, headers that
 //! agree, and bounded degradation when Redis stops.
 
 mod support;

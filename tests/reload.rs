@@ -1,4 +1,4 @@
-//! Policy hot reload (SPEC 2.2 "Reload", issue 5): a file written in place, renamed over,
+//! Policy hot reload (docs/reference.md §2.2 "Reload", issue 5): a file written in place, renamed over,
 //! swapped the way the kubelet updates a ConfigMap, reloaded on SIGHUP; invalid files;
 //! plans and upstreams changed by a reload; pooled upstream connections kept across one;
 //! reloads under load; the reload metrics. Real servers on ephemeral ports; every wait

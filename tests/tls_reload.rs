@@ -26,7 +26,7 @@ use tokio_rustls::TlsConnector;
 /// What the test server writes after the handshake: `hello <alpn>\n`.
 const GREETING: &str = "hello";
 
-/// How soon a rotated pair must be served (SPEC: files watched and reloaded).
+/// How soon a rotated pair must be served (docs/reference.md: files watched and reloaded).
 const ROTATION_DEADLINE: Duration = Duration::from_secs(2);
 
 const OPENSSL_CONFIG: &str = "\

@@ -1,4 +1,4 @@
-//! WebSocket (SPEC 4.1, RFC 6455 over RFC 9110 7.8): an upgrade passes through keygate
+//! WebSocket (docs/reference.md §4.1, RFC 6455 over RFC 9110 7.8): an upgrade passes through keygate
 //! once authorised, bytes are copied both ways until either side closes, and a refused
 //! handshake never reaches the upstream.
 //!

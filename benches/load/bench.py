@@ -202,6 +202,7 @@ class Setup:
         (self.dir / "tmp").mkdir()
         self.ports = set()
         self.keygate_bin = Path(args.keygate)
+        self.baseline_bin = Path(args.baseline) if args.baseline else None
         self.urls = {}
         self.pids = {}  # target -> main pid (nginx: master; children added at measure time)
         self.idle_rss_kb = {}
@@ -260,7 +261,7 @@ class Setup:
                 tls = f'tls = {{ cert = "{d / "tls.crt"}", key = "{d / "tls.key"}" }}'
             redis = ""
             backend = "local"
-            if variant == "keygate-redis":
+            if variant.endswith("-redis"):
                 backend = "redis"
                 redis = f'[redis]\nurl = "redis://127.0.0.1:{self.redis_port}/0"'
             render("keygate.toml", kd / "keygate.toml",
@@ -283,7 +284,8 @@ class Setup:
             shutil.copy2(d / "keygate-local" / "keys.json", d / variant / "keys.json")
         for variant in KEYGATES:
             kd = d / variant
-            p = self.procs.start(variant, [str(self.keygate_bin), "serve", "--config", str(kd / "keygate.toml")],
+            binary = self.baseline_bin if variant.startswith("baseline-") else self.keygate_bin
+            p = self.procs.start(variant, [str(binary), "serve", "--config", str(kd / "keygate.toml")],
                                  env=env, log_path=kd / "keygate.out")
             self.pids[variant] = p.pid
         for variant in KEYGATES:
@@ -390,7 +392,7 @@ class Meter:
         self.upstream0 = cpu_ticks(self.upstream)
         self.redis_cpu0 = cpu_ticks(self.redis_pids)
         self.busy0 = machine_busy_ticks()
-        self.redis0 = redis_commandstats(s.redis_port) if self.target == "keygate-redis" else None
+        self.redis0 = redis_commandstats(s.redis_port) if self.target.endswith("-redis") else None
         self.kg0 = keygate_counters(s, self.target)
         return self
 
@@ -669,6 +671,19 @@ def summarise(rounds, setup, args):
         key = f"{int(frac * 100)}%"
         s["redis"][f"round_trips_per_request_at_{key}"] = median_spread(
             [r["latency"][key]["keygate-redis"].get("redis_round_trips_per_request") for r in rounds])
+    if args.baseline:
+        # The same build before and after a change, in one run: this build over the
+        # baseline, per round, then the median (below 1 for CPU, above 1 for throughput
+        # is better).
+        s["vs_baseline"] = {}
+        for mode in ("local", "redis"):
+            new, old = f"keygate-{mode}", f"baseline-{mode}"
+            s["vs_baseline"][mode] = {
+                "throughput": median_spread([r["saturation"][new]["rps"] / r["saturation"][old]["rps"]
+                                             for r in rounds]),
+                "cpu_per_request": median_spread([r["saturation"][new]["cpu_s_per_1000"]
+                                                  / r["saturation"][old]["cpu_s_per_1000"] for r in rounds]),
+            }
     s["foreign_cpu"] = median_spread([m.get("foreign_cpu") for r in rounds for m in r["saturation"].values()])
     return s
 
@@ -722,6 +737,10 @@ def main():
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5, 0.75],
                     help="fixed rates, as fractions of the round's direct maximum")
     ap.add_argument("--keygate", default=str(ROOT / "target" / "release" / "keygate"))
+    ap.add_argument("--baseline", default=None,
+                    help="another keygate binary (e.g. the build before a change), run as baseline-local and "
+                         "baseline-redis beside keygate-local and keygate-redis, interleaved in the same rounds; "
+                         "the summary gives this build over the baseline")
     ap.add_argument("--oha", default=shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha"))
     ap.add_argument("--name", default=datetime.date.today().isoformat(), help="results file stem")
     ap.add_argument("--out", default=str(RESULTS))
@@ -732,6 +751,11 @@ def main():
     ap.add_argument("--profile-only", action="store_true",
                     help="no rounds: only the profiles (written to <out>/<name>-profile-<target>.txt)")
     args = ap.parse_args()
+    if args.baseline:
+        for target in ("baseline-local", "baseline-redis"):
+            TARGETS.append(target)
+            KEYGATES.append(target)
+        PROXIES[:] = TARGETS[1:]
 
     procs = Processes()
 
@@ -820,6 +844,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     log(f"wrote {out / (args.name + '.json')}")
+    if args.baseline:
+        for mode, ab in report["summary"]["vs_baseline"].items():
+            log(f"this build / baseline, keygate-{mode}: throughput {ab['throughput']}, "
+                f"CPU per request {ab['cpu_per_request']}")
     subprocess.run([sys.executable, str(HERE / "report.py"), str(out / f"{args.name}.json")], check=True)
 
 

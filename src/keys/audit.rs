@@ -1,4 +1,4 @@
-//! The audit lines of SPEC 6: one `tracing` event (target `audit`) per change made
+//! The audit lines of docs/reference.md §6: one `tracing` event (target `audit`) per change made
 //! through the CLI or the admin API, the same for both: what, key id, tenant — never a
 //! secret (these functions never see one). `via` says which door the change came in by.
 
@@ -11,7 +11,7 @@ use super::{KeyRecord, TenantRecord};
 pub enum Via {
     /// `keygate keys …` / `keygate tenants …`.
     Cli,
-    /// The key and tenant API (SPEC 5.2).
+    /// The key and tenant API (docs/reference.md §5.2).
     AdminApi,
 }
 

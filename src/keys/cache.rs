@@ -1,4 +1,4 @@
-//! The in-process cache in front of a remote key store (SPEC 3, 4.4): positive entries
+//! The in-process cache in front of a remote key store (docs/reference.md §3, 4.4): positive entries
 //! fresh for `cache_ttl` and usable while the store is unreachable for `stale_if_error`
 //! more; negative entries (unknown digests) for a short time and bounded in number, so a
 //! flood of random keys neither grows memory without bound nor reaches the store more than

@@ -1,5 +1,5 @@
 //! How keys and tenants are shown as JSON: one definition for `keygate keys|tenants …
-//! --json` and the admin API (SPEC 1, 5.2), so that both print exactly the same objects.
+//! --json` and the admin API (docs/reference.md §1, 5.2), so that both print exactly the same objects.
 //! Only [`created_key`] carries a secret, the one time it is shown.
 
 use std::time::Duration;

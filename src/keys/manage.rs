@@ -1,4 +1,4 @@
-//! The rules of the tenant and key lifecycle (SPEC 1, 3), shared by the CLI and the admin
+//! The rules of the tenant and key lifecycle (docs/reference.md §1, 3), shared by the CLI and the admin
 //! API: plans must exist and allow API access, `max_keys` holds, scopes come from the
 //! policy, rotation keeps tenant, name and scopes and puts the old key in its grace.
 //!
@@ -68,7 +68,7 @@ pub struct NewKey {
 }
 
 /// How long revoked keys are kept as tombstones, so that 401 says "revoked" rather than
-/// "unknown" (SPEC 3).
+/// "unknown" (docs/reference.md §3).
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 /// The longest key name, in characters.
@@ -187,7 +187,7 @@ pub fn prune_tombstones(data: &mut KeysData, now: OffsetDateTime) {
     data.keys.retain(|_, key| key.revoked_at.is_none_or(|t| t >= cutoff));
 }
 
-/// Re-stores a key found under an old pepper under the current one (SPEC 3). A no-op when
+/// Re-stores a key found under an old pepper under the current one (docs/reference.md §3). A no-op when
 /// the key is gone or already re-stored.
 pub fn restore_digest(data: &mut KeysData, key_id: &str, current: super::KeyDigest) {
     if let Some(key) = data.keys.get_mut(key_id) {

@@ -1,4 +1,4 @@
-//! Digests of keys (SPEC 3): HMAC-SHA-256 under versioned peppers (or plain SHA-256
+//! Digests of keys (docs/reference.md §3): HMAC-SHA-256 under versioned peppers (or plain SHA-256
 //! without one), the [`Peppers`] they come from, and the [`KeyDigest`] stored in place of
 //! a secret.
 
@@ -17,7 +17,7 @@ pub struct KeyDigest {
     pub hex: String,
 }
 
-/// The peppers keys are digested under (SPEC 3): from `$KEYGATE_PEPPER` (one, id `env`)
+/// The peppers keys are digested under (docs/reference.md §3): from `$KEYGATE_PEPPER` (one, id `env`)
 /// or a pepper file of `id=secret` lines, the first one current. Empty: plain SHA-256.
 #[derive(Clone, Default)]
 pub struct Peppers {

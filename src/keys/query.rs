@@ -1,4 +1,4 @@
-//! Whether a query string carries a key (SPEC 4.1): such a request is refused before the
+//! Whether a query string carries a key (docs/reference.md §4.1): such a request is refused before the
 //! key can travel on into access logs.
 
 use super::secret::{parse_secret, KEY_LEN, KEY_PREFIX};
@@ -6,7 +6,7 @@ use super::secret::{parse_secret, KEY_LEN, KEY_PREFIX};
 /// Whether a query string carries a well-formed key (right prefix, length and checksum)
 /// anywhere in a parameter name or value, after percent-decoding (and `+` as a space):
 /// such a request is refused with 400 so that the key does not travel on into access
-/// logs (SPEC 4.1). `&` and `;` both separate parameters.
+/// logs (docs/reference.md §4.1). `&` and `;` both separate parameters.
 ///
 /// A key embedded in a longer value (`token=Bearer+kg_…`) counts too: the checksum
 /// makes a false positive on ordinary data negligible (about 1 in 62^6).

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::pepper::KeyDigest;
 
-/// Whether `id` is a tenant id (SPEC conventions): 1–63 characters of `a-z 0-9 _ -`,
+/// Whether `id` is a tenant id (docs/reference.md, conventions): 1–63 characters of `a-z 0-9 _ -`,
 /// starting with a letter or digit.
 pub fn valid_tenant_id(id: &str) -> bool {
     let bytes = id.as_bytes();

@@ -1,4 +1,4 @@
-//! The key format (SPEC 3): `kg_` + 128+ bits of base62 randomness + a base62 CRC-32
+//! The key format (docs/reference.md §3): `kg_` + 128+ bits of base62 randomness + a base62 CRC-32
 //! checksum, the redacting [`Secret`] type, parsing a presented key ([`Malformed`] when it
 //! is not one), and key ids.
 
@@ -7,7 +7,7 @@ use std::fmt;
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "kg_";
 
-/// A key secret. `Debug` and `Display` show only its first 8 characters (SPEC 3: no more
+/// A key secret. `Debug` and `Display` show only its first 8 characters (docs/reference.md §3: no more
 /// may ever be logged); [`Secret::expose`] is the one way to the whole value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -54,7 +54,7 @@ pub enum Malformed {
 /// The base62 alphabet of keys and key ids.
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// Base62 characters of randomness in a key: 62^22 ≈ 2^131, above SPEC 3's 128 bits.
+/// Base62 characters of randomness in a key: 62^22 ≈ 2^131, above docs/reference.md §3's 128 bits.
 pub const KEY_RANDOM_LEN: usize = 22;
 
 /// Base62 characters of the checksum: 62^6 > 2^32, so every CRC32 value fits.

@@ -1,4 +1,4 @@
-//! The route table: normalised path + method → route (SPEC 2.2 "Matching").
+//! The route table: normalised path + method → route (docs/reference.md §2.2 "Matching").
 //! Longest prefix on a segment boundary, case-sensitive; then method; no fall-back to
 //! a shorter prefix. Lookup costs one hash probe per path segment, whatever the number
 //! of routes.
@@ -149,7 +149,7 @@ impl RouteTable {
         RouteTable { routes, groups, longest }
     }
 
-    /// Finds the route for an already normalised path (SPEC 2.2 "Matching"): the longest
+    /// Finds the route for an already normalised path (docs/reference.md §2.2 "Matching"): the longest
     /// prefix that matches on a segment boundary, then the route of that prefix that takes
     /// `method`. There is no fall-back to a shorter prefix: a prefix that matches but
     /// does not take the method answers [`RouteMatch::MethodNotAllowed`].

@@ -1,4 +1,4 @@
-//! The policy's unit tests: the SPEC example, every refusal with its position, the
+//! The policy's unit tests: the reference's example, every refusal with its position, the
 //! warnings, and the value checks one by one.
 
 use std::path::Path;

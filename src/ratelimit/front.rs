@@ -1,5 +1,5 @@
 //! The limiter the proxy calls: `limits.backend` picks the in-process or the shared
-//! (Redis) window, and `on_store_error` decides when the store cannot (SPEC 4.4).
+//! (Redis) window, and `on_store_error` decides when the store cannot (docs/reference.md §4.4).
 //!
 //! With `backend = "redis"` every decision comes from the Redis script while Redis
 //! answers. When it does not (a timeout, an error, or the client's circuit breaker open,
@@ -10,7 +10,7 @@
 //! - `local`: a fallback in-process limiter of this replica alone, with the plan's window
 //!   and `ceil(requests / limits.replicas)` requests, so that N replicas together admit
 //!   about the plan's limit. Its counters are separate from the `backend = "local"` ones
-//!   and start empty: what Redis counted before the outage is not known here (SPEC 4.4
+//!   and start empty: what Redis counted before the outage is not known here (docs/reference.md §4.4
 //!   leaves decisions taken without the store out of the guarantee). The decision's
 //!   `limit` is still the plan's (the headers advertise the plan, [`Decision::write_headers`]
 //!   takes the plan's [`Limit`]); its `remaining`, `reset` and `retry_after` are this

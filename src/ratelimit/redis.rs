@@ -40,7 +40,7 @@
 //! Calling `TIME` before writing needs effect replication, the default since Redis 5.
 //!
 //! The key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant, limit), so
-//! a change of plan starts a fresh window (SPEC 4.4 leaves that case out of the
+//! a change of plan starts a fresh window (docs/reference.md §4.4 leaves that case out of the
 //! guarantee). The `{tenant}` hash tag keeps all of a tenant's keys on one slot of a Redis
 //! Cluster.
 //!

@@ -1,4 +1,4 @@
-//! Validates a parsed `keygate.toml` table by table into [`Settings`], with the SPEC's
+//! Validates a parsed `keygate.toml` table by table into [`Settings`], with the
 //! defaults, and the checks across tables (the admin and proxy addresses, `[redis]`
 //! needed or unused). Every finding goes to the [`Checker`].
 

@@ -1,5 +1,5 @@
 //! The validated settings: the types start-up and request code read ([`Settings`] and
-//! its tables), with the SPEC's defaults. Relative paths in them are already resolved.
+//! its tables), with the defaults of docs/reference.md. Relative paths in them are already resolved.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +36,7 @@ pub struct Listen {
     pub address: SocketAddr,
     /// With TLS: HTTP/1.1 and HTTP/2 by ALPN. Default: none (plain HTTP/1.1 and h2c).
     pub tls: Option<Tls>,
-    /// Peers whose `X-Forwarded-For` is kept and appended to (SPEC 4.3). Default: none.
+    /// Peers whose `X-Forwarded-For` is kept and appended to (docs/reference.md §4.3). Default: none.
     pub trusted_proxies: Vec<IpNet>,
 }
 
@@ -60,7 +60,7 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
 }
 
-/// `[server]`: protective limits, with the SPEC's defaults.
+/// `[server]`: protective limits, with the defaults of docs/reference.md.
 #[derive(Debug, Clone)]
 pub struct Server {
     /// Default 10s.
@@ -145,7 +145,7 @@ pub enum LimitBackend {
     Redis,
 }
 
-/// What the limiter does when the store is unreachable (SPEC 4.4); a route may override it.
+/// What the limiter does when the store is unreachable (docs/reference.md §4.4); a route may override it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStoreError {

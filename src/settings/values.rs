@@ -12,7 +12,7 @@ use serde_spanned::Spanned;
 
 use crate::toml_check::{choice, duration_value, Checker};
 
-/// A path from the file, resolved against the config file's directory (SPEC conventions);
+/// A path from the file, resolved against the config file's directory (docs/reference.md, conventions);
 /// absolute paths are kept.
 pub(super) fn resolve_path(
     check: &mut Checker<'_>,

@@ -1,4 +1,4 @@
-//! The request as it goes upstream (SPEC 4.3): made only from an [`Admission`], it is the
+//! The request as it goes upstream (docs/reference.md §4.3): made only from an [`Admission`], it is the
 //! client's request with hop-by-hop headers, `Authorization` and every spelling of
 //! `x-keygate-*` removed, and keygate's own headers added last — the identity headers
 //! from the admission's principal, then `x-request-id` and the forwarding headers.
@@ -75,7 +75,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Rewrites a request's headers for the upstream (SPEC 4.3), for [`Outbound::new`] (and
+/// Rewrites a request's headers for the upstream (docs/reference.md §4.3), for [`Outbound::new`] (and
 /// the benchmarks: rewriting a header map forwards nothing): hop-by-hop first, then
 /// `Authorization` and every spelling of `x-keygate-*`, then keygate's own headers last,
 /// so that no client header can make keygate drop them.

@@ -1,4 +1,4 @@
-//! The WebSocket tunnel (SPEC 4.1): recognising a handshake, and copying bytes both ways
+//! The WebSocket tunnel (docs/reference.md §4.1): recognising a handshake, and copying bytes both ways
 //! once the upstream switched protocols.
 //!
 //! An HTTP/1.1 `GET` with `Connection: upgrade` and `Upgrade: websocket` (RFC 6455 4.1)

@@ -219,7 +219,7 @@ impl RedisStore {
         ))))
     }
 
-    /// Re-stores a key found under an old pepper under `current` (SPEC 3): writes the new
+    /// Re-stores a key found under an old pepper under `current` (docs/reference.md §3): writes the new
     /// index entry, then switches the record's digest (only if it still holds the one
     /// read), then drops the old index entry, and publishes both digests. A no-op when
     /// the key is gone or already re-stored. Off the request path.
