@@ -56,7 +56,7 @@ pub use requests::MAX_BODY_BYTES;
 use requests::{parse_body, read_body};
 use resource::{query_parameters, Resource};
 pub use token::load_token;
-use token::TokenDigest;
+use token::{Presented, TokenDigest};
 
 /// The API's state: the running keygate (its store, current policy and peppers) and the
 /// token. Only the token's SHA-256 is kept, so a presented token is compared with it in
@@ -117,12 +117,12 @@ impl AdminApi {
     {
         let (parts, body) = request.into_parts();
         match token::presented(&parts.headers) {
-            Ok(token) if self.token.matches(token) => {}
-            Ok(_) | Err(true) => {
+            Presented::Token(token) if self.token.matches(token) => {}
+            Presented::Token(_) | Presented::Unusable => {
                 tracing::warn!(target: "audit", action = "admin_api.unauthorized", peer = %display_peer(peer), reason = "invalid token");
                 return Err(ApiError::unauthorized(true));
             }
-            Err(false) => {
+            Presented::Nothing => {
                 tracing::warn!(target: "audit", action = "admin_api.unauthorized", peer = %display_peer(peer), reason = "no token");
                 return Err(ApiError::unauthorized(false));
             }

@@ -22,14 +22,14 @@ fn headers(values: &[&str]) -> HeaderMap {
 
 #[test]
 fn bearer_tokens() {
-    assert_eq!(presented(&headers(&["Bearer abc"])), Ok("abc"));
-    assert_eq!(presented(&headers(&["bearer  abc"])), Ok("abc"));
-    assert_eq!(presented(&headers(&["BEARER abc "])), Ok("abc"));
-    assert_eq!(presented(&headers(&[])), Err(false));
-    assert_eq!(presented(&headers(&["Basic abc"])), Err(false));
-    assert_eq!(presented(&headers(&["Bearer"])), Err(false));
-    assert_eq!(presented(&headers(&["Bearer "])), Err(false));
-    assert_eq!(presented(&headers(&["Bearer a", "Bearer a"])), Err(true));
+    assert_eq!(presented(&headers(&["Bearer abc"])), Presented::Token("abc"));
+    assert_eq!(presented(&headers(&["bearer  abc"])), Presented::Token("abc"));
+    assert_eq!(presented(&headers(&["BEARER abc "])), Presented::Token("abc"));
+    assert_eq!(presented(&headers(&[])), Presented::Nothing);
+    assert_eq!(presented(&headers(&["Basic abc"])), Presented::Nothing);
+    assert_eq!(presented(&headers(&["Bearer"])), Presented::Nothing);
+    assert_eq!(presented(&headers(&["Bearer "])), Presented::Nothing);
+    assert_eq!(presented(&headers(&["Bearer a", "Bearer a"])), Presented::Unusable);
 }
 
 #[test]

@@ -58,12 +58,24 @@ impl TokenDigest {
     }
 }
 
-/// The token of the one `Authorization: Bearer <token>` header. `Err(false)`: no usable
-/// credentials were sent (no header, another scheme, no scheme); `Err(true)`: something
-/// token-like was sent but is unusable (two headers, an empty token, not visible ASCII).
-pub(super) fn presented(headers: &HeaderMap) -> Result<&str, bool> {
-    bearer::token(headers).map_err(|e| match e {
-        BearerError::Missing | BearerError::OtherScheme | BearerError::NoScheme => false,
-        BearerError::Duplicated | BearerError::NotText | BearerError::EmptyToken => true,
-    })
+/// What a call presented as its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Presented<'a> {
+    /// The token of the one `Authorization: Bearer <token>` header.
+    Token(&'a str),
+    /// No credentials: no `Authorization` header, another scheme, or no scheme.
+    Nothing,
+    /// Something token-like that cannot be used: two headers, an empty token, a value
+    /// that is not visible ASCII.
+    Unusable,
+}
+
+/// What `headers` present (the 401's `error="invalid_token"` is for what was sent but
+/// is wrong or unusable).
+pub(super) fn presented(headers: &HeaderMap) -> Presented<'_> {
+    match bearer::token(headers) {
+        Ok(token) => Presented::Token(token),
+        Err(BearerError::Missing | BearerError::OtherScheme | BearerError::NoScheme) => Presented::Nothing,
+        Err(BearerError::Duplicated | BearerError::NotText | BearerError::EmptyToken) => Presented::Unusable,
+    }
 }
