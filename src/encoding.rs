@@ -11,7 +11,8 @@ const UPPER: &[u8; 16] = b"0123456789ABCDEF";
 pub fn lower_hex(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.extend_from_slice(&[LOWER[usize::from(b >> 4)], LOWER[usize::from(b & 0x0f)]]);
+        out.push(LOWER[usize::from(b >> 4)]);
+        out.push(LOWER[usize::from(b & 0x0f)]);
     }
     // Only ASCII digits and letters were pushed.
     String::from_utf8(out).unwrap_or_default()

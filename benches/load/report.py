@@ -60,8 +60,8 @@ def markdown(data, png_name):
       "the upstream is nginx `return 200` with 1 worker. Medians over rounds of per-round figures, with (min – max).")
     w("")
 
-    # ---- issue 7 targets
-    w("## Issue 7's targets")
+    # ---- the performance targets
+    w("## Performance targets")
     w("")
     w("| target | goal | measured: median (min – max) | met |")
     w("|---|---|---|---|")
