@@ -169,7 +169,8 @@ async fn forward(
     };
     parts.uri = Uri::try_from(target).map_err(|_| Refusal::BadRequest("invalid request target".into()))?;
     let context = ForwardContext {
-        peer: connection.peer.ip(),
+        // `::ffff:a.b.c.d` (an IPv4 client on a dual-stack listener) is written `a.b.c.d`.
+        peer: connection.peer.ip().to_canonical(),
         tls: connection.tls,
         request_id: &record.request_id,
         peer_trusted: app.peer_trusted(connection.peer.ip()),

@@ -89,9 +89,11 @@ impl App {
         &self.metrics
     }
 
-    /// Whether `peer` is in `listen.trusted_proxies` (its `X-Forwarded-For` is kept).
+    /// Whether `peer` is in `listen.trusted_proxies` (its `X-Forwarded-For` and override
+    /// headers are kept). An IPv4 peer on a dual-stack listener arrives as
+    /// `::ffff:a.b.c.d`: it is matched as `a.b.c.d`.
     pub fn peer_trusted(&self, peer: IpAddr) -> bool {
-        self.settings.listen.trusted_proxies.iter().any(|net| net.contains(&peer))
+        crate::connection::is_trusted(&self.settings.listen.trusted_proxies, peer)
     }
 
     /// Started: listeners bound, policy loaded (ready unless draining).

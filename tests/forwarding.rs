@@ -22,6 +22,12 @@ async fn the_upstream_gets_identity_headers_and_never_the_key_or_spoofed_identit
                 ("X-KEYGATE-PLAN", "agency"),
                 ("x_keygate_scopes", "admin"),
                 ("x-keygate_key-id", "key_forged"),
+                ("x-keygate.tenant", "evil"),
+                ("x_forwarded_for", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6;proto=https"),
+                ("x-real-ip", "6.6.6.6"),
+                ("true-client-ip", "6.6.6.6"),
+                ("x-original-url", "/admin"),
                 ("connection", "x-keygate-tenant, x-custom-hop"),
                 ("x-custom-hop", "1"),
                 ("te", "trailers"),
@@ -43,8 +49,11 @@ async fn the_upstream_gets_identity_headers_and_never_the_key_or_spoofed_identit
     for name in ["x-keygate-key-id", "x-keygate-tenant", "x-keygate-plan", "x-keygate-scopes"] {
         assert_eq!(h.get_all(name).iter().count(), 1, "{name} once");
     }
-    let keygate_named: Vec<_> =
-        h.keys().filter(|k| k.as_str().replace('_', "-").starts_with("x-keygate-")).map(|k| k.to_string()).collect();
+    let keygate_named: Vec<_> = h
+        .keys()
+        .filter(|k| k.as_str().replace(['_', '.'], "-").starts_with("x-keygate-"))
+        .map(|k| k.to_string())
+        .collect();
     assert_eq!(keygate_named.len(), 4, "{keygate_named:?}");
     assert!(h.get("x-custom-hop").is_none());
     assert!(h.get("keep-alive").is_none());
@@ -52,6 +61,9 @@ async fn the_upstream_gets_identity_headers_and_never_the_key_or_spoofed_identit
     assert_eq!(h["host"], "api.example.com");
     assert_eq!(h["x-forwarded-host"], "api.example.com");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted peer's X-Forwarded-For is replaced");
+    for name in ["x_forwarded_for", "forwarded", "x-real-ip", "true-client-ip", "x-original-url"] {
+        assert!(h.get(name).is_none(), "{name} from an untrusted peer reaches the upstream");
+    }
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-app-header"], "kept");
     assert!(h.get("x-request-id").is_some());
@@ -62,8 +74,12 @@ async fn the_upstream_gets_identity_headers_and_never_the_key_or_spoofed_identit
 async fn a_trusted_proxy_keeps_the_forwarded_for_chain() {
     let upstream = upstream().await;
     let kg = Keygate::builder(&upstream.url()).listen("trusted_proxies = [\"127.0.0.0/8\"]").start().await;
-    Http::new().send("GET", &kg.url("/status"), &[("x-forwarded-for", "203.0.113.9")], Bytes::new()).await;
-    assert_eq!(upstream.last().headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    let sent = [("x-forwarded-for", "203.0.113.9"), ("x-real-ip", "203.0.113.9"), ("x_real_ip", "6.6.6.6")];
+    Http::new().send("GET", &kg.url("/status"), &sent, Bytes::new()).await;
+    let h = upstream.last().headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-real-ip"], "203.0.113.9", "a trusted proxy's override headers pass");
+    assert!(h.get("x_real_ip").is_none(), "another spelling never passes");
     kg.stop().await;
 }
 

@@ -45,12 +45,66 @@ impl Outbound {
     }
 }
 
-/// True for `x-keygate-*` in any letter case and with `_` for `-` anywhere (a WSGI or PHP
-/// backend maps `_` to `-`, so `x_keygate_tenant` would spoof `x-keygate-tenant`).
+/// Whether `name` is `canonical` in some spelling a backend may fold into it: `http`
+/// lower-cases names, and CGI, PHP and WSGI stacks turn `-`, `_` and `.` alike into `_`
+/// (`x_keygate_tenant`, `x-keygate.tenant` and `X-Keygate-Tenant` all reach them as
+/// `HTTP_X_KEYGATE_TENANT`).
+fn spelled_as(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&b, &want)| b == want || (want == b'-' && matches!(b, b'_' | b'.')))
+}
+
+/// True for `x-keygate-*` in any spelling (see [`spelled_as`]): keygate's identity
+/// headers, which only keygate may write.
 pub(super) fn is_keygate_header(name: &HeaderName) -> bool {
-    let bytes = name.as_str().as_bytes(); // http lower-cases names
-    bytes.len() > 10
-        && bytes[..10].iter().zip(b"x-keygate-").all(|(&b, &want)| b == want || (want == b'-' && b == b'_'))
+    let bytes = name.as_str().as_bytes();
+    bytes.len() > 10 && spelled_as(&bytes[..10], b"x-keygate-")
+}
+
+/// Headers with which a client could claim another address, scheme, port, prefix or URL,
+/// and that backends and frameworks commonly believe: dropped unless the peer is in
+/// `trusted_proxies` (then they are the trusted proxy's and pass on).
+const CLIENT_OVERRIDES: [&[u8]; 16] = [
+    b"forwarded",
+    b"x-real-ip",
+    b"true-client-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"cf-connecting-ip",
+    b"fastly-client-ip",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-forwarded-scheme",
+    b"x-forwarded-ssl",
+    b"x-forwarded-server",
+    b"x-forwarded-uri",
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
+];
+
+/// The forwarding headers keygate writes itself (canonical spelling only: it replaces
+/// those, or appends to a trusted peer's `X-Forwarded-For`).
+const WRITTEN_BY_KEYGATE: [&[u8]; 4] = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"];
+
+/// Whether a client-sent header must not reach the upstream: `x-keygate-*` in any
+/// spelling; another spelling of a header keygate writes (`x_forwarded_for` would sit
+/// beside keygate's own and be read as it by a CGI stack); and, from a peer that is not
+/// trusted, the client-address and URL override headers in any spelling.
+pub(super) fn must_drop(name: &HeaderName, peer_trusted: bool) -> bool {
+    let bytes = name.as_str().as_bytes();
+    // Cheap exit for most names: every name below starts with one of these letters.
+    if !matches!(bytes.first(), Some(b'x' | b'f' | b't' | b'c')) {
+        return false;
+    }
+    if is_keygate_header(name) {
+        return true;
+    }
+    let respelled = bytes.iter().any(|&b| matches!(b, b'_' | b'.'));
+    if respelled && WRITTEN_BY_KEYGATE.iter().any(|canonical| spelled_as(bytes, canonical)) {
+        return true;
+    }
+    (respelled || !peer_trusted) && CLIENT_OVERRIDES.iter().any(|canonical| spelled_as(bytes, canonical))
 }
 
 /// The facts about the connection and request that the forwarding headers need.
@@ -77,8 +131,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Rewrites a request's headers for the upstream (docs/reference.md §4.3), for [`Outbound::new`] (and
 /// the benchmarks: rewriting a header map forwards nothing): hop-by-hop first, then
-/// `Authorization` and every spelling of `x-keygate-*`, then keygate's own headers last,
-/// so that no client header can make keygate drop them.
+/// `Authorization`, every spelling of `x-keygate-*` and of the headers keygate writes,
+/// and (from an untrusted peer) the client-address and URL override headers
+/// ([`must_drop`]); then keygate's own headers last, so that no client header can make
+/// keygate drop them.
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     context: &ForwardContext<'_>,
@@ -89,8 +145,9 @@ pub fn rewrite_request_headers(
     let forwarded_for = forwarded_for(headers, context);
     remove_hop_by_hop(headers, keep_upgrade);
     headers.remove(AUTHORIZATION);
-    if headers.keys().any(is_keygate_header) {
-        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| is_keygate_header(n)).cloned().collect();
+    let trusted = context.peer_trusted;
+    if headers.keys().any(|name| must_drop(name, trusted)) {
+        let spoofed: Vec<HeaderName> = headers.keys().filter(|name| must_drop(name, trusted)).cloned().collect();
         for name in spoofed {
             headers.remove(name);
         }

@@ -228,3 +228,60 @@ fn scopes_are_joined_by_commas() {
         assert_eq!(h["x-keygate-scopes"], want);
     }
 }
+
+#[test]
+fn identity_and_override_headers_are_dropped_in_every_spelling() {
+    let sent = [
+        ("x-keygate.tenant", "evil"),
+        ("x.keygate.plan", "agency"),
+        ("x_keygate_scopes", "admin"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x.forwarded.proto", "https"),
+        ("x_request_id", "forged"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x_real_ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.6"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-scheme", "https"),
+        ("x-forwarded-ssl", "on"),
+        ("x-original-url", "/admin"),
+        ("x.rewrite.url", "/admin"),
+        ("x-app", "kept"),
+        ("cookie", "kept"),
+    ];
+    let always = ["x_real_ip", "x.rewrite.url"];
+    for trusted in [false, true] {
+        let mut h = headers(&sent);
+        rewrite_request_headers(&mut h, &context(trusted), Some(&principal()), false);
+        let keygate_named: Vec<_> =
+            h.keys().filter(|k| k.as_str().replace(['_', '.'], "-").starts_with("x-keygate-")).collect();
+        assert_eq!(keygate_named.len(), 4, "only keygate's own four: {keygate_named:?}");
+        assert_eq!(h["x-keygate-tenant"], "acme");
+        for name in ["x_forwarded_for", "x.forwarded.proto", "x_request_id"] {
+            assert!(h.get(name).is_none(), "{name} is dropped whatever the peer");
+        }
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["x-app"], "kept");
+        assert_eq!(h["cookie"], "kept");
+        for (name, value) in &sent[6..17] {
+            let expected = if trusted && !always.contains(name) { Some(*value) } else { None };
+            assert_eq!(h.get(*name).map(|v| v.to_str().unwrap()), expected, "{name}, trusted: {trusted}");
+        }
+    }
+}
+
+#[test]
+fn spellings_fold_dash_underscore_and_dot_only() {
+    let name = |s: &str| HeaderName::from_bytes(s.as_bytes()).unwrap();
+    assert!(is_keygate_header(&name("x.keygate_key.id")));
+    assert!(!is_keygate_header(&name("x-keygatex-tenant")));
+    assert!(!must_drop(&name("x-forwarded-for"), false), "keygate rewrites the canonical one itself");
+    assert!(!must_drop(&name("x-forwarded-forx"), false));
+    assert!(!must_drop(&name("te"), false));
+    assert!(must_drop(&name("x-real-ip"), false));
+    assert!(!must_drop(&name("x-real-ip"), true));
+    assert!(must_drop(&name("x.real.ip"), true));
+}
