@@ -97,7 +97,11 @@ impl AdminApi {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let method = request.method().clone();
-        let path = request.uri().path().to_string();
+        // A secret pasted where a key id belongs is never logged, at any level.
+        let path = match crate::keys::query_carries_key(request.uri().path()) {
+            true => "(a path holding an API key)".to_string(),
+            false => request.uri().path().to_string(),
+        };
         let response = match self.dispatch(request, peer).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
@@ -126,6 +130,16 @@ impl AdminApi {
                 tracing::warn!(target: "audit", action = "admin_api.unauthorized", peer = %display_peer(peer), reason = "no token");
                 return Err(ApiError::unauthorized(false));
             }
+        }
+        // The API names keys by id (`key_…`); a secret in the URL is refused without
+        // being echoed, before it could reach an error message.
+        if crate::keys::query_carries_key(parts.uri.path())
+            || parts.uri.query().is_some_and(crate::keys::query_carries_key)
+        {
+            return Err(ApiError::bad_request(
+                "secret_in_url",
+                "the URL holds an API key secret; name keys by their id (key_…), and revoke a secret that was exposed",
+            ));
         }
         let resource = Resource::parse(parts.uri.path()).ok_or_else(ApiError::not_found)?;
         if !resource.methods().contains(&parts.method) {

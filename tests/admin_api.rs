@@ -241,6 +241,16 @@ async fn keys_create_list_show_revoke_rotate() {
     assert!(shown.get("last_used_at").is_some() && shown.get("revoked_at").is_some());
     assert_eq!(shown, cli_json(&config, &["keys", "show", &id, "--json"]), "the same object as the CLI");
     assert_error(&api.get("/admin/v1/keys/key_doesnotexist").await, 404, "not_found", "unknown_key");
+    // A secret pasted where the id belongs is refused, and never echoed.
+    for path in [
+        format!("/admin/v1/keys/{secret}"),
+        format!("/admin/v1/keys/{secret}/rotate"),
+        format!("/admin/v1/keys?tenant={secret}"),
+    ] {
+        let answer = api.get(&path).await;
+        assert_error(&answer, 400, "bad_request", "secret_in_url");
+        assert!(!answer.text().contains(&secret[3..]), "{path}: {}", answer.text());
+    }
 
     let all = api.get("/admin/v1/keys").await.json();
     assert_eq!(all.as_array().unwrap().len(), 2);
