@@ -104,8 +104,12 @@ async fn process(
     request: Request<Incoming>,
     record: &mut AccessLog,
 ) -> Result<Forwarded, Box<Denial>> {
-    // 1. The request's shape: one Host, an absolute-form target naming the same host.
+    // 1. The request's shape: one Host, an absolute-form target naming the same host; no
+    //    CONNECT (its target is a host and port, not a path any route could authorise).
     check_host(&request)?;
+    if request.method() == Method::CONNECT {
+        return Err(Refusal::MethodNotAllowed { allow: Vec::new() }.into());
+    }
 
     // 2. The path, normalised once (docs/reference.md §4.5); the query is never matched, but a key in
     //    it is refused before it travels on into access logs (docs/reference.md §4.1).

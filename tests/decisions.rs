@@ -220,6 +220,14 @@ async fn bad_paths_and_hosts_are_400() {
     let dots = format!("GET /v1/x/%2e%2e/calls/%41 HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
     assert!(raw(kg.addr, dots.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
     assert_eq!(upstream.last().target, "/v1/calls/A");
+    // CONNECT names a host and port, not a path: refused on every route, never forwarded.
+    let before = upstream.count();
+    for target in ["a:443", "127.0.0.1:80"] {
+        let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(kg.addr, connect.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "CONNECT {target}: {answer}");
+    }
+    assert_eq!(upstream.count(), before, "a CONNECT reached the upstream");
     kg.stop().await;
 }
 

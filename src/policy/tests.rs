@@ -511,3 +511,9 @@ fn the_shipped_example_is_valid() {
     assert_eq!(policy.routes.len(), 13);
     assert!(!policy.plans["trial"].api_access);
 }
+
+#[test]
+fn connect_is_refused_as_a_route_method() {
+    assert!(method_problem("CONNECT").is_some_and(|p| p.contains("not supported")));
+    assert_eq!(method_problem("PATCH"), None);
+}

@@ -128,6 +128,11 @@ pub(super) fn method_problem(text: &str) -> Option<String> {
     if !text.chars().all(tchar) {
         return Some(format!("`{text}` is not an HTTP method token"));
     }
+    if text == "CONNECT" {
+        return Some(
+            "CONNECT is not supported: its target is a host and port, not a path a route could authorise".to_string(),
+        );
+    }
     if text.chars().any(|c| c.is_ascii_lowercase()) {
         return Some(format!(
             "method `{text}` must be upper-case: write `{}` (methods are case-sensitive, RFC 9110 9.1)",
