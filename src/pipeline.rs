@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, UPGRADE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Counted, Logged};
@@ -37,13 +37,17 @@ struct Forwarded {
     response: Response<ProxyBody>,
     rate: Option<RateOutcome>,
     tunnel: Option<Tunnel>,
+    /// For a refusal: its HTTP status, which the metrics and the access line record even
+    /// when the answer is gRPC-shaped (HTTP 200 with `grpc-status`), so that alerts on
+    /// refusals see gRPC clients' too.
+    refused: Option<StatusCode>,
 }
 
 /// Handles one request end to end. Never fails: every outcome is a response.
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let policy = app.policy();
-    let grpc = is_grpc(request.headers());
+    let grpc = is_grpc(&request);
     // Written when dropped: with the response body, or with status 499 if this future is
     // dropped first (the client went away).
     let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), started);
@@ -56,8 +60,9 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
             if principal.is_some() {
                 record.principal = principal;
             }
+            let refused = Some(refusal.status());
             let response = refusal.into_response(&record.request_id, grpc);
-            Forwarded { response, rate, tunnel: None }
+            Forwarded { response, rate, tunnel: None, refused }
         }
     };
     finish(&app, forwarded, record)
@@ -68,14 +73,15 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
 pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<ProxyBody> {
     let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), Instant::now());
     record.decision = refusal.decision();
-    let response = refusal.into_response(&record.request_id, is_grpc(request.headers()));
-    finish(app, Forwarded { response, rate: None, tunnel: None }, record)
+    let refused = Some(refusal.status());
+    let response = refusal.into_response(&record.request_id, is_grpc(request));
+    finish(app, Forwarded { response, rate: None, tunnel: None, refused }, record)
 }
 
 /// The headers every response gets, the request metrics (at response-head time), and the
 /// access line handed to the response body — or to the tunnel, for a WebSocket.
 fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
-    let Forwarded { mut response, rate, tunnel } = forwarded;
+    let Forwarded { mut response, rate, tunnel, refused } = forwarded;
     if let Some(rate) = &rate {
         rate.write_headers(response.headers_mut());
     }
@@ -83,7 +89,7 @@ fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<Pr
         response.headers_mut().insert("x-request-id", id);
     }
 
-    let status = response.status().as_u16();
+    let status = refused.unwrap_or(response.status()).as_u16();
     let route = record.route.as_deref().unwrap_or("none");
     app.metrics().record_request(route, &record.method, status, record.elapsed());
     record.status = Some(status);
@@ -211,13 +217,23 @@ async fn forward(
             let (mut parts, _empty) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, true);
             let tunnel = Tunnel::new(client_upgrade, upstream_upgrade, connection.hold.clone());
-            Ok(Forwarded { response: Response::from_parts(parts, body::empty()), rate, tunnel: Some(tunnel) })
+            Ok(Forwarded {
+                response: Response::from_parts(parts, body::empty()),
+                rate,
+                tunnel: Some(tunnel),
+                refused: None,
+            })
         }
         Ok(response) => {
             // Includes an upgrade the upstream refused: an ordinary response.
             let (mut parts, body) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, false);
-            Ok(Forwarded { response: Response::from_parts(parts, body::boxed(body)), rate, tunnel: None })
+            Ok(Forwarded {
+                response: Response::from_parts(parts, body::boxed(body)),
+                rate,
+                tunnel: None,
+                refused: None,
+            })
         }
         Err(UpstreamError::Timeout) => {
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");
@@ -260,8 +276,16 @@ fn request_id(headers: &HeaderMap) -> String {
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
+/// A gRPC request: HTTP/2 with a gRPC content type. gRPC runs over HTTP/2 only, so an
+/// HTTP/1.1 request that says `application/grpc` gets an ordinary HTTP refusal (a
+/// gRPC-shaped one would be an `HTTP/1.1 200` that every HTTP client reads as success).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_2
+        && request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 fn is_cors_preflight<B>(request: &Request<B>) -> bool {

@@ -164,6 +164,19 @@ async fn a_grpc_request_is_refused_the_grpc_way() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("grpc-status"), "16");
     assert!(answer.headers.contains_key("grpc-message"));
+    // The metrics record the refusal, not the 200 it travelled in, so refusal alerts see it.
+    let text = metrics_text(kg.admin).await;
+    let counted = |status: &str| {
+        metric(&text, "keygate_requests_total", &[("route", "/v1/calls"), ("method", "POST"), ("status", status)])
+    };
+    assert_eq!(counted("401"), Some(1.0), "{text}");
+    assert_eq!(counted("200"), None, "{text}");
+    // gRPC runs over HTTP/2 only: over HTTP/1.1 the same request gets an ordinary 401.
+    let answer = Http::new()
+        .send("POST", &kg.url("/v1/calls"), &[("content-type", "application/grpc"), ("te", "trailers")], Bytes::new())
+        .await;
+    assert_eq!(answer.status, 401);
+    assert!(!answer.headers.contains_key("grpc-status"));
     kg.stop().await;
 }
 

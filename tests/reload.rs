@@ -46,12 +46,6 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
-async fn metrics_text(admin: SocketAddr) -> String {
-    let answer = Http::new().get(&format!("http://{admin}/metrics"), None).await;
-    assert_eq!(answer.status, 200);
-    answer.text()
-}
-
 /// `keygate_config_reloads_total{result}` (`result` is "success" or "failure").
 async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     metric(&metrics_text(admin).await, "keygate_config_reloads_total", &[("result", result)])

@@ -724,6 +724,13 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The admin listener's `/metrics` text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let answer = Http::new().get(&format!("http://{admin}/metrics"), None).await;
+    assert_eq!(answer.status, 200);
+    answer.text()
+}
+
 /// The value of one sample in Prometheus text, e.g.
 /// `metric(&text, "keygate_auth_decisions_total", &[("result","ok"),("mode","enforce")])`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
