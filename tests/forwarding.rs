@@ -215,3 +215,24 @@ async fn a_large_upload_streams_without_buffering() {
     drop(served);
     assert!(grew_mib < 30, "keygate's peak RSS grew by {grew_mib} MiB for a 100 MiB upload");
 }
+
+#[tokio::test]
+async fn a_stale_content_length_beside_transfer_encoding_is_never_relayed() {
+    // Framed by Transfer-Encoding (RFC 9112 6.3): the body is `hello`, the length a lie.
+    let upstream = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let kg = Keygate::builder(&format!("http://{upstream}")).start().await;
+    for http in [Http::new(), Http::h2c()] {
+        let answer = http.get(&kg.url("/status"), None).await;
+        if answer.status == 200 {
+            assert_ne!(answer.headers.get("content-length").map(|v| v.to_str().unwrap()), Some("100"));
+            assert_eq!(answer.text(), "hello");
+        } else {
+            assert_eq!(answer.status, 502, "{}", answer.text());
+        }
+    }
+    kg.stop().await;
+}

@@ -3,7 +3,8 @@
 //! handshake and its 101.
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderMap;
 
@@ -17,6 +18,7 @@ pub(super) static HOP_BY_HOP: [HeaderName; 7] =
 
 /// Bits of [`hop_by_hop_present`]: bit `i` is `HOP_BY_HOP[i]`, bit 7 is `Upgrade`.
 const CONNECTION_BIT: u8 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 6;
 const TE_BIT: u8 = 1 << 5;
 pub(super) const UPGRADE_BIT: u8 = 1 << 7;
 
@@ -32,7 +34,7 @@ pub(super) fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
             "proxy-authenticate" => 1 << 3,
             "proxy-authorization" => 1 << 4,
             "te" => TE_BIT,
-            "transfer-encoding" => 1 << 6,
+            "transfer-encoding" => TRANSFER_ENCODING_BIT,
             "upgrade" => UPGRADE_BIT,
             _ => 0,
         };
@@ -40,7 +42,8 @@ pub(super) fn hop_by_hop_present(headers: &HeaderMap) -> u8 {
     present
 }
 
-/// Removes hop-by-hop headers, and those named in `Connection`. `TE: trailers` is kept
+/// Removes hop-by-hop headers, and those named in `Connection` (and a `Content-Length`
+/// that came with a `Transfer-Encoding`). `TE: trailers` is kept
 /// (gRPC needs it). `Upgrade` is removed unless `keep_upgrade` (an authorised WebSocket
 /// handshake or its 101): then it is kept and `Connection: upgrade` is set, since this
 /// hop's `Connection` must name it (RFC 9110 7.8).
@@ -52,6 +55,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = present & TE_BIT != 0 && lists_token(headers, TE, "trailers");
     if present & CONNECTION_BIT != 0 {
         remove_connection_named(headers, keep_upgrade);
+    }
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        // A message with both lengths was framed by `Transfer-Encoding` (RFC 9112 6.3);
+        // its `Content-Length` is stale and must not be passed on, or the next hop would
+        // frame the body by it (a truncated body, or a malformed HTTP/2 stream).
+        headers.remove(CONTENT_LENGTH);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {

@@ -285,3 +285,13 @@ fn spellings_fold_dash_underscore_and_dot_only() {
     assert!(!must_drop(&name("x-real-ip"), true));
     assert!(must_drop(&name("x.real.ip"), true));
 }
+
+#[test]
+fn a_content_length_beside_transfer_encoding_is_dropped() {
+    let mut h = headers(&[("content-length", "100"), ("transfer-encoding", "chunked"), ("x-app", "1")]);
+    remove_hop_by_hop(&mut h, false);
+    assert!(h.get("content-length").is_none() && h.get("transfer-encoding").is_none());
+    let mut h = headers(&[("content-length", "5")]);
+    remove_hop_by_hop(&mut h, false);
+    assert_eq!(h["content-length"], "5", "a length alone is kept");
+}
