@@ -46,7 +46,7 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
     };
 
     let raw_admin = raw.admin.unwrap_or_default();
-    let admin_address = address(check, "address", raw_admin.address.as_ref(), SocketAddr::from(([0, 0, 0, 0], 9090)));
+    let admin_address = address(check, "address", raw_admin.address.as_ref(), SocketAddr::from(([127, 0, 0, 1], 9090)));
     if let Some(a) = &raw_admin.address {
         if admin_address == listen.address && admin_address.port() != 0 {
             check.error(a.span(), format!("the admin listener cannot share the proxy's address {admin_address}"));

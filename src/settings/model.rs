@@ -52,7 +52,8 @@ pub struct Tls {
 /// `[admin]`: metrics, health and the key/tenant API.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// Default `0.0.0.0:9090`.
+    /// Default `127.0.0.1:9090`: loopback, since `/metrics` and `/readyz` tell a caller
+    /// about the service; a deployment that is scraped sets the pod address explicitly.
     pub address: SocketAddr,
     /// Default `127.0.0.1:9091`; only served when a token is configured.
     pub api_address: SocketAddr,

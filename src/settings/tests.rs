@@ -40,7 +40,7 @@ fn an_empty_file_gives_every_default() {
     assert_eq!(s.listen.address, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(s.listen.tls, None);
     assert!(s.listen.trusted_proxies.is_empty());
-    assert_eq!(s.admin.address, "0.0.0.0:9090".parse().unwrap());
+    assert_eq!(s.admin.address, "127.0.0.1:9090".parse().unwrap(), "loopback unless set");
     assert_eq!(s.admin.api_address, "127.0.0.1:9091".parse().unwrap());
     assert_eq!(s.admin.token_file, None);
     let d = Server::default();
