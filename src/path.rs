@@ -45,6 +45,9 @@
 //!   backends; CR/LF splits headers and log lines.
 //! * A raw `#` is refused ([`PathError::Fragment`]): a fragment is never sent on the
 //!   wire, so one in the path means a client or proxy is confused. `%23` is kept.
+//!   Through the server a `#` never gets here: the HTTP parser ends the path at it and
+//!   drops the fragment, and what is matched is what is forwarded (`tests/decisions.rs`);
+//!   the rule holds for paths given as text (`keygate explain`).
 //! * A raw space, `"`, `<`, `>`, `?` or any non-ASCII byte is refused
 //!   ([`PathError::InvalidCharacter`]): RFC 3986 does not allow them in a path, and
 //!   non-ASCII (fullwidth dots, overlong forms) is a Unicode-normalisation bypass

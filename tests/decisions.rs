@@ -220,6 +220,15 @@ async fn bad_paths_and_hosts_are_400() {
     let dots = format!("GET /v1/x/%2e%2e/calls/%41 HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
     assert!(raw(kg.addr, dots.as_bytes(), Duration::from_secs(5)).await.starts_with("HTTP/1.1 200"));
     assert_eq!(upstream.last().target, "/v1/calls/A");
+    // A raw `#` never reaches the path rules: the HTTP parser ends the target's path at it
+    // and drops the fragment. What is matched is what is forwarded, so the fragment
+    // cannot carry a path past the route that admitted it.
+    for (target, forwarded) in [("/v1/calls#/../../admin", "/v1/calls"), ("/v1/calls/%41#x", "/v1/calls/A")] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(kg.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        assert_eq!(upstream.last().target, forwarded, "{target}");
+    }
     // CONNECT names a host and port, not a path: refused on every route, never forwarded.
     let before = upstream.count();
     for target in ["a:443", "127.0.0.1:80"] {
