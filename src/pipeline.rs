@@ -29,7 +29,7 @@ use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::request_id;
 use crate::state::App;
-use crate::upstream::{self, ForwardContext, Outbound, Tunnel, UpstreamError};
+use crate::upstream::{self, FilteredTrailers, ForwardContext, Outbound, Tunnel, UpstreamError};
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -188,7 +188,7 @@ async fn forward(
     };
 
     let too_large = Arc::new(AtomicBool::new(false));
-    let incoming = Counted::received(incoming, record.bytes());
+    let incoming = FilteredTrailers::new(Counted::received(incoming, record.bytes()), context.peer_trusted);
     let body = match route.max_body_bytes {
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),

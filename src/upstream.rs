@@ -14,7 +14,7 @@ pub mod pool;
 pub mod tunnel;
 
 pub use hop_by_hop::remove_hop_by_hop;
-pub use outbound::{rewrite_request_headers, ForwardContext, Outbound};
+pub use outbound::{rewrite_request_headers, FilteredTrailers, ForwardContext, Outbound};
 pub use pool::{UpstreamError, Upstreams};
 pub use tunnel::{is_websocket_upgrade, switched_to_websocket, Tunnel};
 

@@ -105,6 +105,11 @@ async fn trailers_flow_both_ways_over_h2c() {
         Ok(hyper::body::Frame::trailers({
             let mut t = http::HeaderMap::new();
             t.insert("x-client-trailer", "yes".parse().unwrap());
+            t.insert("x-keygate-tenant", "evil".parse().unwrap());
+            t.insert("x_keygate_plan", "agency".parse().unwrap());
+            t.insert("authorization", "Bearer other".parse().unwrap());
+            t.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+            t.insert("x-real-ip", "6.6.6.6".parse().unwrap());
             t
         })),
     ];
@@ -112,7 +117,12 @@ async fn trailers_flow_both_ways_over_h2c() {
     let request = http::Request::post(kg.url("/trailers"))
         .header("authorization", format!("Bearer {}", key.expose()))
         .header("te", "trailers")
-        .header("trailer", "x-client-trailer")
+        // Declared, so that an HTTP/1.1 hop passes them on (hyper sends only declared
+        // trailers): only keygate's filtering stands between them and the upstream.
+        .header(
+            "trailer",
+            "x-client-trailer, x-keygate-tenant, x_keygate_plan, authorization, x-forwarded-for, x-real-ip",
+        )
         .body(body)
         .unwrap();
     let answer = Http::h2c().request(request).await;
@@ -121,7 +131,12 @@ async fn trailers_flow_both_ways_over_h2c() {
     assert_eq!(answer.trailers.as_ref().expect("response trailers")["x-checksum"], "abc");
     let seen = upstream.last();
     assert_eq!(seen.body_len, 5);
-    assert_eq!(seen.trailers.as_ref().expect("request trailers")["x-client-trailer"], "yes");
+    let trailers = seen.trailers.as_ref().expect("request trailers");
+    assert_eq!(trailers["x-client-trailer"], "yes");
+    for name in ["x-keygate-tenant", "x_keygate_plan", "authorization", "x-forwarded-for", "x-real-ip"] {
+        assert!(trailers.get(name).is_none(), "the trailer {name} reached the upstream: {trailers:?}");
+    }
+    assert_eq!(seen.headers["x-keygate-tenant"], "acme");
     kg.stop().await;
 }
 

@@ -5,11 +5,14 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, HOST};
 use http::request::Parts;
 use http::{HeaderMap, Request};
+use http_body::{Body, Frame, SizeHint};
 
 use super::hop_by_hop::remove_hop_by_hop;
 use crate::admission::Admission;
@@ -265,5 +268,66 @@ impl std::fmt::Write for IpText {
 fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
+    }
+}
+
+/// A request body whose trailers (HTTP/1.1 chunked trailers, HTTP/2 trailing HEADERS) are
+/// filtered like its headers: a client must not slip `x-keygate-tenant`, `Authorization`,
+/// a forwarding header or a connection-level field past the header rewriting by sending it
+/// after the body. Data frames pass untouched.
+pub struct FilteredTrailers<B> {
+    inner: B,
+    peer_trusted: bool,
+}
+
+impl<B> FilteredTrailers<B> {
+    pub fn new(inner: B, peer_trusted: bool) -> Self {
+        FilteredTrailers { inner, peer_trusted }
+    }
+}
+
+impl<B> Body for FilteredTrailers<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let trusted = self.peer_trusted;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                let mut trailers = frame.into_trailers().unwrap_or_default();
+                filter_trailers(&mut trailers, trusted);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Removes from request trailers what the header rewriting removes from headers
+/// ([`must_drop`], `Authorization`), the hop-by-hop fields, and the fields keygate writes
+/// itself, which belong in the head only (RFC 9110 6.5.1).
+pub(super) fn filter_trailers(trailers: &mut HeaderMap, peer_trusted: bool) {
+    remove_hop_by_hop(trailers, false);
+    trailers.remove(AUTHORIZATION);
+    trailers.remove(HOST);
+    for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID] {
+        trailers.remove(name);
+    }
+    if trailers.keys().any(|name| must_drop(name, peer_trusted)) {
+        let spoofed: Vec<HeaderName> = trailers.keys().filter(|name| must_drop(name, peer_trusted)).cloned().collect();
+        for name in spoofed {
+            trailers.remove(name);
+        }
     }
 }
