@@ -113,6 +113,9 @@ impl std::fmt::Display for AuthResult {
 pub enum Refusal {
     /// 400: malformed request or path, or a key in the query. The message is safe to show.
     BadRequest(String),
+    /// 400: the request body failed while it was streamed upstream (malformed chunked
+    /// framing, shorter than declared, reset): the client's error, not the upstream's.
+    BadRequestBody,
     /// 401.
     Unauthorized(AuthFailure),
     /// 403: the key lacks `scope`, the first missing one of the route's.
@@ -142,7 +145,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::BadRequestBody => StatusCode::BAD_REQUEST,
             Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => {
                 StatusCode::FORBIDDEN
@@ -161,7 +164,7 @@ impl Refusal {
     /// The `type` of the JSON error body.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Refusal::BadRequest(_) => "bad_request",
+            Refusal::BadRequest(_) | Refusal::BadRequestBody => "bad_request",
             Refusal::Unauthorized(_) => "unauthorized",
             Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => {
                 "forbidden"
@@ -181,6 +184,7 @@ impl Refusal {
     pub fn message(&self) -> String {
         match self {
             Refusal::BadRequest(why) => format!("Bad request: {why}"),
+            Refusal::BadRequestBody => "Bad request: the request body was malformed or ended early".to_string(),
             Refusal::Unauthorized(failure) => failure.message().to_string(),
             Refusal::InsufficientScope { scope } => {
                 format!("This API key lacks the scope `{scope}` that this route requires")
@@ -218,8 +222,11 @@ impl Refusal {
     /// The gRPC status code a gRPC client expects for this refusal.
     pub fn grpc_status(&self) -> u32 {
         match self {
-            Refusal::BadRequest(_) | Refusal::PayloadTooLarge { .. } | Refusal::HeadersTooLarge => 3, // INVALID_ARGUMENT
-            Refusal::Unauthorized(_) => 16,                                                           // UNAUTHENTICATED
+            Refusal::BadRequest(_)
+            | Refusal::BadRequestBody
+            | Refusal::PayloadTooLarge { .. }
+            | Refusal::HeadersTooLarge => 3, // INVALID_ARGUMENT
+            Refusal::Unauthorized(_) => 16, // UNAUTHENTICATED
             Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => 7, // PERMISSION_DENIED
             Refusal::NotFound | Refusal::MethodNotAllowed { .. } => 12, // UNIMPLEMENTED
             Refusal::RateLimited { .. } => 8,                           // RESOURCE_EXHAUSTED
@@ -237,6 +244,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Unavailable { .. } => "store_unavailable",
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::BadRequestBody => "bad_request_body",
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
@@ -258,6 +266,7 @@ impl Refusal {
             Refusal::InsufficientScope { .. }
             | Refusal::PayloadTooLarge { .. }
             | Refusal::BadRequest(_)
+            | Refusal::BadRequestBody
             | Refusal::NotFound
             | Refusal::MethodNotAllowed { .. }
             | Refusal::HeadersTooLarge

@@ -346,3 +346,31 @@ async fn a_key_found_under_an_old_pepper_is_re_stored_under_the_current_one() {
     }
     kg.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:write"]);
+    let auth = format!("Authorization: Bearer {}\r\n", key.expose());
+    let head =
+        format!("POST /v1/calls HTTP/1.1\r\nHost: a\r\n{auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    // A chunk size that is not hex, one that overflows, a bare LF, a chunk longer than its size.
+    for body in [
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "fffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+        "3\r\nhelloXX\r\n0\r\n\r\n",
+    ] {
+        let answer = raw(kg.addr, format!("{head}{body}").as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
+        assert!(answer.contains("\"bad_request\""), "{body:?}: {answer}");
+    }
+    let text = metrics_text(kg.admin).await;
+    let counted = |status: &str| {
+        metric(&text, "keygate_requests_total", &[("route", "/v1/calls"), ("method", "POST"), ("status", status)])
+    };
+    assert_eq!(counted("400"), Some(4.0), "{text}");
+    assert_eq!(counted("502"), None, "a client's broken body is never the upstream's error: {text}");
+    kg.stop().await;
+}

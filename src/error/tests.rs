@@ -12,6 +12,7 @@ async fn body_json(response: Response<ProxyBody>) -> serde_json::Value {
 fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)> {
     vec![
         (Refusal::BadRequest("x".into()), 400, "bad_request", 3, "bad_request", "forbidden"),
+        (Refusal::BadRequestBody, 400, "bad_request", 3, "bad_request_body", "forbidden"),
         (Refusal::Unauthorized(AuthFailure::Missing), 401, "unauthorized", 16, "missing", "missing"),
         (Refusal::Unauthorized(AuthFailure::Malformed), 401, "unauthorized", 16, "malformed", "malformed"),
         (Refusal::Unauthorized(AuthFailure::Unknown), 401, "unauthorized", 16, "unknown", "unknown"),
@@ -65,7 +66,7 @@ async fn every_refusal_maps_to_its_status_json_grpc_decision_and_label() {
     }
     // Every variant is in the table (a new one without a row fails here).
     let variants: std::collections::HashSet<_> = table.iter().map(|row| std::mem::discriminant(&row.0)).collect();
-    assert_eq!(variants.len(), 13);
+    assert_eq!(variants.len(), 14);
     let results: std::collections::HashSet<_> = table.iter().map(|row| row.0.auth_result()).collect();
     assert!(results.len() == AuthResult::ALL.len() - 1, "every label but ok is reachable from a refusal");
 }
