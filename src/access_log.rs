@@ -3,7 +3,7 @@
 //! bytes as they pass, so that the line carries them without anything being buffered.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -20,6 +20,9 @@ use crate::policy::RouteMode;
 pub struct ByteCounts {
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    /// The request body failed while it was read (malformed chunked framing, shorter than
+    /// declared, a reset): the pipeline then blames the client (400), not the upstream.
+    pub received_failed: AtomicBool,
 }
 
 /// One request's access-log line (target `access`), written exactly once: when it is
@@ -134,10 +137,14 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counts.received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.counts.received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
+            Poll::Ready(Some(Err(_))) => self.counts.received_failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }

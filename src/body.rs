@@ -88,45 +88,6 @@ where
     }
 }
 
-/// The client's request body, streamed through unchanged, raising `failed` when it fails
-/// (malformed chunked framing, a body shorter than its `Content-Length`, a reset): the
-/// upstream call then fails too, and the pipeline blames the client (400), not the
-/// upstream (502).
-pub struct ClientBody<B> {
-    inner: B,
-    failed: Arc<AtomicBool>,
-}
-
-impl<B> ClientBody<B> {
-    pub fn new(inner: B, failed: Arc<AtomicBool>) -> Self {
-        ClientBody { inner, failed }
-    }
-}
-
-impl<B> Body for ClientBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

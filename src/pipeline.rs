@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Counted, Logged};
 use crate::admission::{Admission, Denial, RateOutcome};
-use crate::body::{self, ClientBody, Limited, ProxyBody};
+use crate::body::{self, Limited, ProxyBody};
 use crate::connection::ConnectionInfo;
 use crate::error::Refusal;
 use crate::keys;
@@ -188,9 +188,8 @@ async fn forward(
     };
 
     let too_large = Arc::new(AtomicBool::new(false));
-    let client_body_failed = Arc::new(AtomicBool::new(false));
-    let incoming = ClientBody::new(incoming, client_body_failed.clone());
-    let incoming = FilteredTrailers::new(Counted::received(incoming, record.bytes()), context.peer_trusted);
+    let counts = record.bytes();
+    let incoming = FilteredTrailers::new(Counted::received(incoming, counts.clone()), context.peer_trusted);
     let body = match route.max_body_bytes {
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),
@@ -246,7 +245,7 @@ async fn forward(
                 let limit = route.max_body_bytes.unwrap_or_default();
                 return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal: None, rate }));
             }
-            if client_body_failed.load(Ordering::Relaxed) {
+            if counts.received_failed.load(Ordering::Relaxed) {
                 // The client's body failed first: its error, not the upstream's.
                 tracing::info!(request_id = %record.request_id, error = %why, "request body failed while forwarded");
                 return Err(Box::new(Denial { refusal: Refusal::BadRequestBody, principal: None, rate }));

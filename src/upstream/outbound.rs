@@ -110,6 +110,16 @@ pub(super) fn must_drop(name: &HeaderName, peer_trusted: bool) -> bool {
     (respelled || !peer_trusted) && CLIENT_OVERRIDES.iter().any(|canonical| spelled_as(bytes, canonical))
 }
 
+/// Removes every field [`must_drop`] names (nothing is allocated when there is none).
+fn remove_spoofed(fields: &mut HeaderMap, peer_trusted: bool) {
+    if fields.keys().any(|name| must_drop(name, peer_trusted)) {
+        let spoofed: Vec<HeaderName> = fields.keys().filter(|name| must_drop(name, peer_trusted)).cloned().collect();
+        for name in spoofed {
+            fields.remove(name);
+        }
+    }
+}
+
 /// The facts about the connection and request that the forwarding headers need.
 #[derive(Debug, Clone)]
 pub struct ForwardContext<'a> {
@@ -148,13 +158,7 @@ pub fn rewrite_request_headers(
     let forwarded_for = forwarded_for(headers, context);
     remove_hop_by_hop(headers, keep_upgrade);
     headers.remove(AUTHORIZATION);
-    let trusted = context.peer_trusted;
-    if headers.keys().any(|name| must_drop(name, trusted)) {
-        let spoofed: Vec<HeaderName> = headers.keys().filter(|name| must_drop(name, trusted)).cloned().collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
-    }
+    remove_spoofed(headers, context.peer_trusted);
 
     if let Some(principal) = principal {
         insert_text(headers, X_KEYGATE_KEY_ID, &principal.key_id);
@@ -324,10 +328,5 @@ pub(super) fn filter_trailers(trailers: &mut HeaderMap, peer_trusted: bool) {
     for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID] {
         trailers.remove(name);
     }
-    if trailers.keys().any(|name| must_drop(name, peer_trusted)) {
-        let spoofed: Vec<HeaderName> = trailers.keys().filter(|name| must_drop(name, peer_trusted)).cloned().collect();
-        for name in spoofed {
-            trailers.remove(name);
-        }
-    }
+    remove_spoofed(trailers, peer_trusted);
 }
