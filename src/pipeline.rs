@@ -188,8 +188,7 @@ async fn forward(
     };
 
     let too_large = Arc::new(AtomicBool::new(false));
-    let counts = record.bytes();
-    let incoming = FilteredTrailers::new(Counted::received(incoming, counts.clone()), context.peer_trusted);
+    let incoming = FilteredTrailers::new(Counted::received(incoming, record.bytes()), context.peer_trusted);
     let body = match route.max_body_bytes {
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),
@@ -245,7 +244,7 @@ async fn forward(
                 let limit = route.max_body_bytes.unwrap_or_default();
                 return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal: None, rate }));
             }
-            if counts.received_failed.load(Ordering::Relaxed) {
+            if record.bytes().received_failed.load(Ordering::Relaxed) {
                 // The client's body failed first: its error, not the upstream's.
                 tracing::info!(request_id = %record.request_id, error = %why, "request body failed while forwarded");
                 return Err(Box::new(Denial { refusal: Refusal::BadRequestBody, principal: None, rate }));
