@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +41,41 @@ pub enum StartError {
 pub struct Options {
     /// What the limiter's windows and key expiry read as "now".
     pub clock: Arc<dyn Clock>,
+    /// How often the watched files are read even without a filesystem event.
+    pub polls: Polls,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { clock: Arc::new(SystemClock) }
+        Options { clock: Arc::new(SystemClock), polls: Polls::default() }
+    }
+}
+
+/// The poll backstops of the file watches: each watched file is also read this often, in
+/// case a filesystem event was missed. Events make changes live at once; a test of a
+/// watch sets these long ([`Polls::events_only`]), so that only the watch can pass it.
+#[derive(Debug, Clone, Copy)]
+pub struct Polls {
+    /// The policy file.
+    pub policy: Duration,
+    /// The keys file (docs/reference.md promises a change seen within 1 s).
+    pub keys: Duration,
+    /// The TLS certificate and key.
+    pub tls: Duration,
+}
+
+impl Default for Polls {
+    fn default() -> Self {
+        Polls { policy: POLICY_POLL, keys: KEYS_POLL, tls: crate::tls::POLL }
+    }
+}
+
+impl Polls {
+    /// No backstop worth the name (an hour): changes are seen by the filesystem watches or
+    /// not at all.
+    pub fn events_only() -> Self {
+        let hour = Duration::from_secs(3600);
+        Polls { policy: hour, keys: hour, tls: hour }
     }
 }
 
@@ -152,9 +183,11 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
     };
     let tls = match &settings.listen.tls {
-        Some(files) => Some(crate::tls::Tls::load_and_watch(files, app.metrics().clone()).map_err(|e| {
-            StartError::Config(vec![Diagnostic::file_error(&settings.file, format!("listen.tls: {e}"))])
-        })?),
+        Some(files) => {
+            Some(crate::tls::Tls::load_and_watch(files, app.metrics().clone(), options.polls.tls).map_err(|e| {
+                StartError::Config(vec![Diagnostic::file_error(&settings.file, format!("listen.tls: {e}"))])
+            })?)
+        }
         None => None,
     };
     let proxy_listener = bind(settings.listen.address, "listen.address").await?;
@@ -183,7 +216,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     }
     let background = CancellationToken::new();
     app.keys().spawn_background(background.clone());
-    let watches = start_watches(&app);
+    let watches = start_watches(&app, options.polls);
     app.set_ready();
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "keygate ready");
     Ok(Running { proxy_addr, admin_addr, admin_api_addr, app, stop_accepting, background, servers, _watches: watches })
@@ -195,18 +228,18 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
 
 /// How often the keys file is checked even without a filesystem event: docs/reference.md promises a
 /// change seen within 1 s.
-const KEYS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const KEYS_POLL: Duration = Duration::from_millis(250);
 /// The policy's poll backstop (events make reloads immediate).
-const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+const POLICY_POLL: Duration = Duration::from_secs(2);
 
-fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
+fn start_watches(app: &Arc<App>, polls: Polls) -> Vec<WatchHandle> {
     let mut watches = Vec::new();
     let policy_app = Arc::downgrade(app);
     let policy_file = app.settings().policy_file.clone();
     // What the watch last refused: the poll reads it again every 2 s, but a bad file is
     // reported (logged and counted) once, not on every poll.
     let refused = std::cell::RefCell::new(None::<reload::Fingerprint>);
-    watches.push(reload::watch(&policy_file, POLICY_POLL, move || {
+    watches.push(reload::watch(&policy_file, polls.policy, move || {
         if let Some(app) = policy_app.upgrade() {
             let mut refused = refused.borrow_mut();
             *refused = match app.reload_policy_unless(refused.as_ref()) {
@@ -217,7 +250,7 @@ fn start_watches(app: &Arc<App>) -> Vec<WatchHandle> {
     }));
     if let Some(store) = app.keys().store().file().cloned() {
         let keys_path = store.path().to_path_buf();
-        watches.push(reload::watch(&keys_path, KEYS_POLL, move || match store.refresh() {
+        watches.push(reload::watch(&keys_path, polls.keys, move || match store.refresh() {
             Ok(true) => tracing::info!(file = %store.path().display(), "key store reloaded"),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "key store not reloaded; the last good content keeps serving"),

@@ -78,5 +78,5 @@ pub mod toml_check;
 pub mod upstream;
 pub mod worker;
 
-pub use app::{start, Options, Running, StartError};
+pub use app::{start, Options, Polls, Running, StartError};
 pub use settings::Settings;

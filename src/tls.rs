@@ -155,10 +155,14 @@ impl Tls {
         })
     }
 
-    /// [`Tls::load`], then [`Tls::watch`].
-    pub fn load_and_watch(settings: &crate::settings::Tls, metrics: Arc<Metrics>) -> Result<Arc<Tls>, TlsError> {
+    /// [`Tls::load`], then [`Tls::watch`] with `poll` as the backstop ([`POLL`] in production).
+    pub fn load_and_watch(
+        settings: &crate::settings::Tls,
+        metrics: Arc<Metrics>,
+        poll: Duration,
+    ) -> Result<Arc<Tls>, TlsError> {
         let tls = Arc::new(Tls::load(settings, metrics)?);
-        tls.watch();
+        tls.watch(poll);
         Ok(tls)
     }
 
@@ -201,9 +205,10 @@ impl Tls {
         }
     }
 
-    /// Reloads whenever the certificate or key file changes, and every [`POLL`]. The
-    /// watches stop when the `Tls` is dropped; calling this twice watches once.
-    pub fn watch(self: &Arc<Self>) {
+    /// Reloads whenever the certificate or key file changes, and every `poll` ([`POLL`] in
+    /// production; a test of the watch sets it long). The watches stop when the `Tls` is
+    /// dropped; calling this twice watches once.
+    pub fn watch(self: &Arc<Self>, poll: Duration) {
         let mut watches = lock(&self.watches);
         if !watches.is_empty() {
             return;
@@ -216,7 +221,7 @@ impl Tls {
             }
             directories.push(directory);
             let tls: Weak<Tls> = Arc::downgrade(self);
-            watches.push(reload::watch(path, POLL, move || {
+            watches.push(reload::watch(path, poll, move || {
                 if let Some(tls) = tls.upgrade() {
                     tls.reload_when_settled();
                 }

@@ -202,7 +202,7 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
         eventually(Duration::from_secs(5), async || upstream.count() == 1).await,
         "the slow request reached the upstream"
     );
-    let _ = std::process::Command::new("kill").args(["-TERM", &served.pid().to_string()]).status();
+    support::process::signal(served.pid(), "TERM");
     let admin_url = format!("http://{admin}/readyz");
     let not_ready = eventually(Duration::from_millis(250), async || {
         tokio::time::timeout(Duration::from_millis(200), Http::new().get(&admin_url, None))

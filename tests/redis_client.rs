@@ -72,12 +72,11 @@ async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
     assert_eq!(store_up(&metrics), 0, "store_up drops to 0 when the breaker opens");
     assert_eq!(store_errors(&metrics, "lookup"), 3);
 
+    // The open breaker refuses without calling Redis: `Unavailable`, not a `Timeout`, and
+    // nothing counted as a failed call.
     for _ in 0..5 {
-        let start = Instant::now();
         let result = ping(&client).await;
-        let took = start.elapsed();
-        assert!(matches!(result, Err(RedisCallError::Unavailable)), "{result:?}");
-        assert!(took < Duration::from_millis(5), "an open breaker refuses at once, took {took:?}");
+        assert!(matches!(result, Err(RedisCallError::Unavailable)), "an open breaker refuses at once: {result:?}");
     }
     assert_eq!(store_errors(&metrics, "lookup"), 3, "refusals are not store errors");
 
@@ -139,9 +138,9 @@ async fn connects_while_redis_is_down_and_works_once_it_is_up() {
     assert!(start.elapsed() < Duration::from_secs(2), "connect() does not wait for Redis");
     assert!(!client.is_up());
     assert_eq!(store_up(&metrics), 0, "no connection yet: the breaker is open");
-    let start = Instant::now();
+    // Refused by the breaker, without a call (a call would fail to connect or time out).
     assert!(matches!(ping(&client).await, Err(RedisCallError::Unavailable)));
-    assert!(start.elapsed() < Duration::from_millis(5));
+    assert_eq!(store_errors(&metrics, "lookup"), 0, "a refusal by the breaker is not a failed call");
 
     server.restart();
     assert!(client.wait_up(Duration::from_secs(2)).await, "the background connect succeeds");

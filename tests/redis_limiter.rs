@@ -48,6 +48,13 @@ async fn policy_limiter(url: &str, timeout: Duration, replicas: u32) -> (Limiter
     (limiter, metrics)
 }
 
+/// `keygate_store_errors_total{op="limit"}`: limiter calls that reached Redis and failed.
+fn limit_errors(metrics: &Metrics) -> u64 {
+    let text = metrics.encode();
+    let value = text.lines().find_map(|l| l.strip_prefix("keygate_store_errors_total{op=\"limit\"} "));
+    value.map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
 fn fallbacks(metrics: &Metrics, action: &str) -> u64 {
     let prefix = format!("keygate_ratelimit_store_fallback_total{{action=\"{action}\"}} ");
     let text = metrics.encode();
@@ -430,11 +437,13 @@ async fn paused_redis_under_each_on_store_error() {
     let actions = [OnStoreError::Local, OnStoreError::Allow, OnStoreError::Deny];
     let mut latencies = Vec::new();
     let mut local_admitted = 0;
+    let mut errors_after = Vec::new();
     for i in 0..30 {
         let action = actions[i % 3];
         let started = Instant::now();
         let outcome = limiter.check("acme", &plan, 1, action).await;
         latencies.push(started.elapsed());
+        errors_after.push(limit_errors(&metrics));
         match outcome {
             LimitOutcome::Fallback { action: OnStoreError::Local, decision: Some(d) }
                 if action == OnStoreError::Local =>
@@ -462,7 +471,13 @@ async fn paused_redis_under_each_on_store_error() {
     let open = latencies[20..].iter().max().copied().unwrap_or_default();
     println!("paused Redis: slowest check {slowest:?}; once the breaker is open, slowest {open:?}");
     assert!(slowest <= TIGHT + MARGIN, "a check took {slowest:?}");
-    assert!(open <= Duration::from_millis(10), "with the breaker open a check took {open:?}");
+    // Once the breaker is open, checks do not call Redis at all (a call would time out and
+    // count as a store error): the count stops moving.
+    assert!(errors_after[0] >= 1, "the first check against the paused Redis failed: {errors_after:?}");
+    assert_eq!(
+        errors_after[19], errors_after[29],
+        "with the breaker open a check still called Redis: {errors_after:?}"
+    );
     for action in ["local", "allow", "deny"] {
         assert_eq!(fallbacks(&metrics, action), 10, "{action}");
     }

@@ -23,9 +23,9 @@ use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::net::TcpListener;
 
-/// How soon a change must be live. The watch reacts at once (after a 50 ms debounce);
-/// the poll backstop runs every 2 s, so changes seen within this bound were (all but
-/// certainly) seen by the watch.
+/// How soon a change must be live. The watch reacts at once (after a 50 ms debounce); the
+/// tests' poll backstop is an hour (`Polls::events_only`), so a change seen within this
+/// bound was seen by the watch.
 const PROMPTLY: Duration = Duration::from_millis(1500);
 
 // ---------------------------------------------------------------------------------------
@@ -211,8 +211,7 @@ impl Serve {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        support::process::signal(self.child.id(), signal);
     }
 }
 
@@ -306,7 +305,8 @@ async fn a_kubernetes_configmap_swap_is_reloaded_every_time() {
     std::fs::write(&config, text.replace("policy = \"routes.toml\"", "policy = \"config/routes.toml\"")).unwrap();
     let (settings, _) = keygate::Settings::load(&config).unwrap();
     assert_eq!(settings.policy_file, map.file());
-    let running = keygate::start(settings, keygate::Options::default()).await.expect("keygate starts");
+    let options = keygate::Options { polls: keygate::Polls::events_only(), ..keygate::Options::default() };
+    let running = keygate::start(settings, options).await.expect("keygate starts");
     let url = |path: &str| format!("http://{}{path}", running.proxy_addr);
     let http = Http::new();
     assert_eq!(status_of(&http, &url("/v1/swap0")).await, 200);
@@ -440,7 +440,8 @@ async fn the_binary_logs_an_invalid_policy_with_its_position_and_keeps_serving()
 #[tokio::test]
 async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_is_picked_up() {
     let up = upstream().await;
-    let kg = Keygate::builder(&up.url()).start().await;
+    // The poll is part of what this test checks (a bad file it reads again is not counted again).
+    let kg = Keygate::builder(&up.url()).polls(keygate::Polls::default()).start().await;
     let http = Http::new();
     let file = kg.routes_path();
     rename_over(&file, policy(&up.url(), &public_route("/v1/good")));

@@ -28,6 +28,9 @@ const GREETING: &str = "hello";
 
 /// How soon a rotated pair must be served (docs/reference.md: files watched and reloaded).
 const ROTATION_DEADLINE: Duration = Duration::from_secs(2);
+/// The watches' poll backstop in these tests: an hour, so that a rotation seen within
+/// [`ROTATION_DEADLINE`] was seen by the filesystem watch, and a broken watch fails them.
+const EVENTS_ONLY: Duration = Duration::from_secs(3600);
 
 const OPENSSL_CONFIG: &str = "\
 [req]
@@ -378,7 +381,7 @@ async fn a_pair_written_in_place_is_served_within_two_seconds_and_the_gauge_foll
     let served = tempfile::tempdir().unwrap();
     let target = install(&a, served.path());
     let metrics = Arc::new(Metrics::new());
-    let tls = Tls::load_and_watch(&target.settings(), metrics.clone()).unwrap();
+    let tls = Tls::load_and_watch(&target.settings(), metrics.clone(), EVENTS_ONLY).unwrap();
     assert_eq!(expiry_gauge(&metrics), a.not_after() as f64);
     assert_eq!(tls.not_after(), a.not_after());
     let address = serve(tls.clone()).await;
@@ -405,7 +408,7 @@ async fn a_pair_renamed_over_is_served_within_two_seconds() {
     let served = tempfile::tempdir().unwrap();
     let target = install(&a, served.path());
     let metrics = Arc::new(Metrics::new());
-    let tls = Tls::load_and_watch(&target.settings(), metrics.clone()).unwrap();
+    let tls = Tls::load_and_watch(&target.settings(), metrics.clone(), EVENTS_ONLY).unwrap();
     let address = serve(tls.clone()).await;
     let roots = [a.leaf(), b.leaf()];
 
@@ -437,7 +440,7 @@ async fn a_kubernetes_secret_swap_is_served_within_two_seconds() {
     symlink("..data/tls.key", m.join("tls.key")).unwrap();
     let target = Pair { cert: m.join("tls.crt"), key: m.join("tls.key") };
     let metrics = Arc::new(Metrics::new());
-    let tls = Tls::load_and_watch(&target.settings(), metrics.clone()).unwrap();
+    let tls = Tls::load_and_watch(&target.settings(), metrics.clone(), EVENTS_ONLY).unwrap();
     let address = serve(tls.clone()).await;
     let roots = [a.leaf(), b.leaf()];
     assert_eq!(connect(address, &roots).await.unwrap().leaf(), &a.leaf());
@@ -461,7 +464,7 @@ async fn a_mismatched_pair_is_refused_and_counted_and_the_old_one_stays() {
     let served = tempfile::tempdir().unwrap();
     let target = install(&a, served.path());
     let metrics = Arc::new(Metrics::new());
-    let tls = Tls::load_and_watch(&target.settings(), metrics.clone()).unwrap();
+    let tls = Tls::load_and_watch(&target.settings(), metrics.clone(), EVENTS_ONLY).unwrap();
     let address = serve(tls.clone()).await;
     let roots = [a.leaf(), b.leaf(), c.leaf()];
 
@@ -494,7 +497,7 @@ async fn dropping_the_tls_stops_its_watch() {
     let a = self_signed(dir.path(), "a", KeyKind::Ecdsa, 1);
     let served = tempfile::tempdir().unwrap();
     let target = install(&a, served.path());
-    let tls = Tls::load_and_watch(&target.settings(), Arc::new(Metrics::new())).unwrap();
+    let tls = Tls::load_and_watch(&target.settings(), Arc::new(Metrics::new()), EVENTS_ONLY).unwrap();
     let weak = Arc::downgrade(&tls);
     drop(tls);
     // The watcher holds no strong reference: nothing keeps the acceptor alive.

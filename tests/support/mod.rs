@@ -28,7 +28,7 @@ use keygate::keys::file_store::FileStore;
 use keygate::keys::manage::{self, NewKey};
 use keygate::keys::{Peppers, Secret};
 use keygate::policy::Policy;
-use keygate::{Options, Running, Settings};
+use keygate::{Options, Polls, Running, Settings};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
@@ -317,6 +317,7 @@ pub struct Builder {
     admin_extra: String,
     keys_table: String,
     clock: Option<Arc<dyn Clock>>,
+    polls: Polls,
 }
 
 /// A running in-process keygate and its folder.
@@ -340,6 +341,9 @@ impl Keygate {
             admin_extra: String::new(),
             keys_table: "[keys]\nsource = \"file\"\nfile = \"keys.json\"\npepper_file = \"peppers\"\n".to_string(),
             clock: None,
+            // Tests see file changes through the watches alone: a broken watch fails them
+            // instead of passing through the poll. A test of the poll asks for it.
+            polls: Polls::events_only(),
         }
     }
 
@@ -508,6 +512,12 @@ impl Builder {
         self
     }
 
+    /// The watches' poll backstops (production's are [`Polls::default`]).
+    pub fn polls(mut self, polls: Polls) -> Self {
+        self.polls = polls;
+        self
+    }
+
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -531,7 +541,7 @@ impl Builder {
         let (settings, _) = Settings::load(&dir.path().join("keygate.toml")).expect("test config is valid");
         let peppers = Peppers::load(settings.keys.pepper_file.as_deref(), None).unwrap();
         let store = FileStore::open(&dir.path().join("keys.json")).unwrap();
-        let mut options = Options::default();
+        let mut options = Options { polls: self.polls, ..Options::default() };
         if let Some(clock) = self.clock {
             options.clock = clock;
         }
@@ -739,14 +749,29 @@ pub async fn read(response: Response<Incoming>) -> Answer {
     Answer { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes(), trailers }
 }
 
-/// Sends raw bytes on a new connection and returns what came back until the server
-/// closed it or `wait` passed.
+/// Sends raw bytes on a new connection and returns everything that came back until the
+/// server closed it. Fails loudly if the server has not closed the connection within
+/// `wait` (a test that needs a kept-alive connection reads it itself), showing what came.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            // A reset after the answer (the server closed with unread request bytes).
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset && !out.is_empty() => break,
+            Ok(Err(e)) => panic!("reading the raw answer failed: {e}; got so far: {}", String::from_utf8_lossy(&out)),
+            Err(_) => panic!(
+                "the server did not close the connection within {wait:?}; got so far: {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -78,7 +78,7 @@ impl Served {
     /// SIGTERM, then waits (without blocking the runtime, whose client connections must be
     /// able to close) for the exit, up to 10 s.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        signal(self.child.id(), "TERM");
         let child = &mut self.child;
         let exited = eventually(Duration::from_secs(10), async || matches!(child.try_wait(), Ok(Some(_)))).await;
         if !exited {
@@ -197,4 +197,14 @@ pub fn flock_waiters(path: &Path) -> usize {
                 && cols.get(6).is_some_and(|d| d.ends_with(&suffix))
         })
         .count()
+}
+
+/// Sends `kill -NAME pid` and fails loudly if it cannot (no `kill` installed: CI installs
+/// procps; the process gone). Tests that signal a process must know the signal arrived.
+pub fn signal(pid: u32, name: &str) {
+    let status = match Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status() {
+        Ok(status) => status,
+        Err(e) => panic!("cannot run `kill` (install procps): {e}"),
+    };
+    assert!(status.success(), "kill -{name} {pid} failed: {status}");
 }

@@ -237,15 +237,14 @@ impl RedisServer {
 
     fn signal(&self, name: &str) {
         let pid = self.pid().expect("redis-server is not running");
-        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
-        assert!(status.success(), "kill -{name} {pid} failed: {status}");
+        super::process::signal(pid, name);
     }
 
     /// SIGKILL and reap. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             if self.paused.swap(false, Ordering::SeqCst) {
-                let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+                super::process::signal(child.id(), "CONT");
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -261,9 +260,11 @@ impl RedisServer {
     }
 
     /// Runs `redis-cli -p PORT args…` (authenticated if the server has a password) and
-    /// returns its stdout.
+    /// returns its stdout. Fails loudly when the command fails: cannot connect, or an error
+    /// reply (`-e` makes redis-cli exit non-zero for those).
     pub fn cli(&self, args: &[&str]) -> String {
         let mut command = Command::new("redis-cli");
+        command.arg("-e");
         command.args(["-h", "127.0.0.1", "-p"]).arg(self.port.to_string());
         if let Some(password) = &self.password {
             command.args(["--no-auth-warning", "-a", password]);
@@ -276,7 +277,14 @@ impl RedisServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{NOT_INSTALLED}"),
             Err(e) => panic!("cannot run redis-cli: {e}"),
         };
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "redis-cli {args:?} failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
     }
 
     /// The server's log so far (for assertion messages).
