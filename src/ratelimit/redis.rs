@@ -6,8 +6,9 @@
 //! The algorithm is the parent module's (see [`super`]), run inside Redis so that every
 //! replica applies it to the same counters, atomically (`redis/sliding_window.lua`, loaded
 //! into [`LUA`]). [`SCRIPT`] is sent with EVALSHA
-//! (redis-rs' [`Script`] re-loads it and retries once on `NOSCRIPT`, so a Redis restart or
-//! a `SCRIPT FLUSH` costs one extra round trip and no failed request). It:
+//! (redis-rs' [`Script`] re-loads it and retries once on `NOSCRIPT`, and a second `NOSCRIPT`
+//! sends it whole with EVAL, so a Redis restart or `SCRIPT FLUSH`es cost extra round trips
+//! and no failed request). It:
 //!
 //! 1. reads the time from Redis (`TIME`), so the replicas' clocks, skewed or not, never
 //!    matter: every decision about one tenant uses one clock. If that clock steps back
@@ -216,14 +217,23 @@ impl Inner {
         let requests = limit.requests.min(MAX_EXACT);
         let sub = limit.sub_window_millis().min(MAX_EXACT);
         let window = limit.window_millis().min(MAX_EXACT);
-        let mut invocation = SCRIPT.key(key);
-        invocation.arg(requests).arg(sub).arg(window);
-        for &cost in costs {
-            invocation.arg(cost.min(MAX_EXACT));
-        }
+        let mut args = vec![requests, sub, window];
+        args.extend(costs.iter().map(|&cost| cost.min(MAX_EXACT)));
+        let key = key.to_string();
         let reply: Vec<i64> = self
             .client
-            .run(StoreOp::Limit, move |mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .run(StoreOp::Limit, move |mut connection| async move {
+                let mut invocation = SCRIPT.key(&key);
+                invocation.arg(&args);
+                match invocation.invoke_async(&mut connection).await {
+                    // Flushed again between redis-rs' SCRIPT LOAD and its retried EVALSHA
+                    // (two `SCRIPT FLUSH`es in a row): the script is sent whole, once.
+                    Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        redis::cmd("EVAL").arg(LUA).arg(1).arg(&key).arg(&args).query_async(&mut connection).await
+                    }
+                    other => other,
+                }
+            })
             .await?;
         if reply.len() != costs.len() * 4 {
             return Err(RedisCallError::Redis(unexpected("a reply of the wrong length")));
