@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::keys::Principal;
+use crate::metrics::Metrics;
 use crate::policy::RouteMode;
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
@@ -21,8 +22,11 @@ pub struct ByteCounts {
     pub received: AtomicU64,
     pub sent: AtomicU64,
     /// The request body failed while it was read (malformed chunked framing, shorter than
-    /// declared, a reset): the pipeline then blames the client (400), not the upstream.
+    /// declared, a reset): the pipeline then blames the client, not the upstream.
     pub received_failed: AtomicBool,
+    /// ... and the failure was the client going away (the connection closed before the
+    /// declared length, or an HTTP/2 RST_STREAM): 499, not 400.
+    pub received_aborted: AtomicBool,
 }
 
 /// One request's access-log line (target `access`), written exactly once: when it is
@@ -30,8 +34,9 @@ pub struct ByteCounts {
 /// the line comes when the body has been sent whole (or dropped: client gone, upstream
 /// reset), with the bytes counted on the way; for a WebSocket it lives in the tunnel
 /// task, so the line comes when the tunnel closes. A request whose handler is dropped
-/// before a response exists (the client went away) is logged with status 499, as nginx
-/// does.
+/// before a response exists (the client went away: an HTTP/1.1 connection closed, an
+/// HTTP/2 stream reset) is logged with status 499 and decision `client_closed`, as nginx
+/// does, and counted in `keygate_requests_total` with status 499 then.
 ///
 /// `duration_ms` runs from the request head to the line (last body byte or tunnel
 /// closed). The `keygate_request_duration_seconds` histogram, by contrast, stays measured
@@ -56,10 +61,12 @@ pub struct AccessLog {
     bytes: Arc<ByteCounts>,
     /// The response body (or tunnel) ran to its end.
     complete: bool,
+    /// Counts the request as a 499 if it is dropped before a response exists.
+    metrics: Arc<Metrics>,
 }
 
 impl AccessLog {
-    pub fn new(request_id: String, method: http::Method, started: Instant) -> Self {
+    pub fn new(request_id: String, method: http::Method, started: Instant, metrics: Arc<Metrics>) -> Self {
         AccessLog {
             request_id,
             method,
@@ -72,6 +79,7 @@ impl AccessLog {
             started,
             bytes: Arc::new(ByteCounts::default()),
             complete: false,
+            metrics,
         }
     }
 
@@ -93,6 +101,12 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        if self.status.is_none() {
+            // The handler was dropped before a response existed: the client went away.
+            self.decision = "client_closed";
+            let route = self.route.as_deref().unwrap_or("none");
+            self.metrics.record_request(route, &self.method, CLIENT_CLOSED, self.started.elapsed());
+        }
         // The method is a client-chosen token: one that is a well-formed key is not logged.
         let method =
             if crate::keys::parse_secret(self.method.as_str()).is_ok() { "OTHER" } else { self.method.as_str() };
@@ -101,7 +115,7 @@ impl Drop for AccessLog {
             request_id = %self.request_id,
             method = method,
             route = self.route.as_deref().unwrap_or("none"),
-            status = self.status.unwrap_or(499),
+            status = self.status.unwrap_or(CLIENT_CLOSED),
             decision = self.decision,
             mode = self.mode.as_str(),
             key_id = self.principal.as_ref().map(|p| p.key_id.as_str()),
@@ -113,6 +127,28 @@ impl Drop for AccessLog {
             complete = self.complete,
         );
     }
+}
+
+/// nginx's "client closed request".
+const CLIENT_CLOSED: u16 = 499;
+
+/// Whether a request body's error is the client going away rather than a malformed body:
+/// the connection ended before the declared length (hyper reports an unexpected EOF), was
+/// reset, or the client reset the HTTP/2 stream (or the connection, with GOAWAY).
+/// Malformed framing (a bad chunk size, a bare LF) is `InvalidData`/`InvalidInput`.
+fn client_went_away(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && (h2.is_reset() || h2.is_go_away());
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Streams a body through unchanged, adding the length of every data frame to `counter`.
@@ -131,6 +167,7 @@ impl<B> Counted<B> {
 impl<B> Body for Counted<B>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -143,7 +180,12 @@ where
                     self.counts.received.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.counts.received_failed.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(e))) => {
+                if client_went_away(e) {
+                    self.counts.received_aborted.store(true, Ordering::Relaxed);
+                }
+                self.counts.received_failed.store(true, Ordering::Relaxed);
+            }
             _ => {}
         }
         polled
@@ -235,7 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn counted_and_logged_bodies_count_data_bytes_and_see_the_end() {
-        let log = AccessLog::new("rid".into(), http::Method::POST, Instant::now());
+        let log = AccessLog::new("rid".into(), http::Method::POST, Instant::now(), Arc::new(Metrics::new()));
         let counts = log.bytes();
         let request = Counted::received(Full::new(Bytes::from_static(b"0123456789")), counts.clone());
         assert_eq!(request.size_hint().exact(), Some(10), "the size hint passes through");

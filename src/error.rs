@@ -140,7 +140,25 @@ pub enum Refusal {
     Unavailable { retry_after: u64 },
     /// 504: upstream response headers later than its `timeout`.
     GatewayTimeout,
+    /// 408: the request body slowed below `server.min_body_rate` (or stalled).
+    RequestTimeout,
+    /// 429: this client address has failed authentication too often lately
+    /// (`server.failed_auth_per_minute`); answered without a store lookup.
+    FailedAuthLimited { retry_after: u64 },
+    /// 429: this client address has sent too many CORS preflights lately
+    /// (`server.preflights_per_minute`).
+    PreflightLimited { retry_after: u64 },
+    /// 503: the upstream's `max_connections` are all busy and the request waited its
+    /// `queue_timeout` in vain.
+    UpstreamBusy,
+    /// 499 (nginx's "client closed request"): the client went away before its request
+    /// was complete (closed mid-body, or reset the HTTP/2 stream). Rarely seen by anyone
+    /// but the access log and the metrics: there is no one left to answer.
+    ClientClosed,
 }
+
+/// nginx's 499 "client closed request" (no standard code exists for it).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl Refusal {
     pub fn status(&self) -> StatusCode {
@@ -158,6 +176,10 @@ impl Refusal {
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::FailedAuthLimited { .. } | Refusal::PreflightLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ClientClosed => StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -177,6 +199,10 @@ impl Refusal {
             Refusal::BadGateway => "bad_gateway",
             Refusal::Unavailable { .. } => "unavailable",
             Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::RequestTimeout => "request_timeout",
+            Refusal::FailedAuthLimited { .. } | Refusal::PreflightLimited { .. } => "rate_limited",
+            Refusal::UpstreamBusy => "upstream_busy",
+            Refusal::ClientClosed => "client_closed_request",
         }
     }
 
@@ -206,15 +232,24 @@ impl Refusal {
             Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),
             Refusal::Unavailable { .. } => "The key store is temporarily unavailable; retry shortly".to_string(),
             Refusal::GatewayTimeout => "The upstream service did not answer in time".to_string(),
+            Refusal::RequestTimeout => "The request body arrived too slowly".to_string(),
+            Refusal::FailedAuthLimited { .. } => {
+                "Too many failed authentication attempts from this address; retry later".to_string()
+            }
+            Refusal::PreflightLimited { .. } => "Too many CORS preflight requests from this address".to_string(),
+            Refusal::UpstreamBusy => "The upstream service is busy; retry shortly".to_string(),
+            Refusal::ClientClosed => "The client closed the request before it was complete".to_string(),
         }
     }
 
     /// `Retry-After` in whole seconds, where the refusal has one.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Refusal::RateLimited { retry_after, .. } | Refusal::Unavailable { retry_after } => {
-                Some((*retry_after).max(1))
-            }
+            Refusal::RateLimited { retry_after, .. }
+            | Refusal::Unavailable { retry_after }
+            | Refusal::FailedAuthLimited { retry_after }
+            | Refusal::PreflightLimited { retry_after } => Some((*retry_after).max(1)),
+            Refusal::UpstreamBusy => Some(1),
             _ => None,
         }
     }
@@ -231,7 +266,10 @@ impl Refusal {
             Refusal::NotFound | Refusal::MethodNotAllowed { .. } => 12, // UNIMPLEMENTED
             Refusal::RateLimited { .. } => 8,                           // RESOURCE_EXHAUSTED
             Refusal::BadGateway | Refusal::Unavailable { .. } => 14,    // UNAVAILABLE
-            Refusal::GatewayTimeout => 4,                               // DEADLINE_EXCEEDED
+            Refusal::GatewayTimeout | Refusal::RequestTimeout => 4,     // DEADLINE_EXCEEDED
+            Refusal::FailedAuthLimited { .. } | Refusal::PreflightLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            Refusal::UpstreamBusy => 14,                                // UNAVAILABLE
+            Refusal::ClientClosed => 1,                                 // CANCELLED
         }
     }
 
@@ -251,6 +289,11 @@ impl Refusal {
             Refusal::HeadersTooLarge => "headers_too_large",
             Refusal::BadGateway => "bad_gateway",
             Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::RequestTimeout => "body_too_slow",
+            Refusal::FailedAuthLimited { .. } => "failed_auth_limited",
+            Refusal::PreflightLimited { .. } => "preflight_limited",
+            Refusal::UpstreamBusy => "upstream_busy",
+            Refusal::ClientClosed => "client_closed",
         }
     }
 
@@ -271,7 +314,12 @@ impl Refusal {
             | Refusal::MethodNotAllowed { .. }
             | Refusal::HeadersTooLarge
             | Refusal::BadGateway
-            | Refusal::GatewayTimeout => AuthResult::Forbidden,
+            | Refusal::GatewayTimeout
+            | Refusal::RequestTimeout
+            | Refusal::PreflightLimited { .. }
+            | Refusal::UpstreamBusy
+            | Refusal::ClientClosed => AuthResult::Forbidden,
+            Refusal::FailedAuthLimited { .. } => AuthResult::RateLimited,
         }
     }
 

@@ -50,7 +50,8 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     let grpc = is_grpc(&request);
     // Written when dropped: with the response body, or with status 499 if this future is
     // dropped first (the client went away).
-    let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), started);
+    let mut record =
+        AccessLog::new(request_id(request.headers()), request.method().clone(), started, app.metrics().clone());
 
     let forwarded = match process(&app, &policy, connection, request, &mut record).await {
         Ok(forwarded) => forwarded,
@@ -71,7 +72,8 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
 /// A refusal decided before [`handle`] (the server's 431 for a head over
 /// `max_header_bytes`): answered, counted and access-logged like the pipeline's own.
 pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<ProxyBody> {
-    let mut record = AccessLog::new(request_id(request.headers()), request.method().clone(), Instant::now());
+    let mut record =
+        AccessLog::new(request_id(request.headers()), request.method().clone(), Instant::now(), app.metrics().clone());
     record.decision = refusal.decision();
     let refused = Some(refusal.status());
     let response = refusal.into_response(&record.request_id, is_grpc(request));
@@ -244,7 +246,13 @@ async fn forward(
                 let limit = route.max_body_bytes.unwrap_or_default();
                 return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal: None, rate }));
             }
-            if record.bytes().received_failed.load(Ordering::Relaxed) {
+            let bytes = record.bytes();
+            if bytes.received_aborted.load(Ordering::Relaxed) {
+                // The client went away mid-body: nobody's error but its own, and no one to answer.
+                tracing::info!(request_id = %record.request_id, "the client went away while its body was forwarded");
+                return Err(Box::new(Denial { refusal: Refusal::ClientClosed, principal: None, rate }));
+            }
+            if bytes.received_failed.load(Ordering::Relaxed) {
                 // The client's body failed first: its error, not the upstream's.
                 tracing::info!(request_id = %record.request_id, error = %why, "request body failed while forwarded");
                 return Err(Box::new(Denial { refusal: Refusal::BadRequestBody, principal: None, rate }));

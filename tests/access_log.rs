@@ -132,7 +132,7 @@ async fn one_access_line_per_request_with_every_field_and_the_bytes() {
     assert_eq!(gone.len(), 1, "{lines:#?}");
     let f = &gone[0]["fields"];
     assert_eq!((f["status"].as_u64(), f["complete"].as_bool()), (Some(499), Some(false)), "{f}");
-    assert_eq!((f["route"].as_str(), f["decision"].as_str()), (Some("/slow"), Some("ok")), "{f}");
+    assert_eq!((f["route"].as_str(), f["decision"].as_str()), (Some("/slow"), Some("client_closed")), "{f}");
     assert!(f["duration_ms"].as_f64().unwrap() < 800.0, "logged when the client left: {f}");
     if let Some(probe) = by_id.remove(PROBE) {
         assert_eq!(probe.len(), 1, "the port probe: {probe:?}");

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -373,4 +374,86 @@ async fn a_malformed_request_body_is_the_clients_error_not_the_upstreams() {
     assert_eq!(counted("400"), Some(4.0), "{text}");
     assert_eq!(counted("502"), None, "a client's broken body is never the upstream's error: {text}");
     kg.stop().await;
+}
+
+/// A client that goes away in the middle of its request body (HTTP/1.1: the connection
+/// closes before the declared length; HTTP/2: RST_STREAM CANCEL) is counted and logged as
+/// 499 `client_closed`: neither the upstream's error (502) nor a malformed body (400).
+#[tokio::test]
+async fn a_client_that_goes_away_mid_body_is_499_not_the_upstreams_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, heads) = heads_upstream().await;
+    let kg = Keygate::builder(&format!("http://{upstream}")).start().await;
+    let (_, key) = kg.key("acme", "pro", &["calls:write"]);
+
+    // HTTP/1.1: 10 of 1000 bytes, then the client's side closes.
+    let mut stream = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/calls HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n0123456789",
+        key.expose()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let arrived = heads.clone();
+    assert!(eventually(Duration::from_secs(5), async || arrived.load(Ordering::SeqCst) == 1).await, "forwarded");
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+
+    // HTTP/2: the stream is reset while its body is open.
+    let tcp = tokio::net::TcpStream::connect(kg.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(kg.url("/v1/calls"))
+        .header("authorization", format!("Bearer {}", key.expose()))
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (_response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"0123456789"), false).unwrap();
+    let arrived = heads.clone();
+    assert!(eventually(Duration::from_secs(5), async || arrived.load(Ordering::SeqCst) == 2).await, "forwarded");
+    body.send_reset(h2::Reason::CANCEL);
+
+    let admin = kg.admin;
+    let counted = async |status: &str| {
+        let text = metrics_text(admin).await;
+        metric(&text, "keygate_requests_total", &[("route", "/v1/calls"), ("method", "POST"), ("status", status)])
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || counted("499").await == Some(2.0)).await,
+        "both were counted as 499: {}",
+        metrics_text(admin).await
+    );
+    for status in ["400", "502", "504"] {
+        assert_eq!(counted(status).await, None, "a client gone mid-body is not a {status}");
+    }
+    kg.stop().await;
+}
+
+/// An upstream that counts request heads as they arrive, then reads the body to its end
+/// (or error) and answers 200: a test can act while a request body is in flight.
+async fn heads_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counter = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let _ = request.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (addr, heads)
 }

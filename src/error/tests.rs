@@ -43,6 +43,11 @@ fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)>
         (Refusal::BadGateway, 502, "bad_gateway", 14, "bad_gateway", "forbidden"),
         (Refusal::Unavailable { retry_after: 1 }, 503, "unavailable", 14, "store_unavailable", "store_unavailable"),
         (Refusal::GatewayTimeout, 504, "gateway_timeout", 4, "gateway_timeout", "forbidden"),
+        (Refusal::RequestTimeout, 408, "request_timeout", 4, "body_too_slow", "forbidden"),
+        (Refusal::FailedAuthLimited { retry_after: 30 }, 429, "rate_limited", 8, "failed_auth_limited", "rate_limited"),
+        (Refusal::PreflightLimited { retry_after: 30 }, 429, "rate_limited", 8, "preflight_limited", "forbidden"),
+        (Refusal::UpstreamBusy, 503, "upstream_busy", 14, "upstream_busy", "forbidden"),
+        (Refusal::ClientClosed, 499, "client_closed_request", 1, "client_closed", "forbidden"),
     ]
 }
 
@@ -66,7 +71,7 @@ async fn every_refusal_maps_to_its_status_json_grpc_decision_and_label() {
     }
     // Every variant is in the table (a new one without a row fails here).
     let variants: std::collections::HashSet<_> = table.iter().map(|row| std::mem::discriminant(&row.0)).collect();
-    assert_eq!(variants.len(), 14);
+    assert_eq!(variants.len(), 19);
     let results: std::collections::HashSet<_> = table.iter().map(|row| row.0.auth_result()).collect();
     assert!(results.len() == AuthResult::ALL.len() - 1, "every label but ok is reachable from a refusal");
 }
