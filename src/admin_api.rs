@@ -68,10 +68,10 @@ pub struct AdminApi {
 
 /// Serves the API on `listener` until `stop` is cancelled; connections in flight finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, token: String, stop: CancellationToken) {
-    let deadline = app.settings().server.header_read_timeout;
+    let limits = crate::admin::AdminLimits::of(&app);
     let api = Arc::new(AdminApi::new(app, &token));
     drop(token);
-    crate::admin::serve_connections(listener, deadline, stop, "admin API", move |request, peer| {
+    crate::admin::serve_connections(listener, limits, stop, "admin API", move |request, peer| {
         let api = api.clone();
         async move { api.handle(request, Some(peer)).await }
     })

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::model::{
-    Admin, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server, Settings, Tls, ON_STORE_ERROR,
+    Admin, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server, Settings, Tls,
+    ADMIN_MAX_CONNECTIONS, ON_STORE_ERROR,
 };
 use super::raw;
 use super::values::{
@@ -69,6 +70,14 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
         address: admin_address,
         api_address,
         token_file: optional_path(check, dir, "token_file", raw_admin.token_file.as_ref()),
+        max_connections: at_least(
+            check,
+            "max_connections",
+            raw_admin.max_connections.as_ref(),
+            1,
+            ADMIN_MAX_CONNECTIONS,
+            "with 0 the admin listeners would accept no connection at all",
+        ),
     };
 
     let s = raw.server.unwrap_or_default();

@@ -59,7 +59,14 @@ pub struct Admin {
     pub api_address: SocketAddr,
     /// The key API's bearer token (else `$KEYGATE_ADMIN_TOKEN`). Default: none.
     pub token_file: Option<PathBuf>,
+    /// Connections each admin listener serves at once (more wait in the backlog).
+    /// Default [`ADMIN_MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
+
+/// The default of `admin.max_connections`: probes, a scraper and a dashboard or two need a
+/// handful; the bound keeps idle connections from eating the process's descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// `[server]`: protective limits, with the defaults of docs/reference.md.
 #[derive(Debug, Clone)]

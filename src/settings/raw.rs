@@ -41,6 +41,7 @@ pub(super) struct RawAdmin {
     pub address: Option<Spanned<String>>,
     pub api_address: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// `[server]`.
