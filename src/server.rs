@@ -42,9 +42,17 @@ use crate::state::App;
 use crate::tls::Tls;
 
 /// HTTP/2: streams one client may have open at once on a connection.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// HTTP/2: reset streams a client may leave pending (the "rapid reset" attack).
 const H2_MAX_PENDING_RESETS: usize = 50;
+/// HTTP/2: streams keygate may reset for the client's protocol errors (a malformed
+/// request, a bad window update) before it ends the connection with GOAWAY
+/// ENHANCE_YOUR_CALM, so that errors cannot make it do work forever.
+const H2_MAX_ERROR_RESETS: usize = 256;
+/// HTTP/2: response bytes one stream may have waiting for the client's flow-control
+/// window (h2's default is 400 KiB). With the upstream's 16 KiB read buffer
+/// (`upstream::pool`), this bounds what a stalled download holds.
+const H2_MAX_SEND_BUFFER: usize = 16 * 1024;
 /// How often each connection's watchdog looks at its clock.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
@@ -221,6 +229,8 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -380,7 +390,14 @@ impl Activity {
         if head != 0 && since(head) > limits.header_read_timeout {
             return Some("header_read_timeout");
         }
-        let idle_from = self.idle_since.load(Ordering::Relaxed).max(self.last_progress.load(Ordering::Relaxed));
+        // HTTP/2 frames that carry no request (PING, SETTINGS, WINDOW_UPDATE) move bytes
+        // too, but they must not hold an idle connection open: its idle time runs from
+        // the end of its last request.
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
+        let idle_from = match self.h2.load(Ordering::Relaxed) {
+            true => idle_since,
+            false => idle_since.max(self.last_progress.load(Ordering::Relaxed)),
+        };
         (head == 0 && since(idle_from) > limits.idle_timeout).then_some("idle_timeout")
     }
 }
