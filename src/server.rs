@@ -42,9 +42,17 @@ use crate::state::App;
 use crate::tls::Tls;
 
 /// HTTP/2: streams one client may have open at once on a connection.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// HTTP/2: reset streams a client may leave pending (the "rapid reset" attack).
 const H2_MAX_PENDING_RESETS: usize = 50;
+/// HTTP/2: streams keygate may reset for the client's protocol errors (a malformed
+/// request, a bad window update) before it ends the connection with GOAWAY
+/// ENHANCE_YOUR_CALM, so that errors cannot make it do work forever.
+const H2_MAX_ERROR_RESETS: usize = 256;
+/// HTTP/2: response bytes one stream may have waiting for the client's flow-control
+/// window (h2's default is 400 KiB). With the upstream's 16 KiB read buffer
+/// (`upstream::pool`), this bounds what a stalled download holds.
+const H2_MAX_SEND_BUFFER: usize = 16 * 1024;
 /// How often each connection's watchdog looks at its clock.
 const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 
@@ -61,6 +69,8 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(100);
 /// worker with the fewest open connections.
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Connections closed so far, on every worker.
+    closed: Arc<AtomicU64>,
 }
 
 struct Worker {
@@ -84,23 +94,24 @@ impl Workers {
     pub fn start(app: &Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<Workers> {
         let count = app.settings().server.workers.max(1);
         let mut workers = Vec::with_capacity(count);
+        let closed = Arc::new(AtomicU64::new(0));
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (queue, connections) = mpsc::unbounded_channel();
             let (done, finished) = oneshot::channel();
             let open = Arc::new(AtomicUsize::new(0));
             let handle = runtime.handle().clone();
-            let (app, tls, worker_open) = (app.clone(), tls.clone(), open.clone());
+            let (app, tls, worker_open, closed) = (app.clone(), tls.clone(), open.clone(), closed.clone());
             std::thread::Builder::new().name(format!("keygate-worker-{index}")).spawn(move || {
                 crate::worker::enter(index);
-                runtime.block_on(run_worker(connections, app, tls, worker_open));
+                runtime.block_on(run_worker(connections, app, tls, worker_open, closed));
                 // Dropping the runtime here ends what is left on it (a WebSocket tunnel).
                 drop(runtime);
                 let _ = done.send(());
             })?;
             workers.push(Worker { runtime: handle, queue, open, finished });
         }
-        Ok(Workers { workers })
+        Ok(Workers { workers, closed })
     }
 
     /// Each worker's runtime, to start work that must live on a given worker.
@@ -143,11 +154,12 @@ async fn run_worker(
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
     open: Arc<AtomicUsize>,
+    closed: Arc<AtomicU64>,
 ) {
     let builder = Arc::new(connection_builder(&app));
     let graceful = GracefulShutdown::new();
     while let Some(Accepted { stream, peer, permit }) = connections.recv().await {
-        let open = OpenConnection(open.clone());
+        let open = OpenConnection { open: open.clone(), closed: closed.clone() };
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(e) => {
@@ -166,12 +178,16 @@ async fn run_worker(
     graceful.shutdown().await;
 }
 
-/// Counts a connection as open on its worker until dropped.
-struct OpenConnection(Arc<AtomicUsize>);
+/// Counts a connection as open on its worker until dropped, then as closed.
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    closed: Arc<AtomicU64>,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -179,6 +195,7 @@ impl Drop for OpenConnection {
 /// worker; then waits until the workers have let their open connections finish.
 pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(app.settings().server.max_connections));
+    let housekeeping = tokio::spawn(return_freed_memory(workers.closed.clone()));
     loop {
         // Past `max_connections`, new connections wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -208,6 +225,37 @@ pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop:
     }
     drop(listener);
     workers.finish().await;
+    housekeeping.abort();
+}
+
+/// How often [`return_freed_memory`] looks, and how many times it nudges after a close.
+const NUDGE_EVERY: Duration = Duration::from_secs(1);
+const NUDGES_AFTER_A_CLOSE: u32 = 4;
+
+/// Lets the allocator give closed connections' memory back to the OS. mimalloc (the
+/// binary's allocator) does that lazily: memory freed now is purged once its purge delay
+/// (1 s) has passed, but only when some thread frees a page again after that. When
+/// connections close and keygate goes quiet, nothing is freed any more, and what the
+/// closed connections held would stay resident (100 stalled downloads left 100 MB
+/// behind). So for a few seconds after connections close, this frees one block a second
+/// larger than mimalloc's large objects (512 KiB): such a block goes back to the arena at
+/// once, and that is when mimalloc purges what is due. The block is never written to, so
+/// it costs address space, not memory; under another allocator it is a harmless
+/// allocation.
+async fn return_freed_memory(closed: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(NUDGE_EVERY);
+    let (mut seen, mut nudges) = (0, 0);
+    loop {
+        tick.tick().await;
+        let now = closed.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, nudges) = (now, NUDGES_AFTER_A_CLOSE);
+        }
+        if nudges > 0 {
+            nudges -= 1;
+            drop(std::hint::black_box(Vec::<u8>::with_capacity(1 << 20)));
+        }
+    }
 }
 
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
@@ -221,6 +269,8 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -380,7 +430,14 @@ impl Activity {
         if head != 0 && since(head) > limits.header_read_timeout {
             return Some("header_read_timeout");
         }
-        let idle_from = self.idle_since.load(Ordering::Relaxed).max(self.last_progress.load(Ordering::Relaxed));
+        // HTTP/2 frames that carry no request (PING, SETTINGS, WINDOW_UPDATE) move bytes
+        // too, but they must not hold an idle connection open: its idle time runs from
+        // the end of its last request.
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
+        let idle_from = match self.h2.load(Ordering::Relaxed) {
+            true => idle_since,
+            false => idle_since.max(self.last_progress.load(Ordering::Relaxed)),
+        };
         (head == 0 && since(idle_from) > limits.idle_timeout).then_some("idle_timeout")
     }
 }

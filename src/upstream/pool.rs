@@ -92,6 +92,12 @@ impl Upstreams {
         let mut builder = Client::builder(TokioExecutor::new());
         // Without the timer the pool's idle timeout does nothing.
         builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        // Slow readers (issue 12): an HTTP/1.1 upstream connection reads ahead at most
+        // 16 KiB (hyper's default grows to about 400 KiB). Each body chunk is a slice of
+        // that buffer and a client that reads slowly holds its chunks, so this bounds what
+        // a stalled download keeps (README, "Protective limits"); an upstream response
+        // head must fit in it too, or it is a 502.
+        builder.http1_max_buf_size(16 * 1024);
         if upstream.protocol == UpstreamProtocol::H2c {
             builder.http2_only(true).timer(TokioTimer::new());
         }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2_frames;
 pub mod process;
 pub mod redis;
 

@@ -166,6 +166,32 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Resident memory now (VmRSS) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time a process has used so far, user and system (utime + stime of
+/// /proc/<pid>/stat, in clock ticks of `getconf CLK_TCK`, usually 10 ms).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces: the fields after it follow its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+        .expect("getconf CLK_TCK");
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
 /// How many TCP connections on this host are established to 127.0.0.1:`port` (the
 /// client ends, from /proc/net/tcp): a connection a client opens shows up here even
 /// while the server is stopped (SIGSTOP), since the kernel completes the handshake.
