@@ -9,6 +9,7 @@
 
 pub mod process;
 pub mod redis;
+pub mod strict;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
