@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -113,8 +113,10 @@ async fn process(
     record: &mut AccessLog,
 ) -> Result<Forwarded, Box<Denial>> {
     // 1. The request's shape: one Host, an absolute-form target naming the same host; no
-    //    CONNECT (its target is a host and port, not a path any route could authorise).
+    //    transfer coding but a single `chunked`; no CONNECT (its target is a host and
+    //    port, not a path any route could authorise).
     check_host(&request)?;
+    check_transfer_coding(&request)?;
     if request.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed { allow: Vec::new() }.into());
     }
@@ -278,6 +280,19 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// docs/reference.md §4.6: a `Transfer-Encoding` must be exactly one `chunked`. The HTTP
+/// parser frames a body by the last coding alone, so `gzip, chunked`, `chunked, chunked`
+/// or two `Transfer-Encoding` fields would go upstream de-chunked with the other codings
+/// silently dropped (the upstream reading gzip bytes as the content); they are refused.
+fn check_transfer_coding<B>(request: &Request<B>) -> Result<(), Refusal> {
+    let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(only), None) if only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(Refusal::BadRequest("a Transfer-Encoding other than a single `chunked` is not supported".into())),
+    }
 }
 
 /// The client's `x-request-id` when valid, else a new one. A value that is a well-formed

@@ -90,21 +90,30 @@ const CLIENT_OVERRIDES: [&[u8]; 16] = [
 /// those, or appends to a trusted peer's `X-Forwarded-For`).
 const WRITTEN_BY_KEYGATE: [&[u8]; 4] = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"];
 
+/// Framing and connection-level fields whose name has a `-`: another spelling of one
+/// (`transfer_encoding`, `content.length`) frames nothing for keygate's parser, but a
+/// backend that folds `_` and `.` into `-` would frame the body by it — a request
+/// smuggled past keygate on the pooled upstream connection. Dropped in those spellings.
+const FRAMING: [&[u8]; 5] =
+    [b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection", b"proxy-authorization"];
+
 /// Whether a client-sent header must not reach the upstream: `x-keygate-*` in any
 /// spelling; another spelling of a header keygate writes (`x_forwarded_for` would sit
-/// beside keygate's own and be read as it by a CGI stack); and, from a peer that is not
-/// trusted, the client-address and URL override headers in any spelling.
+/// beside keygate's own and be read as it by a CGI stack) or of a framing field
+/// ([`FRAMING`]); and, from a peer that is not trusted, the client-address and URL
+/// override headers in any spelling.
 pub(super) fn must_drop(name: &HeaderName, peer_trusted: bool) -> bool {
     let bytes = name.as_str().as_bytes();
     // Cheap exit for most names: every name below starts with one of these letters.
-    if !matches!(bytes.first(), Some(b'x' | b'f' | b't' | b'c')) {
+    if !matches!(bytes.first(), Some(b'x' | b'f' | b't' | b'c' | b'k' | b'p')) {
         return false;
     }
     if is_keygate_header(name) {
         return true;
     }
     let respelled = bytes.iter().any(|&b| matches!(b, b'_' | b'.'));
-    if respelled && WRITTEN_BY_KEYGATE.iter().any(|canonical| spelled_as(bytes, canonical)) {
+    let written_or_framing = || WRITTEN_BY_KEYGATE.iter().chain(&FRAMING).any(|canonical| spelled_as(bytes, canonical));
+    if respelled && written_or_framing() {
         return true;
     }
     (respelled || !peer_trusted) && CLIENT_OVERRIDES.iter().any(|canonical| spelled_as(bytes, canonical))

@@ -10,6 +10,7 @@
 pub mod h2_frames;
 pub mod process;
 pub mod redis;
+pub mod strict;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
