@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod raw_upstream;
 pub mod redis;
 
 use std::collections::HashMap;
