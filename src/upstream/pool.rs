@@ -5,7 +5,9 @@
 //! A pooled connection is used again only when nothing about its last response was in
 //! doubt: [`Upstreams::send`] judges every response head ([`super::response_check`]) and
 //! poisons the connection (hyper-util's pool then drops it instead of reusing it) when
-//! the response is refused or doubtful.
+//! the response is refused or doubtful, and the connections' reads see every byte that
+//! arrived on an idle connection before the next request is written
+//! ([`super::connector`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
+use super::connector::Connector;
 use super::outbound::Outbound;
 use super::response_check::{self, Verdict, MAX_INTERIM};
 use crate::body::ProxyBody;
@@ -36,7 +39,7 @@ pub enum UpstreamError {
     Timeout,
 }
 
-pub(super) type HttpClient = Client<HttpConnector, ProxyBody>;
+pub(super) type HttpClient = Client<Connector, ProxyBody>;
 
 /// The identity of a pool: an upstream whose address, protocol and connect timeout are
 /// unchanged keeps its pool across policy reloads.
@@ -104,7 +107,7 @@ impl Upstreams {
         if upstream.protocol == UpstreamProtocol::H2c {
             builder.http2_only(true).timer(TokioTimer::new());
         }
-        let client = Arc::new(builder.build(connector));
+        let client = Arc::new(builder.build(Connector::new(connector)));
         clients.push((key, client.clone()));
         client
     }
