@@ -2,15 +2,19 @@
 //! header removal both ways (RFC 9110 7.6.1, [`hop_by_hop`]), the request as it goes
 //! upstream with the identity and forwarding headers keygate adds ([`outbound`]), the
 //! connect and response-header timeouts that become 502 and 504, and the WebSocket
-//! tunnel (docs/reference.md §4.1, [`tunnel`]).
+//! tunnel (docs/reference.md §4.1, [`tunnel`]). An upstream that answers malformed HTTP
+//! gets its client a 502, and a connection whose answer gave any doubt is never used
+//! again ([`response_check`], [`connector`]).
 //!
 //! Only an admitted request can be sent: [`Upstreams::send`] takes an [`Outbound`], and
 //! an [`Outbound`] is made only from a [`crate::admission::Admission`], whose identity
 //! headers it writes.
 
+pub mod connector;
 pub mod hop_by_hop;
 pub mod outbound;
 pub mod pool;
+pub mod response_check;
 pub mod tunnel;
 
 pub use hop_by_hop::remove_hop_by_hop;

@@ -1,25 +1,37 @@
 //! The pooled upstream clients: per worker thread, one hyper-util client per upstream
 //! identity, kept across policy reloads while the upstream's address, protocol and
 //! connect timeout are unchanged; and the one call that sends an admitted request.
+//!
+//! A pooled connection is used again only when nothing about its last response was in
+//! doubt: [`Upstreams::send`] judges every response head ([`super::response_check`]) and
+//! poisons the connection (hyper-util's pool then drops it instead of reusing it) when
+//! the response is refused or doubtful, and the connections' reads see every byte that
+//! arrived on an idle connection before the next request is written
+//! ([`super::connector`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
 
+use super::connector::Connector;
 use super::outbound::Outbound;
+use super::response_check::{self, Verdict, MAX_INTERIM};
 use crate::body::ProxyBody;
 use crate::policy::{Upstream, UpstreamProtocol};
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Refused, unreachable within `connect_timeout`, reset, or not HTTP: 502.
+    /// Refused, unreachable within `connect_timeout`, reset, not HTTP, or an answer
+    /// keygate refuses (see [`super::response_check`]): 502.
     #[error("upstream unreachable or broken: {0}")]
     Failed(String),
     /// Response headers later than the upstream's `timeout`: 504.
@@ -27,7 +39,7 @@ pub enum UpstreamError {
     Timeout,
 }
 
-type HttpClient = Client<HttpConnector, ProxyBody>;
+pub(super) type HttpClient = Client<Connector, ProxyBody>;
 
 /// The identity of a pool: an upstream whose address, protocol and connect timeout are
 /// unchanged keeps its pool across policy reloads.
@@ -77,7 +89,7 @@ impl Upstreams {
         Upstreams { pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect() }
     }
 
-    fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
+    pub(super) fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
         let last = self.pools.len() - 1;
         let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -101,7 +113,7 @@ impl Upstreams {
         if upstream.protocol == UpstreamProtocol::H2c {
             builder.http2_only(true).timer(TokioTimer::new());
         }
-        let client = Arc::new(builder.build(connector));
+        let client = Arc::new(builder.build(Connector::new(connector)));
         clients.push((key, client.clone()));
         client
     }
@@ -130,12 +142,61 @@ impl Upstreams {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
         };
+        let connection = capture_connection(&mut request);
+        let interim = Arc::new(Interim::default());
+        let counted = interim.clone();
+        hyper::ext::on_informational(&mut request, move |_| counted.add());
         let client = self.client(upstream);
-        match tokio::time::timeout(upstream.timeout, client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Err(_) => Err(UpstreamError::Timeout),
+        let response = async {
+            tokio::select! {
+                biased;
+                result = client.request(request) => Some(result),
+                () = interim.storm.notified() => None,
+            }
+        };
+        let mut response = match tokio::time::timeout(upstream.timeout, response).await {
+            Ok(Some(Ok(response))) => response,
+            Ok(Some(Err(e))) => return Err(UpstreamError::Failed(error_chain(&e))),
+            Ok(None) => {
+                poison(&connection);
+                return Err(UpstreamError::Failed(format!("more than {MAX_INTERIM} interim (1xx) responses")));
+            }
+            Err(_) => return Err(UpstreamError::Timeout),
+        };
+        let status = response.status();
+        match response_check::judge(status, response.headers_mut(), interim.seen.load(Ordering::Relaxed)) {
+            Verdict::Sound => Ok(response),
+            Verdict::Doubtful => {
+                poison(&connection);
+                Ok(response)
+            }
+            Verdict::Refused(why) => {
+                poison(&connection);
+                Err(UpstreamError::Failed(why.to_string()))
+            }
         }
+    }
+}
+
+/// The interim (1xx) responses one request got, and the signal that there were too many.
+#[derive(Default)]
+struct Interim {
+    seen: AtomicUsize,
+    storm: Notify,
+}
+
+impl Interim {
+    fn add(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) == MAX_INTERIM {
+            self.storm.notify_one();
+        }
+    }
+}
+
+/// Keeps the connection that carried a request out of the pool from now on.
+fn poison(connection: &CaptureConnection) {
+    if let Some(connected) = connection.connection_metadata().as_ref() {
+        connected.poison();
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod h2_frames;
 pub mod process;
+pub mod raw_upstream;
 pub mod redis;
 pub mod strict;
 

@@ -1,0 +1,161 @@
+//! The upstream connector: hyper-util's [`HttpConnector`], whose TCP streams are wrapped
+//! in [`FreshReads`] so that an idle pooled connection's unexpected bytes are seen before
+//! the connection carries another request.
+//!
+//! # Why
+//!
+//! hyper's HTTP/1.1 client ends a response at its declared length and puts the
+//! connection back in the pool. Bytes after that length — a body longer than declared, a
+//! second response smuggled after the first, anything an upstream writes while no
+//! request is waiting — must never be read as the next request's response, which would
+//! hand one client's data to another. hyper guards against this: between responses its
+//! connection task keeps reading, and any byte read while no request is in flight is an
+//! error that closes the connection (and a request that was about to be written on it is
+//! retried on a new one). Its connection task always reads before it writes, so bytes
+//! that arrived before the next request was written are seen first.
+//!
+//! That holds only if a read reports what the kernel holds. Tokio's reads report what
+//! the runtime's I/O driver last saw: once a read found the socket empty, the socket
+//! counts as empty until the driver polls the operating system again, which a busy
+//! worker does between batches of tasks. Surplus bytes that arrive in that gap (say,
+//! written by the upstream a moment after the body) are invisible to hyper's check; if a
+//! request waiting for a pooled connection is handed this one in the same gap, it is
+//! written, and the surplus is then read as its response.
+//!
+//! [`FreshReads`] closes the gap: when the tokio read finds nothing, it asks the kernel
+//! itself (a non-blocking `MSG_PEEK` of one byte), and if bytes or the end of the stream
+//! are there, reads them at once. So hyper's check before every write on a pooled
+//! connection sees every byte that reached keygate before the write. What no HTTP/1.1
+//! client can tell apart — bytes that reach keygate only after the next request was
+//! written, which are that request's response as far as the protocol goes — is the one
+//! residue; keygate also discards a connection whose response gave any doubt (see
+//! `response_check`), so an upstream that frames oddly once is not trusted twice.
+//!
+//! The cost is one `recv` system call each time a read on an upstream connection would
+//! otherwise wait.
+
+use std::future::Future;
+use std::io::{self, Read};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How much one read that bypasses the driver takes at most (the rest comes with the
+/// next read).
+const FRESH_READ_MAX: usize = 16 * 1024;
+
+/// [`HttpConnector`] with [`FreshReads`] streams.
+#[derive(Clone)]
+pub struct Connector {
+    inner: HttpConnector,
+}
+
+impl Connector {
+    pub fn new(inner: HttpConnector) -> Self {
+        Connector { inner }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<FreshReads>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            Ok(TokioIo::new(FreshReads { stream: stream.into_inner() }))
+        })
+    }
+}
+
+/// A TCP stream whose reads never report "nothing yet" while the kernel holds bytes
+/// (see the module doc).
+pub struct FreshReads {
+    stream: TcpStream,
+}
+
+impl FreshReads {
+    /// Reads what the kernel holds, without waiting and without asking the driver:
+    /// `Pending` when it holds nothing (the tokio read that came first has registered the
+    /// wake-up), the end of the stream as an empty read.
+    fn read_from_kernel(&self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let socket = socket2::SockRef::from(&self.stream);
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        match socket.peek(&mut probe) {
+            Ok(0) => return Poll::Ready(Ok(())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                return Poll::Pending
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        let take = buf.remaining().min(FRESH_READ_MAX);
+        match (&*socket).read(buf.initialize_unfilled_to(take)) {
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncRead for FreshReads {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Pending if buf.remaining() > 0 => this.read_from_kernel(buf),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for FreshReads {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Connection for FreshReads {
+    fn connected(&self) -> Connected {
+        self.stream.connected()
+    }
+}
+
+#[cfg(test)]
+mod tests;
