@@ -126,6 +126,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
+    /// Requests answered 503 `upstream_busy` (the upstream's `max_connections` all in use
+    /// for its `queue_timeout`), by upstream.
+    upstream_busy: IntCounterVec,
     /// `[result][mode]`, in `AuthResult::ALL` × `RouteMode::ALL` order.
     auth_decisions: Vec<[IntCounter; 2]>,
     store_fallback: Vec<IntCounter>,
@@ -202,6 +205,20 @@ impl Metrics {
                 &["upstream"],
             )
             .expect("metrics: valid upstream_duration_seconds"),
+        );
+
+        let upstream_busy = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "upstream_busy_total",
+                    "Requests answered 503 because the upstream's max_connections were all in use for its \
+                     queue_timeout, by upstream.",
+                )
+                .namespace(NAMESPACE),
+                &["upstream"],
+            )
+            .expect("metrics: valid upstream_busy_total"),
         );
 
         let auth_vec = register(
@@ -304,6 +321,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            upstream_busy,
             auth_decisions,
             store_fallback,
             cache_lookups,
@@ -341,6 +359,11 @@ impl Metrics {
     /// The time an upstream (by its configured name) took to answer.
     pub fn observe_upstream(&self, upstream: &str, duration: Duration) {
         self.upstream_duration.with_label_values(&[upstream]).observe(duration.as_secs_f64());
+    }
+
+    /// A request refused because `upstream`'s connections were all busy.
+    pub fn upstream_busy(&self, upstream: &str) {
+        self.upstream_busy.with_label_values(&[upstream]).inc();
     }
 
     /// How one request's authentication and authorisation ended, and whether the route

@@ -22,14 +22,14 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, Counted, Logged};
 use crate::admission::{Admission, Denial, RateOutcome};
 use crate::body::{self, Limited, ProxyBody};
-use crate::connection::ConnectionInfo;
+use crate::connection::{ConnectionHold, ConnectionInfo};
 use crate::error::Refusal;
 use crate::keys;
 use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::request_id;
 use crate::state::App;
-use crate::upstream::{self, FilteredTrailers, ForwardContext, Outbound, Tunnel, UpstreamError};
+use crate::upstream::{self, FilteredTrailers, ForwardContext, HeldBody, Outbound, Tunnel, UpstreamError};
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -209,7 +209,7 @@ async fn forward(
     let result = app.upstreams().send(&route.upstream, outbound).await;
     app.metrics().observe_upstream(&route.upstream.name, upstream_started.elapsed());
     match result {
-        Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        Ok((mut response, permit)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let client_upgrade = match client_upgrade {
                 Some(client_upgrade) if upstream::switched_to_websocket(response.headers()) => client_upgrade,
                 _ => {
@@ -220,7 +220,9 @@ async fn forward(
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (mut parts, _empty) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, true);
-            let tunnel = Tunnel::new(client_upgrade, upstream_upgrade, connection.hold.clone());
+            // The tunnel keeps the client's connection counted and the upstream's slot held.
+            let hold: ConnectionHold = Arc::new((connection.hold.clone(), permit));
+            let tunnel = Tunnel::new(client_upgrade, upstream_upgrade, Some(hold));
             Ok(Forwarded {
                 response: Response::from_parts(parts, body::empty()),
                 rate,
@@ -228,16 +230,21 @@ async fn forward(
                 refused: None,
             })
         }
-        Ok(response) => {
+        Ok((response, permit)) => {
             // Includes an upgrade the upstream refused: an ordinary response.
             let (mut parts, body) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, false);
             Ok(Forwarded {
-                response: Response::from_parts(parts, body::boxed(body)),
+                response: Response::from_parts(parts, body::boxed(HeldBody::new(body, permit))),
                 rate,
                 tunnel: None,
                 refused: None,
             })
+        }
+        Err(UpstreamError::Busy) => {
+            app.metrics().upstream_busy(&route.upstream.name);
+            tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream busy: max_connections in use for queue_timeout");
+            Err(Box::new(Denial { refusal: Refusal::UpstreamBusy, principal: None, rate }))
         }
         Err(UpstreamError::Timeout) => {
             tracing::warn!(request_id = %record.request_id, upstream = %route.upstream.name, "upstream response headers timed out");

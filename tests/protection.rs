@@ -391,3 +391,52 @@ async fn admin_listeners_serve_at_most_max_connections() {
     assert!(answer.unwrap().starts_with("HTTP/1.1 200"));
     kg.stop().await;
 }
+
+/// `max_connections` on an upstream: past it a request waits up to `queue_timeout`, then
+/// gets 503 `upstream_busy` (counted); a slot freed in time serves the waiter; the
+/// connections keygate holds to the upstream never exceed the cap.
+#[tokio::test]
+async fn an_upstreams_max_connections_queue_then_503() {
+    let upstream = upstream().await;
+    let routes = ROUTES.replace("{upstream}", &upstream.url()).replace(
+        "timeout = \"1s\"\nconnect_timeout = \"1s\"",
+        "timeout = \"30s\"\nconnect_timeout = \"1s\"\nmax_connections = 2\nqueue_timeout = \"1s\"",
+    );
+    let kg = Keygate::builder(&upstream.url()).routes(&routes).start().await;
+    let (_, key) = kg.key("acme", "unlimited", &["calls:read"]);
+    let http = Http::new();
+    let slow = |ms: u64| {
+        let (http, url, key) = (http.clone(), kg.url(&format!("/slow/{ms}")), key.expose().to_string());
+        tokio::spawn(async move { http.get(&url, Some(&key)).await.status })
+    };
+    // Two slow requests take both slots (the upstream answers them after 4 s).
+    let holders = [slow(4000), slow(4000)];
+    let kg_url = kg.url("/v1/calls");
+    let mut refused = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.is_none() && Instant::now() < deadline {
+        let answer = http.get(&kg_url, Some(key.expose())).await;
+        if answer.status == 503 {
+            refused = Some(answer);
+        }
+    }
+    let refused = refused.expect("a third request was not refused while two held both connections");
+    assert_eq!(refused.error_type(), "upstream_busy");
+    assert_eq!(refused.header("retry-after"), "1");
+    let text = metrics_text(kg.admin).await;
+    assert!(metric(&text, "keygate_upstream_busy_total", &[("upstream", "app")]).unwrap_or(0.0) >= 1.0, "{text}");
+    for holder in holders {
+        assert_eq!(holder.await.unwrap(), 200, "the slow requests themselves are served");
+    }
+    // Slots free again: served at once.
+    assert_eq!(http.get(&kg_url, Some(key.expose())).await.status, 200);
+
+    // A waiter whose slot frees within queue_timeout is served, not refused.
+    let holders = [slow(300), slow(300)];
+    let waited = http.get(&kg_url, Some(key.expose())).await;
+    assert_eq!(waited.status, 200, "{}", waited.text());
+    for holder in holders {
+        assert_eq!(holder.await.unwrap(), 200);
+    }
+    kg.stop().await;
+}

@@ -15,7 +15,7 @@ use super::limit::Limit;
 use super::model::{Plan, Policy};
 use super::raw;
 use super::routes::RouteTable;
-use super::upstream::Upstream;
+use super::upstream::{Upstream, MAX_CONNECTIONS, QUEUE_TIMEOUT};
 use super::validate::{parse_upstream_url, positive};
 use crate::path::PathOptions;
 use crate::toml_check::{choice, duration_value, Checker};
@@ -232,12 +232,32 @@ fn compile_upstreams(
         let connect_timeout =
             timeout_value(check, "connect_timeout", upstream.connect_timeout.as_ref(), Duration::from_secs(2));
         let timeout = timeout_value(check, "timeout", upstream.timeout.as_ref(), Duration::from_secs(30));
-        if let (Some((protocol, authority)), Some(connect_timeout), Some(timeout)) = (target, connect_timeout, timeout)
+        let queue_timeout = timeout_value(check, "queue_timeout", upstream.queue_timeout.as_ref(), QUEUE_TIMEOUT);
+        let max_connections = match &upstream.max_connections {
+            None => Some(MAX_CONNECTIONS),
+            Some(value) => {
+                positive(check, "`max_connections`", value).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        };
+        if let (
+            Some((protocol, authority)),
+            Some(connect_timeout),
+            Some(timeout),
+            Some(queue_timeout),
+            Some(max_connections),
+        ) = (target, connect_timeout, timeout, queue_timeout, max_connections)
         {
-            upstreams.insert(
-                name.get_ref().clone(),
-                Arc::new(Upstream { name: name.get_ref().clone(), protocol, authority, connect_timeout, timeout }),
-            );
+            let name = name.get_ref().clone();
+            let upstream = Upstream {
+                name: name.clone(),
+                protocol,
+                authority,
+                connect_timeout,
+                timeout,
+                max_connections,
+                queue_timeout,
+            };
+            upstreams.insert(name, Arc::new(upstream));
         }
     }
     upstreams

@@ -49,6 +49,8 @@ pub(super) struct RawUpstream {
     pub url: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
 }
 
 /// One `[[routes]]` table.

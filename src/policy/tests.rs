@@ -325,6 +325,12 @@ fn upstream_errors_are_positioned() {
     assert_eq!(up.connect_timeout, Duration::from_millis(250));
     assert_eq!(up.timeout, Duration::from_secs(300));
     assert_eq!(up.protocol, UpstreamProtocol::H2c);
+    assert_eq!((up.max_connections, up.queue_timeout), (256, Duration::from_secs(5)), "the defaults");
+    assert_error(&text("url = \"http://a\"\nmax_connections = 0"), 3, 19, "at least 1");
+    assert_error(&text("url = \"http://a\"\nqueue_timeout = \"0s\""), 3, 17, "longer than 0s");
+    let (policy, _) = parse(&text("url = \"http://a\"\nmax_connections = 8\nqueue_timeout = \"250ms\"")).unwrap();
+    let up = &policy.upstreams["app"];
+    assert_eq!((up.max_connections, up.queue_timeout), (8, Duration::from_millis(250)));
 }
 
 #[test]

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use super::connector::Connector;
+use super::limit::{ConnectionPermit, Slots};
 use super::outbound::Outbound;
 use super::response_check::{self, Verdict, MAX_INTERIM};
 use crate::body::ProxyBody;
@@ -37,6 +38,10 @@ pub enum UpstreamError {
     /// Response headers later than the upstream's `timeout`: 504.
     #[error("upstream response headers timed out")]
     Timeout,
+    /// All of the upstream's `max_connections` busy for its `queue_timeout` (or its queue
+    /// full): 503.
+    #[error("upstream busy: max_connections in use")]
+    Busy,
 }
 
 pub(super) type HttpClient = Client<Connector, ProxyBody>;
@@ -75,10 +80,17 @@ pub struct Upstreams {
     /// map: a policy names a handful of upstreams, and comparing a few authorities costs
     /// less per request than hashing one.
     pools: Vec<Mutex<Pools>>,
+    /// The connection caps ([`super::limit`]), one per upstream address and protocol,
+    /// shared by every worker; each worker's pool entry keeps its upstream's, so a
+    /// request takes no lock beyond its worker's own.
+    slots: Mutex<Vec<(SlotsKey, Arc<Slots>)>>,
 }
 
-/// One worker's clients, by upstream identity.
-type Pools = Vec<(PoolKey, Arc<HttpClient>)>;
+/// One worker's clients, by upstream identity, with their upstream's connection cap.
+type Pools = Vec<(PoolKey, Arc<HttpClient>, Arc<Slots>)>;
+
+/// Whose cap a [`Slots`] is: one upstream service, however many names point at it.
+type SlotsKey = (Authority, UpstreamProtocol);
 
 /// How long an idle pooled connection to an upstream is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -86,15 +98,44 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 impl Upstreams {
     /// Pools for `workers` worker threads.
     pub fn new(workers: usize) -> Self {
-        Upstreams { pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect() }
+        Upstreams { pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(), slots: Mutex::new(Vec::new()) }
     }
 
+    /// This worker's client for `upstream` (the connector's tests drive it directly).
+    #[cfg(test)]
     pub(super) fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
+        self.entry(upstream).0
+    }
+
+    /// The upstream's cap, shared by every worker: made anew when `max_connections`
+    /// changed in a reload (requests in flight keep their slots of the old one).
+    fn shared_slots(&self, upstream: &Upstream) -> Arc<Slots> {
+        let mut all = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (upstream.authority.clone(), upstream.protocol);
+        match all.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, slots)) if slots.max == upstream.max_connections => slots.clone(),
+            Some((_, slots)) => {
+                *slots = Arc::new(Slots::new(upstream.max_connections));
+                slots.clone()
+            }
+            None => {
+                let slots = Arc::new(Slots::new(upstream.max_connections));
+                all.push((key, slots.clone()));
+                slots
+            }
+        }
+    }
+
+    /// This worker's client for `upstream`, and the upstream's cap.
+    fn entry(&self, upstream: &Upstream) -> (Arc<HttpClient>, Arc<Slots>) {
         let last = self.pools.len() - 1;
         let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, client)) = clients.iter().find(|(key, _)| key.serves(upstream)) {
-            return client.clone();
+        if let Some((_, client, slots)) = clients.iter_mut().find(|(key, _, _)| key.serves(upstream)) {
+            if slots.max != upstream.max_connections {
+                *slots = self.shared_slots(upstream);
+            }
+            return (client.clone(), slots.clone());
         }
         let key = PoolKey::of(upstream);
         let mut connector = HttpConnector::new();
@@ -114,21 +155,34 @@ impl Upstreams {
             builder.http2_only(true).timer(TokioTimer::new());
         }
         let client = Arc::new(builder.build(Connector::new(connector)));
-        clients.push((key, client.clone()));
-        client
+        let slots = self.shared_slots(upstream);
+        clients.push((key, client.clone(), slots.clone()));
+        (client, slots)
     }
 
     /// Drops the pools of upstreams no longer in `current` (after a reload).
     pub fn retain(&self, current: &[Arc<Upstream>]) {
         for pools in &self.pools {
             let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            clients.retain(|(key, _)| current.iter().any(|u| key.serves(u)));
+            clients.retain(|(key, _, _)| current.iter().any(|u| key.serves(u)));
         }
+        let mut all = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.retain(|((authority, protocol), _)| {
+            current.iter().any(|u| u.authority == *authority && u.protocol == *protocol)
+        });
     }
 
-    /// Sends an admitted request (already rewritten) to `upstream`, waiting at most its
-    /// `timeout` for the response headers. The body streams on after this returns.
-    pub async fn send(&self, upstream: &Upstream, outbound: Outbound) -> Result<Response<Incoming>, UpstreamError> {
+    /// Sends an admitted request (already rewritten) to `upstream` once one of its
+    /// `max_connections` is free (waiting at most its `queue_timeout`), waiting at most its
+    /// `timeout` for the response headers. The body streams on after this returns; the
+    /// permit must live as long as it (or the tunnel) does.
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        outbound: Outbound,
+    ) -> Result<(Response<Incoming>, ConnectionPermit), UpstreamError> {
+        let (client, slots) = self.entry(upstream);
+        let permit = slots.acquire(upstream.queue_timeout).await.ok_or(UpstreamError::Busy)?;
         let mut request = outbound.into_request();
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let uri = Uri::builder()
@@ -146,7 +200,6 @@ impl Upstreams {
         let interim = Arc::new(Interim::default());
         let counted = interim.clone();
         hyper::ext::on_informational(&mut request, move |_| counted.add());
-        let client = self.client(upstream);
         let response = async {
             tokio::select! {
                 biased;
@@ -165,10 +218,10 @@ impl Upstreams {
         };
         let status = response.status();
         match response_check::judge(status, response.headers_mut(), interim.seen.load(Ordering::Relaxed)) {
-            Verdict::Sound => Ok(response),
+            Verdict::Sound => Ok((response, permit)),
             Verdict::Doubtful => {
                 poison(&connection);
-                Ok(response)
+                Ok((response, permit))
             }
             Verdict::Refused(why) => {
                 poison(&connection);

@@ -12,6 +12,8 @@ fn upstream() -> Arc<Upstream> {
         authority: http::uri::Authority::from_static("127.0.0.1:8080"),
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(30),
+        max_connections: 256,
+        queue_timeout: Duration::from_secs(5),
     })
 }
 

@@ -102,6 +102,8 @@ fn one_round() {
             authority: addr.to_string().parse().unwrap(),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
+            max_connections: 256,
+            queue_timeout: Duration::from_secs(5),
         };
         let client = upstreams.client(&upstream);
         let authority = addr.to_string();
