@@ -147,7 +147,8 @@ async fn process(
     }
 
     // 4–7. Key, authentication, plan and scopes, body size, rate limit.
-    let admission = app.gate().admit(policy, &route, request.headers(), preflight, record).await?;
+    let peer = connection.peer.ip();
+    let admission = app.gate().admit(policy, &route, request.headers(), peer, preflight, record).await?;
 
     // 8–9. Rewrite and forward.
     forward(app, &route, admission, connection, request, path, record).await
