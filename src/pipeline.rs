@@ -131,6 +131,10 @@ async fn process(
 
     // 3. The route: longest prefix, then method (404, 405).
     let preflight = policy.forward_preflight && is_cors_preflight(&request);
+    if preflight && !hyper::body::Body::is_end_stream(request.body()) {
+        // Browsers send none; what does is not a preflight, and must not pass keyless.
+        return Err(Refusal::BadRequest("a CORS preflight must not have a body".into()).into());
+    }
     let match_method = if preflight { preflight_method(&request) } else { request.method().clone() };
     let route = match policy.routes.find(&path, &match_method) {
         RouteMatch::Found(route) => route.clone(),

@@ -232,3 +232,115 @@ async fn zero_turns_the_failed_auth_budget_off() {
     unknown_keys(&Http::new(), &kg.url("/v1/calls"), 20, None).await;
     kg.stop().await;
 }
+
+/// The standard policy with `forward_preflight = true`.
+fn preflight_routes(upstream: &Upstream) -> String {
+    ROUTES
+        .replace("{upstream}", &upstream.url())
+        .replace("default = \"deny\"", "default = \"deny\"\nforward_preflight = true")
+}
+
+const PREFLIGHT: [(&str, &str); 2] = [("origin", "https://app.example"), ("access-control-request-method", "POST")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_preflight_carries_only_the_cors_headers_and_no_body() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url())
+        .routes(&preflight_routes(&upstream))
+        .listen("trusted_proxies = [\"127.0.0.1\"]")
+        .start()
+        .await;
+    let (_, key) = kg.key("acme", "pro", &["calls:write"]);
+    let bearer = format!("Bearer {}", key.expose());
+    let mut headers = PREFLIGHT.to_vec();
+    headers.extend([
+        ("access-control-request-headers", "authorization, content-type"),
+        ("access-control-request-private-network", "true"),
+        ("authorization", bearer.as_str()),
+        ("cookie", "session=secret"),
+        ("x-keygate-tenant", "someone-else"),
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x-real-ip", "198.51.100.8"),
+        ("user-agent", "test"),
+        ("x-custom", "1"),
+        ("x-request-id", "preflight-1"),
+    ]);
+    let answer = Http::new().send("OPTIONS", &kg.url("/v1/calls"), &headers, Bytes::new()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    let seen = upstream.last();
+    assert_eq!((seen.method.as_str(), seen.target.as_str(), seen.body_len), ("OPTIONS", "/v1/calls", 0));
+    let value = |name: &str| seen.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(value("origin").as_deref(), Some("https://app.example"));
+    assert_eq!(value("access-control-request-method").as_deref(), Some("POST"));
+    assert_eq!(value("access-control-request-headers").as_deref(), Some("authorization, content-type"));
+    assert_eq!(value("access-control-request-private-network").as_deref(), Some("true"));
+    assert_eq!(value("x-request-id").as_deref(), Some("preflight-1"));
+    assert_eq!(value("x-forwarded-for").as_deref(), Some("198.51.100.7, 127.0.0.1"));
+    assert_eq!(value("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(value("x-forwarded-host"), value("host"));
+    assert!(value("host").is_some());
+    // Nothing else; an empty body may be declared as such, never chunked.
+    let allowed = [
+        "host",
+        "origin",
+        "access-control-request-method",
+        "access-control-request-headers",
+        "access-control-request-private-network",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    for (name, value) in &seen.headers {
+        let empty_length = name == "content-length" && value == "0";
+        assert!(allowed.contains(&name.as_str()) || empty_length, "{name}: {value:?} reached the upstream");
+    }
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_with_a_body_is_refused_before_the_upstream() {
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url()).routes(&preflight_routes(&upstream)).start().await;
+    let answer = Http::new().send("OPTIONS", &kg.url("/v1/calls"), &PREFLIGHT, Bytes::from_static(b"smuggled")).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.message().contains("preflight"), "{}", answer.message());
+    assert_eq!(upstream.count(), 0, "a preflight with a body must not reach the upstream");
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflights_past_their_budget_get_429_and_it_refills() {
+    let clock = clock_now();
+    let upstream = upstream().await;
+    let kg = Keygate::builder(&upstream.url())
+        .routes(&preflight_routes(&upstream))
+        .settings("[server]\npreflights_per_minute = 3\n")
+        .clock(clock.clone())
+        .start()
+        .await;
+    let http = Http::new();
+    let url = kg.url("/v1/calls");
+    for i in 0..3 {
+        let answer = http.send("OPTIONS", &url, &PREFLIGHT, Bytes::new()).await;
+        assert_eq!(answer.status, 200, "preflight {i}: {}", answer.text());
+    }
+    let answer = http.send("OPTIONS", &url, &PREFLIGHT, Bytes::new()).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert_eq!(answer.error_type(), "rate_limited");
+    assert!(answer.message().contains("preflight"), "{}", answer.message());
+    assert_eq!(answer.header("retry-after"), "20");
+    assert_eq!(upstream.count(), 3, "a refused preflight must not reach the upstream");
+    // Preflights are not failed authentications: keys from this address still work.
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    assert_eq!(http.get(&url, Some(key.expose())).await.status, 200);
+
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(http.send("OPTIONS", &url, &PREFLIGHT, Bytes::new()).await.status, 200);
+    assert_eq!(http.send("OPTIONS", &url, &PREFLIGHT, Bytes::new()).await.status, 429);
+    let text = metrics(&kg).await;
+    assert_eq!(metric(&text, "keygate_preflights_limited_total", &[]), Some(2.0));
+    assert_eq!(metric(&text, "keygate_failed_auth_limited_total", &[]), Some(0.0));
+    kg.stop().await;
+}
