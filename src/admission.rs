@@ -1,6 +1,6 @@
 //! Admission: the rules a request must pass before it may go upstream — key,
-//! authentication, plan, scopes, declared body size, rate limit (docs/reference.md §4.1–4.4) — and the
-//! proof that it passed them.
+//! authentication, plan, scopes, declared body size, rate limit (docs/reference.md §4.1–4.4), and the
+//! budgets per client address (§4.7) — and the proof that it passed them.
 //!
 //! The proof types keep the order honest, as linkerd's permits do: only
 //! [`Gate::authenticate`] makes an [`Authenticated`], only [`Gate::authorize`] turns one
@@ -9,12 +9,14 @@
 //! are private to this module, so nothing else in the crate can make one: a request that
 //! skipped a phase does not compile.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue};
 
 use crate::access_log::AccessLog;
+use crate::address_budget::AddressBudgets;
 use crate::auth::{Authentication, Authenticator};
 use crate::bearer::{self, BearerError};
 use crate::clock::Clock;
@@ -24,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, Route, RouteAuth, RouteMode};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
 use crate::ratelimit::{Decision, Limit};
-use crate::settings::OnStoreError;
+use crate::settings::{OnStoreError, Server};
 
 /// A key that authenticated.
 pub struct Authenticated(Principal);
@@ -55,8 +57,11 @@ impl RateOutcome {
 pub struct Admission(Admitted);
 
 enum Admitted {
-    /// A public (`auth = "none"`) route, or a forwarded CORS preflight.
+    /// A public (`auth = "none"`) route.
     Public,
+    /// A forwarded CORS preflight: it goes upstream with the CORS request headers only
+    /// and no body (see [`crate::upstream::Outbound::new`]).
+    Preflight,
     Authorized(Authorized),
     /// A shadow-mode route: forwarded whatever the decision; the principal if the key was
     /// valid, and the rate decision if the limiter was reached.
@@ -67,10 +72,15 @@ enum Admitted {
 }
 
 impl Admission {
+    /// A forwarded CORS preflight.
+    pub fn is_preflight(&self) -> bool {
+        matches!(self.0, Admitted::Preflight)
+    }
+
     /// Whose request this is: the identity headers are written from it.
     pub fn principal(&self) -> Option<&Principal> {
         match &self.0 {
-            Admitted::Public => None,
+            Admitted::Public | Admitted::Preflight => None,
             Admitted::Authorized(authorized) => Some(&authorized.principal),
             Admitted::Shadow { principal, .. } => principal.as_ref(),
         }
@@ -80,7 +90,7 @@ impl Admission {
     /// headers), once the request has been sent.
     pub fn into_parts(self) -> (Option<Principal>, Option<RateOutcome>) {
         match self.0 {
-            Admitted::Public => (None, None),
+            Admitted::Public | Admitted::Preflight => (None, None),
             Admitted::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
             Admitted::Shadow { principal, rate } => (principal, rate),
         }
@@ -101,7 +111,7 @@ impl From<Refusal> for Box<Denial> {
 }
 
 /// What the admission rules read besides the policy: the keys, the limiter, the clock,
-/// and where decisions are counted.
+/// the budgets per client address, and where decisions are counted.
 pub struct Gate {
     keys: Arc<Authenticator>,
     limiter: Limiter,
@@ -109,6 +119,7 @@ pub struct Gate {
     metrics: Arc<Metrics>,
     /// `limits.on_store_error`, unless the route overrides it.
     on_store_error: OnStoreError,
+    budgets: AddressBudgets,
 }
 
 impl Gate {
@@ -119,7 +130,15 @@ impl Gate {
         metrics: Arc<Metrics>,
         on_store_error: OnStoreError,
     ) -> Gate {
-        Gate { keys, limiter, clock, metrics, on_store_error }
+        Gate { keys, limiter, clock, metrics, on_store_error, budgets: AddressBudgets::off() }
+    }
+
+    /// The budgets per client address of `server` (`failed_auth_per_minute`,
+    /// `preflights_per_minute`), on the gate's clock; the addresses are decided with
+    /// `trusted_proxies`. Without this call there are none.
+    pub fn with_address_budgets(mut self, server: &Server, trusted_proxies: &[ipnet::IpNet]) -> Gate {
+        self.budgets = AddressBudgets::new(server, trusted_proxies, self.clock.clone());
+        self
     }
 
     /// The key service the gate authenticates with.
@@ -127,9 +146,10 @@ impl Gate {
         &self.keys
     }
 
-    /// Phases 4–7: decides whether the request may go upstream. A public route or a
-    /// forwarded preflight (`public`) is admitted as it is; otherwise key →
-    /// authentication → plan → scopes → body size → rate limit, counted in
+    /// Phases 4–7: decides whether the request from `peer` may go upstream. A forwarded
+    /// preflight is admitted within its address's `preflights_per_minute`; a public route
+    /// as it is; otherwise key → authentication (within the address's
+    /// `failed_auth_per_minute`) → plan → scopes → body size → rate limit, counted in
     /// `auth_decisions_total`. On a shadow-mode route a refusal is logged and recorded
     /// in `record`, and the request admitted all the same.
     pub async fn admit(
@@ -137,13 +157,27 @@ impl Gate {
         policy: &Policy,
         route: &Route,
         headers: &HeaderMap,
-        public: bool,
+        peer: IpAddr,
+        preflight: bool,
         record: &mut AccessLog,
     ) -> Result<Admission, Box<Denial>> {
-        if public || route.auth == RouteAuth::None {
+        if preflight {
+            if let Some(budget) = &self.budgets.preflights {
+                if let Err(retry_after) = budget.take(self.budgets.client_address(peer, headers)) {
+                    self.metrics.preflight_limited();
+                    let refusal = Refusal::PreflightLimited { retry_after };
+                    if route.mode != RouteMode::Shadow {
+                        return Err(refusal.into());
+                    }
+                    shadow_refusal(route, &refusal, record);
+                }
+            }
+            return Ok(Admission(Admitted::Preflight));
+        }
+        if route.auth == RouteAuth::None {
             return Ok(Admission(Admitted::Public));
         }
-        let decided = match self.authenticate(headers).await {
+        let decided = match self.authenticate(headers, peer).await {
             Ok(authenticated) => self.authorize(policy, route, headers, authenticated).await,
             Err(denial) => Err(denial),
         };
@@ -157,13 +191,7 @@ impl Gate {
                 if route.mode != RouteMode::Shadow {
                     return Err(denial);
                 }
-                record.decision = denial.refusal.decision();
-                tracing::info!(
-                    request_id = %record.request_id,
-                    route = %route.prefix,
-                    decision = record.decision,
-                    "shadow mode: request would have been refused; forwarded"
-                );
+                shadow_refusal(route, &denial.refusal, record);
                 Ok(Admission(Admitted::Shadow { principal: denial.principal, rate: denial.rate }))
             }
         }
@@ -171,16 +199,60 @@ impl Gate {
 
     /// Key → authentication. An outage never looks like a bad key (docs/reference.md §4.4): 503, not
     /// 401.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, Box<Denial>> {
+    ///
+    /// Unknown, expired and revoked keys spend the client address's
+    /// `failed_auth_per_minute` (missing and malformed ones never reach the store and
+    /// spend nothing). A key that needs the store spends it before the store is asked, and
+    /// gets it back if it was valid (or the store could not answer); past the budget it
+    /// gets 429 without a lookup. A key the cache answers as valid never touches the
+    /// budget: the hot path pays nothing for it.
+    pub async fn authenticate(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Authenticated, Box<Denial>> {
         let secret = extract_key(headers).map_err(Refusal::Unauthorized)?;
-        match self.keys.authenticate(&secret, self.clock.now_utc()).await {
-            Ok(Authentication::Valid(principal)) => Ok(Authenticated(principal)),
-            Ok(Authentication::Invalid(failure)) => Err(Refusal::Unauthorized(failure).into()),
+        let budget = self.budgets.failed_auth.as_ref();
+        // The address whose budget paid for a store lookup, or the wait when none was left.
+        let mut spent = None;
+        let mut refused = None;
+        let may_ask = || {
+            let Some(budget) = budget else { return true };
+            let address = self.budgets.client_address(peer, headers);
+            match budget.take(address) {
+                Ok(()) => spent = Some(address),
+                Err(retry_after) => refused = Some(retry_after),
+            }
+            refused.is_none()
+        };
+        let authenticated = self.keys.authenticate(&secret, self.clock.now_utc(), may_ask).await;
+        let give_back = || {
+            if let (Some(budget), Some(address)) = (budget, spent) {
+                budget.give_back(address);
+            }
+        };
+        match authenticated {
+            Ok(Authentication::Valid(principal)) => {
+                give_back();
+                Ok(Authenticated(principal))
+            }
+            Ok(Authentication::Invalid(failure)) => {
+                // Answered from the cache: spent now (after a lookup it already was).
+                if let (Some(budget), None) = (budget, spent) {
+                    if let Err(retry_after) = budget.take(self.budgets.client_address(peer, headers)) {
+                        return Err(self.failed_auth_limited(retry_after));
+                    }
+                }
+                Err(Refusal::Unauthorized(failure).into())
+            }
+            Ok(Authentication::NotAsked) => Err(self.failed_auth_limited(refused.unwrap_or(1))),
             Err(e) => {
+                give_back();
                 tracing::warn!(error = %e, "key store unavailable for a key not in the cache");
                 Err(Refusal::Unavailable { retry_after: 1 }.into())
             }
         }
+    }
+
+    fn failed_auth_limited(&self, retry_after: u64) -> Box<Denial> {
+        self.metrics.failed_auth_limited();
+        Refusal::FailedAuthLimited { retry_after }.into()
     }
 
     /// Plan (exists, has API access), scopes, declared body size, then the rate limit.
@@ -252,6 +324,17 @@ fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
         }
     })?;
     keys::parse_secret(token).map_err(|_| AuthFailure::Malformed)
+}
+
+/// A refusal on a shadow-mode route: recorded and logged; the request goes on.
+fn shadow_refusal(route: &Route, refusal: &Refusal, record: &mut AccessLog) {
+    record.decision = refusal.decision();
+    tracing::info!(
+        request_id = %record.request_id,
+        route = %route.prefix,
+        decision = record.decision,
+        "shadow mode: request would have been refused; forwarded"
+    );
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

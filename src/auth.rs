@@ -25,6 +25,8 @@ use crate::settings::Keys;
 pub enum Authentication {
     Valid(Principal),
     Invalid(AuthFailure),
+    /// The cache could not answer, and the store was not asked: `may_ask` said no.
+    NotAsked,
 }
 
 /// `last_used_at` is written at most this often per key.
@@ -76,10 +78,18 @@ impl Authenticator {
 
     /// Authenticates a well-formed secret at `now`. `Err` only when the store is needed
     /// and unreachable (503, never 401).
+    ///
+    /// What is in memory answers first: the cache in front of Redis (a fresh entry, or a
+    /// cached "no such key"), or the file store's probe under the current pepper (the whole
+    /// file store is in memory; that probe stands for the cache). Only when that cannot
+    /// answer is `may_ask` called, once, before the store is asked (Redis, or the file
+    /// store's old peppers): when it says no, the store is not asked and the answer is
+    /// [`Authentication::NotAsked`]. A key the cache holds never calls it.
     pub async fn authenticate(
         self: &Arc<Self>,
         secret: &Secret,
         now: OffsetDateTime,
+        may_ask: impl FnOnce() -> bool,
     ) -> Result<Authentication, StoreError> {
         // Most keys are stored under the current pepper: its digest alone is computed on
         // the hit path (the cache key, or the file store's first probe); the old peppers'
@@ -87,16 +97,31 @@ impl Authenticator {
         let current = self.peppers.current(secret);
         let lookup = match &self.cache {
             None => match self.store.lookup(std::slice::from_ref(&current)).await? {
-                Lookup::NotFound => self.store.lookup(&self.peppers.all(secret)[1..]).await?,
+                Lookup::NotFound => {
+                    if !may_ask() {
+                        return Ok(Authentication::NotAsked);
+                    }
+                    self.store.lookup(&self.peppers.all(secret)[1..]).await?
+                }
                 found => found,
             },
-            Some(cache) => {
-                let store = self.store.clone();
-                let digests = self.peppers.all(secret);
-                let (result, outcome) = cache.get(&current.hex, || async move { store.lookup(&digests).await }).await;
-                self.metrics.cache_lookup(outcome);
-                result?
-            }
+            Some(cache) => match cache.fresh(&current.hex) {
+                Some((lookup, outcome)) => {
+                    self.metrics.cache_lookup(outcome);
+                    lookup
+                }
+                None => {
+                    if !may_ask() {
+                        return Ok(Authentication::NotAsked);
+                    }
+                    let store = self.store.clone();
+                    let digests = self.peppers.all(secret);
+                    let (result, outcome) =
+                        cache.get(&current.hex, || async move { store.lookup(&digests).await }).await;
+                    self.metrics.cache_lookup(outcome);
+                    result?
+                }
+            },
         };
         let Lookup::Found { key, tenant, matched } = lookup else {
             return Ok(Authentication::Invalid(AuthFailure::Unknown));

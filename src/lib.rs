@@ -19,7 +19,7 @@
 //! floor 7  shared state: state
 //! floor 6  forwarding: upstream
 //! floor 5  admission: admission
-//! floor 4  keys, limits, stores: keys auth ratelimit redis_client breaker tls reload access_log
+//! floor 4  keys, limits, stores: keys auth address_budget ratelimit redis_client breaker tls reload access_log
 //! floor 3  metrics: metrics
 //! floor 2  config: settings policy
 //! floor 1  utilities: clock duration path io diag toml_check encoding worker bearer connection request_id body error
@@ -32,8 +32,9 @@
 //! - config: `keygate.toml` ([`settings`]) and the hot-reloaded policy ([`policy`]).
 //! - [`metrics`]: every metric, on an explicit registry.
 //! - keys, limits, stores: the key format and stores ([`keys`]), authentication through
-//!   the cache ([`auth`]), the limiters ([`ratelimit`]), the Redis client and its
-//!   breaker, TLS certificates, file watching, the access log.
+//!   the cache ([`auth`]), the per-client-address budgets ([`address_budget`]), the
+//!   limiters ([`ratelimit`]), the Redis client and its breaker, TLS certificates, file
+//!   watching, the access log.
 //! - [`admission`]: the rules a request must pass, and the proof that it passed them.
 //! - [`upstream`]: forwarding an admitted request.
 //! - [`state`]: what every request reads ([`state::App`]).
@@ -45,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod address_budget;
 pub mod admin;
 pub mod admin_api;
 pub mod admission;

@@ -139,6 +139,8 @@ pub struct Metrics {
     last_reload_success: Gauge,
     cert_expiry: Gauge,
     connections_active: IntGauge,
+    failed_auth_limited: IntCounter,
+    preflights_limited: IntCounter,
 }
 
 /// Registers `collector` on `registry`, at start-up, where a failure is a bug.
@@ -306,6 +308,28 @@ impl Metrics {
             IntGauge::with_opts(Opts::new("connections_active", "Client connections open now.").namespace(NAMESPACE))
                 .expect("metrics: valid connections_active"),
         );
+        let failed_auth_limited = register(
+            r,
+            IntCounter::with_opts(
+                Opts::new(
+                    "failed_auth_limited_total",
+                    "Requests refused with 429 because their client address failed authentication too often.",
+                )
+                .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid failed_auth_limited_total"),
+        );
+        let preflights_limited = register(
+            r,
+            IntCounter::with_opts(
+                Opts::new(
+                    "preflights_limited_total",
+                    "CORS preflights refused with 429 because their client address sent too many.",
+                )
+                .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid preflights_limited_total"),
+        );
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -331,6 +355,8 @@ impl Metrics {
             last_reload_success,
             cert_expiry,
             connections_active,
+            failed_auth_limited,
+            preflights_limited,
         }
     }
 
@@ -387,6 +413,16 @@ impl Metrics {
     /// One failed or timed-out store call.
     pub fn store_error(&self, op: StoreOp) {
         inc(&self.store_errors, op.index());
+    }
+
+    /// A request refused because its client address is over `failed_auth_per_minute`.
+    pub fn failed_auth_limited(&self) {
+        self.failed_auth_limited.inc();
+    }
+
+    /// A CORS preflight refused because its client address is over `preflights_per_minute`.
+    pub fn preflight_limited(&self) {
+        self.preflights_limited.inc();
     }
 
     /// Whether the store's circuit breaker is closed.

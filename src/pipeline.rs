@@ -133,6 +133,10 @@ async fn process(
 
     // 3. The route: longest prefix, then method (404, 405).
     let preflight = policy.forward_preflight && is_cors_preflight(&request);
+    if preflight && !hyper::body::Body::is_end_stream(request.body()) {
+        // Browsers send none; what does is not a preflight, and must not pass keyless.
+        return Err(Refusal::BadRequest("a CORS preflight must not have a body".into()).into());
+    }
     let match_method = if preflight { preflight_method(&request) } else { request.method().clone() };
     let route = match policy.routes.find(&path, &match_method) {
         RouteMatch::Found(route) => route.clone(),
@@ -149,7 +153,8 @@ async fn process(
     }
 
     // 4–7. Key, authentication, plan and scopes, body size, rate limit.
-    let admission = app.gate().admit(policy, &route, request.headers(), preflight, record).await?;
+    let peer = connection.peer.ip();
+    let admission = app.gate().admit(policy, &route, request.headers(), peer, preflight, record).await?;
 
     // 8–9. Rewrite and forward.
     forward(app, &route, admission, connection, request, path, record).await

@@ -46,6 +46,7 @@ impl App {
         redis: Option<RedisClient>,
         metrics: Arc<Metrics>,
     ) -> App {
+        let gate = gate.with_address_budgets(&settings.server, &settings.listen.trusted_proxies);
         App {
             upstreams: Upstreams::new(settings.server.workers),
             settings: Arc::new(settings),

@@ -61,6 +61,20 @@ impl KeyCache {
         }
     }
 
+    /// The cache's own answer for `digest` when it has a fresh one (a hit, or a cached
+    /// "no such key"), without asking the store; `None` when only the store can answer.
+    pub fn fresh(&self, digest: &str) -> Option<(Lookup, CacheResult)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        match self.entries.get(digest) {
+            Some(entry) => self.is_fresh(&entry, generation).then(|| (entry.lookup.clone(), CacheResult::Hit)),
+            None => self.negatives.contains_key(digest).then_some((Lookup::NotFound, CacheResult::NegativeHit)),
+        }
+    }
+
+    fn is_fresh(&self, entry: &Entry, generation: u64) -> bool {
+        entry.generation == generation && entry.fetched.elapsed() < self.ttl
+    }
+
     /// The answer for `digest`: from the cache while fresh, else from `load` (one call per
     /// digest however many requests wait for it), else — when `load` fails — a stale entry
     /// up to `stale_if_error`, else the error.
@@ -72,7 +86,7 @@ impl KeyCache {
         let generation = self.generation.load(Ordering::Acquire);
         let cached = self.entries.get(digest);
         if let Some(entry) = &cached {
-            if entry.generation == generation && entry.fetched.elapsed() < self.ttl {
+            if self.is_fresh(entry, generation) {
                 return (Ok(entry.lookup.clone()), CacheResult::Hit);
             }
         } else if self.negatives.contains_key(digest) {

@@ -36,6 +36,8 @@ fn fixed_label_values_exported_at_zero_from_start() {
         "keygate_config_last_reload_success_timestamp_seconds 0",
         "keygate_tls_cert_expiry_timestamp_seconds 0",
         "keygate_connections_active 0",
+        "keygate_failed_auth_limited_total 0",
+        "keygate_preflights_limited_total 0",
         &format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(has_line(&text, line), "missing {line}\n{text}");
@@ -58,6 +60,8 @@ fn every_metric_is_prefixed_and_of_its_type() {
         "keygate_config_last_reload_success_timestamp_seconds gauge",
         "keygate_config_reloads_total counter",
         "keygate_connections_active gauge",
+        "keygate_failed_auth_limited_total counter",
+        "keygate_preflights_limited_total counter",
         "keygate_key_cache_lookups_total counter",
         "keygate_ratelimit_store_fallback_total counter",
         "keygate_request_duration_seconds histogram",
@@ -145,6 +149,9 @@ fn typed_recorders() {
     m.config_reload(ReloadResult::Success, Some(1_700_000_000.5));
     m.config_reload(ReloadResult::Failure, Some(1_800_000_000.0));
     m.set_cert_expiry(1_900_000_000.0);
+    m.failed_auth_limited();
+    m.preflight_limited();
+    m.preflight_limited();
     let text = m.encode();
     for line in [
         r#"keygate_auth_decisions_total{mode="shadow",result="no_api_access"} 1"#,
@@ -158,6 +165,8 @@ fn typed_recorders() {
         "keygate_store_up 0",
         "keygate_config_last_reload_success_timestamp_seconds 1700000000.5",
         "keygate_tls_cert_expiry_timestamp_seconds 1900000000",
+        "keygate_failed_auth_limited_total 1",
+        "keygate_preflights_limited_total 2",
     ] {
         assert!(has_line(&text, line), "missing {line}\n{text}");
     }

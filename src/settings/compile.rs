@@ -21,6 +21,9 @@ use crate::toml_check::Checker;
 /// The most `server.workers`: far more threads than any machine has CPUs only adds
 /// context switches.
 const MAX_WORKERS: usize = 1024;
+/// The most a per-address budget (`failed_auth_per_minute`, `preflights_per_minute`) may
+/// allow: beyond it a budget protects nothing.
+const MAX_PER_MINUTE: usize = 1_000_000;
 
 /// Validates the raw settings. The result is only usable when `check` holds no error.
 pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mut Checker<'_>) -> Settings {
@@ -114,6 +117,18 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
         shutdown_grace: duration(check, "shutdown_grace", s.shutdown_grace.as_ref(), d.shutdown_grace, false),
         drain_delay: duration(check, "drain_delay", s.drain_delay.as_ref(), d.drain_delay, false),
         workers,
+        failed_auth_per_minute: per_minute(
+            check,
+            "failed_auth_per_minute",
+            s.failed_auth_per_minute.as_ref(),
+            d.failed_auth_per_minute,
+        ),
+        preflights_per_minute: per_minute(
+            check,
+            "preflights_per_minute",
+            s.preflights_per_minute.as_ref(),
+            d.preflights_per_minute,
+        ),
     };
 
     let k = raw.keys.unwrap_or_default();
@@ -185,6 +200,13 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
     };
 
     Settings { file: file.to_path_buf(), policy_file, listen, admin, server, keys, limits, redis }
+}
+
+/// A per-address budget: 0 (no limit) to [`MAX_PER_MINUTE`].
+fn per_minute(check: &mut Checker<'_>, name: &str, raw: Option<&Spanned<i64>>, default: u32) -> u32 {
+    let value = at_least(check, name, raw, 0, default as usize, "write 0 for no limit");
+    let value = at_most(check, name, raw, MAX_PER_MINUTE, value);
+    u32::try_from(value).unwrap_or(default)
 }
 
 /// `[redis]`.

@@ -88,6 +88,12 @@ pub struct Server {
     /// Proxy worker threads, each with a single-threaded runtime of its own. Default: one
     /// per CPU the process may use (`std::thread::available_parallelism`).
     pub workers: usize,
+    /// Failed authentications (unknown, expired or revoked keys) per client address per
+    /// minute; past it, 429 without a store lookup. 0: no limit. Default 300.
+    pub failed_auth_per_minute: u32,
+    /// Forwarded CORS preflights per client address per minute; past it, 429. 0: no
+    /// limit. Default 600.
+    pub preflights_per_minute: u32,
 }
 
 /// The default of `server.workers`: one per CPU this process may run on (cgroup quota and
@@ -107,6 +113,8 @@ impl Default for Server {
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             workers: default_workers(),
+            failed_auth_per_minute: 300,
+            preflights_per_minute: 600,
         }
     }
 }

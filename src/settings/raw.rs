@@ -56,6 +56,8 @@ pub(super) struct RawServer {
     pub shutdown_grace: Option<Spanned<String>>,
     pub drain_delay: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
+    pub failed_auth_per_minute: Option<Spanned<i64>>,
+    pub preflights_per_minute: Option<Spanned<i64>>,
 }
 
 /// `[keys]`.

@@ -205,6 +205,16 @@ fn server_limits() {
 }
 
 #[test]
+fn address_budgets() {
+    let (s, _) = ok("");
+    assert_eq!((s.server.failed_auth_per_minute, s.server.preflights_per_minute), (300, 600));
+    let (s, _) = ok("[server]\nfailed_auth_per_minute = 0\npreflights_per_minute = 1000000\n");
+    assert_eq!((s.server.failed_auth_per_minute, s.server.preflights_per_minute), (0, 1_000_000));
+    assert_error("[server]\nfailed_auth_per_minute = -1\n", 2, 26, "0 for no limit");
+    assert_error("[server]\npreflights_per_minute = 1000001\n", 2, 25, "at most 1000000");
+}
+
+#[test]
 fn choices() {
     assert_error("[keys]\nsource = \"postgres\"\n", 2, 10, "\"file\" or \"redis\"");
     assert_error("[limits]\nbackend = \"memcached\"\n", 2, 11, "\"local\" or \"redis\"");

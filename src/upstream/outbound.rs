@@ -26,15 +26,20 @@ pub struct Outbound(Request<ProxyBody>);
 impl Outbound {
     /// Rewrites the request's headers for the upstream from `admission` (its principal's
     /// identity headers) and `context`; `keep_upgrade` for an admitted WebSocket
-    /// handshake.
+    /// handshake. A forwarded CORS preflight goes with no body and only the CORS request
+    /// headers, `Host` and keygate's own ([`PREFLIGHT_HEADERS`]).
     pub fn new(
         admission: &Admission,
         mut parts: Parts,
-        body: ProxyBody,
+        mut body: ProxyBody,
         context: &ForwardContext<'_>,
         keep_upgrade: bool,
     ) -> Outbound {
         rewrite_request_headers(&mut parts.headers, context, admission.principal(), keep_upgrade);
+        if admission.is_preflight() {
+            keep_only(&mut parts.headers, &PREFLIGHT_HEADERS);
+            body = crate::body::empty();
+        }
         Outbound(Request::from_parts(parts, body))
     }
 
@@ -127,6 +132,33 @@ fn remove_spoofed(fields: &mut HeaderMap, peer_trusted: bool) {
             fields.remove(name);
         }
     }
+}
+
+/// All that a forwarded CORS preflight carries upstream: the CORS request headers, `Host`,
+/// and the headers keygate writes (kept after [`rewrite_request_headers`], so a trusted
+/// proxy's `X-Forwarded-For` chain is kept). `Content-Length` and `Transfer-Encoding`
+/// go too: the body is dropped.
+pub const PREFLIGHT_HEADERS: [HeaderName; 9] = [
+    HOST,
+    HeaderName::from_static("origin"),
+    HeaderName::from_static("access-control-request-method"),
+    HeaderName::from_static("access-control-request-headers"),
+    HeaderName::from_static("access-control-request-private-network"),
+    X_REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
+/// Keeps only the fields named in `names` (every value of each, in order).
+fn keep_only(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let mut kept = HeaderMap::with_capacity(names.len());
+    for name in names {
+        for value in headers.get_all(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    *headers = kept;
 }
 
 /// The facts about the connection and request that the forwarding headers need.

@@ -38,6 +38,19 @@ async fn hits_after_a_miss_and_counts_loads() {
 }
 
 #[tokio::test]
+async fn fresh_answers_only_what_the_cache_holds_fresh() {
+    let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
+    assert!(cache.fresh("d").is_none());
+    let _ = cache.get("d", || async { Ok(found("acme")) }).await;
+    assert_eq!(cache.fresh("d"), Some((found("acme"), CacheResult::Hit)));
+    let _ = cache.get("x", || async { Ok(Lookup::NotFound) }).await;
+    assert_eq!(cache.fresh("x"), Some((Lookup::NotFound, CacheResult::NegativeHit)));
+    // Kept for `stale_if_error`, but no longer fresh: only the store can answer.
+    cache.revalidate_all();
+    assert!(cache.fresh("d").is_none() && cache.fresh("x").is_none());
+}
+
+#[tokio::test]
 async fn unknown_digests_are_negative_hits_until_invalidated() {
     let cache = KeyCache::new(Duration::from_secs(30), Duration::from_secs(300));
     let (r, o) = cache.get("x", || async { Ok(Lookup::NotFound) }).await;
