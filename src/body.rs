@@ -1,10 +1,12 @@
 //! Body types: the one boxed body type that flows through the proxy both ways, and the
 //! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -75,6 +77,116 @@ where
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that slowed below `server.min_body_rate` (see [`MinRate`]).
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than {0} bytes a second")]
+pub struct TooSlow(pub u64);
+
+/// The pace a request body must keep once it has started: at least `bytes` bytes for
+/// every `window` keygate spends waiting for it. Only the time spent waiting for the
+/// client counts: while the upstream is not reading (its window full), keygate does not
+/// ask the client for more, and that time is not the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Bytes per `window`.
+    pub bytes: u64,
+    pub window: Duration,
+}
+
+/// Streams a request body through, failing with [`TooSlow`] (and raising `tripped`, so
+/// the pipeline answers 408 and releases the upstream connection) when fewer than
+/// `rate.bytes` bytes arrive in `rate.window` of waiting. Each time `rate.bytes` have
+/// arrived the count starts again: a body keeps the pace throughout, not on average.
+pub struct RateChecked<B> {
+    inner: Pin<Box<B>>,
+    rate: MinRate,
+    /// Bytes since the count last started.
+    got: u64,
+    /// Time spent waiting for the client since the count last started, before the
+    /// current wait.
+    waited: Duration,
+    /// When the current wait began (the inner body said Pending), if it is waiting.
+    waiting_since: Option<Instant>,
+    /// The current wait's deadline timer, made on the first wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<B> RateChecked<B> {
+    pub fn new(inner: B, rate: MinRate, tripped: Arc<AtomicBool>) -> Self {
+        RateChecked {
+            inner: Box::pin(inner),
+            rate,
+            got: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+            tripped,
+        }
+    }
+
+    fn too_slow(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.tripped.store(true, Ordering::Relaxed);
+        let per_second = self.rate.bytes.saturating_mul(1000) / (self.rate.window.as_millis().max(1) as u64);
+        Poll::Ready(Some(Err(Box::new(TooSlow(per_second)))))
+    }
+}
+
+impl<B> Body for RateChecked<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                this.got += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if this.got >= this.rate.bytes {
+                    (this.got, this.waited) = (0, Duration::ZERO);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        let now = Instant::now();
+        let since = *this.waiting_since.get_or_insert(now);
+        let Some(left) = this.rate.window.checked_sub(this.waited) else {
+            return this.too_slow();
+        };
+        let deadline = tokio::time::Instant::from_std(since + left);
+        let timer = match &mut this.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => this.too_slow(),
             Poll::Pending => Poll::Pending,
         }
     }

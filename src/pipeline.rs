@@ -17,11 +17,13 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Counted, Logged};
 use crate::admission::{Admission, Denial, RateOutcome};
-use crate::body::{self, Limited, ProxyBody};
+use crate::body::{self, Limited, ProxyBody, RateChecked};
 use crate::connection::{ConnectionHold, ConnectionInfo};
 use crate::error::Refusal;
 use crate::keys;
@@ -197,7 +199,13 @@ async fn forward(
     };
 
     let too_large = Arc::new(AtomicBool::new(false));
+    let too_slow = Arc::new(AtomicBool::new(false));
     let incoming = FilteredTrailers::new(Counted::received(incoming, record.bytes()), context.peer_trusted);
+    // A body must keep `server.min_body_rate` once started (a request without one pays nothing).
+    let incoming = match app.settings().server.min_body_rate {
+        Some(rate) if !incoming.is_end_stream() => Either::Left(RateChecked::new(incoming, rate, too_slow.clone())),
+        _ => Either::Right(incoming),
+    };
     let body = match route.max_body_bytes {
         Some(max) if route.mode == RouteMode::Enforce => body::boxed(Limited::new(incoming, max, too_large.clone())),
         _ => body::boxed(incoming),
@@ -259,6 +267,10 @@ async fn forward(
             if too_large.load(Ordering::Relaxed) {
                 let limit = route.max_body_bytes.unwrap_or_default();
                 return Err(Box::new(Denial { refusal: Refusal::PayloadTooLarge { limit }, principal: None, rate }));
+            }
+            if too_slow.load(Ordering::Relaxed) {
+                tracing::info!(request_id = %record.request_id, "request body slower than server.min_body_rate");
+                return Err(Box::new(Denial { refusal: Refusal::RequestTimeout, principal: None, rate }));
             }
             let bytes = record.bytes();
             if bytes.received_aborted.load(Ordering::Relaxed) {

@@ -440,3 +440,64 @@ async fn an_upstreams_max_connections_queue_then_503() {
     }
     kg.stop().await;
 }
+
+/// `min_body_rate`: a request body that trickles below the pace (here 1,000 bytes for each
+/// second spent waiting for it) is ended with 408 `request_timeout` and its upstream
+/// request aborted — even though bytes keep moving, so `body_timeout` never fires; a body
+/// that keeps the pace is forwarded.
+#[tokio::test]
+async fn a_request_body_below_min_body_rate_gets_408() {
+    use tokio::io::AsyncReadExt;
+    let upstream = upstream().await;
+    let settings = "[server]\nmin_body_rate = 1000\nmin_body_rate_window = \"1s\"\n";
+    // The upstream waits long for response heads, so only the body's pace can end it.
+    let routes = ROUTES
+        .replace("{upstream}", &upstream.url())
+        .replace("timeout = \"1s\"\nconnect", "timeout = \"30s\"\nconnect");
+    let kg = Keygate::builder(&upstream.url()).routes(&routes).settings(settings).start().await;
+    let (_, key) = kg.key("acme", "unlimited", &["calls:write"]);
+    let mut stream = TcpStream::connect(kg.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n",
+        key.expose()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Ten bytes every 100 ms: 100 bytes a second, a tenth of the pace.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..300 {
+            if writer.write_all(&[b'x'; 10]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    trickle.abort();
+    let text = metrics_text(kg.admin).await;
+    let counted = |status: &str| {
+        metric(&text, "keygate_requests_total", &[("route", "/v1/upload"), ("method", "POST"), ("status", status)])
+    };
+    assert_eq!(counted("408"), Some(1.0), "{text}");
+    assert_eq!(counted("502"), None, "a slow client is not the upstream's error");
+
+    // A body that keeps the pace is forwarded whole.
+    let body = Bytes::from(vec![b'y'; 100_000]);
+    let auth = format!("Bearer {}", key.expose());
+    let answer = Http::new().send("POST", &kg.url("/v1/upload"), &[("authorization", &auth)], body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(upstream.last().body_len, 100_000);
+    kg.stop().await;
+}

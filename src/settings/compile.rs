@@ -16,6 +16,7 @@ use super::raw;
 use super::values::{
     address, at_least, at_most, duration, one_of, optional_path, redis_url_problem, resolve_path, trusted_proxies,
 };
+use crate::body::MinRate;
 use crate::toml_check::Checker;
 
 /// The most `server.workers`: far more threads than any machine has CPUs only adds
@@ -129,6 +130,7 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
             s.preflights_per_minute.as_ref(),
             d.preflights_per_minute,
         ),
+        min_body_rate: min_body_rate(check, &s),
     };
 
     let k = raw.keys.unwrap_or_default();
@@ -207,6 +209,17 @@ fn per_minute(check: &mut Checker<'_>, name: &str, raw: Option<&Spanned<i64>>, d
     let value = at_least(check, name, raw, 0, default as usize, "write 0 for no limit");
     let value = at_most(check, name, raw, MAX_PER_MINUTE, value);
     u32::try_from(value).unwrap_or(default)
+}
+
+/// `min_body_rate` (bytes a second; 0: none) over `min_body_rate_window`.
+fn min_body_rate(check: &mut Checker<'_>, s: &raw::RawServer) -> Option<MinRate> {
+    const DEFAULT_RATE: usize = 1024;
+    let window =
+        duration(check, "min_body_rate_window", s.min_body_rate_window.as_ref(), Duration::from_secs(10), true);
+    let rate = at_least(check, "min_body_rate", s.min_body_rate.as_ref(), 0, DEFAULT_RATE, "write 0 for no minimum");
+    let rate = at_most(check, "min_body_rate", s.min_body_rate.as_ref(), 1 << 30, rate) as u64;
+    let bytes = (rate as u128 * window.as_millis() / 1000).min(u64::MAX as u128) as u64;
+    (rate > 0).then_some(MinRate { bytes: bytes.max(1), window })
 }
 
 /// `[redis]`.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::body::MinRate;
+
 /// The validated static settings. Relative paths are already resolved against the
 /// directory of the config file.
 #[derive(Debug, Clone)]
@@ -94,6 +96,10 @@ pub struct Server {
     /// Forwarded CORS preflights per client address per minute; past it, 429. 0: no
     /// limit. Default 600.
     pub preflights_per_minute: u32,
+    /// The pace a request body must keep once started (`min_body_rate` bytes a second,
+    /// over `min_body_rate_window` of waiting); past it, 408. `None` (rate 0): no pace.
+    /// Default 1024 bytes a second over 10s.
+    pub min_body_rate: Option<MinRate>,
 }
 
 /// The default of `server.workers`: one per CPU this process may run on (cgroup quota and
@@ -115,6 +121,7 @@ impl Default for Server {
             workers: default_workers(),
             failed_auth_per_minute: 300,
             preflights_per_minute: 600,
+            min_body_rate: Some(MinRate { bytes: 10 * 1024, window: Duration::from_secs(10) }),
         }
     }
 }

@@ -58,6 +58,8 @@ pub(super) struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub failed_auth_per_minute: Option<Spanned<i64>>,
     pub preflights_per_minute: Option<Spanned<i64>>,
+    pub min_body_rate: Option<Spanned<i64>>,
+    pub min_body_rate_window: Option<Spanned<String>>,
 }
 
 /// `[keys]`.

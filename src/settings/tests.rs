@@ -295,3 +295,24 @@ fn an_unreadable_file_is_a_file_error() {
     assert_eq!((errors[0].line, errors[0].column), (0, 0));
     assert!(errors[0].message.contains("cannot read"));
 }
+
+#[test]
+fn min_body_rate_is_bytes_a_second_over_its_window_and_zero_turns_it_off() {
+    let parse =
+        |server: &str| Settings::parse(&format!("[server]\n{server}\n"), Path::new("/etc/keygate/keygate.toml"));
+    let (settings, _) = parse("").unwrap();
+    assert_eq!(
+        settings.server.min_body_rate,
+        Some(crate::body::MinRate { bytes: 10 * 1024, window: Duration::from_secs(10) }),
+        "the default: 1 KiB a second over 10 s"
+    );
+    let (settings, _) = parse("min_body_rate = 500\nmin_body_rate_window = \"4s\"").unwrap();
+    assert_eq!(
+        settings.server.min_body_rate,
+        Some(crate::body::MinRate { bytes: 2000, window: Duration::from_secs(4) })
+    );
+    let (settings, _) = parse("min_body_rate = 0").unwrap();
+    assert_eq!(settings.server.min_body_rate, None);
+    assert!(parse("min_body_rate = -1").is_err());
+    assert!(parse("min_body_rate_window = \"0s\"").is_err());
+}
