@@ -504,21 +504,3 @@ impl IoObserver for Activity {
 
 /// A connection's stream, telling its [`Activity`] about every byte moved.
 type Tracked<IO> = ObservedIo<IO, Activity>;
-
-/// For the admin listeners, which serve small requests from probes, scrapers and
-/// dashboards: the first request head must complete within `deadline` (hyper's HTTP/1
-/// header timer, set on their builders, bounds the later ones), so that a connection that
-/// sends nothing does not live forever in hyper-util's protocol sniffing.
-pub async fn first_head_within<F, E>(deadline: Duration, first_head: &AtomicBool, connection: F)
-where
-    F: std::future::Future<Output = Result<(), E>>,
-{
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = &mut connection => return,
-        _ = tokio::time::sleep(deadline) => {}
-    }
-    if first_head.load(Ordering::Acquire) {
-        let _ = connection.await;
-    }
-}
