@@ -57,10 +57,16 @@ fn valid(text: &str, policy: &Policy) {
             panic!("{method} {prefix} finds no route: {found:?}");
         };
         assert_eq!(&found.prefix, prefix, "{method} {prefix} finds the route of another prefix");
+        // A path below the prefix is matched by it or by a longer prefix (which may not
+        // take the method: there is no fall-back to a shorter prefix).
         let below = format!("{}/x", prefix.trim_end_matches('/'));
-        let RouteMatch::Found(below) = policy.routes.find(&below, &method) else {
-            panic!("{method} {below} finds no route, though {prefix} matches it");
+        let matched = match policy.routes.find(&below, &method) {
+            RouteMatch::Found(route) => route.prefix.clone(),
+            RouteMatch::MethodNotAllowed { prefix, .. } => prefix.to_string(),
+            RouteMatch::NotFound => panic!("{method} {below} finds no route, though {prefix} matches it"),
         };
-        assert!(below.prefix.len() >= prefix.len(), "{below:?} is matched by a shorter prefix than {prefix}");
+        assert!(matched.len() >= prefix.len(), "{method} {below} is matched by {matched}, shorter than {prefix}");
+        let boundary = matched == "/" || below == matched || below.starts_with(&format!("{matched}/"));
+        assert!(boundary, "{method} {below} is matched by {matched}, not at a segment boundary");
     }
 }
