@@ -1,7 +1,9 @@
-//! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) through the same checks
-//! the `cargo fuzz` targets run (`fuzz/src/`, included here as a module), on stable
-//! Rust, in seconds. Every target named in `fuzz/Cargo.toml` must have a non-empty
-//! corpus here, so a new target cannot go unreplayed.
+//! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) and the inputs of past
+//! findings (`fuzz/regressions/<target>/`, kept apart so that minimising a corpus never
+//! drops them) through the same checks the `cargo fuzz` targets run (`fuzz/src/`,
+//! included here as a module), on stable Rust, in seconds. Every target named in
+//! `fuzz/Cargo.toml` must have a non-empty corpus here, so a new target cannot go
+//! unreplayed.
 
 #[path = "../fuzz/src/lib.rs"]
 mod checks;
@@ -29,16 +31,33 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Runs `check` on every corpus file of `target`, naming the file that fails.
+/// Every file of `fuzz/regressions/<target>/`, if the target has had findings.
+fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = fuzz_dir().join("regressions").join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| {
+            let path = e.expect("a directory entry").path();
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path, data)
+        })
+        .collect()
+}
+
+/// Runs `check` on every corpus and regression file of `target`, naming the file that
+/// fails.
 fn replay(target: &str, check: fn(&[u8])) {
-    let files = corpus(target);
+    let mut files = corpus(target);
+    files.extend(regressions(target));
     for (path, data) in &files {
         if let Err(panic) = std::panic::catch_unwind(|| check(data)) {
             eprintln!("fuzz target `{target}` fails on {}", path.display());
             std::panic::resume_unwind(panic);
         }
     }
-    eprintln!("{target}: {} corpus files replayed", files.len());
+    eprintln!("{target}: {} files replayed", files.len());
 }
 
 #[test]
@@ -87,4 +106,15 @@ fn every_target_is_replayed() {
     let mut replayed = vec!["codec", "headers", "key", "path", "policy", "settings"];
     replayed.sort_unstable();
     assert_eq!(declared, replayed);
+}
+
+/// Findings are kept only for targets that exist.
+#[test]
+fn regressions_belong_to_targets() {
+    let dir = fuzz_dir().join("regressions");
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let name = entry.expect("a directory entry").file_name();
+        let name = name.to_string_lossy();
+        assert!(fuzz_dir().join("corpus").join(&*name).is_dir(), "fuzz/regressions/{name} names no target");
+    }
 }
