@@ -276,6 +276,15 @@ async fn every_response_carries_a_request_id_kept_when_valid() {
     assert_eq!(upstream.last().headers["x-request-id"], generated.as_str());
     let refused = http.get(&kg.url("/v1/calls"), None).await;
     assert_eq!(refused.json()["error"]["request_id"], refused.header("x-request-id"));
+    // Found by the `headers` fuzz target: an id that holds a well-formed key, even with
+    // text around it, is replaced (request ids are logged; keys never are).
+    let (_, key) = kg.key("acme", "pro", &["calls:read"]);
+    for sent in [key.expose().to_string(), format!("{}Ns", key.expose()), format!("req-{}", key.expose())] {
+        let answer = http.send("GET", &kg.url("/status"), &[("x-request-id", sent.as_str())], Bytes::new()).await;
+        let id = answer.header("x-request-id").to_string();
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{sent} was kept as {id}");
+        assert_eq!(upstream.last().headers["x-request-id"], id.as_str());
+    }
     kg.stop().await;
 }
 

@@ -31,6 +31,14 @@ pub fn query_carries_key(query: &str) -> bool {
     })
 }
 
+/// Whether `text`, as it is (no decoding), holds a well-formed key anywhere, alone or
+/// inside longer text: a client's `x-request-id` that does is replaced, since request
+/// ids are logged and keys never are (docs/reference.md §3).
+pub fn text_carries_key(text: &str) -> bool {
+    let raw = text.as_bytes();
+    contains(raw, KEY_PREFIX.as_bytes()) && contains_key(raw)
+}
+
 /// Whether `haystack` contains `needle`.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)

@@ -21,7 +21,8 @@
 //! Times are stored as RFC 3339 in UTC (`Z`); the scripts compare them as strings after
 //! padding the fractional seconds to nine digits, which orders them correctly.
 
-mod codec;
+#[doc(hidden)]
+pub mod codec;
 mod invalidation;
 mod key_writes;
 pub mod layout;

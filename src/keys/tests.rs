@@ -267,3 +267,21 @@ fn query_with_a_key() {
         assert!(query_carries_key(&query), "{query}");
     }
 }
+
+/// Found by the `headers` fuzz target: an `x-request-id` of a key with two characters
+/// after it was kept, so the whole key reached the access log.
+#[test]
+fn text_carries_a_key_alone_or_inside_longer_text() {
+    let key = generate_secret();
+    let k = key.expose();
+    for text in [k.to_string(), format!("{k}Ns"), format!("req-{k}"), format!("a:{k}.1")] {
+        assert!(text_carries_key(&text), "{text}");
+    }
+    let mut typo = k.to_string();
+    typo.pop();
+    for text in [String::new(), "kg_".to_string(), typo.clone(), format!("{typo}x-1"), "abc-123:x.y_z".to_string()] {
+        assert!(!text_carries_key(&text), "{text}");
+    }
+    // No decoding: `kg%5F…` is a query's business, not a request id's (whose grammar has no `%`).
+    assert!(!text_carries_key(&k.replacen('_', "%5F", 1)));
+}

@@ -52,9 +52,20 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
 
     let raw_admin = raw.admin.unwrap_or_default();
     let admin_address = address(check, "address", raw_admin.address.as_ref(), SocketAddr::from(([127, 0, 0, 1], 9090)));
-    if let Some(a) = &raw_admin.address {
-        if admin_address == listen.address && admin_address.port() != 0 {
-            check.error(a.span(), format!("the admin listener cannot share the proxy's address {admin_address}"));
+    if admin_address == listen.address && admin_address.port() != 0 {
+        // At the admin address when it is written; else the proxy took the admin default.
+        match (&raw_admin.address, &raw_listen.address) {
+            (Some(a), _) => {
+                check.error(a.span(), format!("the admin listener cannot share the proxy's address {admin_address}"))
+            }
+            (None, Some(l)) => check.error(
+                l.span(),
+                format!(
+                    "the proxy cannot share the admin listener's address {admin_address} (the default of \
+                    `[admin] address`; set another there)"
+                ),
+            ),
+            (None, None) => {}
         }
     }
     let api_address =

@@ -165,6 +165,11 @@ fn addresses() {
     assert_error("[listen]\naddress = \"localhost:8443\"\n", 2, 11, "IP address and a port");
     assert_error("[admin]\naddress = \"9090\"\n", 2, 11, "IP address and a port");
     assert_error("[listen]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:1\"\n", 4, 11, "cannot share");
+    // Found by the `settings` fuzz target: a proxy address equal to the admin default
+    // passed the check and failed only when the second listener was bound.
+    assert_error("[listen]\naddress = \"127.0.0.1:9090\"\n", 2, 11, "cannot share the admin listener's address");
+    ok("[listen]\naddress = \"127.0.0.1:9090\"\n[admin]\naddress = \"127.0.0.1:9095\"\n");
+    ok("[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n");
     let (_, w) = ok("[admin]\napi_address = \"0.0.0.0:9091\"\n");
     assert_eq!(w.len(), 1);
     assert_eq!((w[0].line, w[0].column), (2, 15));

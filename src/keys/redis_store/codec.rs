@@ -1,6 +1,10 @@
 //! How records are written into Redis hashes and read back, and how script replies are
 //! read. Times are RFC 3339 in UTC (`Z`), fractional seconds only when non-zero, so that
 //! the scripts can compare them as strings (see `scripts/norm.lua`).
+//!
+//! Public (and hidden from the docs) only so that the fuzz targets in `fuzz/` and their
+//! corpus replay in `tests/fuzz_corpus.rs` can reach the decoder; nothing else outside
+//! `redis_store` uses it.
 
 use std::collections::HashMap;
 
@@ -11,37 +15,37 @@ use crate::keys::{KeyDigest, KeyRecord, TenantRecord};
 use crate::policy::Policy;
 
 /// A hash's fields, as `HGETALL` returns them.
-pub(super) type Fields = HashMap<String, String>;
+pub type Fields = HashMap<String, String>;
 
 /// A time as stored: RFC 3339 in UTC (`Z`), fractional seconds only when non-zero.
-pub(super) fn format_time(t: OffsetDateTime) -> String {
+pub fn format_time(t: OffsetDateTime) -> String {
     // Cannot fail for a UTC time in the years 0–9999, the range `time` supports here.
     t.to_offset(UtcOffset::UTC).format(&Rfc3339).unwrap_or_default()
 }
 
-pub(super) fn parse_time(field: &str, text: &str) -> Result<OffsetDateTime, String> {
+pub fn parse_time(field: &str, text: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("`{field}` is not an RFC 3339 time: {e}"))
 }
 
 /// `pepper_id:hex`, as the record's `digest` field holds it.
-pub(super) fn digest_text(digest: &KeyDigest) -> String {
+pub fn digest_text(digest: &KeyDigest) -> String {
     format!("{}:{}", digest.pepper_id, digest.hex)
 }
 
-pub(super) fn parse_digest(text: &str) -> Option<KeyDigest> {
+pub fn parse_digest(text: &str) -> Option<KeyDigest> {
     let (pepper_id, hex) = text.rsplit_once(':')?;
     (!pepper_id.is_empty() && !hex.is_empty())
         .then(|| KeyDigest { pepper_id: pepper_id.to_string(), hex: hex.to_string() })
 }
 
 /// `<tenant>/<key_id>` → its parts.
-pub(super) fn split_target(text: &str) -> Option<(&str, &str)> {
+pub fn split_target(text: &str) -> Option<(&str, &str)> {
     let (tenant, key_id) = text.split_once('/')?;
     (!tenant.is_empty() && !key_id.is_empty()).then_some((tenant, key_id))
 }
 
 /// A key record as hash fields; absent optional fields are not written.
-pub(super) fn key_fields(record: &KeyRecord) -> Vec<(&'static str, String)> {
+pub fn key_fields(record: &KeyRecord) -> Vec<(&'static str, String)> {
     let mut fields = vec![
         ("id", record.id.clone()),
         ("tenant", record.tenant.clone()),
@@ -59,12 +63,12 @@ pub(super) fn key_fields(record: &KeyRecord) -> Vec<(&'static str, String)> {
     fields
 }
 
-pub(super) fn tenant_fields(tenant: &TenantRecord) -> Vec<(&'static str, String)> {
+pub fn tenant_fields(tenant: &TenantRecord) -> Vec<(&'static str, String)> {
     vec![("id", tenant.id.clone()), ("plan", tenant.plan.clone()), ("created_at", format_time(tenant.created_at))]
 }
 
 /// A key record from its hash; `None` when the hash is empty (missing).
-pub(super) fn parse_key(fields: &Fields) -> Result<Option<KeyRecord>, String> {
+pub fn parse_key(fields: &Fields) -> Result<Option<KeyRecord>, String> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -88,7 +92,7 @@ pub(super) fn parse_key(fields: &Fields) -> Result<Option<KeyRecord>, String> {
 }
 
 /// A tenant from its hash; `None` when the hash is empty (missing).
-pub(super) fn parse_tenant(fields: &Fields) -> Result<Option<TenantRecord>, String> {
+pub fn parse_tenant(fields: &Fields) -> Result<Option<TenantRecord>, String> {
     if fields.is_empty() {
         return Ok(None);
     }
@@ -115,11 +119,11 @@ pub(super) fn plan_args(policy: &Policy) -> Vec<String> {
 }
 
 /// A script's status, its first element.
-pub(super) fn status(reply: &[String]) -> &str {
+pub fn status(reply: &[String]) -> &str {
     reply.first().map_or("", String::as_str)
 }
 
 /// The field/value pairs after a script's `ok`.
-pub(super) fn reply_fields(reply: &[String]) -> Fields {
+pub fn reply_fields(reply: &[String]) -> Fields {
     reply.get(1..).unwrap_or_default().chunks_exact(2).map(|pair| (pair[0].clone(), pair[1].clone())).collect()
 }
