@@ -562,6 +562,8 @@ impl RedisCluster {
 pub struct CountingRelay {
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
+    /// Of `count`, the PINGs (the invalidation subscription's keep-alive, once a second).
+    pings: Arc<AtomicU64>,
     /// One flag per connection relayed so far: set, that connection goes silent.
     silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -573,7 +575,8 @@ impl CountingRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
         let addr = listener.local_addr().expect("relay addr");
         let count = Arc::new(AtomicU64::new(0));
-        let counter = count.clone();
+        let pings = Arc::new(AtomicU64::new(0));
+        let counter = (count.clone(), pings.clone());
         let silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
         let connections = silenced.clone();
         let accept = tokio::spawn(async move {
@@ -590,7 +593,7 @@ impl CountingRelay {
                 });
             }
         });
-        CountingRelay { addr, count, silenced, accept }
+        CountingRelay { addr, count, pings, silenced, accept }
     }
 
     /// Every connection relayed so far goes silent, like a peer that vanished without a
@@ -612,8 +615,15 @@ impl CountingRelay {
         self.count.load(Ordering::SeqCst)
     }
 
+    /// Commands seen other than PING: what requests cost, whatever the keep-alives did
+    /// meanwhile (a loaded machine may fire several late PINGs at once).
+    pub fn commands_but_pings(&self) -> u64 {
+        self.commands() - self.pings.load(Ordering::SeqCst)
+    }
+
     pub fn reset(&self) {
         self.count.store(0, Ordering::SeqCst);
+        self.pings.store(0, Ordering::SeqCst);
     }
 }
 
@@ -653,7 +663,7 @@ async fn forward(
 async fn relay(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
-    count: Arc<AtomicU64>,
+    (count, pings): (Arc<AtomicU64>, Arc<AtomicU64>),
     silent: Arc<AtomicBool>,
 ) {
     let (client_read, client_write) = client.into_split();
@@ -665,6 +675,10 @@ async fn relay(
         pending.extend_from_slice(chunk);
         let mut consumed = 0;
         while let Some(len) = resp_len(&pending[consumed..]) {
+            let command = &pending[consumed..consumed + len];
+            if command.eq_ignore_ascii_case(b"*1\r\n$4\r\nPING\r\n") || command.eq_ignore_ascii_case(b"PING\r\n") {
+                pings.fetch_add(1, Ordering::SeqCst);
+            }
             consumed += len;
             count.fetch_add(1, Ordering::SeqCst);
         }
