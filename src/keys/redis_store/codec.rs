@@ -19,12 +19,20 @@ pub type Fields = HashMap<String, String>;
 
 /// A time as stored: RFC 3339 in UTC (`Z`), fractional seconds only when non-zero.
 pub fn format_time(t: OffsetDateTime) -> String {
-    // Cannot fail for a UTC time in the years 0–9999, the range `time` supports here.
-    t.to_offset(UtcOffset::UTC).format(&Rfc3339).unwrap_or_default()
+    // Cannot fail for a time whose UTC form lies in the years 0000–9999, and [`parse_time`]
+    // reads no other; checked all the same, so that no time can panic a write.
+    t.checked_to_offset(UtcOffset::UTC).and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
+/// A stored time. One whose UTC form falls outside the years 0000–9999 (an offset
+/// pushing `0000-01-01` or `9999-12-31` over the edge) is refused: it could not be
+/// written back.
 pub fn parse_time(field: &str, text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("`{field}` is not an RFC 3339 time: {e}"))
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| format!("`{field}` is not an RFC 3339 time: {e}"))?;
+    match t.checked_to_offset(UtcOffset::UTC) {
+        Some(utc) if (0..=9999).contains(&utc.year()) => Ok(t),
+        _ => Err(format!("`{field}` is {text}, outside the years 0000–9999 in UTC")),
+    }
 }
 
 /// `pepper_id:hex`, as the record's `digest` field holds it.

@@ -3,7 +3,7 @@
 
 use time::macros::datetime;
 
-use super::codec::{key_fields, parse_key, parse_tenant, split_target, tenant_fields, Fields};
+use super::codec::{format_time, key_fields, parse_key, parse_tenant, parse_time, split_target, tenant_fields, Fields};
 use super::{corrupt, layout, Invalidation};
 use crate::keys::data::StoreError;
 use crate::keys::manage::ManageError;
@@ -63,4 +63,30 @@ fn unreadable_data_is_corrupt_and_reads_as_before() {
     let ManageError::Store(error) = corrupt("a key record has no `id`") else { panic!("not a store error") };
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     assert_eq!(error.to_string(), "key store unavailable: unreadable data in Redis: a key record has no `id`");
+}
+
+/// Found with the `codec` fuzz target's check: a stored time whose offset puts its UTC
+/// form in the year -1 or 10000 was read, and writing it back gave "" (read again as no
+/// time at all) or panicked. Such a time is refused when read, and no time panics a write.
+#[test]
+fn times_that_cannot_be_written_back_are_refused() {
+    for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+        let error = parse_time("expires_at", text).unwrap_err();
+        assert!(error.contains("outside the years 0000–9999"), "{error}");
+    }
+    for text in ["0000-01-01T00:00:00Z", "0000-01-01T01:00:00+01:00", "9999-12-31T23:59:59.999999999Z"] {
+        let t = parse_time("t", text).unwrap();
+        assert_eq!(parse_time("t", &format_time(t)), Ok(t), "{text}");
+    }
+    assert_eq!(format_time(datetime!(9999-12-31 23:30 -01:00)), "");
+    let mut fields: Fields = tenant_fields(&TenantRecord {
+        id: "acme".into(),
+        plan: "pro".into(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+    })
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    fields.insert("created_at".into(), "9999-12-31T23:30:00-01:00".into());
+    assert!(parse_tenant(&fields).is_err());
 }
