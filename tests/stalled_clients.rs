@@ -72,13 +72,16 @@ async fn big_upstream() -> BigUpstream {
     BigUpstream { addr, sent, requests }
 }
 
-/// The test policy plus a public `/big` route to `upstream`, whose response headers may
-/// take 20 s (200 downloads start at once on a loaded machine).
+/// The test policy plus a public `/big` route to `upstream`, whose connections and
+/// response headers may take 20 s: 200 downloads start at once, beside an upstream in
+/// this test process that is busy streaming, and on a loaded machine some of the 200
+/// connects took longer than the test policy's 1 s `connect_timeout` (seen as 502s with
+/// "tcp connect error: deadline has elapsed" in keygate's log).
 fn routes(upstream: SocketAddr) -> String {
     let routes = ROUTES
         .replace("{upstream}", &format!("http://{upstream}"))
-        .replace("timeout = \"1s\"\nconnect", "timeout = \"20s\"\nconnect");
-    assert!(routes.contains("timeout = \"20s\""));
+        .replace("timeout = \"1s\"\nconnect_timeout = \"1s\"", "timeout = \"20s\"\nconnect_timeout = \"20s\"");
+    assert!(routes.contains("connect_timeout = \"20s\""));
     routes + "\n[[routes]]\nprefix = \"/big\"\nauth = \"none\"\nupstream = \"app\"\n"
 }
 
