@@ -3,18 +3,16 @@
 //! API ([`crate::admin_api`]).
 //!
 //! The admin listeners are bounded like the proxy's: at most `admin.max_connections`
-//! connections each (more wait in the kernel's backlog), and a watchdog per connection
-//! over the bytes it moves ([`Watch`]): the first request head within
-//! `header_read_timeout`, an idle connection (HTTP/1.1 or HTTP/2: no request in flight and
-//! nothing moving) closed after `idle_timeout`, a request in flight closed after
-//! `body_timeout` without progress. hyper's own HTTP/1 header timer bounds later heads.
+//! connections each (more wait in the kernel's backlog), and the proxy's per-connection
+//! watchdog (`crate::server`'s): the first request head within `header_read_timeout`, an
+//! idle connection (HTTP/1.1 or HTTP/2) closed after `idle_timeout`, a request in flight
+//! closed after `body_timeout` without progress.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -29,12 +27,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::io::{IoObserver, ObservedIo};
+use crate::body::Holding;
+use crate::io::ObservedIo;
+use crate::server::{watched, Activity, InFlight};
 use crate::settings::Server;
 use crate::state::App;
-
-/// How often each admin connection's watchdog looks at its clock.
-const WATCHDOG_TICK: Duration = Duration::from_millis(250);
 
 /// Serves the health endpoints until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
@@ -105,106 +102,22 @@ pub(crate) async fn serve_connections<F, Fut>(
         let timeouts = timeouts.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let watch = Arc::new(Watch::new());
-            let requests = watch.clone();
-            let service = service_fn(move |request| {
-                let in_flight = requests.request_started();
+            let activity = Arc::new(Activity::new());
+            let requests = activity.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let in_flight = InFlight::start(&requests, request.version());
                 let answer = answer.clone();
-                async move {
-                    let response = answer(request, peer).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
-                }
+                async move { Ok::<_, Infallible>(answer(request, peer).await.map(|body| Holding::new(body, in_flight))) }
             });
-            let io = TokioIo::new(ObservedIo::new(stream, watch.clone()));
+            let io = TokioIo::new(ObservedIo::new(stream, activity.clone()));
             let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
-            tokio::pin!(connection);
-            let mut tick = tokio::time::interval(WATCHDOG_TICK);
-            loop {
-                tokio::select! {
-                    _ = &mut connection => return,
-                    _ = tick.tick() => if let Some(why) = watch.expired(&timeouts) {
-                        tracing::debug!(peer = %peer, listener = what, reason = why, "closing connection");
-                        return;
-                    },
-                }
+            if let Err(why) = watched(connection, &activity, &timeouts).await {
+                tracing::debug!(peer = %peer, listener = what, reason = why, "closing connection");
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// One admin connection's watchdog: when it last moved a byte, whether a request head has
-/// been seen, and how many requests are in flight. Admin answers are small and quick, so
-/// one rule per state is enough (the proxy's watchdog in `server.rs` also tells a head
-/// in progress from an idle HTTP/1.1 connection; here hyper's header timer does that).
-struct Watch {
-    born: Instant,
-    /// Milliseconds since `born` (plus one) of the last byte read or written.
-    last_progress: AtomicU64,
-    /// Requests whose answer is not ready yet.
-    in_flight: AtomicUsize,
-    /// Milliseconds since `born` (plus one) of the first complete request head; 0 = none yet.
-    served: AtomicU64,
-}
-
-impl Watch {
-    fn new() -> Watch {
-        Watch {
-            born: Instant::now(),
-            last_progress: AtomicU64::new(1),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64 + 1
-    }
-
-    fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _ = self.served.compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// Why the connection must close now, if it must.
-    fn expired(&self, limits: &Server) -> Option<&'static str> {
-        let now = self.now();
-        let since = |at: u64| Duration::from_millis(now.saturating_sub(at));
-        if self.served.load(Ordering::Acquire) == 0 {
-            // Protocol sniffing and the first head: a connection that never asks anything.
-            return (since(1) > limits.header_read_timeout).then_some("header_read_timeout");
-        }
-        let quiet = since(self.last_progress.load(Ordering::Relaxed));
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            (quiet > limits.body_timeout).then_some("body_timeout")
-        } else {
-            (quiet > limits.idle_timeout).then_some("idle_timeout")
-        }
-    }
-}
-
-/// A request of an admin connection in flight, until its answer is ready.
-struct InFlight(Arc<Watch>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let watch = &self.0;
-        watch.last_progress.store(watch.now(), Ordering::Relaxed);
-        watch.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl IoObserver for Watch {
-    fn on_read(&self, _bytes: usize) {
-        self.last_progress.store(self.now(), Ordering::Relaxed);
-    }
-
-    fn on_write(&self, _bytes: usize) {
-        self.last_progress.store(self.now(), Ordering::Relaxed);
-    }
 }
 
 fn respond(app: &App, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -90,6 +90,41 @@ where
     }
 }
 
+/// A body passed through unchanged that keeps `T` alive until it is dropped: the server's
+/// in-flight guard (a connection is busy until its response body is done), an upstream's
+/// connection slot (held until the response body has ended).
+pub struct Holding<B, T> {
+    inner: B,
+    _held: T,
+}
+
+impl<B, T> Holding<B, T> {
+    pub fn new(inner: B, held: T) -> Self {
+        Holding { inner, _held: held }
+    }
+}
+
+impl<B, T> Body for Holding<B, T>
+where
+    B: Body + Unpin,
+    T: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body that slowed below `server.min_body_rate` (see [`MinRate`]).
 #[derive(Debug, thiserror::Error)]
 #[error("request body slower than {0} bytes a second")]

@@ -31,7 +31,7 @@ use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::request_id;
 use crate::state::App;
-use crate::upstream::{self, FilteredTrailers, ForwardContext, HeldBody, Outbound, Tunnel, UpstreamError};
+use crate::upstream::{self, FilteredTrailers, ForwardContext, Outbound, Tunnel, UpstreamError};
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -248,7 +248,7 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             upstream::remove_hop_by_hop(&mut parts.headers, false);
             Ok(Forwarded {
-                response: Response::from_parts(parts, body::boxed(HeldBody::new(body, permit))),
+                response: Response::from_parts(parts, body::boxed(body::Holding::new(body, permit))),
                 rate,
                 tunnel: None,
                 refused: None,

@@ -14,15 +14,11 @@
 //! - a request in flight and no byte moving either way: `body_timeout`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{Holding, ProxyBody};
 use crate::connection::{ConnectionHold, ConnectionInfo};
 use crate::error::Refusal;
 use crate::io::{IoObserver, ObservedIo};
@@ -325,25 +321,38 @@ async fn run_http<IO>(
         let (app, info) = (app.clone(), info.clone());
         async move {
             let response = respond(app, info, request).await;
-            Ok::<_, std::convert::Infallible>(response.map(|body| GuardedBody { inner: body, _guard: guard }))
+            // The request stays in flight until its response body is done.
+            Ok::<_, std::convert::Infallible>(response.map(|body| Holding::new(body, guard)))
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let connection = watcher.watch(connection.into_owned());
+    match watched(connection, &activity, &limits).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "connection ended with an error"),
+        Err(why) => tracing::debug!(peer = %peer, reason = why, "closing connection"),
+    }
+}
+
+/// Runs `connection` under `activity`'s watchdog: its own outcome when it ends, or the
+/// reason it had to be closed (dropping it closes it) when `limits` say so. The proxy's
+/// connections and the admin listeners' run under the same rules.
+pub(crate) async fn watched<F, T>(
+    connection: F,
+    activity: &Activity,
+    limits: &crate::settings::Server,
+) -> Result<T, &'static str>
+where
+    F: std::future::Future<Output = T>,
+{
     tokio::pin!(connection);
     let mut tick = tokio::time::interval(WATCHDOG_TICK);
     loop {
         tokio::select! {
-            result = &mut connection => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            outcome = &mut connection => return Ok(outcome),
             _ = tick.tick() => {
-                if let Some(why) = activity.expired(&limits) {
-                    tracing::debug!(peer = %peer, reason = why, "closing connection");
-                    return;
+                if let Some(why) = activity.expired(limits) {
+                    return Err(why);
                 }
             }
         }
@@ -371,7 +380,7 @@ async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>
 
 /// What the watchdog knows of one connection, in milliseconds since it was accepted
 /// (0 meaning "not yet").
-struct Activity {
+pub(crate) struct Activity {
     born: Instant,
     /// Last byte read or written.
     last_progress: AtomicU64,
@@ -387,7 +396,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             born: Instant::now(),
             last_progress: AtomicU64::new(1),
@@ -444,12 +453,12 @@ impl Activity {
 
 /// One request in flight on a connection, from its complete head until its response body
 /// is finished (or dropped).
-struct InFlight {
+pub(crate) struct InFlight {
     activity: Arc<Activity>,
 }
 
 impl InFlight {
-    fn start(activity: &Arc<Activity>, version: Version) -> Self {
+    pub(crate) fn start(activity: &Arc<Activity>, version: Version) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.head_started.store(0, Ordering::Release);
         activity.served.store(true, Ordering::Release);
@@ -466,29 +475,6 @@ impl Drop for InFlight {
         if self.activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.activity.idle_since.store(now, Ordering::Relaxed);
         }
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is done.
-struct GuardedBody {
-    inner: ProxyBody,
-    _guard: InFlight,
-}
-
-impl Body for GuardedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -19,7 +19,7 @@ pub mod response_check;
 pub mod tunnel;
 
 pub use hop_by_hop::remove_hop_by_hop;
-pub use limit::{ConnectionPermit, HeldBody};
+pub use limit::ConnectionPermit;
 pub use outbound::{rewrite_request_headers, FilteredTrailers, ForwardContext, Outbound};
 pub use pool::{UpstreamError, Upstreams};
 pub use tunnel::{is_websocket_upgrade, switched_to_websocket, Tunnel};

@@ -3,7 +3,7 @@
 //! once, across every worker (for HTTP/1.1 that is the connections held busy: a pooled
 //! connection serves one request at a time; for h2c the streams). A request holds its
 //! slot ([`ConnectionPermit`]) from before it is sent until its response body has ended
-//! ([`HeldBody`]) or its WebSocket tunnel has closed, whatever the client does meanwhile
+//! (the pipeline wraps the body in [`crate::body::Holding`]) or its WebSocket tunnel has closed, whatever the client does meanwhile
 //! (a slow reader keeps its slot, and its upstream connection, busy).
 //!
 //! Past the cap a request waits, in arrival order, at most `queue_timeout`; the queue
@@ -13,14 +13,10 @@
 //! their bodies, cannot take every file descriptor keygate has: other upstreams, the
 //! admin listeners and new connections keep theirs.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One upstream's slots.
@@ -66,39 +62,6 @@ impl Slots {
     #[cfg(test)]
     pub(super) fn in_use(&self) -> usize {
         self.max - self.semaphore.available_permits()
-    }
-}
-
-/// A response body that keeps its request's [`ConnectionPermit`] until it ends or is
-/// dropped.
-pub struct HeldBody<B> {
-    inner: B,
-    _permit: ConnectionPermit,
-}
-
-impl<B> HeldBody<B> {
-    pub fn new(inner: B, permit: ConnectionPermit) -> Self {
-        HeldBody { inner, _permit: permit }
-    }
-}
-
-impl<B> Body for HeldBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
