@@ -43,6 +43,7 @@
 
 mod decision;
 pub mod front;
+pub mod lease;
 pub mod local;
 pub mod redis;
 

@@ -69,16 +69,31 @@
 //! by `redis.timeout` through [`RedisClient::run`]. A check whose caller has gone away
 //! (its future dropped) before its batch is sent is left out of the batch, so it
 //! counts nothing.
+//!
+//! # Leases
+//!
+//! A call of a tenant that is busy on this worker also asks for a lease (see
+//! [`super::lease`]): units counted in Redis now, in the current sub-window, that later
+//! checks on this worker admit without a round trip until the sub-window ends. The
+//! checks queued behind a call are first served from the lease it brought back; only
+//! what the lease cannot cover goes to Redis. Unspent units go back to Redis with the
+//! next call of the tenant, or from a timer at the lease's end when no call comes. At
+//! saturation a worker therefore asks Redis about once per lease ([`super::lease::MAX_LEASE`]
+//! requests) and once per sub-window, instead of once per batch.
+//!
+//! A lease's state lives beside the coalescing queue, in one [`Slot`] per (worker,
+//! tenant, limit), forgotten as soon as nothing is in flight, queued or leased.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
+use super::lease::{Demand, Grant, HandBack, Lease, LEASE_SHARE};
 use crate::metrics::StoreOp;
 use crate::policy::Limit;
 use crate::redis_client::{RedisCallError, RedisClient};
@@ -92,10 +107,16 @@ pub const MAX_BATCH: usize = 512;
 /// 2^53.
 const MAX_EXACT: u64 = 1 << 53;
 
+/// The fields the script answers per cost, and about the lease.
+const PER_COST: usize = 4;
+const LEASE_FIELDS: usize = 6;
+
 /// The limiter script (`redis/sliding_window.lua`: its header lists `KEYS` and `ARGV`).
 /// `KEYS[1]`: the tenant's hash; `ARGV`: `requests`, sub-window length (ms), window length
-/// (ms), then one cost per request, in arrival order. Returns `allowed, remaining,
-/// reset_ms, retry_after_ms` per cost, flattened (`retry_after_ms` is `-1` when admitted).
+/// (ms), the lease wanted and its share, a lease handed back (sub-window, units, nonce),
+/// then one cost per request, in arrival order. Returns `allowed, remaining, reset_ms,
+/// retry_after_ms` per cost, flattened (`retry_after_ms` is `-1` when admitted), then the
+/// lease granted (units, ms left in its sub-window, sub-window, nonce, free after, reset).
 pub const LUA: &str = include_str!("redis/sliding_window.lua");
 
 /// The script, with its SHA1 computed once.
@@ -104,7 +125,6 @@ pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
 /// The Redis key of `tenant`'s window under `limit`: `kg:rl:{<tenant>}:<requests>:<window>`
 /// with the window in whole seconds (`<n>ms` for a window that is not whole seconds).
 pub fn key(tenant: &str, limit: &Limit) -> String {
-    // Built by hand: this runs on every request, and `format!` costs several times more.
     let (mut requests, mut window) = (itoa::Buffer::new(), itoa::Buffer::new());
     let requests = requests.format(limit.requests);
     let whole_seconds = limit.window.subsec_nanos() == 0;
@@ -117,15 +137,76 @@ pub fn key(tenant: &str, limit: &Limit) -> String {
     key
 }
 
-/// The checks waiting behind the call in flight, per batch key.
-type Queues = HashMap<BatchKey, Vec<Waiter>>;
+/// What checks coalesce on and leases belong to, besides the tenant: the proxy worker
+/// thread they run on (see [`crate::worker`]) and the limit. Each worker batches its own
+/// checks and holds its own leases, so a batch's answers wake tasks on the thread that
+/// sent it, never another one.
+type SlotKey = (Option<usize>, Limit);
 
-/// A batch key: what checks coalesce on, the proxy worker thread they run on (see
-/// [`crate::worker`]) and the Redis key (tenant and limit). Not a Redis Cluster slot.
-/// Each worker batches its own checks, so a batch's answers wake tasks on the thread that
-/// sent it, never another one; with N workers a tenant costs up to N script calls in
-/// flight instead of one.
-type BatchKey = (Option<usize>, String);
+/// The slots of one (worker, limit), by tenant: looked up by `&str`, without building
+/// the Redis key on every check.
+type Slots = HashMap<SlotKey, HashMap<Box<str>, Slot>>;
+
+/// One (worker, tenant, limit): the call in flight, the checks queued behind it, the
+/// lease, and the demand that sizes the next one.
+struct Slot {
+    /// The tenant's Redis key.
+    key: Arc<str>,
+    /// A call is in flight (or about to be sent); checks that cannot be served from the
+    /// lease queue behind it.
+    calling: bool,
+    queue: Vec<Waiter>,
+    lease: Option<Lease>,
+    /// Tells a lease's end timer whether the lease it watches is still this one.
+    generation: u64,
+    demand: Demand,
+}
+
+impl Slot {
+    fn new(key: String) -> Slot {
+        Slot {
+            key: key.into(),
+            calling: false,
+            queue: Vec::new(),
+            lease: None,
+            generation: 0,
+            demand: Demand::default(),
+        }
+    }
+
+    /// Nothing in flight, queued or leased, and no demand to remember: the slot can go.
+    fn is_idle(&self) -> bool {
+        !self.calling && self.queue.is_empty() && self.lease.is_none() && self.demand.is_idle()
+    }
+
+    /// Ends the lease if it cannot serve `cost` at `now`, and returns what is left of it
+    /// to hand back.
+    fn end_lease(&mut self, now: u64) -> Option<HandBack> {
+        let lease = self.lease.take()?;
+        self.demand.ended(&lease, now);
+        lease.hand_back()
+    }
+
+    /// Serves queued checks from the lease, in order, while it holds enough; a check
+    /// whose caller has gone away is dropped and counts nothing.
+    fn serve_queue(&mut self, limit: &Limit, now: u64) {
+        let Some(lease) = self.lease.as_mut() else { return };
+        let mut rest = Vec::new();
+        for waiter in self.queue.drain(..) {
+            if !rest.is_empty() {
+                rest.push(waiter);
+            } else if waiter.tx.is_closed() {
+                continue;
+            } else if let Some(decision) = lease.spend(waiter.cost, limit, now) {
+                // A receiver gone just now costs its unit of the lease: it only refuses more.
+                let _ = waiter.tx.send(Ok(decision));
+            } else {
+                rest.push(waiter);
+            }
+        }
+        self.queue = rest;
+    }
+}
 
 /// A queued check: its cost and where its answer goes.
 struct Waiter {
@@ -135,14 +216,15 @@ struct Waiter {
 
 struct Inner {
     client: RedisClient,
-    /// A key is present exactly while a call for it is in flight (or about to be sent);
-    /// its queue holds the checks that arrived meanwhile.
-    queues: Mutex<Queues>,
+    /// The monotonic clock of leases: [`Inner::now`] is milliseconds since this.
+    epoch: Instant,
+    slots: Mutex<Slots>,
 }
 
-/// The shared sliding-window limiter over Redis: one [`SCRIPT`] call per round trip, and
-/// concurrent checks of one tenant coalesced into one round trip (see the module docs).
-/// Cheap to clone; clones share the coalescing queues.
+/// The shared sliding-window limiter over Redis: one [`SCRIPT`] call per round trip,
+/// concurrent checks of one tenant coalesced into one round trip, and busy tenants
+/// admitted from leases (see the module docs). Cheap to clone; clones share the queues
+/// and leases.
 #[derive(Clone)]
 pub struct RedisLimiter {
     inner: Arc<Inner>,
@@ -154,71 +236,118 @@ impl fmt::Debug for RedisLimiter {
     }
 }
 
+/// What a check does after looking at its slot.
+enum Next {
+    Decided(Decision),
+    Wait(oneshot::Receiver<Result<Decision, RedisCallError>>),
+    Call { key: Arc<str>, back: Option<HandBack>, want: u64 },
+}
+
 impl RedisLimiter {
     /// A limiter deciding through `client` (its timeout and circuit breaker bound every
     /// call).
     pub fn new(client: RedisClient) -> Self {
-        RedisLimiter { inner: Arc::new(Inner { client, queues: Mutex::new(HashMap::new()) }) }
+        RedisLimiter { inner: Arc::new(Inner { client, epoch: Instant::now(), slots: Mutex::new(HashMap::new()) }) }
     }
 
     /// Admits `cost` requests for `tenant` under `limit`, or refuses them without counting
     /// them, against the window shared by every replica. The [`Decision`] is the script's
-    /// (Redis's clock, every replica's admissions); it has the same fields, computed the
-    /// same way, as the local limiter's.
+    /// (Redis's clock, every replica's admissions) or, for a busy tenant, its lease's; it
+    /// has the same fields, computed the same way, as the local limiter's.
     ///
     /// An error means the store did not decide (unreachable, slower than `redis.timeout`,
     /// breaker open, or a Redis error): the caller applies `on_store_error`. A check that
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let batch_key: BatchKey = (crate::worker::current(), key(tenant, limit));
-        let waiting = {
-            let mut queues = self.inner.lock();
-            match queues.get_mut(&batch_key) {
-                Some(queue) => {
-                    let (tx, rx) = oneshot::channel();
-                    queue.push(Waiter { cost, tx });
-                    Some(rx)
-                }
-                None => {
-                    queues.insert(batch_key.clone(), Vec::new());
-                    None
-                }
+        let slot_key: SlotKey = (crate::worker::current(), *limit);
+        let next = {
+            let mut slots = self.inner.lock();
+            let now = self.inner.now();
+            let tenants = slots.entry(slot_key).or_default();
+            if !tenants.contains_key(tenant) {
+                tenants.insert(tenant.into(), Slot::new(key(tenant, limit)));
+            }
+            let Some(slot) = tenants.get_mut(tenant) else { unreachable!("inserted above") };
+            slot.demand.checked(now);
+            if let Some(decision) = slot.lease.as_mut().and_then(|lease| lease.spend(cost, limit, now)) {
+                Next::Decided(decision)
+            } else if slot.calling {
+                let (tx, rx) = oneshot::channel();
+                slot.queue.push(Waiter { cost, tx });
+                Next::Wait(rx)
+            } else {
+                slot.calling = true;
+                let back = slot.end_lease(now);
+                Next::Call { key: slot.key.clone(), back, want: slot.demand.want(1) }
             }
         };
-        if let Some(rx) = waiting {
+        let (key, back, want) = match next {
+            Next::Decided(decision) => return Ok(decision),
             // The sender is only dropped without an answer if the task sending the batch
             // died (a panic, or the runtime shutting down).
-            return rx.await.unwrap_or(Err(RedisCallError::Unavailable));
-        }
+            Next::Wait(rx) => return rx.await.unwrap_or(Err(RedisCallError::Unavailable)),
+            Next::Call { key, back, want } => (key, back, want),
+        };
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
-        let mut leader = Leader { inner: self.inner.clone(), batch_key, limit: *limit, failed: None };
-        let result = self.inner.call(&leader.batch_key.1, limit, &[cost]).await.and_then(|mut decisions| {
-            decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
-        });
+        let mut leader =
+            Leader { inner: self.inner.clone(), slot_key, tenant: tenant.into(), limit: *limit, failed: None };
+        let sent = self.inner.now();
+        let result = self.inner.call(&key, limit, &[cost], want, back).await;
+        let result = match result {
+            Ok((mut decisions, grant)) => {
+                self.inner.install(&slot_key, tenant, limit, &grant, sent);
+                decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             leader.failed = Some(e.clone());
         }
         drop(leader);
         result
     }
+
+    /// Units held in leases on this replica and not yet spent or handed back.
+    pub fn leased_units(&self) -> u64 {
+        let slots = self.inner.lock();
+        slots.values().flat_map(HashMap::values).filter_map(|slot| slot.lease.as_ref()).map(|lease| lease.units).sum()
+    }
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
-        // Nothing panics while holding the lock, and the queues stay consistent anyway.
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // Nothing panics while holding the lock, and the slots stay consistent anyway.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One script call deciding `costs` in order: one decision each.
-    async fn call(&self, key: &str, limit: &Limit, costs: &[u64]) -> Result<Vec<Decision>, RedisCallError> {
+    /// Milliseconds of the leases' monotonic clock.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// One script call deciding `costs` in order (one decision each), asking for a lease
+    /// of `want` more units and handing `back` a lease's unspent units.
+    async fn call(
+        &self,
+        key: &str,
+        limit: &Limit,
+        costs: &[u64],
+        want: u64,
+        back: Option<HandBack>,
+    ) -> Result<(Vec<Decision>, Grant), RedisCallError> {
         let requests = limit.requests.min(MAX_EXACT);
         let sub = limit.sub_window_millis().min(MAX_EXACT);
         let window = limit.window_millis().min(MAX_EXACT);
-        let mut args = vec![requests, sub, window];
-        args.extend(costs.iter().map(|&cost| cost.min(MAX_EXACT)));
+        let back = back.unwrap_or(HandBack { sub_window: -1, units: 0, nonce: 0 });
+        let mut args: Vec<i64> = Vec::with_capacity(8 + costs.len());
+        for n in [requests, sub, window, want.min(MAX_EXACT), LEASE_SHARE] {
+            args.push(n as i64);
+        }
+        args.extend([back.sub_window, back.units.min(MAX_EXACT) as i64, back.nonce]);
+        args.extend(costs.iter().map(|&cost| cost.min(MAX_EXACT) as i64));
         let key = key.to_string();
         let reply: Vec<i64> = self
             .client
@@ -235,12 +364,13 @@ impl Inner {
                 }
             })
             .await?;
-        if reply.len() != costs.len() * 4 {
+        if reply.len() != costs.len() * PER_COST + LEASE_FIELDS {
             return Err(RedisCallError::Redis(unexpected("a reply of the wrong length")));
         }
+        let (per_cost, lease) = reply.split_at(costs.len() * PER_COST);
         let millis = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        Ok(reply
-            .chunks_exact(4)
+        let decisions = per_cost
+            .chunks_exact(PER_COST)
             .map(|d| Decision {
                 allowed: d[0] == 1,
                 limit: limit.requests,
@@ -248,44 +378,143 @@ impl Inner {
                 reset: millis(d[2]),
                 retry_after: (d[0] != 1).then(|| millis(d[3])),
             })
-            .collect())
+            .collect();
+        let whole = |v: i64| u64::try_from(v).unwrap_or(0);
+        let grant = Grant {
+            units: whole(lease[0]),
+            sub_window_left: whole(lease[1]),
+            sub_window: lease[2],
+            nonce: lease[3],
+            free_after: whole(lease[4]),
+            reset: whole(lease[5]),
+        };
+        Ok((decisions, grant))
     }
 
-    /// Sends the checks queued for `key`, batch after batch, until none is left; then
-    /// forgets the key (the next check of it goes at once again).
-    async fn drain(self: Arc<Self>, batch_key: BatchKey, limit: Limit) {
-        loop {
-            let batch: Vec<Waiter> = {
-                let mut queues = self.lock();
-                let Some(queue) = queues.get_mut(&batch_key) else { return };
-                // A check whose caller has gone away would count for nothing served.
-                queue.retain(|w| !w.tx.is_closed());
-                if queue.is_empty() {
-                    queues.remove(&batch_key);
+    /// Installs the lease of `grant` (for a call sent at `sent`) in its slot, with a timer
+    /// that hands its unspent units back when it ends.
+    fn install(self: &Arc<Self>, slot_key: &SlotKey, tenant: &str, limit: &Limit, grant: &Grant, sent: u64) {
+        let now = self.now();
+        let Some(lease) = Lease::new(grant, sent, now) else {
+            if grant.units > 0 {
+                // Over before it arrived: straight back.
+                let back = HandBack { sub_window: grant.sub_window, units: grant.units, nonce: grant.nonce };
+                self.spawn_hand_back(tenant, limit, back);
+            }
+            return;
+        };
+        let deadline = lease.deadline;
+        let generation = {
+            let mut slots = self.lock();
+            let Some(slot) = slots.get_mut(slot_key).and_then(|tenants| tenants.get_mut(tenant)) else { return };
+            // A lease still held (a call raced past it) goes back with the next call.
+            if let Some(old) = slot.lease.take() {
+                slot.demand.ended(&old, now);
+                if let Some(back) = old.hand_back() {
+                    self.spawn_hand_back(tenant, limit, back);
+                }
+            }
+            slot.lease = Some(lease);
+            slot.generation += 1;
+            slot.generation
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (inner, slot_key, tenant, limit) = (self.clone(), *slot_key, Box::<str>::from(tenant), *limit);
+        runtime.spawn(async move {
+            tokio::time::sleep_until((inner.epoch + Duration::from_millis(deadline)).into()).await;
+            let back = {
+                let mut slots = inner.lock();
+                let now = inner.now();
+                let Some(tenants) = slots.get_mut(&slot_key) else { return };
+                let Some(slot) = tenants.get_mut(&*tenant) else { return };
+                if slot.generation != generation {
+                    // Replaced: its units went back with the call that replaced it.
                     return;
                 }
-                let n = queue.len().min(MAX_BATCH);
-                queue.drain(..n).collect()
+                let back = slot.end_lease(now);
+                if slot.is_idle() {
+                    tenants.remove(&*tenant);
+                }
+                back
+            };
+            if let Some(back) = back {
+                inner.hand_back(&tenant, &limit, back).await;
+            }
+        });
+    }
+
+    /// Hands `back` to Redis from a task of its own.
+    fn spawn_hand_back(self: &Arc<Self>, tenant: &str, limit: &Limit, back: HandBack) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (inner, tenant, limit) = (self.clone(), Box::<str>::from(tenant), *limit);
+            runtime.spawn(async move { inner.hand_back(&tenant, &limit, back).await });
+        }
+    }
+
+    /// A call that only hands a lease's unspent units back. If it fails they stay counted
+    /// until their sub-window leaves the window, which only ever refuses more.
+    async fn hand_back(&self, tenant: &str, limit: &Limit, back: HandBack) {
+        if let Err(e) = self.call(&key(tenant, limit), limit, &[], 0, Some(back)).await {
+            tracing::debug!(error = %e, units = back.units, "a lease's unspent units could not be handed back");
+        }
+    }
+
+    /// Serves the checks queued for a slot from its lease, and sends the rest, batch after
+    /// batch, until none is left; then the slot has no call in flight (and is forgotten if
+    /// idle).
+    async fn drain(self: Arc<Self>, slot_key: SlotKey, tenant: Box<str>, limit: Limit) {
+        loop {
+            let (key, batch, back, want, sent) = {
+                let mut slots = self.lock();
+                let now = self.now();
+                let Some(tenants) = slots.get_mut(&slot_key) else { return };
+                let Some(slot) = tenants.get_mut(&*tenant) else { return };
+                slot.serve_queue(&limit, now);
+                // A check whose caller has gone away would count for nothing served.
+                slot.queue.retain(|w| !w.tx.is_closed());
+                if slot.queue.is_empty() {
+                    slot.calling = false;
+                    if slot.is_idle() {
+                        tenants.remove(&*tenant);
+                    }
+                    return;
+                }
+                let n = slot.queue.len().min(MAX_BATCH);
+                let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
+                let back = slot.end_lease(now);
+                let want = slot.demand.want(batch.len());
+                (slot.key.clone(), batch, back, want, now)
             };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&batch_key.1, &limit, &costs).await {
-                Ok(decisions) => {
+            match self.call(&key, &limit, &costs, want, back).await {
+                Ok((decisions, grant)) => {
+                    self.install(&slot_key, &tenant, &limit, &grant, sent);
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
                     }
                 }
                 Err(e) => {
                     fail(batch, &e);
-                    self.fail_queued(&batch_key, &e);
+                    self.fail_queued(&slot_key, &tenant, &e);
                     return;
                 }
             }
         }
     }
 
-    /// Fails every check queued for `batch_key` with `error`, and forgets the key.
-    fn fail_queued(&self, batch_key: &BatchKey, error: &RedisCallError) {
-        let queued = self.lock().remove(batch_key).unwrap_or_default();
+    /// Fails every check queued for a slot with `error`; the slot has no call in flight.
+    fn fail_queued(&self, slot_key: &SlotKey, tenant: &str, error: &RedisCallError) {
+        let queued = {
+            let mut slots = self.lock();
+            let Some(tenants) = slots.get_mut(slot_key) else { return };
+            let Some(slot) = tenants.get_mut(tenant) else { return };
+            slot.calling = false;
+            let queued = std::mem::take(&mut slot.queue);
+            if slot.is_idle() {
+                tenants.remove(tenant);
+            }
+            queued
+        };
         fail(queued, error);
     }
 }
@@ -301,11 +530,13 @@ fn unexpected(what: &'static str) -> RedisError {
 }
 
 /// The check that went alone. When it is done, or dropped half-way (its caller went
-/// away), the checks that queued behind it are sent as one batch by a task of their own,
-/// or failed at once if its call failed.
+/// away), the checks that queued behind it are served from the lease its call brought
+/// back, or sent as one batch by a task of their own, or failed at once if its call
+/// failed.
 struct Leader {
     inner: Arc<Inner>,
-    batch_key: BatchKey,
+    slot_key: SlotKey,
+    tenant: Box<str>,
     limit: Limit,
     failed: Option<RedisCallError>,
 }
@@ -313,22 +544,30 @@ struct Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(error) = self.failed.take() {
-            self.inner.fail_queued(&self.batch_key, &error);
+            self.inner.fail_queued(&self.slot_key, &self.tenant, &error);
             return;
         }
         {
-            let mut queues = self.inner.lock();
-            if queues.get(&self.batch_key).is_none_or(Vec::is_empty) {
-                queues.remove(&self.batch_key);
+            let mut slots = self.inner.lock();
+            let now = self.inner.now();
+            let Some(tenants) = slots.get_mut(&self.slot_key) else { return };
+            let Some(slot) = tenants.get_mut(&*self.tenant) else { return };
+            slot.serve_queue(&self.limit, now);
+            slot.queue.retain(|w| !w.tx.is_closed());
+            if slot.queue.is_empty() {
+                slot.calling = false;
+                if slot.is_idle() {
+                    tenants.remove(&*self.tenant);
+                }
                 return;
             }
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().drain(std::mem::take(&mut self.batch_key), self.limit));
+                runtime.spawn(self.inner.clone().drain(self.slot_key, std::mem::take(&mut self.tenant), self.limit));
             }
             // No runtime to send them from (it is shutting down): they fail.
-            Err(_) => self.inner.fail_queued(&self.batch_key, &RedisCallError::Unavailable),
+            Err(_) => self.inner.fail_queued(&self.slot_key, &self.tenant, &RedisCallError::Unavailable),
         }
     }
 }

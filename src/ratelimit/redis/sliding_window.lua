@@ -1,15 +1,24 @@
 -- keygate's rate limiter: one sliding window per (tenant, limit), shared by every replica
--- (src/ratelimit/redis.rs holds the algorithm's description; src/ratelimit.rs its proof).
+-- (src/ratelimit/redis.rs holds the algorithm's description, src/ratelimit/lease.rs the
+-- leases', src/ratelimit.rs the proof).
 --
 -- KEYS[1]  the tenant's hash kg:rl:{<tenant>}:<requests>:<window>: sub-window index -> count,
 --          plus the summary fields '-1' (sum held), '-2' (no counter older), '-3' (newest)
+--          and '-4' (the hash's nonce: leases handed back name it)
 -- ARGV[1]  requests: the plan's limit (at most 2^53)
 -- ARGV[2]  the length of one sub-window, in ms
 -- ARGV[3]  the length of the window, in ms (SUB_WINDOWS sub-windows)
--- ARGV[4..] one cost per request, in arrival order (a batch of coalesced checks)
+-- ARGV[4]  lease: units wanted beyond the costs, granted only if every cost is admitted
+--          (0: none)
+-- ARGV[5]  share: a lease takes at most 1/share of the quota still free
+-- ARGV[6]  a lease handed back: the sub-window it was granted in (-1: none)
+-- ARGV[7]  its units never spent
+-- ARGV[8]  the nonce of the hash that granted it
+-- ARGV[9..] one cost per request, in arrival order (a batch of coalesced checks)
 --
 -- Returns, per cost and flattened: allowed (1 or 0), remaining, reset_ms, retry_after_ms
--- (-1 when admitted).
+-- (-1 when admitted); then the lease: units granted, ms until its sub-window ends, that
+-- sub-window's index, the hash's nonce, the quota free after the lease, reset_ms after it.
 --
 -- A script, not MULTI/EXEC: every decision reads the counters, decides, and writes what
 -- it decided, and later costs of the batch depend on earlier ones. A transaction cannot
@@ -39,9 +48,10 @@ place()
 
 -- The summary, in fields whose negative names are never a sub-window's index: '-1' the
 -- sum of the counters held, '-2' no counter is older than this, '-3' the newest held.
-local read = redis.call('HMGET', key, '-1', '-2', '-3', field(current))
+local read = redis.call('HMGET', key, '-1', '-2', '-3', field(current), '-4')
 local total, low, newest = tonumber(read[1]), tonumber(read[2]), tonumber(read[3])
 local cur = tonumber(read[4]) or 0
+local nonce = read[5]
 local dirty = false
 
 -- The summary from the counters themselves, deleting those that left the window: for a
@@ -78,7 +88,7 @@ end
 if low < oldest then
   if newest < oldest then
     if newest >= 0 then redis.call('DEL', key) end
-    total, newest = 0, -1
+    total, newest, nonce = 0, -1, false
   elseif oldest - low > 64 then
     rebuild()
   else
@@ -92,6 +102,25 @@ if low < oldest then
   end
   low = oldest
   dirty = true
+end
+
+-- A lease handed back: its unspent units leave the counter of the sub-window it was
+-- granted in, if that counter is still held by the hash that granted it (the same nonce:
+-- after a restart, an expiry or a DEL the hash is another one, whose counters it must not
+-- touch) and still in the window.
+local back = tonumber(ARGV[6])
+if back >= 0 and nonce ~= false and nonce == ARGV[8] and back >= oldest and back <= newest then
+  local held
+  if back == current then held = cur else held = tonumber(redis.call('HGET', key, field(back))) or 0 end
+  local n = math.min(tonumber(ARGV[7]), held)
+  if n > 0 then
+    held = held - n
+    total = total - n
+    if back == current then cur = held end
+    if held > 0 then redis.call('HSET', key, field(back), field(held))
+    else redis.call('HDEL', key, field(back)) end
+    dirty = true
+  end
 end
 
 -- When sub-window k stops being counted.
@@ -129,8 +158,9 @@ end
 
 local count = total
 local added = 0
+local refused = false
 local out = {}
-for i = 4, #ARGV do
+for i = 9, #ARGV do
   local cost = tonumber(ARGV[i])
   local allowed = count + cost <= requests
   local retry = -1
@@ -139,8 +169,10 @@ for i = 4, #ARGV do
     cur = cur + cost
     added = added + cost
   elseif cost > requests then
+    refused = true
     retry = window
   else
+    refused = true
     -- Until enough of the oldest sub-windows have left for this cost to fit.
     local c = counts_in_window()
     local excess = count + cost - requests
@@ -161,10 +193,36 @@ for i = 4, #ARGV do
   out[#out + 1] = retry
 end
 
+-- The lease: counted now, in the current sub-window, and at most 1/share of what is free.
+local granted = 0
+local new_nonce = false
+local want = tonumber(ARGV[4])
+if want > 0 and not refused then
+  granted = math.min(want, math.floor((requests - count) / tonumber(ARGV[5])))
+  if granted > 0 then
+    count = count + granted
+    cur = cur + granted
+    added = added + granted
+    if nonce == false then
+      -- Redis's clock in µs: a new hash gets a nonce no earlier one of this key had.
+      nonce = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+      new_nonce = true
+      dirty = true
+    end
+  end
+end
+out[#out + 1] = granted
+out[#out + 1] = (current + 1) * sub - now
+out[#out + 1] = current
+out[#out + 1] = nonce and tonumber(nonce) or 0
+out[#out + 1] = math.max(requests - count, 0)
+if cur > 0 then out[#out + 1] = leaves(current) else out[#out + 1] = reset_before_current() end
+
 if added > 0 then
   if dirty or current > newest then
     if current > newest then newest = current end
     redis.call('HSET', key, field(current), field(cur), '-1', field(count), '-2', field(low), '-3', field(newest))
+    if new_nonce then redis.call('HSET', key, '-4', nonce) end
   else
     redis.call('HSET', key, field(current), field(cur), '-1', field(count))
   end
