@@ -92,9 +92,9 @@ async fn headers_agree_across_replicas_and_refusals_are_not_counted() {
     let redis = RedisServer::start();
     let upstream = upstream().await;
     let replicas = [
-        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
-        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
-        replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "1s", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "1s", SHARED_LIMITS).await,
+        replica(&upstream, &redis.url(), "1s", SHARED_LIMITS).await,
     ];
     let (_, key) = replicas[0].store_key("small", "tiny", &["calls:read"]).await;
     let http = Http::new();
@@ -299,7 +299,7 @@ async fn every_worker_thread_leaves_a_silent_redis_connection() {
 async fn script_flush_mid_run_causes_no_5xx() {
     let redis = RedisServer::start();
     let upstream = upstream().await;
-    let kg = replica(&upstream, &redis.url(), "50ms", SHARED_LIMITS).await;
+    let kg = replica(&upstream, &redis.url(), "1s", SHARED_LIMITS).await;
     let (_, key) = kg.store_key("acme", "pro", &["calls:read"]).await;
     let http = Http::new();
     for i in 0..60 {
@@ -316,8 +316,8 @@ async fn script_flush_mid_run_causes_no_5xx() {
 async fn the_limiter_is_shared_through_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let upstream = upstream().await;
-    let a = replica(&upstream, &cluster.url(), "50ms", SHARED_LIMITS).await;
-    let b = replica(&upstream, &cluster.url(), "50ms", SHARED_LIMITS).await;
+    let a = replica(&upstream, &cluster.url(), "1s", SHARED_LIMITS).await;
+    let b = replica(&upstream, &cluster.url(), "1s", SHARED_LIMITS).await;
     let (_, key) = a.store_key("small", "tiny", &["calls:read"]).await;
     let http = Http::new();
     let statuses = [
