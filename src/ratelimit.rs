@@ -31,6 +31,19 @@
 //! `requests`. Counting the oldest sub-window whole is what makes this hold: it may count
 //! up to `S` of requests older than `now − W`, which only ever refuses more.
 //!
+//! **With leases** ([`lease`]: the shared limiter's busy tenants) the same argument holds
+//! with grants in place of admissions. A grant of `g` units at time `t` is decided like an
+//! admission of cost `g` (counted at `t` in sub-window `⌊t/S⌋`, only if the sum plus `g`
+//! fits), and its units are admitted only at times in that same sub-window (the replica
+//! ends the lease early, never late). Take a span `[a, a + W]` and the last grant, at
+//! `t*`, whose units were admitted in it: `t* ≤ a + W`, so the check at `t*` summed every
+//! sub-window from `⌊(t* − W)/S⌋ ≤ ⌊a/S⌋` on, which holds every grant admitted from in the
+//! span (each lies in a sub-window that meets the span); it fitted, so those grants, and
+//! with them the admissions, are at most `requests`. A hand-back lowers a counter by units
+//! of that sub-window's own leases that were never admitted, after the lease ended: every
+//! counter stays at least what was admitted in its sub-window, and the check at `t*` still
+//! saw at least that.
+//!
 //! **At least `SUB_WINDOWS / (SUB_WINDOWS + 1)` of the limit at saturation.** The count
 //! covers at most `W + S = W·(SUB_WINDOWS + 1)/SUB_WINDOWS`, so a client that always has
 //! a request waiting is refused only while the last `W + S` hold more than
