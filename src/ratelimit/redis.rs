@@ -174,9 +174,11 @@ impl Slot {
         }
     }
 
-    /// Nothing in flight, queued or leased, and no demand to remember: the slot can go.
+    /// Nothing in flight, queued or leased: the slot can go. Its demand goes with it (a
+    /// tenant still busy here shows it again by the next queue), so that a slot never
+    /// outlives its last call or lease.
     fn is_idle(&self) -> bool {
-        !self.calling && self.queue.is_empty() && self.lease.is_none() && self.demand.is_idle()
+        !self.calling && self.queue.is_empty() && self.lease.is_none()
     }
 
     /// Ends the lease if it cannot serve `cost` at `now`, and returns what is left of it
