@@ -23,8 +23,9 @@ use support::eventually;
 use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
 
 /// Generous per-call timeout for the tests that are not about timeouts: a loaded CI
-/// machine must not turn a slow reply into a fallback.
-const RELAXED: Duration = Duration::from_millis(500);
+/// machine must not turn a slow reply into a fallback (500 ms was not enough beside a
+/// CPU hog, a release build and a load benchmark: load average 12 on two cores).
+const RELAXED: Duration = Duration::from_secs(3);
 /// The default `redis.timeout`, for the tests that are about timeouts.
 const TIGHT: Duration = Duration::from_millis(50);
 /// What a request may take beyond `redis.timeout` while Redis is paused.
@@ -687,10 +688,14 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
     let fast = limit(100_000, Duration::from_secs(1));
     let started = Instant::now();
     let mut fields_seen = 0;
+    let mut spread = 0;
     while started.elapsed() < Duration::from_millis(1_500) {
         for _ in 0..20 {
             assert!(replica.check("fast", &fast, 1).await.unwrap().allowed);
         }
+        // Measured right after the checks: the key expires 1.05 s after its last
+        // admission, which a loaded machine can reach before a later look.
+        spread = spread.max(memory_usage(&server, &shared_window::key("fast", &fast)));
         let hash = hash_fields(&server, &shared_window::key("fast", &fast));
         assert_summary_agrees(&hash);
         let fields = hash.range(0..).count();
@@ -700,7 +705,6 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
         // move), so that every 50 ms sub-window gets a counter.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let spread = memory_usage(&server, &shared_window::key("fast", &fast));
 
     // And a plan of 10, for comparison.
     let small = limit(10, Duration::from_secs(60));
