@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# keygate's load benchmark: keygate against nginx, HAProxy and the bare upstream on this
-# machine, interleaved over rounds. See docs/benchmarks.md.
+# keygate's load benchmark: keygate against nginx, HAProxy, nginx with a key map and the bare
+# upstream on this machine, interleaved over rounds. See docs/benchmarks.md.
 #
 #   bash benches/load/run.sh                  # 5 rounds + profiles, ~30 minutes
 #   bash benches/load/run.sh --rounds 3 --duration 5 --latency-duration 5 --profile-seconds 0   # ~10 min
