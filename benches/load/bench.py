@@ -921,7 +921,7 @@ def goals(rounds, setup, args):
         goal(f"keygate-local added p99 over direct at {half} of nginx's saturation, minus nginx's",
              added_p99_over_nginx("keygate-local"), 1.0, "lower", " ms", reference=True)
     idle = [setup.idle_rss_kb[v] * 1024 / 1e6 for v in KEYGATES if setup.idle_rss_kb.get(v)]
-    goal("keygate idle RSS (the largest of its variants), MB",
+    goal("keygate idle RSS, MB (the largest of keygate-local, -redis, -tls; their range)",
          {"median": max(idle), "min": min(idle), "max": max(idle), "n": len(idle)} if idle else None,
          20.0, "below", " MB")
     goal("Redis round trips per request at saturation",
