@@ -284,11 +284,18 @@ def markdown(data, png_name):
     # ---- per round
     w("## Every round: saturation req/s")
     w("")
-    w("| round | order | " + " | ".join(targets) + " |")
-    w("|---|---|" + "---|" * len(targets))
+    w("In brackets: the CPU other processes on the machine took during that run, in cores (foreign CPU; "
+      "the machine has " + str(m["nproc"]) + "). A ratio of two runs is only as good as their foreign CPU "
+      "is alike.")
+    w("")
+    has_load = "loadavg" in data["rounds"][0]
+    w("| round | order | " + ("load average | " if has_load else "") + " | ".join(targets) + " |")
+    w("|---|---|" + ("---|" if has_load else "") + "---|" * len(targets))
     for i, rd in enumerate(data["rounds"], 1):
         order = " → ".join(x.replace("keygate-", "kg-") for x in rd["order"])
-        w(f"| {i} | {order} | " + " | ".join(f"{rd['saturation'][t]['rps']:,.0f}" for t in targets) + " |")
+        w(f"| {i} | {order} | " + (f"{' '.join(rd['loadavg'])} | " if has_load else "")
+          + " | ".join(f"{rd['saturation'][t]['rps']:,.0f} ({rd['saturation'][t]['foreign_cpu']:.2f})"
+                       for t in targets) + " |")
     w("")
     bad = [(i, t, rd["saturation"][t]["non_2xx"], rd["saturation"][t]["socket_errors"])
            for i, rd in enumerate(data["rounds"], 1) for t in targets
@@ -325,7 +332,7 @@ def plot(data, png):
     s = data["summary"]
     targets = targets_of(data)
     of_what = "nginx's" if "workers" in data else "the direct"
-    short = {t: t.replace("keygate-", "kg-").replace("nginx-keymap", "ngx-keymap") for t in targets}
+    short = {t: t.replace("keygate-", "kg-").replace("nginx-keymap", "ngx-map") for t in targets}
     with tempfile.TemporaryDirectory() as tmp:
         tp = Path(tmp) / "throughput.dat"
         with tp.open("w") as f:
