@@ -3,18 +3,24 @@
 machine, in one run, interleaved over rounds. Run it through `bash benches/load/run.sh`
 (which installs the tools and builds keygate); docs/benchmarks.md explains every figure.
 
-Targets (all forward to one nginx `return 200` upstream with its own worker):
+Targets (all forward to one nginx `return 200` upstream with its own worker; every proxy
+gets --workers worker processes/threads, 2 by default, checked in /proc at start):
   direct         the upstream itself
-  nginx          nginx as a plain reverse proxy, 2 workers, keep-alive to the upstream
-  haproxy        HAProxy likewise, nbthread 2, http-reuse always
-  keygate-local  keygate: key auth + scope check + local limiter (2 worker threads)
+  nginx          nginx as a plain reverse proxy, keep-alive to the upstream
+  haproxy        HAProxy likewise (nbthread), http-reuse always
+  nginx-keymap   nginx with a static key map (401 without the key), a per-key limit_req
+                 never reached, and an identity header: keygate's job done by hand
+  keygate-local  keygate: key auth + scope check + local limiter (server.workers)
   keygate-redis  keygate: key auth + scope check + Redis limiter (a Redis of our own)
   keygate-tls    keygate-local's setup behind TLS (self-signed certificate)
 
 Each round: (A) throughput at saturation for every target in a rotated order (wrk,
-closed loop), then (B) latency at fixed rates of 10/25/50/75% of the direct maximum just
-measured, for every target in the same rotated order (oha, corrected for coordinated
-omission). The report gives medians over rounds of per-round ratios, with min-max.
+closed loop; CPU user/system of each proxy's process tree from /proc/PID/stat), then
+(B) system calls per request, a second saturation run per target counted by `perf stat`
+on the syscall tracepoints (or `strace -c -f`), then (C) latency at fixed rates of
+10/25/50/75% of *nginx's* saturation throughput just measured, for every target in the
+same rotated order (oha, corrected for coordinated omission). The report gives medians
+over rounds of per-round ratios, with min-max, and the issue's targets met or not.
 """
 
 import argparse
@@ -41,7 +47,8 @@ RESULTS = ROOT / "benches" / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 FORBIDDEN_PORTS = {80, 443, 6379, 8443, 9090, 9091}
-TARGETS = ["direct", "nginx", "haproxy", "keygate-local", "keygate-redis", "keygate-tls"]
+TARGETS = ["direct", "nginx", "haproxy", "nginx-keymap", "keygate-local", "keygate-redis", "keygate-tls"]
+NGINXES = ["nginx", "nginx-keymap"]
 KEYGATES = ["keygate-local", "keygate-redis", "keygate-tls"]
 PROXIES = TARGETS[1:]
 # Commands the limiter script runs inside Redis: INFO commandstats counts them like
@@ -99,17 +106,23 @@ def proc_children(pid):
     return kids
 
 
-def cpu_ticks(pids):
-    """utime + stime of `pids` (every thread of each), in clock ticks."""
-    total = 0
+def cpu_ticks_split(pids):
+    """(utime, stime) of `pids` (every thread of each), in clock ticks."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
+
+
+def cpu_ticks(pids):
+    """utime + stime of `pids` (every thread of each), in clock ticks."""
+    return sum(cpu_ticks_split(pids))
 
 
 def context_switches(pids):
@@ -134,6 +147,22 @@ def status_kb(pid, field):
     except OSError:
         pass
     return None
+
+
+def rss_kb(pids):
+    """VmRSS summed over `pids` (shared pages counted once per process) and PSS summed
+    (shared pages divided among the processes sharing them), in KiB."""
+    rss = sum(status_kb(p, "VmRSS") or 0 for p in pids)
+    pss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            pss = None
+            break
+    return rss, pss
 
 
 def machine_busy_ticks():
@@ -206,8 +235,11 @@ class Setup:
         self.urls = {}
         self.pids = {}  # target -> main pid (nginx: master; children added at measure time)
         self.idle_rss_kb = {}
+        self.idle_rss = {}
+        self.workers = {}
         self.redis_port = None
         self.key = None
+        self.syscall_method = None
 
     def start_all(self):
         d = self.dir
@@ -221,14 +253,16 @@ class Setup:
         self.pids["direct"] = p.pid
 
         port = free_port(self.ports)
-        render("proxy.nginx.conf", d / "nginx.conf", {"DIR": d, "UPSTREAM_PORT": up, "NGINX_PORT": port})
+        render("proxy.nginx.conf", d / "nginx.conf",
+               {"DIR": d, "UPSTREAM_PORT": up, "NGINX_PORT": port, "WORKERS": self.args.workers})
         p = self.procs.start("nginx", ["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], log_path=d / "nginx.out")
         wait_port(port)
         self.urls["nginx"] = f"http://127.0.0.1:{port}/bench/items/42"
         self.pids["nginx"] = p.pid
 
         port = free_port(self.ports)
-        render("haproxy.cfg", d / "haproxy.cfg", {"DIR": d, "UPSTREAM_PORT": up, "HAPROXY_PORT": port})
+        render("haproxy.cfg", d / "haproxy.cfg",
+               {"DIR": d, "UPSTREAM_PORT": up, "HAPROXY_PORT": port, "WORKERS": self.args.workers})
         p = self.procs.start("haproxy", ["haproxy", "-db", "-f", str(d / "haproxy.cfg")], log_path=d / "haproxy.out")
         wait_port(port)
         self.urls["haproxy"] = f"http://127.0.0.1:{port}/bench/items/42"
@@ -266,7 +300,7 @@ class Setup:
                 redis = f'[redis]\nurl = "redis://127.0.0.1:{self.redis_port}/0"'
             render("keygate.toml", kd / "keygate.toml",
                    {"PORT": port, "ADMIN_PORT": admin, "API_PORT": api, "TLS": tls, "BACKEND": backend,
-                    "REDIS": redis})
+                    "REDIS": redis, "WORKERS": self.args.workers})
             render("routes.toml", kd / "routes.toml", {"UPSTREAM_PORT": up})
             (kd / "peppers").write_text(pepper)
             os.chmod(kd / "peppers", 0o600)
@@ -282,6 +316,18 @@ class Setup:
         self.key = created["key"]
         for variant in KEYGATES[1:]:
             shutil.copy2(d / "keygate-local" / "keys.json", d / variant / "keys.json")
+
+        # nginx with the same key in a static map (so it is made after the key).
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.key):
+            raise SystemExit(f"the key {self.key!r} cannot go into an nginx map as it is")
+        port = free_port(self.ports)
+        render("keymap.nginx.conf", d / "nginx-keymap.conf",
+               {"DIR": d, "UPSTREAM_PORT": up, "PORT": port, "WORKERS": self.args.workers, "KEY": self.key})
+        p = self.procs.start("nginx-keymap", ["nginx", "-p", str(d), "-c", str(d / "nginx-keymap.conf")],
+                             log_path=d / "nginx-keymap.out")
+        wait_port(port)
+        self.urls["nginx-keymap"] = f"http://127.0.0.1:{port}/bench/items/42"
+        self.pids["nginx-keymap"] = p.pid
         for variant in KEYGATES:
             kd = d / variant
             binary = self.baseline_bin if variant.startswith("baseline-") else self.keygate_bin
@@ -296,17 +342,61 @@ class Setup:
                     raise SystemExit(f"{variant} not ready; see {d / variant / 'keygate.out'}")
                 time.sleep(0.1)
         time.sleep(1.0)
+        # Idle memory, before any traffic: keygate's own figure (VmRSS of its one process)
+        # and, for every proxy, the sum over its processes (RSS, and PSS, which counts
+        # the pages nginx's master and workers share once).
+        for target in TARGETS:
+            pids = self.target_pids(target)
+            rss, pss = rss_kb(pids)
+            self.idle_rss[target] = {"processes": len(pids), "rss_kb": rss, "pss_kb": pss}
         for variant in KEYGATES:
             self.idle_rss_kb[variant] = status_kb(self.pids[variant], "VmRSS")
             self.check_threads(variant)
-        # Every target answers 200 to the benchmark request (and keygate refuses without a key).
+        self.check_workers()
+        # Every target answers 200 to the benchmark request; keygate and nginx-keymap refuse
+        # a request without a key, or with another one, with 401.
         for target in TARGETS:
             status, _ = http_get(self.urls[target], self.auth_header(), insecure=True)
             if status != 200:
                 raise SystemExit(f"{target}: GET {self.urls[target]} answered {status}")
-        status, _ = http_get(self.urls["keygate-local"])
-        assert status == 401, status
+        wrong = {"Authorization": "Bearer kg_" + "0" * 28}
+        for target in ["nginx-keymap"] + KEYGATES:
+            for headers in (None, wrong):
+                status, _ = http_get(self.urls[target], headers, insecure=True)
+                if status != 401:
+                    raise SystemExit(f"{target}: GET without the key answered {status}, not 401")
         self.redis_version = run(["redis-server", "--version"]).stdout.strip()
+
+    def check_workers(self):
+        """Every proxy runs `--workers` workers: nginx's worker processes (children of the
+        master), HAProxy's threads, keygate's `keygate-worker-N` threads. Counted in /proc,
+        so the report states what ran, not what was asked."""
+        for target in PROXIES:
+            pid = self.pids[target]
+            if target in NGINXES:
+                n = 0
+                for kid in proc_children(pid):
+                    try:
+                        if b"worker process" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                            n += 1
+                    except OSError:
+                        pass
+                kind = "worker processes"
+            elif target == "haproxy":
+                n = len(os.listdir(f"/proc/{pid}/task"))
+                kind = "threads"
+            else:
+                n = 0
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    try:
+                        if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("keygate-worker"):
+                            n += 1
+                    except OSError:
+                        pass
+                kind = "keygate-worker threads"
+            self.workers[target] = {"count": n, "kind": kind}
+            if n != self.args.workers:
+                raise SystemExit(f"{target} runs {n} {kind}, not --workers {self.args.workers}")
 
     def check_threads(self, variant):
         """keygate's threads: `keygate-worker-N` serve the proxy (`server.workers`, one per
@@ -387,7 +477,7 @@ class Meter:
     def __enter__(self):
         s = self.setup
         self.t0 = time.time()
-        self.cpu0 = cpu_ticks(self.pids)
+        self.cpu0 = cpu_ticks_split(self.pids)
         self.switches0 = context_switches(self.pids)
         self.upstream0 = cpu_ticks(self.upstream)
         self.redis_cpu0 = cpu_ticks(self.redis_pids)
@@ -399,7 +489,10 @@ class Meter:
     def __exit__(self, *exc):
         s = self.setup
         self.wall = time.time() - self.t0
-        self.cpu_s = (cpu_ticks(self.pids) - self.cpu0) / CLK_TCK
+        user, system = cpu_ticks_split(self.pids)
+        self.user_s = (user - self.cpu0[0]) / CLK_TCK
+        self.sys_s = (system - self.cpu0[1]) / CLK_TCK
+        self.cpu_s = self.user_s + self.sys_s
         self.switches = context_switches(self.pids) - self.switches0
         self.upstream_s = (cpu_ticks(self.upstream) - self.upstream0) / CLK_TCK
         self.redis_s = (cpu_ticks(self.redis_pids) - self.redis_cpu0) / CLK_TCK
@@ -412,9 +505,21 @@ class Meter:
         return False
 
     def record(self, requests, loadgen_cpu_s):
+        def us(seconds):
+            return round(1e6 * seconds / requests, 3) if requests else None
+
         out = {
             "target_cpu_s": round(self.cpu_s, 3),
+            "target_user_s": round(self.user_s, 3),
+            "target_sys_s": round(self.sys_s, 3),
             "cpu_s_per_1000": round(1000 * self.cpu_s / requests, 5) if requests else None,
+            # The same per request in µs, and split: user space and kernel (system calls,
+            # and on loopback the receiving side's TCP work done in the sender's time).
+            "cpu_us_per_request": us(self.cpu_s),
+            "cpu_user_us_per_request": us(self.user_s),
+            "cpu_sys_us_per_request": us(self.sys_s),
+            "redis_cpu_us_per_request": us(self.redis_s),
+            "upstream_cpu_us_per_request": us(self.upstream_s),
             "context_switches_per_request": round(self.switches / requests, 3) if requests else None,
             "upstream_cpu_s_per_1000": round(1000 * self.upstream_s / requests, 5) if requests else None,
             "redis_cpu_s_per_1000": round(1000 * self.redis_s / requests, 5) if requests else None,
@@ -494,6 +599,153 @@ def saturation(setup, target, args):
     result = parse_wrk(out)
     result.update(meter.record(result["requests"], loadgen))
     return result
+
+
+# The system calls counted one by one (the others are counted in the total, as "other"):
+# those a proxy makes per request, and a few it may. Each tracepoint takes tens of ms to
+# set up, so not all ~360 of them.
+SYSCALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "epoll_wait",
+            "epoll_pwait", "epoll_ctl", "getsockopt", "setsockopt", "accept4", "connect", "socket", "shutdown",
+            "close", "futex", "sched_yield", "clock_gettime", "madvise", "mmap", "munmap", "brk", "statx",
+            "timer_settime", "ioctl", "io_uring_enter", "sendfile64", "splice"]
+TRACEFS = [Path("/sys/kernel/tracing/events/syscalls"), Path("/sys/kernel/debug/tracing/events/syscalls")]
+
+
+def syscall_method(choice="auto"):
+    """How system calls are counted on this machine: `perf stat` on the syscall entry
+    tracepoints (counted in the kernel: cheap, the target keeps most of its speed), else
+    `strace -c -f` (every call stops the target: slow, but the counts are the same kind),
+    else None."""
+    if choice in ("auto", "perf") and shutil.which("perf"):
+        p = subprocess.run(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,syscalls:sys_enter_write",
+                            "--", "true"], capture_output=True, text=True)
+        if p.returncode == 0 and parse_perf_stat(p.stderr).get("*"):
+            return "perf stat"
+    if choice in ("auto", "strace") and shutil.which("strace"):
+        p = subprocess.run(["strace", "-c", "-f", "-o", os.devnull, "true"], capture_output=True, text=True)
+        if p.returncode == 0:
+            return "strace -c -f"
+    return None
+
+
+def perf_syscall_events():
+    names = SYSCALLS
+    for folder in TRACEFS:
+        if folder.is_dir():
+            names = [n for n in SYSCALLS if (folder / f"sys_enter_{n}").is_dir()]
+            break
+    return ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in names]
+
+
+def parse_perf_stat(text):
+    """`perf stat -x,` output -> {syscall: calls}, the total (raw_syscalls) as "*"."""
+    calls = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 3 and parts[0].isdigit():
+            if parts[2] == "raw_syscalls:sys_enter":
+                calls["*"] = int(parts[0])
+            elif parts[2].startswith("syscalls:sys_enter_") and int(parts[0]):
+                calls[parts[2][len("syscalls:sys_enter_"):]] = int(parts[0])
+    return calls
+
+
+def parse_strace_summary(text):
+    """`strace -c` summary -> {syscall: calls}."""
+    calls = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?([a-z_0-9]+)\s*$", line)
+        if m and m.group(2) != "total":
+            calls[m.group(2)] = calls.get(m.group(2), 0) + int(m.group(1))
+    return calls
+
+
+class PerfControl:
+    """`perf stat -D -1 --control fifo:ctl,ack`: started with its counters disabled, enabled
+    and disabled on command; each command is acknowledged once perf has carried it out, so
+    the counting window is exactly the load's, and perf's set-up time is outside it."""
+
+    def __init__(self, argv, folder):
+        self.ctl_path, self.ack_path = folder / "perf-ctl.fifo", folder / "perf-ack.fifo"
+        for f in (self.ctl_path, self.ack_path):
+            if f.exists():
+                f.unlink()
+            os.mkfifo(f)
+        self.proc = subprocess.Popen(argv[:2] + ["-D", "-1", "--control", f"fifo:{self.ctl_path},{self.ack_path}"]
+                                     + argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        end = time.time() + 60
+        while True:
+            try:
+                self.ctl = os.open(self.ctl_path, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > end:
+                    raise RuntimeError("perf stat did not start: " + (self.proc.communicate()[1] or ""))
+                time.sleep(0.02)
+        self.ack = os.open(self.ack_path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def command(self, word):
+        import select
+        os.write(self.ctl, word.encode() + b"\n")
+        ready, _, _ = select.select([self.ack], [], [], 60)
+        if not ready or b"ack" not in os.read(self.ack, 16):
+            raise RuntimeError(f"perf stat did not acknowledge {word!r}")
+
+    def finish(self):
+        self.proc.send_signal(signal.SIGINT)
+        _, text = self.proc.communicate(timeout=60)
+        os.close(self.ctl)
+        os.close(self.ack)
+        return text
+
+
+def count_syscalls(setup, target, args):
+    """System calls per request of the target's processes (all threads) under the same
+    saturating load as phase A, in a run of its own: counting costs the target a little
+    (perf) or a lot (strace), so these runs' req/s and CPU are not the rounds' figures."""
+    method = setup.syscall_method
+    pids = setup.target_pids(target)
+    load_argv = wrk(setup, target, args.syscall_duration, args.connections, args.threads)
+    if method == "perf stat":
+        perf = PerfControl(["perf", "stat", "-x,", "-e", ",".join(perf_syscall_events()),
+                            "-p", ",".join(str(p) for p in pids)], setup.dir)
+        try:
+            perf.command("enable")
+            code, out, err = run_child(load_argv, args.syscall_duration + 60)
+            perf.command("disable")
+        finally:
+            text = perf.finish()
+        calls = parse_perf_stat(text)
+        total = calls.pop("*", None)
+        if total is None:
+            raise RuntimeError(f"perf stat counted nothing on {target}:\n{text}")
+        if total > sum(calls.values()):
+            calls["other"] = total - sum(calls.values())
+    else:
+        out_file = setup.dir / f"strace-{target}.txt"
+        argv = ["strace", "-c", "-f", "-o", str(out_file)] + [x for p in pids for x in ("-p", str(p))]
+        tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached to every thread before the load starts
+        try:
+            code, out, err = run_child(load_argv, args.syscall_duration + 60)
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.communicate(timeout=60)
+        calls = parse_strace_summary(out_file.read_text())
+        total = sum(calls.values())
+    if code != 0:
+        raise RuntimeError(f"wrk failed on {target}: {err}")
+    load = parse_wrk(out)
+    requests = load["requests"]
+    return {
+        "method": method,
+        "requests": requests,
+        "rps_while_counting": load["rps"],
+        "syscalls": total,
+        "syscalls_per_request": round(total / requests, 3) if requests else None,
+        "by_syscall_per_request": {k: round(v / requests, 4) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])
+                                   if requests and v / requests >= 0.0005},
+    }
 
 
 def oha(setup, target, rate, args):
@@ -613,7 +865,7 @@ def profile(setup, target, args, out_stem):
             "syscalls_per_request": round(sum(calls.values()) / max(requests, 1), 3), "syscalls": per_request}
 
 
-PROFILED = ["nginx", "haproxy", "keygate-local", "keygate-redis"]
+PROFILED = ["nginx", "haproxy", "nginx-keymap", "keygate-local", "keygate-redis"]
 
 
 # ---------------------------------------------------------------- the run
@@ -630,6 +882,61 @@ def median_spread(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def goals(rounds, setup, args):
+    """Issue 13's targets, each as the median (min – max) of a per-round figure of this
+    run, with the goal and whether the median meets it. `better` says which way is good."""
+    half = "50%"
+
+    def sat(r, t, k):
+        return r["saturation"][t].get(k)
+
+    def ratio(t, k, ref="nginx"):
+        return median_spread([sat(r, t, k) / sat(r, ref, k) for r in rounds
+                              if sat(r, t, k) is not None and sat(r, ref, k)])
+
+    def added_p99_over_nginx(t):
+        # (t − direct) − (nginx − direct) at the same rate in the same round: direct cancels.
+        return median_spread([r["latency"][half][t]["p99_ms"] - r["latency"][half]["nginx"]["p99_ms"]
+                              for r in rounds if half in r["latency"]
+                              and r["latency"][half][t]["p99_ms"] is not None
+                              and r["latency"][half]["nginx"]["p99_ms"] is not None])
+
+    out = []
+
+    def goal(name, measured, limit, better, unit="", reference=False):
+        met = None
+        if measured is not None:
+            m = measured["median"]
+            met = m >= limit if better == "higher" else m <= limit if better == "lower" else m < limit
+        out.append({"name": name, "measured": measured, "goal": limit, "better": better, "unit": unit,
+                    "met": None if reference else met, "reference": reference})
+
+    goal("keygate-redis throughput ÷ nginx", ratio("keygate-redis", "rps"), 1.0, "higher", "×")
+    goal("keygate-redis CPU µs per request ÷ nginx (Redis's own CPU excluded)",
+         ratio("keygate-redis", "cpu_us_per_request"), 1.0, "lower", "×")
+    goal("keygate-local CPU µs per request ÷ nginx", ratio("keygate-local", "cpu_us_per_request"), 0.9, "lower", "×")
+    if half in rounds[0]["latency"]:
+        goal(f"keygate-redis added p99 over direct at {half} of nginx's saturation, minus nginx's",
+             added_p99_over_nginx("keygate-redis"), 1.0, "lower", " ms")
+        goal(f"keygate-local added p99 over direct at {half} of nginx's saturation, minus nginx's",
+             added_p99_over_nginx("keygate-local"), 1.0, "lower", " ms", reference=True)
+    idle = [setup.idle_rss_kb[v] * 1024 / 1e6 for v in KEYGATES if setup.idle_rss_kb.get(v)]
+    goal("keygate idle RSS, MB (the largest of keygate-local, -redis, -tls; their range)",
+         {"median": max(idle), "min": min(idle), "max": max(idle), "n": len(idle)} if idle else None,
+         20.0, "below", " MB")
+    goal("Redis round trips per request at saturation",
+         median_spread([sat(r, "keygate-redis", "redis_round_trips_per_request") for r in rounds]), 0.02, "lower")
+    goal("Redis CPU µs per request (keygate-redis at saturation)",
+         median_spread([sat(r, "keygate-redis", "redis_cpu_us_per_request") for r in rounds]), 1.0, "lower", " µs")
+    # For reference, beside the goals: the other proxies against nginx in the same rounds.
+    for t in ("keygate-local", "haproxy", "nginx-keymap"):
+        goal(f"({t} throughput ÷ nginx)", ratio(t, "rps"), 1.0, "higher", "×", reference=True)
+    for t in ("haproxy", "nginx-keymap"):
+        goal(f"({t} CPU µs per request ÷ nginx)", ratio(t, "cpu_us_per_request"), 1.0, "lower", "×",
+             reference=True)
+    return out
+
+
 def summarise(rounds, setup, args):
     s = {"throughput": {}, "ratios": {}, "latency": {}, "cpu_s_per_1000": {}, "redis": {}}
     for target in TARGETS:
@@ -639,6 +946,11 @@ def summarise(rounds, setup, args):
             s.setdefault(k, {})[target] = median_spread([r["saturation"][target].get(k) for r in rounds])
         s.setdefault("context_switches_per_request", {})[target] = median_spread(
             [r["saturation"][target]["context_switches_per_request"] for r in rounds])
+        for k in ("cpu_us_per_request", "cpu_user_us_per_request", "cpu_sys_us_per_request",
+                  "redis_cpu_us_per_request", "upstream_cpu_us_per_request"):
+            s.setdefault(k, {})[target] = median_spread([r["saturation"][target].get(k) for r in rounds])
+        s.setdefault("syscalls_per_request", {})[target] = median_spread(
+            [r.get("syscalls", {}).get(target, {}).get("syscalls_per_request") for r in rounds])
     for target in PROXIES:
         s["ratios"][target] = {
             "vs_nginx": median_spread([r["saturation"][target]["rps"] / r["saturation"]["nginx"]["rps"]
@@ -684,11 +996,16 @@ def summarise(rounds, setup, args):
                 "cpu_per_request": median_spread([r["saturation"][new]["cpu_s_per_1000"]
                                                   / r["saturation"][old]["cpu_s_per_1000"] for r in rounds]),
             }
+    s["goals"] = goals(rounds, setup, args)
     s["foreign_cpu"] = median_spread([m.get("foreign_cpu") for r in rounds for m in r["saturation"].values()])
     return s
 
 
-def machine():
+def loadavg():
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def machine(loadavg_at_start):
     def sh(cmd):
         try:
             return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
@@ -703,7 +1020,8 @@ def machine():
         "kernel": platform.release(),
         "os": sh(". /etc/os-release && echo \"$PRETTY_NAME\""),
         "virtualization": sh("lscpu | sed -n 's/^Hypervisor vendor: *//p'") or sh("systemd-detect-virt 2>/dev/null"),
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_at_start": loadavg_at_start,
+        "loadavg_at_end": loadavg(),
     }
 
 
@@ -735,7 +1053,15 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5, 0.75],
-                    help="fixed rates, as fractions of the round's direct maximum")
+                    help="fixed rates, as fractions of nginx's saturation throughput in the same round")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="worker processes/threads of every proxy: nginx worker_processes, HAProxy nbthread, "
+                         "keygate server.workers (checked in /proc at start)")
+    ap.add_argument("--syscall-duration", type=int, default=3,
+                    help="seconds of each round's system-call counting run per target (0: none)")
+    ap.add_argument("--syscall-tool", choices=["auto", "perf", "strace"], default="auto",
+                    help="count system calls with `perf stat` on the syscall tracepoints (auto: if it works "
+                         "here) or `strace -c -f` (much slower under load)")
     ap.add_argument("--keygate", default=str(ROOT / "target" / "release" / "keygate"))
     ap.add_argument("--baseline", default=None,
                     help="another keygate binary (e.g. the build before a change), run as baseline-local and "
@@ -766,12 +1092,16 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_at_start = loadavg()
     setup = Setup(args, procs)
     try:
         log(f"starting targets in {setup.dir}")
         setup.start_all()
         log("keygate threads:", ", ".join(setup.keygate_threads))
-        log("idle RSS (KiB):", setup.idle_rss_kb)
+        log("workers:", ", ".join(f"{t} {w['count']} {w['kind']}" for t, w in setup.workers.items()))
+        log("idle RSS (KiB):", {t: m["rss_kb"] for t, m in setup.idle_rss.items()})
+        setup.syscall_method = syscall_method(args.syscall_tool)
+        log("system calls counted with:", setup.syscall_method or "nothing (neither perf nor strace works here)")
         rounds = []
         if args.profile_only:
             out_stem = Path(args.out) / args.name
@@ -782,22 +1112,35 @@ def main():
         for r in range(args.rounds):
             order = rotated(TARGETS, r)
             log(f"round {r + 1}/{args.rounds}: order {' '.join(order)}")
-            rnd = {"order": order, "saturation": {}, "latency": {}}
+            rnd = {"order": order, "loadavg": loadavg(), "saturation": {}, "latency": {}}
             for target in order:
                 res = saturation(setup, target, args)
                 rnd["saturation"][target] = res
-                log(f"  saturation {target:14s} {res['rps']:>10.0f} req/s  cpu/1k {res['cpu_s_per_1000']}"
+                log(f"  saturation {target:14s} {res['rps']:>10.0f} req/s  CPU µs/req {res['cpu_us_per_request']}"
+                    f" (user {res['cpu_user_us_per_request']}, sys {res['cpu_sys_us_per_request']})"
                     f"  foreign {res['foreign_cpu']}"
-                    + (f"  redis rt/req {res.get('redis_round_trips_per_request')}" if target == "keygate-redis"
+                    + (f"  redis rt/req {res.get('redis_round_trips_per_request')}"
+                       f"  redis CPU µs/req {res.get('redis_cpu_us_per_request')}" if target == "keygate-redis"
                        else "")
                     + (f"  NON-2XX {res['non_2xx']}" if res["non_2xx"] else "")
                     + (f"  socket errors {res['socket_errors']}" if res["socket_errors"] else ""))
-            direct = rnd["saturation"]["direct"]["rps"]
+            if setup.syscall_method and args.syscall_duration > 0:
+                rnd["syscalls"] = {}
+                for target in order:
+                    res = count_syscalls(setup, target, args)
+                    rnd["syscalls"][target] = res
+                    top = ", ".join(f"{k} {v:.2f}" for k, v in list(res["by_syscall_per_request"].items())[:4])
+                    log(f"  syscalls   {target:14s} {res['syscalls_per_request']:>7.2f} per request"
+                        f" ({res['rps_while_counting']:.0f} req/s while counting; {top})")
+            # The fixed rates are fractions of nginx's saturation throughput of this round
+            # (the issue's "50% of nginx's saturation load"): every proxy is asked the same
+            # rate, one that the reference proxy carries.
+            reference = rnd["saturation"]["nginx"]["rps"]
             for frac in args.fractions:
                 rnd["latency"][f"{int(frac * 100)}%"] = {}
             for target in order:
                 for frac in args.fractions:
-                    rate = max(1, int(direct * frac))
+                    rate = max(1, int(reference * frac))
                     res = fixed_rate(setup, target, rate, args)
                     rnd["latency"][f"{int(frac * 100)}%"][target] = res
                     log(f"  {int(frac * 100):>3d}% {rate:>7d}/s {target:14s} achieved {res['achieved_rps']:>9.0f}"
@@ -813,6 +1156,7 @@ def main():
                 "vmhwm_kb_sum": sum(status_kb(p, "VmHWM") or 0 for p in pids),
                 "vmhwm_kb_max": max(status_kb(p, "VmHWM") or 0 for p in pids),
                 "vmrss_kb_after": sum(status_kb(p, "VmRSS") or 0 for p in pids),
+                "pss_kb_after": rss_kb(pids)[1],
             }
         profiles = {}
         out_stem = Path(args.out) / args.name
@@ -826,11 +1170,14 @@ def main():
         report = {
             "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
-            "machine": machine(),
+            "machine": machine(load_at_start),
             "versions": versions(args),
             "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
             "keygate_threads": setup.keygate_threads,
+            "workers": setup.workers,
+            "syscall_method": setup.syscall_method,
             "idle_rss_kb": setup.idle_rss_kb,
+            "idle_rss": setup.idle_rss,
             "peak_rss": peak,
             "rounds": rounds,
             "profiles": profiles,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# keygate's load benchmark: keygate against nginx, HAProxy and the bare upstream on this
-# machine, interleaved over rounds. See docs/benchmarks.md.
+# keygate's load benchmark: keygate against nginx, HAProxy, nginx with a key map and the bare
+# upstream on this machine, interleaved over rounds. See docs/benchmarks.md.
 #
-#   bash benches/load/run.sh                  # 5 rounds + profiles, ~30 minutes
-#   bash benches/load/run.sh --rounds 3 --duration 5 --latency-duration 5 --profile-seconds 0   # ~10 min
+#   bash benches/load/run.sh                  # 5 rounds + profiles, ~40 minutes
+#   bash benches/load/run.sh --rounds 3 --duration 5 --latency-duration 5 --profile-seconds 0   # ~13 min
 #
 # Installs what is missing (Debian packages nginx, haproxy, wrk, redis-server, gnuplot-nox,
 # openssl; `oha` from crates.io into ~/.cargo/bin), builds keygate (release), then runs
