@@ -93,7 +93,7 @@ async fn stalled_server_times_out_opens_the_breaker_and_the_probe_closes_it() {
 #[tokio::test]
 async fn recovers_from_a_restart_on_the_same_port() {
     let mut server = RedisServer::start();
-    let (client, metrics) = client(&server.url(), TIMEOUT).await;
+    let (client, metrics) = client(&server.url(), RELAXED).await;
     assert_eq!(ping(&client).await.unwrap(), "PONG");
 
     server.kill();
@@ -173,7 +173,7 @@ async fn command_errors_do_not_open_the_breaker() {
 #[tokio::test]
 async fn scripts_reload_after_noscript() {
     let server = RedisServer::start();
-    let (client, metrics) = client(&server.url(), TIMEOUT).await;
+    let (client, metrics) = client(&server.url(), RELAXED).await;
     let script = redis::Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     let run = |client: RedisClient, script: redis::Script| async move {
         client

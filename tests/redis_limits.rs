@@ -210,15 +210,23 @@ fn decided_by_redis(answer: &Answer) -> bool {
     answer.status == 200 && answer.headers.contains_key("x-ratelimit-limit")
 }
 
+/// How many requests Redis decided, and how many fell back (on a loaded machine a call
+/// that timed out may still have been counted by Redis: docs/reference.md 4.4).
+#[derive(Debug, Clone, Copy, Default)]
+struct Decided {
+    by_redis: u64,
+    fell_back: u64,
+}
+
 /// Sends requests on every connection until each has had one decided by Redis (panics
-/// after `deadline`), then one more on each, which must be too. Returns how many requests
-/// Redis decided.
+/// after `deadline`), then one more on each, which must be too.
 async fn until_every_worker_decides_through_redis(
     connections: &mut [KeptConnection],
     key: &str,
     deadline: Duration,
-) -> u64 {
+) -> Decided {
     let mut decided = 0;
+    let mut fell_back = 0;
     let mut waiting: Vec<usize> = (0..connections.len()).collect();
     let all = eventually(deadline, async || {
         let mut still = Vec::new();
@@ -228,6 +236,7 @@ async fn until_every_worker_decides_through_redis(
             if decided_by_redis(&answer) {
                 decided += 1;
             } else {
+                fell_back += 1;
                 still.push(i);
             }
         }
@@ -241,7 +250,17 @@ async fn until_every_worker_decides_through_redis(
         assert!(decided_by_redis(&answer), "back on Redis, a worker left it again: {:?}", answer.headers);
         decided += 1;
     }
-    decided
+    Decided { by_redis: decided, fell_back }
+}
+
+/// Redis counted every request it decided, and nothing else but (at most) requests whose
+/// call timed out here after Redis had run it.
+fn assert_counted(redis: &RedisServer, decided: Decided) {
+    let counted = counted_by(redis);
+    assert!(
+        counted >= decided.by_redis && counted <= decided.by_redis + decided.fell_back,
+        "Redis counted {counted}: {decided:?}"
+    );
 }
 
 /// The sum of the limiter's counters in `redis` (the summary field of every window).
@@ -269,7 +288,7 @@ async fn every_worker_thread_decides_through_redis_again_after_a_restart() {
     }
     tokio::task::block_in_place(|| redis.restart());
     let decided = until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(5)).await;
-    assert_eq!(counted_by(&redis), decided, "the new server counted exactly what it decided");
+    assert_counted(&redis, decided);
     kg.stop().await;
 }
 
@@ -291,7 +310,8 @@ async fn every_worker_thread_leaves_a_silent_redis_connection() {
     }
     // Eight probes 250 ms apart, then a new connection: a few seconds.
     let after = until_every_worker_decides_through_redis(&mut connections, &key, Duration::from_secs(10)).await;
-    assert_eq!(counted_by(&redis), before + after, "Redis counted exactly what it decided");
+    let both = Decided { by_redis: before.by_redis + after.by_redis, fell_back: before.fell_back + after.fell_back };
+    assert_counted(&redis, both);
     kg.stop().await;
 }
 
