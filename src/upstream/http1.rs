@@ -120,9 +120,7 @@ impl Http1Pool {
         loop {
             let (mut lease, reused) = match self.checkout() {
                 Some(lease) => (lease, true),
-                // Boxed: connecting is rare, and its state would otherwise make every
-                // request's future larger (and every move of it longer).
-                None => (Box::pin(self.connect()).await?, false),
+                None => (self.connect().await?, false),
             };
             match lease.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, lease)),
@@ -226,4 +224,117 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    use super::*;
+
+    /// Reads one request head (the tests' requests have no body).
+    fn read_head(stream: &mut std::net::TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// An upstream whose connection `n` answers `c<n>` to each request; with `close_first`,
+    /// connection 0 closes after its first answer once told to. Every close is reported.
+    fn upstream(
+        close_first: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed, closes) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut close_first = close_first;
+            for n in 0.. {
+                let Ok((mut stream, _)) = listener.accept() else { return };
+                let closed = closed.clone();
+                let close = if n == 0 { close_first.take() } else { None };
+                std::thread::spawn(move || {
+                    while read_head(&mut stream) {
+                        let body = format!("c{n}");
+                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                        if let Some(go) = &close {
+                            let _ = go.recv();
+                            break;
+                        }
+                    }
+                    drop(stream);
+                    let _ = closed.send(n);
+                });
+            }
+        });
+        (addr, closes)
+    }
+
+    fn pool(addr: std::net::SocketAddr) -> Arc<Http1Pool> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(true);
+        Http1Pool::new(&addr.to_string().parse().unwrap(), Connector::new(connector))
+    }
+
+    async fn get(pool: &Http1Pool) -> String {
+        let request = Request::get("/").body(crate::body::empty()).unwrap();
+        let (response, lease) = pool.send(request).await.expect("a response");
+        pool.keep(lease);
+        let body = response.into_body().collect().await.expect("the body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_idle_connection_closed_is_retried_on_a_new_one() {
+        let (go, close) = std::sync::mpsc::channel();
+        let (addr, closes) = upstream(Some(close));
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await, "c0");
+        assert_eq!(pool.idle_count(), 1, "the connection went back to the list");
+        // Let the connection become ready for another request.
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        // The upstream closes it while this (single) thread blocks, so the runtime has not
+        // seen the close when the next request takes the connection: hyper finds it
+        // closed before writing and hands the request back, and it goes on a new one.
+        go.send(()).unwrap();
+        assert_eq!(closes.recv().unwrap(), 0);
+        assert_eq!(get(&pool).await, "c1", "sent again, on a new connection");
+        assert_eq!(get(&pool).await, "c1", "which is reused");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_idle_sweeps() {
+        let (addr, closes) = upstream(None);
+        let pool = pool(addr);
+        assert_eq!(get(&pool).await, "c0");
+        assert_eq!(pool.idle_count(), 1);
+        // Let the connection become ready for another request (a ready one is idle).
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        // The sweeps the pool's task runs every IDLE_SWEEP.
+        for sweep in 1..=IDLE_SWEEPS + 1 {
+            pool.sweep();
+            let expected = usize::from(sweep <= IDLE_SWEEPS);
+            assert_eq!(pool.idle_count(), expected, "after {sweep} sweeps");
+        }
+        // Dropped from the list, the connection is closed.
+        assert_eq!(tokio::task::spawn_blocking(move || closes.recv().unwrap()).await.unwrap(), 0);
+    }
 }
