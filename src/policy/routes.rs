@@ -4,11 +4,12 @@
 //! of routes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
 use super::upstream::Upstream;
+use crate::metrics::RouteMetrics;
 use crate::settings::OnStoreError;
 
 /// One compiled route.
@@ -27,6 +28,9 @@ pub struct Route {
     pub mode: RouteMode,
     /// Overrides `[limits] on_store_error` for this route.
     pub on_store_error: Option<OnStoreError>,
+    /// The route's metric children, resolved the first time it answers (by the pipeline)
+    /// rather than by label on every request.
+    pub metrics: OnceLock<Arc<RouteMetrics>>,
 }
 
 /// Whether a route needs a key.
