@@ -150,7 +150,7 @@ async fn process(
     };
     record.route = Some(route.prefix.clone());
     record.upstream = Some(route.upstream.name.clone());
-    record.route_metrics = Some(route_metrics(app, &route));
+    record.route_metrics = route_metrics(app, &route);
     if route.mode == RouteMode::Shadow {
         record.mode = RouteMode::Shadow;
     }
@@ -292,9 +292,10 @@ async fn forward(
     }
 }
 
-/// The route's metric children, resolved the first time it answers.
-fn route_metrics(app: &App, route: &Route) -> Arc<RouteMetrics> {
-    route.metrics.get_or_init(|| Arc::new(app.metrics().route(&route.prefix, &route.upstream.name))).clone()
+/// The route's metric children, resolved the first time it answers and kept on it.
+fn route_metrics(app: &App, route: &Route) -> Option<Arc<RouteMetrics>> {
+    let resolved = route.resolved.get_or_init(|| Arc::new(app.metrics().route(&route.prefix, &route.upstream.name)));
+    resolved.clone().downcast::<RouteMetrics>().ok()
 }
 
 /// docs/reference.md §4.5: two `Host` headers, or an absolute-form target (or HTTP/2 `:authority`)

@@ -264,7 +264,7 @@ fn compile_route(
             max_body_bytes,
             mode,
             on_store_error,
-            metrics: Default::default(),
+            resolved: Default::default(),
         }),
         _ => None,
     };

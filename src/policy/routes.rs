@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use http::Method;
 
 use super::upstream::Upstream;
-use crate::metrics::RouteMetrics;
 use crate::settings::OnStoreError;
 
 /// One compiled route.
@@ -28,9 +27,10 @@ pub struct Route {
     pub mode: RouteMode,
     /// Overrides `[limits] on_store_error` for this route.
     pub on_store_error: Option<OnStoreError>,
-    /// The route's metric children, resolved the first time it answers (by the pipeline)
-    /// rather than by label on every request.
-    pub metrics: OnceLock<Arc<RouteMetrics>>,
+    /// What the request path resolves once per route and keeps with it (the pipeline:
+    /// the route's metric children, so that a request counts without hashing labels).
+    /// Typed by its user, above this floor: the policy only holds it.
+    pub resolved: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Whether a route needs a key.
