@@ -69,15 +69,17 @@ def children(pid):
 
 
 def ticks(pids):
-    total = 0
+    """(utime, stime) of `pids` (every thread of each), in clock ticks."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
-        total += int(f[11]) + int(f[12])
-    return total
+        user += int(f[11])
+        system += int(f[12])
+    return user, system
 
 
 def wrk(url, key, seconds, connections, threads):
@@ -179,10 +181,11 @@ def pids_of(setup, target):
 def measure(setup, target, args):
     wrk(setup.urls[target], setup.key, 1, args.connections, args.threads)
     pids = pids_of(setup, target)
-    t0 = ticks(pids)
+    u0, s0 = ticks(pids)
     n = wrk(setup.urls[target], setup.key, args.duration, args.connections, args.threads)
-    used = ticks(pids) - t0
-    return n, used / TICK * 1e6 / n
+    u1, s1 = ticks(pids)
+    per = lambda t: t / TICK * 1e6 / n
+    return n, per(u1 - u0 + s1 - s0), per(u1 - u0)
 
 
 def median(xs):
@@ -197,25 +200,31 @@ def ab(setup, args):
     for r in range(args.rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
         for t in order:
-            n, us = measure(setup, t, args)
-            rows[t].append((n / args.duration, us))
+            n, us, user = measure(setup, t, args)
+            rows[t].append((n / args.duration, us, user))
         load = os.getloadavg()
-        print(f"round {r + 1}: " + ", ".join(f"{t} {rows[t][-1][0]:,.0f} req/s {rows[t][-1][1]:.1f} µs"
+        print(f"round {r + 1}: " + ", ".join(f"{t} {rows[t][-1][0]:,.0f} req/s {rows[t][-1][1]:.1f} µs "
+                                            f"({rows[t][-1][2]:.1f} user)"
                                             for t in targets) + f"  (load {load[0]:.2f})", flush=True)
     base = targets[0] if not args.nginx else "nginx"
     print()
-    print(f"| target | req/s median | CPU µs/req median (min – max) | ÷ {base} (median of per-round ratios) |")
-    print("|---|---|---|---|")
+    print(f"| target | req/s median | CPU µs/req median (min – max) | of which user space | "
+          f"CPU ÷ {base} (median of per-round ratios) |")
+    print("|---|---|---|---|---|")
     for t in targets:
-        us = [u for _, u in rows[t]]
-        ratios = [u / b for (_, u), (_, b) in zip(rows[t], rows[base])]
-        print(f"| {t} | {median([n for n, _ in rows[t]]):,.0f} | {median(us):.1f} ({min(us):.1f} – {max(us):.1f}) "
+        us = [r[1] for r in rows[t]]
+        user = [r[2] for r in rows[t]]
+        ratios = [r[1] / b[1] for r, b in zip(rows[t], rows[base])]
+        print(f"| {t} | {median([r[0] for r in rows[t]]):,.0f} | {median(us):.1f} ({min(us):.1f} – {max(us):.1f}) "
+              f"| {median(user):.1f} ({min(user):.1f} – {max(user):.1f}) "
               f"| {median(ratios):.3f} ({min(ratios):.3f} – {max(ratios):.3f}) |")
     names = [name for name, _ in args.bin]
     if len(names) == 2:
         a, b = names
-        ratios = [ub / ua for (_, ua), (_, ub) in zip(rows[a], rows[b])]
-        print(f"\n{b} ÷ {a}: median {median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+        for what, i in (("CPU", 1), ("user-space CPU", 2)):
+            ratios = [rb[i] / ra[i] for ra, rb in zip(rows[a], rows[b])]
+            print(f"\n{what} per request, {b} ÷ {a}: median {median(ratios):.3f} "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 def strace_count(setup, args):
