@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::keys::Principal;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::RouteMode;
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
@@ -50,6 +50,8 @@ pub struct AccessLog {
     pub method: http::Method,
     /// The matched route's prefix (`none` when nothing matched).
     pub route: Option<String>,
+    /// The matched route's metric children (`None`: counted by the `route` label).
+    pub route_metrics: Option<Arc<RouteMetrics>>,
     /// The response's status; `None` until a response exists.
     pub status: Option<u16>,
     pub decision: &'static str,
@@ -71,6 +73,7 @@ impl AccessLog {
             request_id,
             method,
             route: None,
+            route_metrics: None,
             status: None,
             decision: "ok",
             mode: RouteMode::Enforce,
@@ -93,6 +96,19 @@ impl AccessLog {
         self.started.elapsed()
     }
 
+    /// Counts the request in `requests_total` and `request_duration_seconds` with
+    /// `status`, by its route.
+    pub fn record_request(&self, status: u16) {
+        let elapsed = self.started.elapsed();
+        match &self.route_metrics {
+            Some(route) => route.record_request(&self.method, status, elapsed),
+            None => {
+                let route = self.route.as_deref().unwrap_or("none");
+                self.metrics.record_request(route, &self.method, status, elapsed);
+            }
+        }
+    }
+
     /// Marks the response as sent whole (or the tunnel as closed cleanly).
     pub fn set_complete(&mut self) {
         self.complete = true;
@@ -104,8 +120,7 @@ impl Drop for AccessLog {
         if self.status.is_none() {
             // The handler was dropped before a response existed: the client went away.
             self.decision = "client_closed";
-            let route = self.route.as_deref().unwrap_or("none");
-            self.metrics.record_request(route, &self.method, CLIENT_CLOSED, self.started.elapsed());
+            self.record_request(CLIENT_CLOSED);
         }
         // The method is a client-chosen token: one that is a well-formed key is not logged.
         let method =

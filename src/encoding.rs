@@ -9,10 +9,11 @@ const UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Lower-case hex of `bytes`.
 pub fn lower_hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(LOWER[usize::from(b >> 4)]);
-        out.push(LOWER[usize::from(b & 0x0f)]);
+    // Written in place (no capacity check per byte, as `push` makes).
+    let mut out = vec![0u8; bytes.len() * 2];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = LOWER[usize::from(b >> 4)];
+        pair[1] = LOWER[usize::from(b & 0x0f)];
     }
     // Only ASCII digits and letters were pushed.
     String::from_utf8(out).unwrap_or_default()

@@ -6,11 +6,18 @@
 //! method or `OTHER`, `status` an HTTP status, `upstream` a configured name). No key,
 //! tenant or raw path is ever a label: one tenant with a million keys must not take
 //! Prometheus down.
+//!
+//! The fixed sets' children are made once, at start-up. A route's children
+//! ([`RouteMetrics`]) are resolved once per route and kept on it, so that a request
+//! counts without hashing labels; they are made the first time they are used, so what is
+//! exported is what labelled lookups would have made.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::AuthResult;
@@ -103,21 +110,43 @@ label_enum! {
     }
 }
 
+/// The values of the `method` label, in [`method_index`] order.
+const METHOD_LABELS: [&str; 10] =
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"];
+
 /// The `method` label: the standard methods (RFC 9110 9.3, and PATCH) as themselves,
 /// anything else `OTHER` so that a client cannot mint label values.
 pub fn method_label(method: &http::Method) -> &'static str {
-    match method.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "CONNECT" => "CONNECT",
-        "OPTIONS" => "OPTIONS",
-        "TRACE" => "TRACE",
-        "PATCH" => "PATCH",
-        _ => "OTHER",
+    METHOD_LABELS[method_index(method)]
+}
+
+/// The position of `method`'s label in [`METHOD_LABELS`].
+fn method_index(method: &http::Method) -> usize {
+    use http::Method;
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
     }
+}
+
+/// The statuses whose `requests_total` children a [`RouteMetrics`] keeps at hand; others
+/// are looked up by label.
+const COMMON_STATUSES: [u16; 29] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431,
+    499, 500, 501, 502, 503, 504,
+];
+
+/// The position of `status` in [`COMMON_STATUSES`].
+fn status_index(status: u16) -> Option<usize> {
+    COMMON_STATUSES.iter().position(|&s| s == status)
 }
 
 /// All metrics, registered on their own registry.
@@ -374,6 +403,22 @@ impl Metrics {
         out
     }
 
+    /// The children of one route's metrics, to be resolved once per route (the pipeline
+    /// keeps it on the route) instead of by label on every request. `route` is the
+    /// route's prefix, `upstream` its upstream's name.
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            requests: self.requests.clone(),
+            request_duration_vec: self.request_duration.clone(),
+            upstream_duration_vec: self.upstream_duration.clone(),
+            by_method: Default::default(),
+            request_duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
+        }
+    }
+
     /// One answered request. `route` is the matched route's prefix, or `"none"` when no
     /// route matched: never the raw path.
     pub fn record_request(&self, route: &str, method: &http::Method, status: u16, duration: Duration) {
@@ -461,6 +506,57 @@ impl Default for Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// One route's metric children (see [`Metrics::route`]), each made the first time it is
+/// used, so that what is exported is exactly what labelled lookups would have made.
+pub struct RouteMetrics {
+    route: String,
+    upstream: String,
+    requests: IntCounterVec,
+    request_duration_vec: HistogramVec,
+    upstream_duration_vec: HistogramVec,
+    /// `requests_total{route, method, status}` by method ([`method_index`]), then by
+    /// status ([`COMMON_STATUSES`]).
+    by_method: [OnceLock<Box<[OnceLock<IntCounter>; COMMON_STATUSES.len()]>>; METHOD_LABELS.len()],
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+}
+
+impl RouteMetrics {
+    /// One answered request on this route (as [`Metrics::record_request`]).
+    pub fn record_request(&self, method: &http::Method, status: u16, duration: Duration) {
+        let method = method_index(method);
+        match status_index(status) {
+            Some(at) => {
+                let statuses = self.by_method[method].get_or_init(Default::default);
+                statuses[at].get_or_init(|| self.requests_child(method, status)).inc();
+            }
+            None => self.requests_child(method, status).inc(),
+        }
+        let histogram =
+            self.request_duration.get_or_init(|| self.request_duration_vec.with_label_values(&[self.route.as_str()]));
+        histogram.observe(duration.as_secs_f64());
+    }
+
+    /// The time this route's upstream took to answer (as [`Metrics::observe_upstream`]).
+    pub fn observe_upstream(&self, duration: Duration) {
+        let histogram = self
+            .upstream_duration
+            .get_or_init(|| self.upstream_duration_vec.with_label_values(&[self.upstream.as_str()]));
+        histogram.observe(duration.as_secs_f64());
+    }
+
+    fn requests_child(&self, method: usize, status: u16) -> IntCounter {
+        let mut buf = [0u8; 5];
+        self.requests.with_label_values(&[self.route.as_str(), METHOD_LABELS[method], status_str(status, &mut buf)])
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").field("route", &self.route).field("upstream", &self.upstream).finish()
     }
 }
 

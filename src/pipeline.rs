@@ -27,6 +27,7 @@ use crate::body::{self, Limited, ProxyBody, RateChecked};
 use crate::connection::{ConnectionHold, ConnectionInfo};
 use crate::error::Refusal;
 use crate::keys;
+use crate::metrics::RouteMetrics;
 use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
 use crate::request_id;
@@ -68,7 +69,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
             Forwarded { response, rate, tunnel: None, refused }
         }
     };
-    finish(&app, forwarded, record)
+    finish(forwarded, record)
 }
 
 /// A refusal decided before [`handle`] (the server's 431 for a head over
@@ -79,12 +80,12 @@ pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<
     record.decision = refusal.decision();
     let refused = Some(refusal.status());
     let response = refusal.into_response(&record.request_id, is_grpc(request));
-    finish(app, Forwarded { response, rate: None, tunnel: None, refused }, record)
+    finish(Forwarded { response, rate: None, tunnel: None, refused }, record)
 }
 
 /// The headers every response gets, the request metrics (at response-head time), and the
 /// access line handed to the response body — or to the tunnel, for a WebSocket.
-fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
+fn finish(forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
     let Forwarded { mut response, rate, tunnel, refused } = forwarded;
     if let Some(rate) = &rate {
         rate.write_headers(response.headers_mut());
@@ -94,8 +95,7 @@ fn finish(app: &App, forwarded: Forwarded, mut record: AccessLog) -> Response<Pr
     }
 
     let status = refused.unwrap_or(response.status()).as_u16();
-    let route = record.route.as_deref().unwrap_or("none");
-    app.metrics().record_request(route, &record.method, status, record.elapsed());
+    record.record_request(status);
     record.status = Some(status);
     match tunnel {
         Some(tunnel) => {
@@ -150,6 +150,7 @@ async fn process(
     };
     record.route = Some(route.prefix.clone());
     record.upstream = Some(route.upstream.name.clone());
+    record.route_metrics = route_metrics(app, &route);
     if route.mode == RouteMode::Shadow {
         record.mode = RouteMode::Shadow;
     }
@@ -220,7 +221,9 @@ async fn forward(
     record.principal = principal;
     let upstream_started = Instant::now();
     let result = app.upstreams().send(&route.upstream, outbound).await;
-    app.metrics().observe_upstream(&route.upstream.name, upstream_started.elapsed());
+    if let Some(metrics) = &record.route_metrics {
+        metrics.observe_upstream(upstream_started.elapsed());
+    }
     match result {
         Ok((mut response, permit)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let client_upgrade = match client_upgrade {
@@ -287,6 +290,12 @@ async fn forward(
             Err(Box::new(Denial { refusal: Refusal::BadGateway, principal: None, rate }))
         }
     }
+}
+
+/// The route's metric children, resolved the first time it answers and kept on it.
+fn route_metrics(app: &App, route: &Route) -> Option<Arc<RouteMetrics>> {
+    let resolved = route.resolved.get_or_init(|| Arc::new(app.metrics().route(&route.prefix, &route.upstream.name)));
+    resolved.clone().downcast::<RouteMetrics>().ok()
 }
 
 /// docs/reference.md §4.5: two `Host` headers, or an absolute-form target (or HTTP/2 `:authority`)

@@ -260,6 +260,11 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
     // hyper refuses a buffer under 8 KiB; smaller `max_header_bytes` are enforced on the
     // parsed head in `respond` (431 either way).
     builder.http1().timer(TokioTimer::new()).max_buf_size(limits.max_header_bytes.max(8192));
+    // The watchdog enforces `header_read_timeout` and `idle_timeout` (module doc). hyper's
+    // own header timer (30 s unless set) would cost a timer per request, and since it
+    // starts again as soon as a response is sent it would close every idle keep-alive
+    // connection after 30 s, whatever `idle_timeout` says.
+    builder.http1().header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -1,4 +1,5 @@
-//! Forwarding (docs/reference.md §4.3): one pooled hyper-util client per upstream ([`pool`]), hop-by-hop
+//! Forwarding (docs/reference.md §4.3): per worker, its own HTTP/1.1 connections to each
+//! upstream ([`http1`]; h2c upstreams: a pooled hyper-util client), chosen in [`pool`]; hop-by-hop
 //! header removal both ways (RFC 9110 7.6.1, [`hop_by_hop`]), the request as it goes
 //! upstream with the identity and forwarding headers keygate adds ([`outbound`]), the
 //! connect and response-header timeouts that become 502 and 504, and the WebSocket
@@ -12,6 +13,7 @@
 
 pub mod connector;
 pub mod hop_by_hop;
+pub mod http1;
 pub mod limit;
 pub mod outbound;
 pub mod pool;

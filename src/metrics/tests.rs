@@ -197,3 +197,25 @@ fn own_registry_not_the_global_one() {
     assert!(prometheus::gather().iter().all(|family| !family.name().starts_with("keygate_")));
     assert!(!a.registry().gather().is_empty());
 }
+
+#[test]
+fn a_routes_resolved_children_count_what_labelled_lookups_count_and_appear_only_when_used() {
+    let m = Metrics::new();
+    let route = m.route("/v1", "api");
+    let untouched = m.encode();
+    assert!(!untouched.contains(r#"route="/v1""#), "nothing exported before use\n{untouched}");
+    assert!(!untouched.contains(r#"upstream="api""#), "nothing exported before use\n{untouched}");
+    route.record_request(&http::Method::GET, 200, Duration::from_millis(1));
+    route.record_request(&http::Method::GET, 200, Duration::from_millis(1));
+    // An uncommon status and a method outside the standard ones take the labelled path.
+    route.record_request(&http::Method::from_bytes(b"BREW").unwrap(), 418, Duration::from_millis(1));
+    m.record_request("/v1", &http::Method::GET, 200, Duration::from_millis(1));
+    route.observe_upstream(Duration::from_millis(2));
+    m.observe_upstream("api", Duration::from_millis(2));
+    let text = m.encode();
+    assert!(has_line(&text, r#"keygate_requests_total{method="GET",route="/v1",status="200"} 3"#), "{text}");
+    assert!(has_line(&text, r#"keygate_requests_total{method="OTHER",route="/v1",status="418"} 1"#), "{text}");
+    assert!(has_line(&text, r#"keygate_request_duration_seconds_count{route="/v1"} 4"#), "{text}");
+    assert!(has_line(&text, r#"keygate_upstream_duration_seconds_count{upstream="api"} 2"#), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("keygate_requests_total{")).count(), 2, "{text}");
+}

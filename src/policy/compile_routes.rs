@@ -264,6 +264,7 @@ fn compile_route(
             max_body_bytes,
             mode,
             on_store_error,
+            resolved: Default::default(),
         }),
         _ => None,
     };

@@ -4,7 +4,7 @@
 //! of routes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
@@ -27,6 +27,10 @@ pub struct Route {
     pub mode: RouteMode,
     /// Overrides `[limits] on_store_error` for this route.
     pub on_store_error: Option<OnStoreError>,
+    /// What the request path resolves once per route and keeps with it (the pipeline:
+    /// the route's metric children, so that a request counts without hashing labels).
+    /// Typed by its user, above this floor: the policy only holds it.
+    pub resolved: OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Whether a route needs a key.

@@ -31,13 +31,20 @@
 //! residue; keygate also discards a connection whose response gave any doubt (see
 //! `response_check`), so an upstream that frames oddly once is not trusted twice.
 //!
-//! The cost is one `recv` system call each time a read on an upstream connection would
-//! otherwise wait.
+//! Only the reads before a write on a connection that served a request before need the
+//! kernel's answer: an HTTP/1.1 upstream connection ([`super::http1`]) asks it from when
+//! its pool hands it another request until that request is written
+//! ([`ReadCheck::BeforeNextWrite`]), one `recv` per reused connection; every other read
+//! that would wait just waits for the runtime's wake-up. An h2c connection, whose pool
+//! does not say when it writes, asks the kernel on every read that would wait
+//! ([`ReadCheck::Always`]).
 
 use std::future::Future;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
@@ -60,6 +67,15 @@ impl Connector {
     pub fn new(inner: HttpConnector) -> Self {
         Connector { inner }
     }
+
+    /// Connects to `uri` for an HTTP/1.1 connection whose reads ask the kernel while the
+    /// returned flag is set, until the next write clears it ([`ReadCheck::BeforeNextWrite`]).
+    pub async fn connect_http1(&self, uri: Uri) -> Result<(TokioIo<FreshReads>, Arc<AtomicBool>), BoxError> {
+        let stream = tower_service::Service::call(&mut self.inner.clone(), uri).await?;
+        let armed = Arc::new(AtomicBool::new(false));
+        let check = ReadCheck::BeforeNextWrite(armed.clone());
+        Ok((TokioIo::new(FreshReads { stream: stream.into_inner(), check }), armed))
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -77,15 +93,40 @@ impl tower_service::Service<Uri> for Connector {
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let stream = connecting.await?;
-            Ok(TokioIo::new(FreshReads { stream: stream.into_inner() }))
+            Ok(TokioIo::new(FreshReads { stream: stream.into_inner(), check: ReadCheck::Always }))
         })
     }
 }
 
-/// A TCP stream whose reads never report "nothing yet" while the kernel holds bytes
-/// (see the module doc).
+/// A TCP stream whose reads never report "nothing yet" while the kernel holds bytes, when
+/// it matters (see the module doc).
 pub struct FreshReads {
     stream: TcpStream,
+    check: ReadCheck,
+}
+
+/// When a read that would wait asks the kernel.
+pub enum ReadCheck {
+    /// Every time.
+    Always,
+    /// While the flag is set: the pool sets it when it hands the connection another
+    /// request; the next write (of that request) clears it.
+    BeforeNextWrite(Arc<AtomicBool>),
+}
+
+impl ReadCheck {
+    fn wanted(&self) -> bool {
+        match self {
+            ReadCheck::Always => true,
+            ReadCheck::BeforeNextWrite(armed) => armed.load(Ordering::Acquire),
+        }
+    }
+
+    fn written(&self) {
+        if let ReadCheck::BeforeNextWrite(armed) = self {
+            armed.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl FreshReads {
@@ -119,7 +160,7 @@ impl AsyncRead for FreshReads {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Pending if buf.remaining() > 0 => this.read_from_kernel(buf),
+            Poll::Pending if buf.remaining() > 0 && this.check.wanted() => this.read_from_kernel(buf),
             other => other,
         }
     }
@@ -127,7 +168,12 @@ impl AsyncRead for FreshReads {
 
 impl AsyncWrite for FreshReads {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, data);
+        if let Poll::Ready(Ok(1..)) = polled {
+            this.check.written();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -135,7 +181,12 @@ impl AsyncWrite for FreshReads {
         cx: &mut Context<'_>,
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, data)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, data);
+        if let Poll::Ready(Ok(1..)) = polled {
+            this.check.written();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

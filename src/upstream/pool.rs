@@ -1,20 +1,21 @@
-//! The pooled upstream clients: per worker thread, one hyper-util client per upstream
-//! identity, kept across policy reloads while the upstream's address, protocol and
-//! connect timeout are unchanged; and the one call that sends an admitted request.
+//! The upstream clients: per worker thread, one per upstream identity — the worker's
+//! own HTTP/1.1 connections ([`super::http1`]) or, for an h2c upstream, a pooled
+//! hyper-util client — kept across policy reloads while the upstream's address, protocol
+//! and connect timeout are unchanged; and the one call that sends an admitted request.
 //!
-//! A pooled connection is used again only when nothing about its last response was in
-//! doubt: [`Upstreams::send`] judges every response head ([`super::response_check`]) and
-//! poisons the connection (hyper-util's pool then drops it instead of reusing it) when
-//! the response is refused or doubtful, and the connections' reads see every byte that
-//! arrived on an idle connection before the next request is written
+//! A connection is used again only when nothing about its last response was in doubt:
+//! [`Upstreams::send`] judges every response head ([`super::response_check`]) and drops
+//! the connection (HTTP/1.1: it is not put back; h2c: it is poisoned, and hyper-util's
+//! pool drops it) when the response is refused or doubtful, and the connections' reads
+//! see every byte that arrived on an idle connection before the next request is written
 //! ([`super::connector`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::Authority;
-use http::{Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
 use hyper_util::client::legacy::Client;
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use super::connector::Connector;
+use super::http1::{error_chain, Http1Pool, Lease};
 use super::limit::{ConnectionPermit, Slots};
 use super::outbound::Outbound;
 use super::response_check::{self, Verdict, MAX_INTERIM};
@@ -44,7 +46,15 @@ pub enum UpstreamError {
     Busy,
 }
 
-pub(super) type HttpClient = Client<Connector, ProxyBody>;
+/// The pooled client of an h2c upstream.
+type H2cClient = Client<Connector, ProxyBody>;
+
+/// One worker's client for one upstream.
+#[derive(Clone)]
+pub(super) enum UpstreamClient {
+    Http1(Arc<Http1Pool>),
+    H2c(Arc<H2cClient>),
+}
 
 /// The identity of a pool: an upstream whose address, protocol and connect timeout are
 /// unchanged keeps its pool across policy reloads.
@@ -87,13 +97,14 @@ pub struct Upstreams {
 }
 
 /// One worker's clients, by upstream identity, with their upstream's connection cap.
-type Pools = Vec<(PoolKey, Arc<HttpClient>, Arc<Slots>)>;
+type Pools = Vec<(PoolKey, UpstreamClient, Arc<Slots>)>;
 
 /// Whose cap a [`Slots`] is: one upstream service, however many names point at it.
 type SlotsKey = (Authority, UpstreamProtocol);
 
-/// How long an idle pooled connection to an upstream is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle pooled h2c connection to an upstream is kept (HTTP/1.1: see
+/// [`super::http1::IDLE_TIMEOUT`]).
+const POOL_IDLE_TIMEOUT: Duration = super::http1::IDLE_TIMEOUT;
 
 impl Upstreams {
     /// Pools for `workers` worker threads.
@@ -103,7 +114,7 @@ impl Upstreams {
 
     /// This worker's client for `upstream` (the connector's tests drive it directly).
     #[cfg(test)]
-    pub(super) fn client(&self, upstream: &Upstream) -> Arc<HttpClient> {
+    pub(super) fn client(&self, upstream: &Upstream) -> UpstreamClient {
         self.entry(upstream).0
     }
 
@@ -127,7 +138,7 @@ impl Upstreams {
     }
 
     /// This worker's client for `upstream`, and the upstream's cap.
-    fn entry(&self, upstream: &Upstream) -> (Arc<HttpClient>, Arc<Slots>) {
+    fn entry(&self, upstream: &Upstream) -> (UpstreamClient, Arc<Slots>) {
         let last = self.pools.len() - 1;
         let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -142,19 +153,17 @@ impl Upstreams {
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        // Without the timer the pool's idle timeout does nothing.
-        builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
-        // Slow readers (issue 12): an HTTP/1.1 upstream connection reads ahead at most
-        // 16 KiB (hyper's default grows to about 400 KiB). Each body chunk is a slice of
-        // that buffer and a client that reads slowly holds its chunks, so this bounds what
-        // a stalled download keeps (README, "Protective limits"); an upstream response
-        // head must fit in it too, or it is a 502.
-        builder.http1_max_buf_size(16 * 1024);
-        if upstream.protocol == UpstreamProtocol::H2c {
-            builder.http2_only(true).timer(TokioTimer::new());
-        }
-        let client = Arc::new(builder.build(Connector::new(connector)));
+        let connector = Connector::new(connector);
+        let client = match upstream.protocol {
+            UpstreamProtocol::Http1 => UpstreamClient::Http1(Http1Pool::new(&upstream.authority, connector)),
+            UpstreamProtocol::H2c => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                // Without the timer the pool's idle timeout does nothing.
+                builder.pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT);
+                builder.http2_only(true).timer(TokioTimer::new());
+                UpstreamClient::H2c(Arc::new(builder.build(connector)))
+            }
+        };
         let slots = self.shared_slots(upstream);
         clients.push((key, client.clone(), slots.clone()));
         (client, slots)
@@ -184,50 +193,77 @@ impl Upstreams {
         let (client, slots) = self.entry(upstream);
         let permit = slots.acquire(upstream.queue_timeout).await.ok_or(UpstreamError::Busy)?;
         let mut request = outbound.into_request();
-        let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| UpstreamError::Failed(format!("cannot build upstream URI: {e}")))?;
-        *request.uri_mut() = uri;
-        *request.version_mut() = match upstream.protocol {
-            UpstreamProtocol::Http1 => Version::HTTP_11,
-            UpstreamProtocol::H2c => Version::HTTP_2,
-        };
-        let connection = capture_connection(&mut request);
         let interim = Arc::new(Interim::default());
         let counted = interim.clone();
         hyper::ext::on_informational(&mut request, move |_| counted.add());
+        let path_and_query = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // What the exchange used: the HTTP/1.1 connection (put back or dropped below), or
+        // the h2c pool's connection (poisoned if its answer is not sound).
+        let mut h2c = None;
+        let exchange = async {
+            match &client {
+                UpstreamClient::Http1(pool) => {
+                    // Origin form: the path and query only.
+                    *request.uri_mut() = Uri::from(path_and_query);
+                    *request.version_mut() = Version::HTTP_11;
+                    pool.send(request).await.map(|(response, lease)| (response, Some(lease)))
+                }
+                UpstreamClient::H2c(client) => {
+                    *request.uri_mut() = Uri::builder()
+                        .scheme("http")
+                        .authority(upstream.authority.clone())
+                        .path_and_query(path_and_query)
+                        .build()
+                        .map_err(|e| format!("cannot build upstream URI: {e}"))?;
+                    *request.version_mut() = Version::HTTP_2;
+                    h2c = Some(capture_connection(&mut request));
+                    client.request(request).await.map(|response| (response, None)).map_err(|e| error_chain(&e))
+                }
+            }
+        };
         let response = async {
             tokio::select! {
                 biased;
-                result = client.request(request) => Some(result),
+                result = exchange => Some(result),
                 () = interim.storm.notified() => None,
             }
         };
-        let mut response = match tokio::time::timeout(upstream.timeout, response).await {
-            Ok(Some(Ok(response))) => response,
-            Ok(Some(Err(e))) => return Err(UpstreamError::Failed(error_chain(&e))),
+        // On a timeout or an interim storm the exchange is dropped, and with it an
+        // HTTP/1.1 connection (hyper closes it).
+        let (mut response, lease) = match tokio::time::timeout(upstream.timeout, response).await {
+            Ok(Some(Ok(exchanged))) => exchanged,
+            Ok(Some(Err(why))) => return Err(UpstreamError::Failed(why)),
             Ok(None) => {
-                poison(&connection);
+                poison(h2c.as_ref());
                 return Err(UpstreamError::Failed(format!("more than {MAX_INTERIM} interim (1xx) responses")));
             }
             Err(_) => return Err(UpstreamError::Timeout),
         };
         let status = response.status();
         match response_check::judge(status, response.headers_mut(), interim.seen.load(Ordering::Relaxed)) {
-            Verdict::Sound => Ok((response, permit)),
+            Verdict::Sound => {
+                if let (UpstreamClient::Http1(pool), Some(lease)) = (&client, lease) {
+                    keep(pool, lease, status);
+                }
+                Ok((response, permit))
+            }
             Verdict::Doubtful => {
-                poison(&connection);
+                poison(h2c.as_ref());
                 Ok((response, permit))
             }
             Verdict::Refused(why) => {
-                poison(&connection);
+                poison(h2c.as_ref());
                 Err(UpstreamError::Failed(why.to_string()))
             }
         }
+    }
+}
+
+/// Puts an HTTP/1.1 connection whose response was sound back in its worker's list,
+/// unless it switched protocols (a tunnel now).
+fn keep(pool: &Http1Pool, lease: Lease, status: StatusCode) {
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        pool.keep(lease);
     }
 }
 
@@ -246,20 +282,12 @@ impl Interim {
     }
 }
 
-/// Keeps the connection that carried a request out of the pool from now on.
-fn poison(connection: &CaptureConnection) {
-    if let Some(connected) = connection.connection_metadata().as_ref() {
-        connected.poison();
+/// Keeps the h2c connection that carried a request out of the pool from now on (an
+/// HTTP/1.1 connection is kept out by not being put back).
+fn poison(connection: Option<&CaptureConnection>) {
+    if let Some(connected) = connection.map(CaptureConnection::connection_metadata) {
+        if let Some(connected) = connected.as_ref() {
+            connected.poison();
+        }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -27,6 +27,7 @@ fn route(prefix: &str, methods: Option<&[&str]>) -> Route {
         max_body_bytes: None,
         mode: RouteMode::Enforce,
         on_store_error: None,
+        resolved: Default::default(),
     }
 }
 

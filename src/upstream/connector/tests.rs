@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 
 use crate::body;
 use crate::policy::{Upstream, UpstreamProtocol};
-use crate::upstream::pool::Upstreams;
+use crate::upstream::pool::{UpstreamClient, Upstreams};
 
 const SECRET: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\nSECRET-OF-ANOTHER-CLIENT";
 
@@ -58,13 +58,14 @@ fn receive_queue(local: u16, remote: u16) -> Option<usize> {
     })
 }
 
-async fn get(client: &crate::upstream::pool::HttpClient, authority: &str, path: &str) -> Bytes {
-    let request =
-        Request::get(format!("http://{authority}{path}")).header("host", "upstream").body(body::empty()).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+async fn get(client: &UpstreamClient, path: &str) -> Bytes {
+    let UpstreamClient::Http1(pool) = client else { panic!("an HTTP/1.1 upstream") };
+    let request = Request::get(path).header("host", "upstream").body(body::empty()).unwrap();
+    let (response, lease) = tokio::time::timeout(Duration::from_secs(10), pool.send(request))
         .await
         .expect("a response head within 10 s")
         .expect("a response");
+    pool.keep(lease);
     response.into_body().collect().await.expect("the whole body").to_bytes()
 }
 
@@ -106,8 +107,7 @@ fn one_round() {
             queue_timeout: Duration::from_secs(5),
         };
         let client = upstreams.client(&upstream);
-        let authority = addr.to_string();
-        assert_eq!(get(&client, &authority, "/a").await, "hello");
+        assert_eq!(get(&client, "/a").await, "hello");
         // Let the connection go back to the pool (each yield lets the driver run once).
         for _ in 0..5 {
             tokio::task::yield_now().await;
@@ -122,7 +122,7 @@ fn one_round() {
             assert!(Instant::now() < deadline, "the surplus did not reach the client socket within 10 s");
             std::thread::sleep(Duration::from_millis(1));
         }
-        get(&client, &authority, "/b").await
+        get(&client, "/b").await
     });
     stop.store(true, Ordering::SeqCst);
     let _ = TcpStream::connect(addr);
