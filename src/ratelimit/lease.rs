@@ -30,8 +30,9 @@
 //! seen, not guessed ([`Demand`]): checks queued behind a call in flight, or a lease spent
 //! before its sub-window ended. Then the size follows the demand: about [`HORIZON_MS`] of
 //! this replica's recent rate, doubling while leases run out early, shrinking to what was
-//! spent when one ends with units left, back to none after [`IDLE_MS`] without a request,
-//! never more than [`MAX_LEASE`]. The script caps every lease at `1/`[`LEASE_SHARE`] of
+//! spent when one ends with units left, back to none after [`IDLE_MS`] without a request
+//! (or sooner: the limiter forgets a tenant's demand with its slot, once nothing is in
+//! flight, queued or leased), never more than [`MAX_LEASE`]. The script caps every lease at `1/`[`LEASE_SHARE`] of
 //! the quota still free, so leases shrink to nothing (one unit per request, today's
 //! decision) as the quota nears its end, and a lease parked on one replica can hold back
 //! at most that share from the others.
