@@ -30,56 +30,20 @@ HERE = Path(__file__).resolve().parent
 LOAD = HERE.parent / "load"
 TICK = os.sysconf("SC_CLK_TCK")
 
+# The load benchmark's helpers (ports, templates, /proc), not copies of them.
+sys.path.insert(0, str(LOAD))
+from bench import cpu_ticks_split as ticks, proc_children as children, render  # noqa: E402
+from bench import wait_port as _wait_port, free_port as _free_port  # noqa: E402
+
+_taken = set()
+
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port(_taken)
 
 
 def wait_port(port, deadline=60.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
-
-
-def render(name, dest, values):
-    text = (LOAD / name).read_text()
-    for k, v in values.items():
-        text = text.replace(f"@{k}@", str(v))
-    dest.write_text(text)
-
-
-def children(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def ticks(pids):
-    """(utime, stime) of `pids` (every thread of each), in clock ticks."""
-    user = system = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        f = stat[stat.rindex(")") + 2:].split()
-        user += int(f[11])
-        system += int(f[12])
-    return user, system
+    _wait_port(port, deadline)
 
 
 def wrk(url, key, seconds, connections, threads):
@@ -115,7 +79,8 @@ class Setup:
         wait_port(self.upstream)
         if self.args.nginx:
             port = free_port()
-            render("proxy.nginx.conf", d / "nginx.conf", {"DIR": d, "UPSTREAM_PORT": self.upstream, "NGINX_PORT": port})
+            render("proxy.nginx.conf", d / "nginx.conf", {"DIR": d, "UPSTREAM_PORT": self.upstream, "NGINX_PORT": port,
+                                                        "WORKERS": self.args.workers})
             p = self.start(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], "nginx.out")
             wait_port(port)
             self.urls["nginx"] = f"http://127.0.0.1:{port}/bench/items/42"
@@ -129,7 +94,8 @@ class Setup:
             kd.mkdir()
             port, admin, api = free_port(), free_port(), free_port()
             render("keygate.toml", kd / "keygate.toml", {"PORT": port, "ADMIN_PORT": admin, "API_PORT": api,
-                                                         "TLS": "", "BACKEND": "local", "REDIS": ""})
+                                                         "TLS": "", "BACKEND": "local", "REDIS": "",
+                                                         "WORKERS": self.args.workers})
             render("routes.toml", kd / "routes.toml", {"UPSTREAM_PORT": self.upstream})
             (kd / "peppers").write_text(pepper)
             os.chmod(kd / "peppers", 0o600)
@@ -289,6 +255,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="nginx worker processes and keygate workers")
     ap.add_argument("--callgrind", help="NAME: run that binary under callgrind and count instructions")
     ap.add_argument("--strace", action="store_true", help="count system calls per request")
     ap.add_argument("--out", help="where to copy the callgrind dump")
