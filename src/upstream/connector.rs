@@ -209,4 +209,4 @@ impl Connection for FreshReads {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -228,26 +228,14 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpListener;
 
     use http_body_util::BodyExt;
     use hyper_util::client::legacy::connect::HttpConnector;
 
     use super::*;
-
-    /// Reads one request head (the tests' requests have no body).
-    fn read_head(stream: &mut std::net::TcpStream) -> bool {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return false,
-            }
-        }
-        true
-    }
+    use crate::upstream::connector::tests::read_head;
 
     /// An upstream whose connection `n` answers `c<n>` to each request; with `close_first`,
     /// connection 0 closes after its first answer once told to. Every close is reported.

@@ -19,8 +19,9 @@ use crate::upstream::pool::{UpstreamClient, Upstreams};
 
 const SECRET: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\nSECRET-OF-ANOTHER-CLIENT";
 
-/// Reads one request head (the test's requests have no body).
-fn read_head(stream: &mut TcpStream) -> bool {
+/// Reads one request head (the tests' requests have no body): false once the stream ends.
+/// Shared with the HTTP/1.1 pool's tests.
+pub(in crate::upstream) fn read_head(stream: &mut TcpStream) -> bool {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
