@@ -190,11 +190,6 @@ impl Demand {
             self.size.min(rate_size)
         };
     }
-
-    /// Nothing to remember: not busy.
-    pub fn is_idle(&self) -> bool {
-        self.size == 0
-    }
 }
 
 #[cfg(test)]
@@ -253,7 +248,6 @@ mod tests {
         assert_eq!(demand.want(1), 12);
         demand.checked(900);
         demand.checked(1_901);
-        assert!(demand.is_idle());
         assert_eq!(demand.want(1), 0);
     }
 }

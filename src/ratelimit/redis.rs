@@ -189,24 +189,26 @@ impl Slot {
         lease.hand_back()
     }
 
-    /// Serves queued checks from the lease, in order, while it holds enough; a check
-    /// whose caller has gone away is dropped and counts nothing.
-    fn serve_queue(&mut self, limit: &Limit, now: u64) {
-        let Some(lease) = self.lease.as_mut() else { return };
+    /// Serves queued checks from the lease, in order, while it holds enough, and drops
+    /// checks whose caller has gone away (they count nothing). Returns whether checks are
+    /// left for a call; if none are, the slot has no call in flight any more.
+    fn settle(&mut self, limit: &Limit, now: u64) -> bool {
         let mut rest = Vec::new();
         for waiter in self.queue.drain(..) {
-            if !rest.is_empty() {
-                rest.push(waiter);
-            } else if waiter.tx.is_closed() {
+            if waiter.tx.is_closed() {
                 continue;
-            } else if let Some(decision) = lease.spend(waiter.cost, limit, now) {
+            }
+            let spent =
+                if rest.is_empty() { self.lease.as_mut().and_then(|l| l.spend(waiter.cost, limit, now)) } else { None };
+            match spent {
                 // A receiver gone just now costs its unit of the lease: it only refuses more.
-                let _ = waiter.tx.send(Ok(decision));
-            } else {
-                rest.push(waiter);
+                Some(decision) => drop(waiter.tx.send(Ok(decision))),
+                None => rest.push(waiter),
             }
         }
         self.queue = rest;
+        self.calling = !self.queue.is_empty();
+        self.calling
     }
 }
 
@@ -330,6 +332,20 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Runs `f` on the slot of (`slot_key`, `tenant`) with the clock read under the lock,
+    /// and forgets the slot if that left it idle; `None` if there is no such slot.
+    fn with_slot<R>(&self, slot_key: &SlotKey, tenant: &str, f: impl FnOnce(&mut Slot, u64) -> R) -> Option<R> {
+        let mut slots = self.lock();
+        let now = self.now();
+        let tenants = slots.get_mut(slot_key)?;
+        let slot = tenants.get_mut(tenant)?;
+        let result = f(slot, now);
+        if slot.is_idle() {
+            tenants.remove(tenant);
+        }
+        Some(result)
+    }
+
     /// One script call deciding `costs` in order (one decision each), asking for a lease
     /// of `want` more units and handing `back` a lease's unspent units.
     async fn call(
@@ -396,8 +412,7 @@ impl Inner {
     /// Installs the lease of `grant` (for a call sent at `sent`) in its slot, with a timer
     /// that hands its unspent units back when it ends.
     fn install(self: &Arc<Self>, slot_key: &SlotKey, tenant: &str, limit: &Limit, grant: &Grant, sent: u64) {
-        let now = self.now();
-        let Some(lease) = Lease::new(grant, sent, now) else {
+        let Some(lease) = Lease::new(grant, sent, self.now()) else {
             if grant.units > 0 {
                 // Over before it arrived: straight back.
                 let back = HandBack { sub_window: grant.sub_window, units: grant.units, nonce: grant.nonce };
@@ -406,40 +421,26 @@ impl Inner {
             return;
         };
         let deadline = lease.deadline;
-        let generation = {
-            let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(slot_key).and_then(|tenants| tenants.get_mut(tenant)) else { return };
-            // A lease still held (a call raced past it) goes back with the next call.
-            if let Some(old) = slot.lease.take() {
-                slot.demand.ended(&old, now);
-                if let Some(back) = old.hand_back() {
-                    self.spawn_hand_back(tenant, limit, back);
-                }
-            }
+        let installed = self.with_slot(slot_key, tenant, |slot, now| {
+            // A lease still held (a call raced past it) goes back at once.
+            let back = slot.end_lease(now);
             slot.lease = Some(lease);
             slot.generation += 1;
-            slot.generation
-        };
+            (slot.generation, back)
+        });
+        let Some((generation, back)) = installed else { return };
+        if let Some(back) = back {
+            self.spawn_hand_back(tenant, limit, back);
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (inner, slot_key, tenant, limit) = (self.clone(), *slot_key, Box::<str>::from(tenant), *limit);
         runtime.spawn(async move {
             tokio::time::sleep_until((inner.epoch + Duration::from_millis(deadline)).into()).await;
-            let back = {
-                let mut slots = inner.lock();
-                let now = inner.now();
-                let Some(tenants) = slots.get_mut(&slot_key) else { return };
-                let Some(slot) = tenants.get_mut(&*tenant) else { return };
-                if slot.generation != generation {
-                    // Replaced: its units went back with the call that replaced it.
-                    return;
-                }
-                let back = slot.end_lease(now);
-                if slot.is_idle() {
-                    tenants.remove(&*tenant);
-                }
-                back
-            };
-            if let Some(back) = back {
+            // Replaced (generation moved on): its units went back with what replaced it.
+            let back = inner.with_slot(&slot_key, &tenant, |slot, now| {
+                (slot.generation == generation).then(|| slot.end_lease(now)).flatten()
+            });
+            if let Some(back) = back.flatten() {
                 inner.hand_back(&tenant, &limit, back).await;
             }
         });
@@ -466,27 +467,17 @@ impl Inner {
     /// idle).
     async fn drain(self: Arc<Self>, slot_key: SlotKey, tenant: Box<str>, limit: Limit) {
         loop {
-            let (key, batch, back, want, sent) = {
-                let mut slots = self.lock();
-                let now = self.now();
-                let Some(tenants) = slots.get_mut(&slot_key) else { return };
-                let Some(slot) = tenants.get_mut(&*tenant) else { return };
-                slot.serve_queue(&limit, now);
-                // A check whose caller has gone away would count for nothing served.
-                slot.queue.retain(|w| !w.tx.is_closed());
-                if slot.queue.is_empty() {
-                    slot.calling = false;
-                    if slot.is_idle() {
-                        tenants.remove(&*tenant);
-                    }
-                    return;
+            let next = self.with_slot(&slot_key, &tenant, |slot, now| {
+                if !slot.settle(&limit, now) {
+                    return None;
                 }
                 let n = slot.queue.len().min(MAX_BATCH);
                 let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
                 let back = slot.end_lease(now);
                 let want = slot.demand.want(batch.len());
-                (slot.key.clone(), batch, back, want, now)
-            };
+                Some((slot.key.clone(), batch, back, want, now))
+            });
+            let Some((key, batch, back, want, sent)) = next.flatten() else { return };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
             match self.call(&key, &limit, &costs, want, back).await {
                 Ok((decisions, grant)) => {
@@ -506,18 +497,11 @@ impl Inner {
 
     /// Fails every check queued for a slot with `error`; the slot has no call in flight.
     fn fail_queued(&self, slot_key: &SlotKey, tenant: &str, error: &RedisCallError) {
-        let queued = {
-            let mut slots = self.lock();
-            let Some(tenants) = slots.get_mut(slot_key) else { return };
-            let Some(slot) = tenants.get_mut(tenant) else { return };
+        let queued = self.with_slot(slot_key, tenant, |slot, _| {
             slot.calling = false;
-            let queued = std::mem::take(&mut slot.queue);
-            if slot.is_idle() {
-                tenants.remove(tenant);
-            }
-            queued
-        };
-        fail(queued, error);
+            std::mem::take(&mut slot.queue)
+        });
+        fail(queued.unwrap_or_default(), error);
     }
 }
 
@@ -549,20 +533,9 @@ impl Drop for Leader {
             self.inner.fail_queued(&self.slot_key, &self.tenant, &error);
             return;
         }
-        {
-            let mut slots = self.inner.lock();
-            let now = self.inner.now();
-            let Some(tenants) = slots.get_mut(&self.slot_key) else { return };
-            let Some(slot) = tenants.get_mut(&*self.tenant) else { return };
-            slot.serve_queue(&self.limit, now);
-            slot.queue.retain(|w| !w.tx.is_closed());
-            if slot.queue.is_empty() {
-                slot.calling = false;
-                if slot.is_idle() {
-                    tenants.remove(&*self.tenant);
-                }
-                return;
-            }
+        let limit = self.limit;
+        if self.inner.with_slot(&self.slot_key, &self.tenant, |slot, now| slot.settle(&limit, now)) != Some(true) {
+            return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
