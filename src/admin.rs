@@ -132,26 +132,47 @@ fn respond(app: &App, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// 200 once listeners are bound and a policy is loaded, until shutdown begins. The body
-/// says what was checked. A store outage does not make keygate unready.
+/// 200 once listeners are bound and a policy is loaded, until shutdown begins, provided
+/// the Redis keygate uses (if any) has been reached once since start. The body says what
+/// was checked, and `reason` why it is not ready. A store outage after that does not
+/// make keygate unready.
 fn readyz(app: &App) -> Response<Full<Bytes>> {
     let draining = app.is_draining();
     let started = app.is_started();
-    let ready = started && !draining;
+    let never_reached = app.redis().and_then(|client| client.never_reached());
+    let ready = started && !draining && never_reached.is_none();
+    let reason = if draining {
+        Some("shutting down".to_string())
+    } else if !started {
+        Some("starting: listeners not bound yet".to_string())
+    } else {
+        never_reached.clone()
+    };
     let policy = app.policy();
+    let reload = app.reload_state();
     let body = serde_json::json!({
         "ready": ready,
+        "reason": reason,
         "draining": draining,
         "listeners_bound": started,
-        "policy": {"loaded": true, "hash": policy.hash, "routes": policy.routes.len()},
-        "store": store_state(app),
+        "policy": {
+            "loaded": true,
+            "hash": policy.hash,
+            "routes": policy.routes.len(),
+            "serving_sha256": policy.hash,
+            "disk_sha256": reload.disk_sha256,
+            "last_reload_successful": reload.successful,
+            "last_reload_error": reload.error,
+        },
+        "store": store_state(app, never_reached.as_deref()),
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     text(status, "application/json", body.to_string())
 }
 
-/// What `/readyz` says of the store: its kind and, for Redis, whether the breaker is closed.
-fn store_state(app: &App) -> serde_json::Value {
+/// What `/readyz` says of the store: its kind and, for Redis, whether the breaker is
+/// closed, whether it has been reached since start and, if not, why.
+fn store_state(app: &App, never_reached: Option<&str>) -> serde_json::Value {
     let keys = app.keys().store().kind();
     match app.redis() {
         None => serde_json::json!({"keys": keys, "limits": "local", "state": "up"}),
@@ -160,6 +181,8 @@ fn store_state(app: &App) -> serde_json::Value {
             "limits": if app.settings().limits.backend == crate::settings::LimitBackend::Redis { "redis" } else { "local" },
             "redis": if client.is_cluster() { "cluster" } else { "single" },
             "state": if client.is_up() { "up" } else { "down" },
+            "reached_since_start": never_reached.is_none(),
+            "error": never_reached,
         }),
     }
 }

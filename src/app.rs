@@ -43,11 +43,14 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// How often the watched files are read even without a filesystem event.
     pub polls: Polls,
+    /// `serve --allow-orphaned-plans`: a reload may drop a plan that tenants are on
+    /// (`crate::reload::orphans`). Off by default.
+    pub allow_orphaned_plans: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { clock: Arc::new(SystemClock), polls: Polls::default() }
+        Options { clock: Arc::new(SystemClock), polls: Polls::default(), allow_orphaned_plans: false }
     }
 }
 
@@ -176,7 +179,9 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
     let keys = Arc::new(Authenticator::new(store, peppers, &settings.keys, metrics.clone()));
     let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error);
-    let app = Arc::new(App::new(settings, policy, gate, redis, metrics));
+    let app = Arc::new(
+        App::new(settings, policy, gate, redis, metrics).allowing_orphaned_plans(options.allow_orphaned_plans),
+    );
     let settings = app.settings().clone();
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -236,16 +241,12 @@ fn start_watches(app: &Arc<App>, polls: Polls) -> Vec<WatchHandle> {
     let mut watches = Vec::new();
     let policy_app = Arc::downgrade(app);
     let policy_file = app.settings().policy_file.clone();
-    // What the watch last refused: the poll reads it again every 2 s, but a bad file is
-    // reported (logged and counted) once, not on every poll.
-    let refused = std::cell::RefCell::new(None::<reload::Fingerprint>);
+    // Every event and every poll tries the file again, refused content included: a file
+    // that stays invalid stays reported (logged, counted, `config_last_reload_successful`
+    // 0), and a policy refused for the store's tenants goes in once they have moved.
     watches.push(reload::watch(&policy_file, polls.policy, move || {
         if let Some(app) = policy_app.upgrade() {
-            let mut refused = refused.borrow_mut();
-            *refused = match app.reload_policy_unless(refused.as_ref()) {
-                reload::Outcome::Refused { fingerprint } => Some(fingerprint),
-                reload::Outcome::Unchanged | reload::Outcome::Reloaded => None,
-            };
+            app.reload_policy();
         }
     }));
     if let Some(store) = app.keys().store().file().cloned() {

@@ -35,9 +35,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the proxy.
-    Serve,
+    Serve(serve::ServeArgs),
     /// Validates the config and the policy it names; exits 0 if valid, 1 if not.
-    Check,
+    Check(check::CheckArgs),
     /// Shows how a request would be routed and whether a key or scope set would pass.
     Explain(explain::ExplainArgs),
     /// Starts an echo upstream and the proxy with demo keys, and prints curl commands.
@@ -101,8 +101,8 @@ pub fn config_path(flag: Option<PathBuf>) -> PathBuf {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let config = config_path(cli.config);
     match cli.command {
-        Command::Serve => serve::run(&config),
-        Command::Check => check::run(&config, cli.json),
+        Command::Serve(args) => serve::run(&config, &args),
+        Command::Check(args) => check::run(&config, cli.json, &args),
         Command::Explain(args) => explain::run(&config, args, cli.json),
         Command::Demo => demo::run(),
         Command::Tenants(command) => tenants::run(command, &context(&config, cli.json)?),
@@ -125,6 +125,11 @@ fn context(config: &std::path::Path, json: bool) -> Result<Context, CliError> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let store =
         runtime.block_on(crate::app::open_store(&settings, metrics, Some(STORE_TIMEOUT))).map_err(CliError::input)?;
+    // A Redis that refused the first attempt: say exactly why (a refused password, a name
+    // that does not resolve, …) rather than fail each call with "unavailable".
+    if let Some(why) = store.redis().and_then(|redis| redis.client().never_reached()) {
+        return Err(CliError::input(why));
+    }
     Ok(Context { settings, policy: Arc::new(policy), peppers, store, json, runtime })
 }
 

@@ -27,13 +27,13 @@ fn main() {
 fn init_logging(command: &keygate::cli::Command) {
     use keygate::cli::Command;
     let default = match command {
-        Command::Demo | Command::Check | Command::Explain(_) => "warn",
+        Command::Demo | Command::Check(_) | Command::Explain(_) => "warn",
         _ => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false);
     match command {
-        Command::Serve => builder.with_writer(std::io::stdout).init(),
+        Command::Serve(_) => builder.with_writer(std::io::stdout).init(),
         _ => builder.with_writer(std::io::stderr).init(),
     }
 }

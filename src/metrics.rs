@@ -166,6 +166,7 @@ pub struct Metrics {
     config_reloads: Vec<IntCounter>,
     store_up: IntGauge,
     last_reload_success: Gauge,
+    config: ConfigState,
     cert_expiry: Gauge,
     connections_active: IntGauge,
     failed_auth_limited: IntCounter,
@@ -321,6 +322,7 @@ impl Metrics {
             )
             .expect("metrics: valid config_last_reload_success_timestamp_seconds"),
         );
+        let config = ConfigState::register(r);
         let cert_expiry = register(
             r,
             Gauge::with_opts(
@@ -382,6 +384,7 @@ impl Metrics {
             config_reloads,
             store_up,
             last_reload_success,
+            config,
             cert_expiry,
             connections_active,
             failed_auth_limited,
@@ -484,6 +487,13 @@ impl Metrics {
         }
     }
 
+    /// The policy's state after a load or reload attempt: the hash of the policy serving,
+    /// that of the file on disk, and whether the last attempt succeeded (see
+    /// [`ConfigState`]).
+    pub fn set_config_state(&self, serving_sha256: &str, disk_sha256: &str, successful: bool) {
+        self.config.set(serving_sha256, disk_sha256, successful);
+    }
+
     /// When the certificate being served expires (set again on each certificate reload).
     pub fn set_cert_expiry(&self, unix_secs: f64) {
         self.cert_expiry.set(unix_secs);
@@ -557,6 +567,53 @@ impl RouteMetrics {
 impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteMetrics").field("route", &self.route).field("upstream", &self.upstream).finish()
+    }
+}
+
+/// `config_last_reload_successful` (0/1: did the last load or reload attempt of the policy
+/// succeed; a file that stays invalid keeps it at 0, as every poll tries it again) and
+/// `config_info{serving_sha256, disk_sha256}` (always 1, one series: the hashes of the
+/// policy serving and of the file on disk; they differ while a change is refused).
+struct ConfigState {
+    successful: IntGauge,
+    info: IntGaugeVec,
+    /// Keeps `info` to one series when two reloads report at once.
+    lock: std::sync::Mutex<()>,
+}
+
+impl ConfigState {
+    fn register(r: &Registry) -> ConfigState {
+        let successful = register(
+            r,
+            IntGauge::with_opts(
+                Opts::new(
+                    "config_last_reload_successful",
+                    "1 if the last load or reload attempt of the policy succeeded, 0 if it was refused.",
+                )
+                .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid config_last_reload_successful"),
+        );
+        let info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "config_info",
+                    "Always 1, one series: the SHA-256 of the policy serving and of the policy file on disk.",
+                )
+                .namespace(NAMESPACE),
+                &["serving_sha256", "disk_sha256"],
+            )
+            .expect("metrics: valid config_info"),
+        );
+        ConfigState { successful, info, lock: std::sync::Mutex::new(()) }
+    }
+
+    fn set(&self, serving: &str, disk: &str, successful: bool) {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.info.reset();
+        self.info.with_label_values(&[serving, disk]).set(1);
+        self.successful.set(i64::from(successful));
     }
 }
 

@@ -8,7 +8,14 @@
 //!   else the URL. It is never logged nor shown in an error.
 //! - [`RedisClient::connect`] tries to connect once (bounded), and does not fail when
 //!   Redis is down: keygate starts and serves cached keys or local limits. Until a
-//!   connection exists, the breaker is open and calls fail at once.
+//!   connection exists, the breaker is open and calls fail at once. A connection counts
+//!   only once Redis has answered a PING on it: a server that accepts the connection but
+//!   not the credentials (NOAUTH) is not reached.
+//! - Until Redis has been reached once since start, the client says why not
+//!   ([`RedisClient::never_reached`]: the exact failure, e.g. a refused password or a name
+//!   that does not resolve, described by [`describe_failure`]), and logs it every
+//!   [`UNREACHED_LOG_EVERY`]; `/readyz` is 503 meanwhile. Once reached, it logs one line
+//!   and a later outage no longer concerns readiness (docs/reference.md §5.1).
 //! - While the breaker is open, a background task PINGs every `probe_interval` (each
 //!   bounded by `redis.timeout`) and closes it when Redis answers, so recovery does not
 //!   wait for traffic. `store_up` mirrors the breaker: 0 exactly while it is not closed.
@@ -21,8 +28,8 @@ mod url;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -52,6 +59,10 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Consecutive failed probes after which the connection is rebuilt from scratch.
 const REBUILD_AFTER_PROBES: u32 = 8;
+
+/// How often a keygate that has never reached Redis since start logs why (each attempt,
+/// every `probe_interval`, would flood the log).
+pub const UNREACHED_LOG_EVERY: Duration = Duration::from_secs(3);
 
 /// A connection to Redis, single node or cluster. Cheap to clone (both are handles to a
 /// shared, multiplexed connection); implements [`ConnectionLike`], so commands,
@@ -199,6 +210,46 @@ struct Shared {
     metrics: Arc<Metrics>,
     timeout: Duration,
     connect_timeout: Duration,
+    /// Where Redis is, for messages: scheme and addresses, never the password.
+    endpoint: String,
+    /// The first node without credentials, and the credentials, to ask Redis itself why
+    /// it refused them (redis-rs reports only "Password authentication failed").
+    auth_probe: Option<AuthProbe>,
+    /// Whether Redis has answered once since start.
+    reached: AtomicBool,
+    /// Until then: why the last attempt failed ([`describe_failure`]), and when that was
+    /// last logged.
+    unreached: Mutex<Unreached>,
+}
+
+struct AuthProbe {
+    bare: redis::Client,
+    username: Option<String>,
+    password: String,
+}
+
+impl AuthProbe {
+    /// Sends `AUTH` on a connection without credentials and returns Redis' error reply
+    /// (e.g. `WRONGPASS: invalid username-password pair or user is disabled.`), which
+    /// never holds the password.
+    async fn refusal(&self, timeout: Duration) -> Option<String> {
+        let ask = async {
+            let mut connection = self.bare.get_multiplexed_async_connection().await.ok()?;
+            let mut auth = redis::cmd("AUTH");
+            if let Some(username) = &self.username {
+                auth.arg(username);
+            }
+            auth.arg(&self.password);
+            auth.query_async::<()>(&mut connection).await.err().map(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, ask).await.ok().flatten()
+    }
+}
+
+#[derive(Default)]
+struct Unreached {
+    why: Option<String>,
+    logged_at: Option<Instant>,
 }
 
 /// A worker's own connection (single-node Redis only), opened lazily on the worker by
@@ -252,7 +303,21 @@ impl RedisClient {
         let connect_timeout = timeout.max(MIN_CONNECT_TIMEOUT);
         let config_error = |e: redis::RedisError| RedisClientError::Config(e.to_string());
 
+        let endpoint = endpoint(&settings.url, &parsed.nodes);
         let first = parsed.nodes.first().cloned().ok_or_else(|| RedisClientError::Url("no host".into()))?;
+        let auth_probe = first.redis_settings().password().and_then(|password| {
+            let credentials = first.redis_settings();
+            let bare = first.clone().set_redis_settings(redis::RedisConnectionInfo::default());
+            let bare = match &parsed.certs {
+                Some(certs) => redis::Client::build_with_tls(bare, certs.clone()),
+                None => redis::Client::open(bare),
+            };
+            Some(AuthProbe {
+                bare: bare.ok()?,
+                username: credentials.username().map(str::to_string),
+                password: password.to_string(),
+            })
+        });
         let pubsub = match &parsed.certs {
             Some(certs) => redis::Client::build_with_tls(first, certs.clone()),
             None => redis::Client::open(first),
@@ -297,10 +362,13 @@ impl RedisClient {
             metrics,
             timeout,
             connect_timeout,
+            endpoint,
+            auth_probe,
+            reached: AtomicBool::new(false),
+            unreached: Mutex::new(Unreached::default()),
         });
-        if let Err(e) = shared.establish(false).await {
-            tracing::warn!(error = %e, "Redis is not reachable at start; connecting in the background");
-        }
+        let first = shared.establish(false).await;
+        shared.note_attempt(first);
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         Ok(RedisClient { shared })
     }
@@ -390,6 +458,24 @@ impl RedisClient {
         !self.shared.breaker.is_open()
     }
 
+    /// `None` once Redis has answered since start (whatever happened after); until then,
+    /// why not: the last attempt's failure, as [`describe_failure`] puts it. A keygate
+    /// whose Redis was never reached is not ready (a wrong password or host in a rolling
+    /// update must not replace healthy pods); one whose Redis went away later is.
+    pub fn never_reached(&self) -> Option<String> {
+        if self.shared.reached.load(Ordering::Acquire) {
+            return None;
+        }
+        let unreached = self.shared.unreached.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(unreached.why.clone().unwrap_or_else(|| format!("Redis at {} not reached yet", self.shared.endpoint)))
+    }
+
+    /// Where Redis is, for messages: `redis://host:port` (or the cluster's node list),
+    /// never the password.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
     /// Waits until the breaker is closed, at most `timeout`; returns whether it is. For
     /// callers off the request path (the CLI) that would rather wait for a Redis that
     /// is restarting than fail at once.
@@ -422,14 +508,20 @@ impl RedisClient {
 }
 
 impl Shared {
-    /// Builds a fresh connection (bounded by `connect_timeout`) and installs it;
-    /// `replace`: even if one exists (it went silent). Closes the breaker on success.
-    /// The error is redis-rs's (it never holds the password).
+    /// Builds a fresh connection (bounded by `connect_timeout`), checks that Redis answers
+    /// a PING on it (the credentials are accepted) and installs it; `replace`: even if one
+    /// exists (it went silent). Closes the breaker on success. The error says what failed
+    /// ([`describe_failure`]; it never holds the password).
     async fn establish(&self, replace: bool) -> Result<(), String> {
         if !replace && self.connection.load().is_some() {
             return Ok(());
         }
-        match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
+        let connect = async {
+            let mut connection = self.target.connect().await?;
+            redis::cmd("PING").query_async::<String>(&mut connection).await?;
+            Ok::<_, redis::RedisError>(connection)
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(connection)) => {
                 self.connection.store(Some(Arc::new(connection)));
                 // The workers' connections may be as stuck as the one replaced: they are
@@ -440,8 +532,51 @@ impl Shared {
                 self.breaker.record_success();
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+                // Redis' own words, which redis-rs drops: WRONGPASS, or no password set.
+                let refusal = match &self.auth_probe {
+                    Some(probe) => probe.refusal(self.connect_timeout).await,
+                    None => None,
+                };
+                Err(match refusal {
+                    Some(refusal) => describe_refusal(&self.endpoint, &refusal),
+                    None => describe_failure(&self.endpoint, &e),
+                })
+            }
+            Ok(Err(e)) => Err(describe_failure(&self.endpoint, &e)),
+            Err(_) => Err(format!("Redis at {} did not answer within {:?}", self.endpoint, self.connect_timeout)),
+        }
+    }
+
+    /// Records a connection attempt's result: the first success since start is logged
+    /// once; until then, a failure is kept (for `/readyz` and the CLI) and logged every
+    /// [`UNREACHED_LOG_EVERY`]. Returns whether it succeeded.
+    fn note_attempt(&self, result: Result<(), String>) -> bool {
+        match result {
+            Ok(()) => {
+                if !self.reached.swap(true, Ordering::AcqRel) {
+                    self.unreached.lock().unwrap_or_else(PoisonError::into_inner).why = None;
+                    tracing::info!(redis = %self.endpoint, "connected to Redis");
+                }
+                true
+            }
+            Err(why) if self.reached.load(Ordering::Acquire) => {
+                tracing::debug!(error = %why, "Redis connection attempt failed");
+                false
+            }
+            Err(why) => {
+                let mut unreached = self.unreached.lock().unwrap_or_else(PoisonError::into_inner);
+                let due = unreached.logged_at.is_none_or(|at| at.elapsed() >= UNREACHED_LOG_EVERY);
+                if due {
+                    unreached.logged_at = Some(Instant::now());
+                    tracing::warn!(
+                        error = %why,
+                        "Redis not reached since start; retrying in the background"
+                    );
+                }
+                unreached.why = Some(why);
+                false
+            }
         }
     }
 
@@ -515,7 +650,8 @@ async fn probe_loop(shared: Weak<Shared>) {
             continue;
         }
         let ok = if shared.connection.load().is_none() {
-            log_failed_attempt(shared.establish(false).await)
+            let attempt = shared.establish(false).await;
+            shared.note_attempt(attempt)
         } else if shared.ping().await {
             shared.breaker.record_success();
             true
@@ -523,7 +659,10 @@ async fn probe_loop(shared: Weak<Shared>) {
             failed_probes += 1;
             // A connection that never answers may be stuck on a dead peer; the
             // connection manager only reconnects after an error it can see.
-            failed_probes.is_multiple_of(REBUILD_AFTER_PROBES) && log_failed_attempt(shared.establish(true).await)
+            failed_probes.is_multiple_of(REBUILD_AFTER_PROBES) && {
+                let attempt = shared.establish(true).await;
+                shared.note_attempt(attempt)
+            }
         };
         if ok {
             failed_probes = 0;
@@ -531,14 +670,50 @@ async fn probe_loop(shared: Weak<Shared>) {
     }
 }
 
-fn log_failed_attempt(result: Result<(), String>) -> bool {
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "Redis connection attempt failed");
-            false
-        }
+/// `redis://host:port` for a single node, `redis+cluster://h1:p1,h2:p2` for a cluster
+/// (`rediss` with TLS): what the URL names, without its credentials.
+fn endpoint(url: &str, nodes: &[redis::ConnectionInfo]) -> String {
+    let scheme = url.split_once("://").map_or("redis", |(scheme, _)| scheme).to_ascii_lowercase();
+    let addresses: Vec<String> = nodes.iter().map(|node| node.addr().to_string()).collect();
+    format!("{scheme}://{}", addresses.join(","))
+}
+
+/// Redis' refusal of `AUTH` (its error reply, never holding the password), for an
+/// operator.
+fn describe_refusal(endpoint: &str, refusal: &str) -> String {
+    if refusal.to_ascii_lowercase().contains("without any password configured") {
+        format!("Redis at {endpoint} has no password set but one was given ({refusal})")
+    } else {
+        format!("Redis at {endpoint} refused the password ({refusal})")
     }
+}
+
+/// What went wrong reaching Redis at `endpoint`, for an operator: a refused or missing
+/// password, a name that does not resolve, a refused connection, TLS; with Redis' own
+/// words (e.g. `WRONGPASS invalid username-password pair…`), never the password.
+pub fn describe_failure(endpoint: &str, e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    let code = e.code().unwrap_or_default();
+    let lower = text.to_ascii_lowercase();
+    if code == "NOAUTH" || lower.contains("noauth") {
+        return format!("Redis at {endpoint} requires a password and none was given ({text})");
+    }
+    if code == "WRONGPASS" || lower.contains("wrongpass") || e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return format!("Redis at {endpoint} refused the password ({text})");
+    }
+    if lower.contains("without any password configured") {
+        return format!("Redis at {endpoint} has no password set but one was given ({text})");
+    }
+    if lower.contains("lookup address") || lower.contains("name or service not known") || lower.contains("resolve") {
+        return format!("the name of Redis at {endpoint} does not resolve ({text})");
+    }
+    if e.is_connection_refusal() || lower.contains("connection refused") {
+        return format!("Redis at {endpoint} refused the connection ({text})");
+    }
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return format!("TLS with Redis at {endpoint} failed ({text})");
+    }
+    format!("Redis at {endpoint} cannot be reached ({text})")
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! hash, validates and swaps; [`content_hash`], [`Fingerprint`] and [`Outcome`] are the
 //! shared vocabulary.
 
+pub mod orphans;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -88,8 +90,7 @@ pub enum Outcome {
     /// The new content is valid and was swapped in.
     Reloaded,
     /// The content was refused (the last good one keeps serving). `fingerprint` names
-    /// that content (its hash, or why it could not be read), so that a watcher can report
-    /// the same refused content once rather than on every poll.
+    /// that content (its hash, or why it could not be read).
     Refused { fingerprint: Fingerprint },
 }
 

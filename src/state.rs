@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -35,6 +35,25 @@ pub struct App {
     draining: AtomicBool,
     /// True once the listeners are bound and a policy is loaded.
     ready: AtomicBool,
+    /// `--allow-orphaned-plans`: a reload may drop a plan that tenants are on.
+    allow_orphaned_plans: bool,
+    /// The runtime the store lives on, for the reload's store reads (the watcher is a
+    /// thread of its own).
+    runtime: Option<tokio::runtime::Handle>,
+    /// The last load or reload attempt, for `/readyz` and the metrics.
+    reload_state: Mutex<ReloadState>,
+}
+
+/// What the last load or reload attempt of the policy found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadState {
+    /// The SHA-256 of the policy file on disk as last read (`unreadable` when it could not
+    /// be read); the serving policy's is `Policy::hash`.
+    pub disk_sha256: String,
+    /// Whether that attempt succeeded (or found the serving content).
+    pub successful: bool,
+    /// Why it was refused: the first error.
+    pub error: Option<String>,
 }
 
 impl App {
@@ -47,6 +66,8 @@ impl App {
         metrics: Arc<Metrics>,
     ) -> App {
         let gate = gate.with_address_budgets(&settings.server, &settings.listen.trusted_proxies);
+        metrics.set_config_state(&policy.hash, &policy.hash, true);
+        let reload_state = ReloadState { disk_sha256: policy.hash.clone(), successful: true, error: None };
         App {
             upstreams: Upstreams::new(settings.server.workers),
             settings: Arc::new(settings),
@@ -56,7 +77,21 @@ impl App {
             metrics,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            allow_orphaned_plans: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            reload_state: Mutex::new(reload_state),
         }
+    }
+
+    /// `--allow-orphaned-plans`: reloads may drop plans that tenants are on.
+    pub fn allowing_orphaned_plans(mut self, allow: bool) -> App {
+        self.allow_orphaned_plans = allow;
+        self
+    }
+
+    /// The last load or reload attempt of the policy.
+    pub fn reload_state(&self) -> ReloadState {
+        self.reload_state.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn settings(&self) -> &Arc<Settings> {
@@ -115,17 +150,16 @@ impl App {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Re-reads the policy (SIGHUP does this); swaps it in when it is valid and its
-    /// content changed. An invalid file changes nothing: it is logged with
-    /// file:line:column and counted. Content whose hash is the one being served is not
-    /// even parsed: nothing is logged or counted.
-    pub fn reload_policy(&self) -> reload::Outcome {
-        self.reload_policy_unless(None)
-    }
-
-    /// [`App::reload_policy`], except that content named by `refused` (the fingerprint of an
-    /// earlier [`reload::Outcome::Refused`]) is not parsed, logged or counted again: the
-    /// watcher's poll sees a bad file every time it looks.
+    /// Re-reads the policy (SIGHUP, the watcher's events and its poll do this); swaps it in
+    /// when it is valid and its content changed. An invalid file changes nothing: it is
+    /// logged with file:line:column and counted, every time it is tried (a file that
+    /// stays invalid stays reported: `config_last_reload_successful` 0, a log line per
+    /// attempt). Content whose hash is the one being served is not even parsed: nothing
+    /// is logged or counted, and the last attempt counts as successful.
+    ///
+    /// A policy that drops a plan tenants of the store are on is refused too (unless
+    /// `--allow-orphaned-plans`): see [`reload::orphans`]. As that depends on the store,
+    /// the poll tries it again even when the file has not changed.
     ///
     /// Content that does not parse is read again after [`reload::SETTLE`]: it is refused
     /// only once it has stopped changing (a slow in-place write is not an error).
@@ -134,17 +168,15 @@ impl App {
     /// against the policy the content was compared with, so one change is one swap and
     /// one success, and a reload that lost the race reads the file again rather than
     /// putting back older content.
-    pub fn reload_policy_unless(&self, refused: Option<&reload::Fingerprint>) -> reload::Outcome {
+    pub fn reload_policy(&self) -> reload::Outcome {
         let path: &Path = &self.settings.policy_file;
         let mut rounds = 0;
         loop {
             let current = self.policy.load_full();
             let content = reload::read(path);
             if content.fingerprint.is_hash(&current.hash) {
+                self.record_attempt(&current.hash, &content.fingerprint, None);
                 return reload::Outcome::Unchanged;
-            }
-            if refused == Some(&content.fingerprint) {
-                return reload::Outcome::Refused { fingerprint: content.fingerprint };
             }
             let parsed = match content.bytes {
                 Err(e) => Err(vec![Diagnostic::file_error(path, format!("cannot read: {e}"))]),
@@ -159,8 +191,12 @@ impl App {
                     rounds += 1;
                     continue;
                 }
-                Err(errors) => return self.refuse(path, content.fingerprint, &errors),
+                Err(errors) => return self.refuse(path, &current.hash, content.fingerprint, &errors),
             };
+            if let Err(errors) = self.check_orphaned_plans(&current, &policy) {
+                return self.refuse(path, &current.hash, content.fingerprint, &errors);
+            }
+            let new_hash = policy.hash.clone();
             let previous = self.policy.compare_and_swap(&current, Arc::new(policy));
             if !Arc::ptr_eq(&previous, &current) {
                 continue; // another reload swapped first: compare with what it put in
@@ -171,18 +207,91 @@ impl App {
             let upstreams: Vec<_> = self.policy.load().upstreams.values().cloned().collect();
             self.upstreams.retain(&upstreams);
             self.metrics.config_reload(ReloadResult::Success, Some(unix_now()));
+            self.record_attempt(&new_hash, &content.fingerprint, None);
             tracing::info!(file = %path.display(), hash = %content.fingerprint, "policy reloaded");
             return reload::Outcome::Reloaded;
         }
     }
 
-    fn refuse(&self, path: &Path, fingerprint: reload::Fingerprint, errors: &[Diagnostic]) -> reload::Outcome {
+    fn refuse(
+        &self,
+        path: &Path,
+        serving: &str,
+        fingerprint: reload::Fingerprint,
+        errors: &[Diagnostic],
+    ) -> reload::Outcome {
         for error in errors {
             tracing::error!("{error}");
         }
         self.metrics.config_reload(ReloadResult::Failure, None);
-        tracing::error!(file = %path.display(), "policy reload failed; the last good policy keeps serving");
+        let first = errors.first().map(ToString::to_string).unwrap_or_else(|| "refused".to_string());
+        self.record_attempt(serving, &fingerprint, Some(first));
+        tracing::error!(
+            file = %path.display(),
+            disk_sha256 = %disk_hash(&fingerprint),
+            serving_sha256 = %serving,
+            "policy reload failed; the last good policy keeps serving"
+        );
         reload::Outcome::Refused { fingerprint }
+    }
+
+    /// Keeps what an attempt found for `/readyz` and the metrics.
+    fn record_attempt(&self, serving: &str, disk: &reload::Fingerprint, error: Option<String>) {
+        let mut state = self.reload_state.lock().unwrap_or_else(PoisonError::into_inner);
+        let disk = disk_hash(disk);
+        self.metrics.set_config_state(serving, &disk, error.is_none());
+        *state = ReloadState { disk_sha256: disk, successful: error.is_none(), error };
+    }
+
+    /// Refuses `policy` when it drops a plan of `serving` that tenants of the store are
+    /// on, unless orphaned plans are allowed. Reads the store only when a plan is dropped;
+    /// a store that cannot be read then refuses the reload too (it is tried again on the
+    /// next change or poll), since locking tenants out unseen is what this prevents.
+    fn check_orphaned_plans(&self, serving: &Policy, policy: &Policy) -> Result<(), Vec<Diagnostic>> {
+        let dropped = reload::orphans::dropped_plans(serving, policy);
+        if self.allow_orphaned_plans || dropped.is_empty() {
+            return Ok(());
+        }
+        let path = &self.settings.policy_file;
+        let per_plan = self.tenants_per_plan().map_err(|e| {
+            vec![Diagnostic::file_error(
+                path,
+                format!(
+                    "the policy drops plan(s) {} but the key store cannot be read to check that no tenant is on them                      ({e}); tried again on the next change or poll",
+                    dropped.join(", ")
+                ),
+            )]
+        })?;
+        let orphaned = reload::orphans::orphaned(&per_plan, policy, Some(serving));
+        if orphaned.is_empty() {
+            return Ok(());
+        }
+        Err(orphaned.iter().map(|o| Diagnostic::file_error(path, o.to_string())).collect())
+    }
+
+    /// The store's tenants per plan, read on the store's runtime from a thread of its own
+    /// (a reload runs on the watcher's thread, SIGHUP's on the blocking pool, a test's
+    /// maybe inside a runtime: none may block a runtime thread).
+    fn tenants_per_plan(&self) -> Result<std::collections::BTreeMap<String, usize>, String> {
+        let Some(runtime) = &self.runtime else {
+            return Err("no runtime to read the store on".to_string());
+        };
+        let store = self.keys().store();
+        std::thread::scope(|scope| {
+            let read = scope.spawn(|| runtime.block_on(store.tenants_per_plan()));
+            match read.join() {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("reading the store's tenants panicked".to_string()),
+            }
+        })
+    }
+}
+
+/// The `disk_sha256` of what a reload read: the hash, or `unreadable`.
+fn disk_hash(fingerprint: &reload::Fingerprint) -> String {
+    match fingerprint {
+        reload::Fingerprint::Hash(hash) => hash.clone(),
+        reload::Fingerprint::Unreadable(_) => "unreadable".to_string(),
     }
 }
 

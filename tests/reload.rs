@@ -71,6 +71,28 @@ async fn becomes(http: &Http, url: &str, want: u16, deadline: Duration) -> bool 
     eventually(deadline, async || status_of(http, url).await == want).await
 }
 
+/// `keygate_config_last_reload_successful`.
+async fn reload_successful(admin: SocketAddr) -> f64 {
+    metric(&metrics_text(admin).await, "keygate_config_last_reload_successful", &[])
+        .expect("keygate_config_last_reload_successful is exported")
+}
+
+/// The labels of the one `keygate_config_info` series: (serving_sha256, disk_sha256).
+async fn config_info(admin: SocketAddr) -> (String, String) {
+    let text = metrics_text(admin).await;
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("keygate_config_info{")).collect();
+    assert_eq!(series.len(), 1, "not one keygate_config_info series: {series:?}");
+    let label = |name: &str| {
+        let start = series[0].find(&format!("{name}=\"")).expect("the label") + name.len() + 2;
+        series[0][start..].split('"').next().unwrap().to_string()
+    };
+    (label("serving_sha256"), label("disk_sha256"))
+}
+
+async fn readyz(admin: SocketAddr) -> serde_json::Value {
+    Http::new().get(&format!("http://{admin}/readyz"), None).await.json()
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -410,6 +432,10 @@ async fn the_binary_logs_an_invalid_policy_with_its_position_and_keeps_serving()
     assert!(!errors.is_empty(), "no file:line:column error logged: {:#?}", &serve.lines()[mark..]);
     assert!(errors.iter().all(|&(line, column)| line == 3 && column >= 1), "{errors:?}");
     assert!(reloads_reach(serve.admin, "failure", failures + 1.0, Duration::from_secs(2)).await);
+    // The file stays broken: the poll (2 s) logs it again, with no change to the file.
+    let first = serve.wait_for(mark, "policy reload failed; the last good policy keeps serving").await;
+    serve.wait_for(first + 1, "policy reload failed; the last good policy keeps serving").await;
+    let failures = reloads(serve.admin, "failure").await - 1.0;
     assert_eq!(status_of(&http, &serve.url("/status")).await, 200, "the last good policy stopped serving");
 
     // Semantically invalid: a route names an upstream that does not exist.
@@ -419,12 +445,14 @@ async fn the_binary_logs_an_invalid_policy_with_its_position_and_keeps_serving()
     );
     let mark = serve.lines().len();
     rename_over(&file, &unknown);
-    serve.wait_for(mark, "policy reload failed; the last good policy keeps serving").await;
-    let errors: Vec<(usize, usize)> =
-        serve.lines()[mark..].iter().filter_map(|l| position_in(&log_message(l)?, "routes.toml")).collect();
-    assert!(!errors.is_empty(), "no file:line:column error logged: {:#?}", &serve.lines()[mark..]);
+    // The poll may report the old broken file once more first: wait for the new error.
     let missing_line = unknown.lines().position(|l| l == "upstream = \"missing\"").unwrap() + 1;
-    assert!(errors.iter().any(|&(line, _)| line == missing_line), "{errors:?}, expected line {missing_line}");
+    let errors = || -> Vec<(usize, usize)> {
+        serve.lines()[mark..].iter().filter_map(|l| position_in(&log_message(l)?, "routes.toml")).collect()
+    };
+    let logged =
+        eventually(Duration::from_secs(5), async || errors().iter().any(|&(line, _)| line == missing_line)).await;
+    assert!(logged, "{:?}, expected line {missing_line}: {:#?}", errors(), &serve.lines()[mark..]);
     assert!(reloads_reach(serve.admin, "failure", failures + 2.0, Duration::from_secs(2)).await);
     assert_eq!(status_of(&http, &serve.url("/v1/nowhere")).await, 404);
     assert_eq!(status_of(&http, &serve.url("/status")).await, 200);
@@ -438,9 +466,9 @@ async fn the_binary_logs_an_invalid_policy_with_its_position_and_keeps_serving()
 // 5: invalid files in-process
 
 #[tokio::test]
-async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_is_picked_up() {
+async fn an_invalid_file_changes_nothing_stays_reported_on_every_poll_and_a_later_valid_one_is_picked_up() {
     let up = upstream().await;
-    // The poll is part of what this test checks (a bad file it reads again is not counted again).
+    // The poll is part of what this test checks (a bad file it reads again is reported again).
     let kg = Keygate::builder(&up.url()).polls(keygate::Polls::default()).start().await;
     let http = Http::new();
     let file = kg.routes_path();
@@ -449,33 +477,47 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     let good_hash = kg.app().policy().hash.clone();
     let successes = reloads(kg.admin, "success").await;
     let failures = reloads(kg.admin, "failure").await;
+    assert_eq!(reload_successful(kg.admin).await, 1.0);
+    assert_eq!(config_info(kg.admin).await, (good_hash.clone(), good_hash.clone()));
 
     // A syntax error.
     let broken = policy(&up.url(), "[[routes]\nprefix = \"/v1/broken\"\n");
+    let broken_hash = keygate::reload::content_hash(broken.as_bytes());
     rename_over(&file, &broken);
     assert!(reloads_reach(kg.admin, "failure", failures + 1.0, PROMPTLY).await, "the failure was not counted");
     assert_eq!(kg.app().policy().hash, good_hash, "an invalid file replaced the policy");
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 200);
+    assert_eq!(reload_successful(kg.admin).await, 0.0);
+    assert_eq!(config_info(kg.admin).await, (good_hash.clone(), broken_hash.clone()));
+    let ready = readyz(kg.admin).await;
+    assert_eq!(ready["policy"]["serving_sha256"], good_hash.as_str(), "{ready}");
+    assert_eq!(ready["policy"]["disk_sha256"], broken_hash.as_str(), "{ready}");
+    assert_eq!(ready["policy"]["last_reload_successful"], false, "{ready}");
+    assert!(ready["policy"]["last_reload_error"].as_str().is_some_and(|e| e.contains("routes.toml:")), "{ready}");
     let Err(errors) = keygate::policy::Policy::load(&file) else { panic!("the file is valid") };
     let broken_line = broken.lines().position(|l| l == "[[routes]").unwrap() + 1;
     assert_eq!((errors[0].line, errors[0].column > 0), (broken_line, true), "{errors:?}");
     assert!(errors[0].to_string().contains(&format!("routes.toml:{broken_line}:")), "{}", errors[0]);
 
-    // The poll (every 2 s) sees the same bad content again: it is not reported again.
-    // Nothing else reads the file now (the watch's own reload is over: it was counted),
-    // so the next open is the poll's. Its verdict is final before the watch handles the
-    // next change (one thread does both), which the exact counts below check.
+    // The poll (every 2 s) tries the same bad content again, and reports it again: a file
+    // that stays broken stays visible. Nothing else touches the file now.
     let reads = FileReads::watch(&file);
-    let polled = eventually(Duration::from_secs(10), async || reads.count() >= 1).await;
-    assert!(polled, "the poll did not read the file within 10 s");
-    assert_eq!(reloads(kg.admin, "failure").await, failures + 1.0, "the same bad content was counted twice");
+    let polled = eventually(Duration::from_secs(10), async || reads.count() >= 2).await;
+    assert!(polled, "the poll did not read the file twice within 10 s");
+    assert!(reloads_reach(kg.admin, "failure", failures + 2.0, Duration::from_secs(10)).await, "not reported again");
+    assert_eq!(reload_successful(kg.admin).await, 0.0);
+    assert_eq!(kg.app().policy().hash, good_hash);
 
-    // Semantically invalid (an unknown upstream) is a new failure.
+    // Semantically invalid (an unknown upstream) is a failure too.
+    let before = reloads(kg.admin, "failure").await;
     let unknown =
         policy(&up.url(), &public_route("/v1/nowhere")).replace("upstream = \"app\"\n\n", "upstream = \"nope\"\n\n");
     assert!(unknown.contains("\"nope\""));
     rename_over(&file, &unknown);
-    assert!(reloads_reach(kg.admin, "failure", failures + 2.0, PROMPTLY).await);
+    let unknown_hash = keygate::reload::content_hash(unknown.as_bytes());
+    let seen = eventually(PROMPTLY, async || config_info(kg.admin).await.1 == unknown_hash).await;
+    assert!(seen, "the new invalid file was not tried");
+    assert!(reloads(kg.admin, "failure").await > before);
     let Err(errors) = keygate::policy::Policy::load(&file) else { panic!("the file is valid") };
     assert!(errors.iter().all(|e| e.line > 0 && e.column > 0), "{errors:?}");
     assert!(errors.iter().any(|e| e.message.contains("nope")), "{errors:?}");
@@ -483,16 +525,21 @@ async fn an_invalid_file_changes_nothing_is_counted_once_and_a_later_valid_one_i
     assert_eq!(status_of(&http, &kg.url("/v1/nowhere")).await, 404);
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 200);
 
-    // A later valid file is picked up.
-    rename_over(&file, policy(&up.url(), &public_route("/v1/better")));
+    // A later valid file is picked up, and the state is clear again.
+    let better = policy(&up.url(), &public_route("/v1/better"));
+    rename_over(&file, &better);
     assert!(becomes(&http, &kg.url("/v1/better"), 200, PROMPTLY).await);
     assert_eq!(status_of(&http, &kg.url("/v1/good")).await, 404);
     assert!(reloads_reach(kg.admin, "success", successes + 1.0, Duration::from_secs(2)).await);
-    assert_eq!(reloads(kg.admin, "failure").await, failures + 2.0);
+    let better_hash = keygate::reload::content_hash(better.as_bytes());
+    assert_eq!(reload_successful(kg.admin).await, 1.0);
+    assert_eq!(config_info(kg.admin).await, (better_hash.clone(), better_hash));
+    assert!(readyz(kg.admin).await["policy"]["last_reload_error"].is_null());
 
-    // Back to content refused before: it is new again (something good came in between).
+    // Back to content refused before: refused again.
+    let before = reloads(kg.admin, "failure").await;
     rename_over(&file, &broken);
-    assert!(reloads_reach(kg.admin, "failure", failures + 3.0, PROMPTLY).await);
+    assert!(reloads_reach(kg.admin, "failure", before + 1.0, PROMPTLY).await);
     assert_eq!(status_of(&http, &kg.url("/v1/better")).await, 200);
     kg.stop().await;
 }

@@ -7,8 +7,9 @@ use super::CliError;
 use crate::diag::Diagnostic;
 use crate::settings::Settings;
 
-pub fn run(config: &Path, json: bool) -> Result<(), CliError> {
-    let diagnostics = collect(config);
+pub fn run(config: &Path, json: bool, args: &CheckArgs) -> Result<(), CliError> {
+    let mut diagnostics = collect(config);
+    diagnostics.extend(store_checks(config, args, &diagnostics));
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
     if json {
@@ -62,4 +63,77 @@ pub fn collect(config: &Path) -> Vec<Diagnostic> {
         }
     }
     diagnostics
+}
+
+/// `keygate check`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CheckArgs {
+    /// Also connect to the configured Redis, with the configured credentials and TLS, and
+    /// report the exact failure (a refused password, a name that does not resolve, …);
+    /// with Redis keys, also check the policy's plans against the store's tenants.
+    #[arg(long)]
+    pub connect: bool,
+    /// Accept a policy that lacks a plan some tenants are on (their requests would get
+    /// 403 "plan not available").
+    #[arg(long)]
+    pub allow_orphaned_plans: bool,
+}
+
+/// The checks that need the key store, once the files themselves are valid: `--connect`
+/// (the configured Redis is reached, or exactly why not), and orphaned plans (tenants of
+/// the store on a plan the policy lacks: `crate::reload::orphans`), against the key file,
+/// or with `--connect` against Redis' tenants. Offline with Redis keys, the tenants are
+/// not checked.
+pub fn store_checks(config: &Path, args: &CheckArgs, so_far: &[Diagnostic]) -> Vec<Diagnostic> {
+    use crate::settings::{KeySource, LimitBackend};
+    if so_far.iter().any(Diagnostic::is_error) {
+        return Vec::new();
+    }
+    let Ok((settings, _)) = Settings::load(config) else { return Vec::new() };
+    let Ok((policy, _)) = crate::policy::Policy::load(&settings.policy_file) else { return Vec::new() };
+    let uses_redis = settings.keys.source == KeySource::Redis || settings.limits.backend == LimitBackend::Redis;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return vec![Diagnostic::file_error(&settings.file, format!("cannot start the runtime: {e}"))],
+    };
+    runtime.block_on(async {
+        let mut out = Vec::new();
+        let mut redis = None;
+        if args.connect && uses_redis {
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            match crate::app::redis_client(&settings, metrics, Some(super::STORE_TIMEOUT)).await {
+                Err(e) => out.push(Diagnostic::file_error(&settings.file, format!("redis: {e}"))),
+                Ok(client) => match client.never_reached() {
+                    Some(why) => out.push(Diagnostic::file_error(&settings.file, format!("redis: {why}"))),
+                    None => redis = Some(client),
+                },
+            }
+        }
+        if args.allow_orphaned_plans {
+            return out;
+        }
+        let per_plan = match (&settings.keys.source, redis) {
+            (KeySource::File(path), _) => match crate::keys::file_store::FileStore::open(path) {
+                Ok(store) => crate::keys::store::Store::File(std::sync::Arc::new(store)).tenants_per_plan().await,
+                Err(e) => {
+                    out.push(Diagnostic::file_error(&settings.file, format!("keys.file: {e}")));
+                    return out;
+                }
+            },
+            (KeySource::Redis, Some(client)) => {
+                let store = crate::keys::redis_store::RedisStore::new(client);
+                crate::keys::store::Store::Redis(store).tenants_per_plan().await
+            }
+            (KeySource::Redis, None) => return out,
+        };
+        match per_plan {
+            Ok(per_plan) => out.extend(
+                crate::reload::orphans::orphaned(&per_plan, &policy, None)
+                    .iter()
+                    .map(|orphan| Diagnostic::file_error(&settings.policy_file, orphan.to_string())),
+            ),
+            Err(e) => out.push(Diagnostic::file_error(&settings.file, format!("cannot read the tenants: {e}"))),
+        }
+        out
+    })
 }

@@ -6,7 +6,17 @@ use super::CliError;
 use crate::app::{self, Options, StartError};
 use crate::settings::Settings;
 
-pub fn run(config: &Path) -> Result<(), CliError> {
+/// `keygate serve`'s options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Let a policy reload drop a plan that tenants are on (their requests then get 403
+    /// "plan not available"). Without it such a reload is refused and the old policy
+    /// keeps serving.
+    #[arg(long)]
+    pub allow_orphaned_plans: bool,
+}
+
+pub fn run(config: &Path, args: &ServeArgs) -> Result<(), CliError> {
     let settings = match Settings::load(config) {
         Ok((settings, warnings)) => {
             for warning in warnings {
@@ -24,7 +34,8 @@ pub fn run(config: &Path) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::input(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let running = match app::start(settings, Options::default()).await {
+        let options = Options { allow_orphaned_plans: args.allow_orphaned_plans, ..Options::default() };
+        let running = match app::start(settings, options).await {
             Ok(running) => running,
             Err(StartError::Config(errors)) => return Err(config_error(&errors)),
             Err(StartError::Other(message)) => return Err(CliError::input(message)),

@@ -21,12 +21,25 @@ pub enum TenantsCommand {
         #[arg(long)]
         plan: String,
     },
-    /// Moves a tenant to another plan; takes effect on the next request.
+    /// Moves a tenant to another plan; takes effect on the next request. With
+    /// `--from OLD --to NEW`: moves every tenant on plan OLD (which need not be in the
+    /// policy any more) to NEW, the middle step of renaming a plan.
+    #[command(
+        override_usage = "keygate tenants set-plan <ID> <PLAN>\n       keygate tenants set-plan --from <OLD> --to <NEW>"
+    )]
     SetPlan {
         /// The tenant id.
-        id: String,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        id: Option<String>,
         /// A plan of the policy's `[plans]`.
-        plan: String,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        plan: Option<String>,
+        /// Move every tenant on this plan (with --to).
+        #[arg(long, value_name = "OLD", requires = "to")]
+        from: Option<String>,
+        /// The plan of the policy's `[plans]` they move to (with --from).
+        #[arg(long, value_name = "NEW", requires = "from")]
+        to: Option<String>,
     },
     /// Deletes a tenant and revokes all its keys.
     Delete {
@@ -46,7 +59,22 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
             audit::tenant_created(Via::Cli, &tenant);
             print_tenant(context, &tenant, "Created tenant");
         }
-        TenantsCommand::SetPlan { id, plan } => {
+        TenantsCommand::SetPlan { from: Some(from), to: Some(to), .. } => {
+            let moved = context.block_on(store.move_plan(&context.policy, &from, &to)).map_err(CliError::input)?;
+            for tenant in &moved {
+                audit::plan_set(Via::Cli, tenant, Some(&from));
+            }
+            if context.json {
+                let tenants: Vec<_> = moved.iter().map(|t| json::tenant(t, None)).collect();
+                println!("{}", serde_json::json!({"from": from, "to": to, "moved": tenants}));
+            } else {
+                println!("Moved {} tenant(s) from plan {from} to plan {to}.", moved.len());
+                for tenant in &moved {
+                    println!("  {}", tenant.id);
+                }
+            }
+        }
+        TenantsCommand::SetPlan { id: Some(id), plan: Some(plan), .. } => {
             // The plan before, for the audit line: read first, as the change does not
             // return it.
             let before = context.block_on(store.tenant_data(&id)).map_err(CliError::input)?;
@@ -54,6 +82,9 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
             let tenant = context.block_on(store.set_plan(&context.policy, &id, &plan)).map_err(CliError::input)?;
             audit::plan_set(Via::Cli, &tenant, previous.as_deref());
             print_tenant(context, &tenant, "Moved tenant");
+        }
+        TenantsCommand::SetPlan { .. } => {
+            return Err(CliError::input("set-plan takes <ID> <PLAN>, or --from <OLD> --to <NEW>"));
         }
         TenantsCommand::Delete { id } => {
             // The record as it was, for `--json`.

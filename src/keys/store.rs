@@ -1,6 +1,7 @@
 //! The key store as the CLI, the admin API and the proxy see it: the embedded file or
 //! Redis, behind one set of operations with the same rules and the same errors.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,50 @@ impl Store {
             }
             Store::Redis(store) => store.set_plan(policy, id, plan).await,
         }
+    }
+
+    /// Moves every tenant on plan `from` to plan `to` of the policy (`from` need not be in
+    /// it any more): the bulk step of renaming a plan. Returns the tenants moved. The
+    /// file store moves them all in one write; Redis one tenant at a time, each change
+    /// atomic, so that running it again after a failure moves the rest.
+    pub async fn move_plan(
+        &self,
+        policy: &Arc<Policy>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<TenantRecord>, ManageError> {
+        manage::check_plan(policy, to)?;
+        match self {
+            Store::File(store) => {
+                let (policy, from, to) = (Arc::clone(policy), from.to_string(), to.to_string());
+                update(store, move |data| {
+                    let ids: Vec<String> =
+                        data.tenants.values().filter(|t| t.plan == from).map(|t| t.id.clone()).collect();
+                    ids.iter().map(|id| manage::set_plan(data, &policy, id, &to)).collect()
+                })
+                .await
+            }
+            Store::Redis(store) => {
+                let mut moved = Vec::new();
+                for tenant in store.load_tenants().await?.into_iter().filter(|t| t.plan == from) {
+                    moved.push(store.set_plan(policy, &tenant.id, to).await?);
+                }
+                Ok(moved)
+            }
+        }
+    }
+
+    /// How many tenants are on each plan (deleted tenants are not counted): what a policy
+    /// that drops a plan is checked against (`crate::reload::orphans`). The file store
+    /// reads its file again first; Redis reads the tenant records alone, not the keys.
+    pub async fn tenants_per_plan(&self) -> Result<BTreeMap<String, usize>, ManageError> {
+        let mut counts = BTreeMap::new();
+        let mut count = |plan: &str| *counts.entry(plan.to_string()).or_insert(0) += 1;
+        match self {
+            Store::File(_) => self.data().await?.tenants.values().for_each(|t| count(&t.plan)),
+            Store::Redis(store) => store.load_tenants().await?.iter().for_each(|t| count(&t.plan)),
+        }
+        Ok(counts)
     }
 
     /// Deletes a tenant and revokes its keys; returns the revoked key ids.
@@ -157,6 +202,14 @@ impl Store {
         match self {
             Store::File(store) => Some(store),
             Store::Redis(_) => None,
+        }
+    }
+
+    /// The Redis store, for what only it has (its client).
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            Store::File(_) => None,
+            Store::Redis(store) => Some(store),
         }
     }
 

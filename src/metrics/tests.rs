@@ -58,6 +58,7 @@ fn every_metric_is_prefixed_and_of_its_type() {
         "keygate_auth_decisions_total counter",
         "keygate_build_info gauge",
         "keygate_config_last_reload_success_timestamp_seconds gauge",
+        "keygate_config_last_reload_successful gauge",
         "keygate_config_reloads_total counter",
         "keygate_connections_active gauge",
         "keygate_failed_auth_limited_total counter",
@@ -218,4 +219,21 @@ fn a_routes_resolved_children_count_what_labelled_lookups_count_and_appear_only_
     assert!(has_line(&text, r#"keygate_request_duration_seconds_count{route="/v1"} 4"#), "{text}");
     assert!(has_line(&text, r#"keygate_upstream_duration_seconds_count{upstream="api"} 2"#), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("keygate_requests_total{")).count(), 2, "{text}");
+}
+
+#[test]
+fn the_config_state_is_one_info_series_and_a_gauge() {
+    let m = Metrics::new();
+    m.set_config_state("aaa", "aaa", true);
+    m.set_config_state("aaa", "bbb", false);
+    let text = m.encode();
+    assert!(has_line(&text, "keygate_config_last_reload_successful 0"), "{text}");
+    assert!(has_line(&text, r#"keygate_config_info{disk_sha256="bbb",serving_sha256="aaa"} 1"#), "{text}");
+    // The earlier hashes are gone: one series, whatever the number of reloads.
+    assert_eq!(text.lines().filter(|l| l.starts_with("keygate_config_info{")).count(), 1, "{text}");
+    m.set_config_state("bbb", "bbb", true);
+    let text = m.encode();
+    assert!(has_line(&text, "keygate_config_last_reload_successful 1"), "{text}");
+    assert!(has_line(&text, r#"keygate_config_info{disk_sha256="bbb",serving_sha256="bbb"} 1"#), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("keygate_config_info{")).count(), 1, "{text}");
 }

@@ -12,7 +12,7 @@ use super::scripts::READ;
 use super::{corrupt, layout, query_each, unavailable, RedisStore, MANAGE_TIMEOUT};
 use crate::keys::data::{KeysData, Lookup};
 use crate::keys::manage::{ManageError, TOMBSTONE_TTL};
-use crate::keys::KeyDigest;
+use crate::keys::{KeyDigest, TenantRecord};
 use crate::metrics::StoreOp;
 use crate::redis_client::RedisCallError;
 
@@ -210,6 +210,23 @@ impl RedisStore {
             })
             .await?;
         Ok(tenants.into_iter().zip(members).find_map(|(tenant, member)| member.then_some(tenant)))
+    }
+
+    /// Every tenant record, without keys: what a policy reload checks its plans against
+    /// (`crate::reload::orphans`). Two round trips (the ids, then one `HGETALL` each, sent
+    /// at once), none a scan; deleted tenants (no record left) are not in it.
+    pub async fn load_tenants(&self) -> Result<Vec<TenantRecord>, ManageError> {
+        let ids = self.tenant_ids(OffsetDateTime::now_utc(), MANAGE_TIMEOUT).await.map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Fields> = self
+            .manage(StoreOp::Lookup, move |con| async move {
+                let commands = ids.iter().map(|id| redis::cmd("HGETALL").arg(layout::tenant(id)).clone()).collect();
+                query_each(&con, commands).await
+            })
+            .await?;
+        records.iter().filter_map(|fields| parse_tenant(fields).map_err(corrupt).transpose()).collect()
     }
 
     /// The ids of the listed tenants and of those deleted less than 30 days ago, sorted.
