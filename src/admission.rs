@@ -318,7 +318,7 @@ impl Gate {
 /// missing key; anything else unusable is a malformed one, with what is wrong with it.
 fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
     let token = bearer::token(headers).map_err(|e| bearer::why_no_key(headers, e))?;
-    keys::parse_secret(token).map_err(|e| AuthFailure::Malformed(bearer::why_not_a_key(token, e)))
+    keys::parse_secret(token).map_err(|e| AuthFailure::Malformed(crate::auth::why_not_a_key(token, e)))
 }
 
 /// A refusal on a shadow-mode route: recorded and logged; the request goes on.

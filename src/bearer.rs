@@ -6,7 +6,6 @@ use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
 use crate::error::{AuthFailure, BadKey, NoKey};
-use crate::keys::Malformed;
 
 /// Why no bearer token could be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,31 +90,23 @@ pub fn why_no_key(headers: &HeaderMap, error: BearerError) -> AuthFailure {
     }
 }
 
-/// What is wrong with `token`, sent after `Bearer `, that `parse_secret` refused as
-/// `malformed`: the mistakes people make first (quotes, brackets, whitespace, `Bearer`
-/// twice, another product's key), then what the key parser saw.
-pub fn why_not_a_key(token: &str, malformed: Malformed) -> BadKey {
+/// The mistakes people make first with the token after `Bearer `, whatever the key
+/// format: `Bearer` twice, quotes, angle brackets, whitespace inside, another product's
+/// credential. `None`: nothing of the kind (the key parser says what else is wrong).
+pub fn token_mistake(token: &str) -> Option<BadKey> {
     let first = token.chars().next().unwrap_or(' ');
     let last = token.chars().last().unwrap_or(' ');
     let quotes = ['"', '\'', '`', '\u{201c}', '\u{201d}', '\u{2018}', '\u{2019}'];
     if token.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
-        BadKey::SchemeTwice
+        Some(BadKey::SchemeTwice)
     } else if quotes.contains(&first) || quotes.contains(&last) {
-        BadKey::Quoted
+        Some(BadKey::Quoted)
     } else if first == '<' && last == '>' {
-        BadKey::Bracketed
+        Some(BadKey::Bracketed)
     } else if token.chars().any(char::is_whitespace) {
-        BadKey::Whitespace
-    } else if let Some(what) = foreign(token) {
-        BadKey::Foreign(what)
+        Some(BadKey::Whitespace)
     } else {
-        match malformed {
-            Malformed::Prefix if token.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("kg_")) => BadKey::PrefixCase,
-            Malformed::Prefix => BadKey::Prefix,
-            Malformed::Length => BadKey::Length(token.chars().count()),
-            Malformed::Charset => BadKey::Charset,
-            Malformed::Checksum => BadKey::Checksum,
-        }
+        foreign(token).map(BadKey::Foreign)
     }
 }
 
@@ -225,7 +216,7 @@ mod tests {
         match token(&headers) {
             Err(e) => why_no_key(&headers, e),
             Ok(t) => match crate::keys::parse_secret(t) {
-                Err(e) => AuthFailure::Malformed(why_not_a_key(t, e)),
+                Err(e) => AuthFailure::Malformed(crate::auth::why_not_a_key(t, e)),
                 Ok(_) => panic!("{value} is a key"),
             },
         }
@@ -246,7 +237,7 @@ mod tests {
             (format!("Bearer: {key}"), AuthFailure::Malformed(BadKey::SchemeMisspelt)),
             (format!("Baerer {key}"), AuthFailure::Malformed(BadKey::SchemeMisspelt)),
             (format!("Bearer {}", key.to_uppercase()), AuthFailure::Malformed(BadKey::PrefixCase)),
-            (format!("Bearer {}", &key[..20]), AuthFailure::Malformed(BadKey::Length(20))),
+            (format!("Bearer {}", &key[..20]), AuthFailure::Malformed(BadKey::Length { sent: 20, expected: 31 })),
             ("Bearer".to_string(), AuthFailure::Malformed(BadKey::EmptyBearer)),
             ("Bearer not-a-key".to_string(), AuthFailure::Malformed(BadKey::Prefix)),
             (

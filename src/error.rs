@@ -60,8 +60,8 @@ pub enum BadKey {
     Prefix,
     /// `KG_` or `Kg_` instead of `kg_`.
     PrefixCase,
-    /// `kg_…` of the wrong length (in characters).
-    Length(usize),
+    /// `kg_…` of the wrong length (in characters), and the right one.
+    Length { sent: usize, expected: usize },
     /// A character outside base62.
     Charset,
     /// The checksum does not match.
@@ -133,9 +133,8 @@ impl BadKey {
             }
             BadKey::Prefix => "it is not a keygate key (keygate keys start with `kg_`)".to_string(),
             BadKey::PrefixCase => "keygate keys start with a lower-case `kg_`".to_string(),
-            BadKey::Length(n) => format!(
-                "a keygate key is {} characters long, this one is {n} (truncated, or run into other text?)",
-                crate::keys::KEY_LEN
+            BadKey::Length { sent, expected } => format!(
+                "a keygate key is {expected} characters long, this one is {sent} (truncated, or run into other text?)"
             ),
             BadKey::Charset => "the key contains a character that is not a letter or a digit after `kg_`".to_string(),
             BadKey::Checksum => "the key's checksum does not match (mistyped or truncated?)".to_string(),

@@ -171,7 +171,7 @@ fn the_detail_of_a_missing_or_malformed_key_changes_the_message_not_the_label() 
         AuthFailure::Malformed(BadKey::Foreign("a GitHub token")),
         AuthFailure::Malformed(BadKey::Prefix),
         AuthFailure::Malformed(BadKey::PrefixCase),
-        AuthFailure::Malformed(BadKey::Length(30)),
+        AuthFailure::Malformed(BadKey::Length { sent: 30, expected: 31 }),
         AuthFailure::Malformed(BadKey::Charset),
         AuthFailure::Malformed(BadKey::Checksum),
     ];
