@@ -127,3 +127,39 @@ async fn the_demo_labels_its_listeners_keeps_its_secrets_private_logs_requests_a
     assert!(status.success(), "{status:?}: {}", stderr_text.lock().unwrap());
     assert!(!folder.exists(), "{} left behind", folder.display());
 }
+
+/// SIGHUP (the terminal closed) stops the demo and deletes its folder too.
+#[tokio::test]
+async fn the_demo_cleans_up_on_sighup() {
+    let mut child = Command::new(keygate_bin())
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keygate demo");
+    let stdout = child.stdout.take().unwrap();
+    let folder = tokio::task::spawn_blocking(move || {
+        let mut folder = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("config, secrets and key store in ") {
+                folder = rest.strip_suffix(" (deleted on exit)").map(PathBuf::from);
+            }
+            if line.starts_with("serving until") {
+                break;
+            }
+        }
+        folder
+    })
+    .await
+    .unwrap()
+    .expect("the banner names the folder");
+    assert!(folder.exists());
+    signal(child.id(), "HUP");
+    let exited = eventually(Duration::from_secs(20), async || matches!(child.try_wait(), Ok(Some(_)))).await;
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "the demo did not exit on SIGHUP");
+    assert!(!folder.exists(), "{} left behind", folder.display());
+}

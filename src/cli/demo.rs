@@ -9,6 +9,7 @@
 //! key file) are 0600.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -93,7 +94,9 @@ async fn demo() -> Result<(), CliError> {
     println!("\nserving until Ctrl-C (or SIGTERM); one access line per request on stderr");
 
     let signal = stop.wait().await;
-    eprintln!("keygate demo: {signal}: stopping and deleting {}", folder.path().display());
+    // Not eprintln!: after SIGHUP the terminal may be gone, and a failed write must not
+    // stop the clean-up.
+    let _ = writeln!(std::io::stderr(), "keygate demo: {signal}: stopping and deleting {}", folder.path().display());
     running.shutdown().await;
     drop(folder);
     Ok(())
@@ -143,7 +146,6 @@ impl Stop {
 
 /// Writes `contents` to a new file only its owner can read and write (0600 on Unix).
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
