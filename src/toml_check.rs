@@ -47,12 +47,20 @@ pub(crate) fn deserialize<T: DeserializeOwned>(file: &Path, text: &str) -> Resul
             Ok(value) => return Ok(Deserialized { value, errors, muted }),
             Err(error) => error,
         };
-        errors.push(toml_error(file, text, &error));
+        let mut diagnostic = toml_error(file, text, &error);
         let removed = error.span().and_then(|span| remove_entry(document.get_mut(), None, &span));
         match removed {
-            Some(Removed::Key) => {}
-            Some(Removed::Value { parent }) => muted.push(parent),
-            None => return Err(errors),
+            Some(Removed::Key) => errors.push(diagnostic),
+            Some(Removed::Value { parent, name }) => {
+                // `toml` says what type it wanted, not of which field.
+                diagnostic.message = format!("`{name}`: {}", diagnostic.message);
+                errors.push(diagnostic);
+                muted.push(parent);
+            }
+            None => {
+                errors.push(diagnostic);
+                return Err(errors);
+            }
         }
         if errors.len() >= MAX_STRUCTURAL_ERRORS {
             return Err(errors);
@@ -65,8 +73,9 @@ enum Removed {
     /// An entry named by its key (an unknown field).
     Key,
     /// An entry or array element named by its value (a wrong type), in the table or
-    /// array starting at `parent` (`None`: the document).
-    Value { parent: Option<usize> },
+    /// array starting at `parent` (`None`: the document); `name` is the entry's key (the
+    /// array's, for an element).
+    Value { parent: Option<usize>, name: String },
 }
 
 /// Removes the entry whose key or value spans exactly `span`, searching `table` (which
@@ -76,7 +85,7 @@ fn remove_entry(table: &mut DeTable<'_>, at: Option<usize>, span: &Range<usize>)
         if key.span() == *span {
             Some((key.clone(), Removed::Key))
         } else if value.span() == *span {
-            Some((key.clone(), Removed::Value { parent: at }))
+            Some((key.clone(), Removed::Value { parent: at, name: key.get_ref().to_string() }))
         } else {
             None
         }
@@ -85,9 +94,9 @@ fn remove_entry(table: &mut DeTable<'_>, at: Option<usize>, span: &Range<usize>)
         table.remove(&key);
         return Some(removed);
     }
-    for (_, value) in table.iter_mut() {
+    for (key, value) in table.iter_mut() {
         let start = value.span().start;
-        if let Some(removed) = remove_nested(value.get_mut(), start, span) {
+        if let Some(removed) = remove_nested(value.get_mut(), start, span, key.get_ref()) {
             return Some(removed);
         }
     }
@@ -95,7 +104,7 @@ fn remove_entry(table: &mut DeTable<'_>, at: Option<usize>, span: &Range<usize>)
 }
 
 /// [`remove_entry`] inside a value: a table's entries, an array's elements.
-fn remove_nested(value: &mut DeValue<'_>, start: usize, span: &Range<usize>) -> Option<Removed> {
+fn remove_nested(value: &mut DeValue<'_>, start: usize, span: &Range<usize>, name: &str) -> Option<Removed> {
     match value {
         DeValue::Table(table) => remove_entry(table, Some(start), span),
         DeValue::Array(array) => {
@@ -107,11 +116,11 @@ fn remove_nested(value: &mut DeValue<'_>, start: usize, span: &Range<usize>) -> 
                     .map(|(_, v)| v)
                     .collect();
                 *array = kept;
-                return Some(Removed::Value { parent: Some(start) });
+                return Some(Removed::Value { parent: Some(start), name: name.to_string() });
             }
             array.iter_mut().find_map(|item| {
                 let item_start = item.span().start;
-                remove_nested(item.get_mut(), item_start, span)
+                remove_nested(item.get_mut(), item_start, span, name)
             })
         }
         _ => None,

@@ -330,8 +330,8 @@ fn every_unknown_field_and_wrong_type_is_reported_with_the_other_errors() {
         &[
             (7, 1, "unknown field `timout`"),
             (11, 1, "unknown field `scope`"),
-            (12, 12, "invalid type: integer `5`, expected a string"),
-            (16, 19, "invalid type: integer `7`"),
+            (12, 12, "`upstream`: invalid type: integer `5`, expected a string"),
+            (16, 19, "`methods`: invalid type: integer `7`"),
             (18, 8, "`cost` must be at least 1, not 0"),
         ],
     );
@@ -341,7 +341,7 @@ fn every_unknown_field_and_wrong_type_is_reported_with_the_other_errors() {
         &errors,
         &[
             (3, 1, "unknown field `adress`"),
-            (6, 23, "invalid type: integer `10`"),
+            (6, 23, "`header_read_timeout`: invalid type: integer `10`"),
             (7, 1, "unknown field `idle_timout`"),
             (8, 19, "`max_connections` is 0"),
         ],
