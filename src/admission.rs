@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::access_log::AccessLog;
 use crate::address_budget::AddressBudgets;
 use crate::auth::{Authentication, Authenticator};
-use crate::bearer::{self, BearerError};
+use crate::bearer;
 use crate::clock::Clock;
 use crate::error::{AuthFailure, AuthResult, Refusal};
 use crate::keys::{self, Principal};
@@ -315,15 +315,10 @@ impl Gate {
 }
 
 /// The API key of `Authorization: Bearer <key>`. No header, or another scheme, is a
-/// missing key; anything else unusable is a malformed one.
+/// missing key; anything else unusable is a malformed one, with what is wrong with it.
 fn extract_key(headers: &HeaderMap) -> Result<keys::Secret, AuthFailure> {
-    let token = bearer::token(headers).map_err(|e| match e {
-        BearerError::Missing | BearerError::OtherScheme => AuthFailure::Missing,
-        BearerError::Duplicated | BearerError::NotText | BearerError::NoScheme | BearerError::EmptyToken => {
-            AuthFailure::Malformed
-        }
-    })?;
-    keys::parse_secret(token).map_err(|_| AuthFailure::Malformed)
+    let token = bearer::token(headers).map_err(|e| bearer::why_no_key(headers, e))?;
+    keys::parse_secret(token).map_err(|e| AuthFailure::Malformed(crate::auth::why_not_a_key(token, e)))
 }
 
 /// A refusal on a shadow-mode route: recorded and logged; the request goes on.

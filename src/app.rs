@@ -91,21 +91,10 @@ pub fn load_parts(settings: &Settings) -> Result<(Policy, Peppers, Vec<Diagnosti
     Ok((policy, peppers, warnings))
 }
 
-/// The peppers of `keys.pepper_file` or `$KEYGATE_PEPPER`, with a warning when there are
-/// none (plain SHA-256 digests).
+/// The peppers of `keys.pepper_file` or `$KEYGATE_PEPPER`, checked (see
+/// [`Peppers::check`]), with a warning when there are none (plain SHA-256 digests).
 pub fn load_peppers(settings: &Settings) -> Result<(Peppers, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let env = std::env::var("KEYGATE_PEPPER").ok();
-    let peppers = Peppers::load(settings.keys.pepper_file.as_deref(), env)
-        .map_err(|e| vec![Diagnostic::file_error(&settings.file, format!("peppers: {e}"))])?;
-    let mut warnings = Vec::new();
-    if peppers.is_empty() {
-        warnings.push(Diagnostic::file_warning(
-            &settings.file,
-            "no pepper configured (keys.pepper_file or $KEYGATE_PEPPER): key digests are plain SHA-256, \
-             so a dump of the key store lets anyone test guessed keys",
-        ));
-    }
-    Ok((peppers, warnings))
+    Peppers::check(settings, std::env::var("KEYGATE_PEPPER").ok())
 }
 
 /// Opens the key store named in `[keys]`: the file, or Redis (whose client connects in

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::error::AuthFailure;
+use crate::error::{AuthFailure, BadKey};
 use crate::keys::cache::KeyCache;
 use crate::keys::data::{Lookup, StoreError};
 use crate::keys::redis_store::{Invalidation, INVALIDATION_CHANNEL};
 use crate::keys::store::Store;
-use crate::keys::{KeyDigest, KeyState, Peppers, Principal, Secret};
+use crate::keys::{KeyDigest, KeyState, Malformed, Peppers, Principal, Secret, KEY_LEN};
 use crate::metrics::{Metrics, StoreOp};
 use crate::settings::Keys;
 
@@ -272,4 +272,17 @@ impl Authenticator {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// What is wrong with `token`, sent after `Bearer `, that `parse_secret` refused as
+/// `malformed`, for the 401 message: the mistakes people make first
+/// ([`crate::bearer::token_mistake`]), then what the key parser saw.
+pub fn why_not_a_key(token: &str, malformed: Malformed) -> BadKey {
+    crate::bearer::token_mistake(token).unwrap_or(match malformed {
+        Malformed::Prefix if token.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("kg_")) => BadKey::PrefixCase,
+        Malformed::Prefix => BadKey::Prefix,
+        Malformed::Length => BadKey::Length { sent: token.chars().count(), expected: KEY_LEN },
+        Malformed::Charset => BadKey::Charset,
+        Malformed::Checksum => BadKey::Checksum,
+    })
 }

@@ -11,35 +11,133 @@ use http_body_util::{BodyExt, Full};
 use crate::body::ProxyBody;
 
 /// Why a key did not authenticate; the 401 message names it, so API clients can tell
-/// them apart.
+/// them apart, and for a missing or malformed key says what was wrong with what was sent
+/// (never quoting it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthFailure {
-    Missing,
-    Malformed,
+    /// No key was sent.
+    Missing(NoKey),
+    /// What was sent is not a well-formed keygate key.
+    Malformed(BadKey),
     Unknown,
     Expired,
     Revoked,
 }
 
+/// Why no key was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoKey {
+    /// No `Authorization` header.
+    NoHeader,
+    /// Credentials of another scheme: its name when it is a well-known one (`Basic`).
+    OtherScheme(Option<&'static str>),
+}
+
+/// What is wrong with credentials that are not a well-formed keygate key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BadKey {
+    /// More than one `Authorization` header.
+    Duplicated,
+    /// A header value that is not visible ASCII.
+    NotText,
+    /// A key without a scheme (`Authorization: kg_…`).
+    NoScheme,
+    /// A scheme that is almost `Bearer` (`Bearer:`, `Baerer`).
+    SchemeMisspelt,
+    /// `Bearer` with nothing after it.
+    EmptyBearer,
+    /// `Bearer Bearer kg_…`.
+    SchemeTwice,
+    /// `Bearer "kg_…"`.
+    Quoted,
+    /// `Bearer <kg_…>`: the placeholder's brackets kept.
+    Bracketed,
+    /// Whitespace inside the token.
+    Whitespace,
+    /// Another product's credential, named (`a Stripe secret key`, `a JWT`).
+    Foreign(&'static str),
+    /// Not starting with `kg_`.
+    Prefix,
+    /// `KG_` or `Kg_` instead of `kg_`.
+    PrefixCase,
+    /// `kg_…` of the wrong length (in characters), and the right one.
+    Length { sent: usize, expected: usize },
+    /// A character outside base62.
+    Charset,
+    /// The checksum does not match.
+    Checksum,
+}
+
+/// The fix, for the messages that have one.
+const SEND_BEARER: &str = "send `Authorization: Bearer <key>`";
+
 impl AuthFailure {
     /// The failure's name: the access log's `decision` and the metric label.
     pub const fn as_str(self) -> &'static str {
         match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
+            AuthFailure::Missing(_) => "missing",
+            AuthFailure::Malformed(_) => "malformed",
             AuthFailure::Unknown => "unknown",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
         }
     }
 
-    fn message(self) -> &'static str {
+    /// The failure without its detail: what the metric counts.
+    pub const fn label(self) -> AuthFailure {
         match self {
-            AuthFailure::Missing => "API key missing: send it as `Authorization: Bearer <key>`",
-            AuthFailure::Malformed => "API key malformed: it is not a keygate key (mistyped or truncated?)",
-            AuthFailure::Unknown => "API key unknown",
-            AuthFailure::Expired => "API key expired",
-            AuthFailure::Revoked => "API key revoked",
+            AuthFailure::Missing(_) => AuthFailure::Missing(NoKey::NoHeader),
+            AuthFailure::Malformed(_) => AuthFailure::Malformed(BadKey::Prefix),
+            other => other,
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            AuthFailure::Missing(NoKey::NoHeader) => format!("API key missing: {SEND_BEARER}"),
+            AuthFailure::Missing(NoKey::OtherScheme(Some(scheme))) => {
+                format!("API key missing: the `Authorization` header uses the {scheme} scheme; {SEND_BEARER}")
+            }
+            AuthFailure::Missing(NoKey::OtherScheme(None)) => {
+                format!("API key missing: the `Authorization` header uses another scheme than Bearer; {SEND_BEARER}")
+            }
+            AuthFailure::Malformed(bad) => format!("API key malformed: {}", bad.message()),
+            AuthFailure::Unknown => "API key unknown".to_string(),
+            AuthFailure::Expired => "API key expired".to_string(),
+            AuthFailure::Revoked => "API key revoked".to_string(),
+        }
+    }
+}
+
+impl BadKey {
+    fn message(self) -> String {
+        match self {
+            BadKey::Duplicated => format!("more than one `Authorization` header; {SEND_BEARER} once"),
+            BadKey::NotText => {
+                "the `Authorization` header holds characters other than visible ASCII (a key is `kg_`, letters \
+                 and digits)"
+                    .to_string()
+            }
+            BadKey::NoScheme => format!("the `Authorization` header has no scheme: {SEND_BEARER}"),
+            BadKey::SchemeMisspelt => format!("the scheme is misspelt: {SEND_BEARER}"),
+            BadKey::EmptyBearer => format!("`Bearer` is followed by no key: {SEND_BEARER}"),
+            BadKey::SchemeTwice => format!("`Bearer` is written twice: {SEND_BEARER}"),
+            BadKey::Quoted => "the key is in quotes: send it bare, `Authorization: Bearer kg_…`".to_string(),
+            BadKey::Bracketed => {
+                "the key is in angle brackets: `<key>` stands for the key itself, send `Authorization: Bearer kg_…`"
+                    .to_string()
+            }
+            BadKey::Whitespace => "the key contains whitespace (a space or line break pasted into it?)".to_string(),
+            BadKey::Foreign(what) => {
+                format!("this looks like {what}, not a keygate key (keygate keys start with `kg_`)")
+            }
+            BadKey::Prefix => "it is not a keygate key (keygate keys start with `kg_`)".to_string(),
+            BadKey::PrefixCase => "keygate keys start with a lower-case `kg_`".to_string(),
+            BadKey::Length { sent, expected } => format!(
+                "a keygate key is {expected} characters long, this one is {sent} (truncated, or run into other text?)"
+            ),
+            BadKey::Charset => "the key contains a character that is not a letter or a digit after `kg_`".to_string(),
+            BadKey::Checksum => "the key's checksum does not match (mistyped or truncated?)".to_string(),
         }
     }
 }
@@ -66,8 +164,8 @@ impl AuthResult {
     /// Every value, in the order of the metric's cached children.
     pub const ALL: [AuthResult; 10] = [
         AuthResult::Ok,
-        AuthResult::Key(AuthFailure::Missing),
-        AuthResult::Key(AuthFailure::Malformed),
+        AuthResult::Key(AuthFailure::Missing(NoKey::NoHeader)),
+        AuthResult::Key(AuthFailure::Malformed(BadKey::Prefix)),
         AuthResult::Key(AuthFailure::Unknown),
         AuthResult::Key(AuthFailure::Expired),
         AuthResult::Key(AuthFailure::Revoked),
@@ -81,7 +179,11 @@ impl AuthResult {
     pub const fn index(self) -> usize {
         match self {
             AuthResult::Ok => 0,
-            AuthResult::Key(failure) => 1 + failure as usize,
+            AuthResult::Key(AuthFailure::Missing(_)) => 1,
+            AuthResult::Key(AuthFailure::Malformed(_)) => 2,
+            AuthResult::Key(AuthFailure::Unknown) => 3,
+            AuthResult::Key(AuthFailure::Expired) => 4,
+            AuthResult::Key(AuthFailure::Revoked) => 5,
             AuthResult::Forbidden => 6,
             AuthResult::NoApiAccess => 7,
             AuthResult::RateLimited => 8,
@@ -211,7 +313,7 @@ impl Refusal {
         match self {
             Refusal::BadRequest(why) => format!("Bad request: {why}"),
             Refusal::BadRequestBody => "Bad request: the request body was malformed or ended early".to_string(),
-            Refusal::Unauthorized(failure) => failure.message().to_string(),
+            Refusal::Unauthorized(failure) => failure.message(),
             Refusal::InsufficientScope { scope } => {
                 format!("This API key lacks the scope `{scope}` that this route requires")
             }
@@ -302,7 +404,7 @@ impl Refusal {
     /// over the route's limit as `forbidden` (the other refusals never reach the count).
     pub fn auth_result(&self) -> AuthResult {
         match self {
-            Refusal::Unauthorized(failure) => AuthResult::Key(*failure),
+            Refusal::Unauthorized(failure) => AuthResult::Key(failure.label()),
             Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => AuthResult::NoApiAccess,
             Refusal::RateLimited { .. } => AuthResult::RateLimited,
             Refusal::Unavailable { .. } => AuthResult::StoreUnavailable,
@@ -361,7 +463,7 @@ impl Refusal {
     fn add_headers(&self, headers: &mut http::HeaderMap) {
         const REALM: &str = "Bearer realm=\"keygate\"";
         match self {
-            Refusal::Unauthorized(AuthFailure::Missing) => {
+            Refusal::Unauthorized(AuthFailure::Missing(_)) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
             }
             Refusal::Unauthorized(_) => {

@@ -23,11 +23,13 @@ fn main() {
 
 /// `serve` logs JSON lines to stdout (docs/reference.md §6). The other commands keep stdout for their
 /// output (`--json` must stay parseable), so their log and audit lines go to stderr; the
-/// demo is quiet unless `RUST_LOG` asks otherwise, so its curl lines stay readable.
+/// demo shows its access lines (one per request, the point of trying it) and warnings
+/// only, unless `RUST_LOG` asks otherwise, so its curl lines stay readable.
 fn init_logging(command: &keygate::cli::Command) {
     use keygate::cli::Command;
     let default = match command {
-        Command::Demo | Command::Check(_) | Command::Explain(_) => "warn",
+        Command::Demo => "warn,access=info",
+        Command::Check(_) | Command::Explain(_) => "warn",
         _ => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

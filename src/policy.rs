@@ -20,7 +20,7 @@ mod validate;
 use std::path::Path;
 
 use crate::diag::Diagnostic;
-use crate::toml_check::{toml_error, Checker};
+use crate::toml_check::{deserialize, Checker};
 
 pub use limit::{Limit, SUB_WINDOWS};
 pub use model::{Plan, Policy};
@@ -38,14 +38,15 @@ impl Policy {
     /// Parses, validates and compiles `text` as the content of `path`. Every error is
     /// collected (not just the first), each with file:line:column.
     ///
-    /// A syntax error, a value of the wrong type or an unknown field stops the parse and
-    /// is the one error returned; every other finding is collected. Errors come back
+    /// A syntax error stops the parse and is the one error returned; every unknown field,
+    /// every value of the wrong type and every other finding is collected. Errors come back
     /// sorted by position; warnings (a plan without a limit, a route that costs more than
     /// a plan's whole limit, settings ignored on a public route, an unused upstream) are
     /// only returned with a valid policy.
     pub fn parse(text: &str, path: &Path) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
-        let raw: raw::RawPolicy = toml::from_str(text).map_err(|e| vec![toml_error(path, text, &e)])?;
+        let read = deserialize::<raw::RawPolicy>(path, text)?;
         let mut check = Checker::new(path, text);
+        let raw = check.take(read);
         let policy = compile::compile(raw, &mut check);
         let (errors, warnings) = check.finish();
         if errors.is_empty() {

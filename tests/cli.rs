@@ -200,7 +200,7 @@ fn the_example_config_is_valid() {
 fn explain_shows_path_route_scopes_and_verdict() {
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keygate.toml");
     let (code, out, err) = cli(&config, &["explain", "POST", "/v1/calls/../calls/%37", "--scopes", "calls:read"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "a refusal exits 1: {err}");
     assert!(out.contains("/v1/calls/7"), "{out}");
     assert!(out.contains("calls:write"), "{out}");
     assert!(out.contains("403"), "{out}");

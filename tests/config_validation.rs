@@ -97,6 +97,7 @@ const POLICY_FIXTURES: &[&str] = &[
     "https_upstream.toml",
     "lowercase_method.toml",
     "many_errors.toml",
+    "many_structural_errors.toml",
     "negative_requests.toml",
     "overlapping_methods.toml",
     "prefix_with_query.toml",
@@ -127,6 +128,7 @@ const SETTINGS_FIXTURES: &[&str] = &[
     "bad_on_store_error.toml",
     "bad_redis_url.toml",
     "bad_trusted_proxy.toml",
+    "many_errors.toml",
     "max_header_bytes_too_small.toml",
     "redis_backend_without_redis.toml",
     "redis_keys_without_redis.toml",
@@ -213,7 +215,17 @@ fn shipped_policy_routes_requests_as_documented() {
 // --- one fixture per invalid policy -----------------------------------------------------
 
 policy_case!(unknown_field, "unknown_field.toml", 14, 1, "unknown field `scope`");
-policy_case!(unknown_top_level_table, "unknown_top_level_table.toml", 5, 2, "unknown field `upstream`");
+/// The misspelt table is reported, and so is what its absence leaves behind (no route):
+/// both in one run.
+#[test]
+fn unknown_top_level_table() {
+    let (path, errors) = policy_errors("unknown_top_level_table.toml");
+    let found: Vec<(usize, usize, bool)> =
+        errors.iter().map(|e| (e.line, e.column, e.message.contains("unknown field `upstream`"))).collect();
+    assert_eq!(found, [(0, 0, false), (5, 2, true)], "{errors:#?}");
+    assert!(errors[0].message.contains("a policy with no routes"), "{errors:#?}");
+    assert!(errors.iter().all(|e| e.is_error() && e.file == path));
+}
 policy_case!(syntax_error, "syntax_error.toml", 12, 20, "invalid basic string");
 policy_case!(wrong_type, "wrong_type.toml", 14, 8, "invalid type: string \"5\"");
 policy_case!(unknown_upstream, "unknown_upstream.toml", 14, 12, "upstream `backend`, which is not defined");
@@ -292,6 +304,48 @@ fn many_errors_are_all_reported_in_file_order() {
         assert_eq!(error.file, path);
         assert!(error.message.contains(fragment), "`{}` should contain `{fragment}`", error.message);
     }
+}
+
+/// Asserts that `errors` are exactly these (line, column, message fragment), in order.
+fn assert_errors(path: &Path, errors: &[Diagnostic], expected: &[(usize, usize, &str)]) {
+    let found: Vec<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+    let wanted: Vec<(usize, usize)> = expected.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(found, wanted, "{errors:#?}");
+    for (error, (_, _, fragment)) in errors.iter().zip(expected) {
+        assert!(error.is_error(), "{error}");
+        assert_eq!(error.file, path);
+        assert!(error.message.contains(fragment), "`{}` should contain `{fragment}`", error.message);
+    }
+}
+
+/// Unknown fields and values of the wrong type no longer stop the file at the first one:
+/// each is reported, and the checks of values go on. A route whose `upstream` has the
+/// wrong type is not also told that it lacks an `upstream`.
+#[test]
+fn every_unknown_field_and_wrong_type_is_reported_with_the_other_errors() {
+    let (path, errors) = policy_errors("many_structural_errors.toml");
+    assert_errors(
+        &path,
+        &errors,
+        &[
+            (7, 1, "unknown field `timout`"),
+            (11, 1, "unknown field `scope`"),
+            (12, 12, "`upstream`: invalid type: integer `5`, expected a string"),
+            (16, 19, "`methods`: invalid type: integer `7`"),
+            (18, 8, "`cost` must be at least 1, not 0"),
+        ],
+    );
+    let (path, errors) = settings_errors("many_errors.toml");
+    assert_errors(
+        &path,
+        &errors,
+        &[
+            (3, 1, "unknown field `adress`"),
+            (6, 23, "`header_read_timeout`: invalid type: integer `10`"),
+            (7, 1, "unknown field `idle_timout`"),
+            (8, 19, "`max_connections` is 0"),
+        ],
+    );
 }
 
 // --- one fixture per invalid settings file ----------------------------------------------

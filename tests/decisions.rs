@@ -74,7 +74,7 @@ async fn unauthorized_tells_missing_malformed_unknown_expired_and_revoked_apart(
         assert!(!answer.json()["error"]["request_id"].as_str().unwrap().is_empty());
         messages.insert(answer.message());
     }
-    assert_eq!(messages.len(), 5, "one message per failure kind: {messages:?}");
+    assert_eq!(messages.len(), 6, "one message per failure kind, and per malformation: {messages:?}");
     assert_eq!(upstream.count(), admitted, "no refused request reaches the upstream");
     kg.stop().await;
 }

@@ -37,23 +37,47 @@ pub fn run(config: &Path, json: bool, args: &CheckArgs) -> Result<(), CliError> 
     if errors == 0 {
         Ok(())
     } else {
-        Err(CliError::input(format!("{}: {errors} error(s), {warnings} warning(s)", config.display())))
+        Err(CliError::input(summary(&diagnostics)))
     }
 }
 
-/// Every diagnostic of the settings, and (when they parse) of the policy and peppers.
-pub fn collect(config: &Path) -> Vec<Diagnostic> {
-    let (settings, mut diagnostics) = match Settings::load(config) {
-        Ok(loaded) => loaded,
-        Err(errors) => return errors,
-    };
-    match crate::policy::Policy::load(&settings.policy_file) {
-        Ok((_, warnings)) => diagnostics.extend(warnings),
-        Err(errors) => diagnostics.extend(errors),
+/// The last line of a failed check: how many errors, in which files (in the order they
+/// were reported), and how many warnings.
+fn summary(diagnostics: &[Diagnostic]) -> String {
+    let mut files: Vec<(&Path, usize)> = Vec::new();
+    for d in diagnostics.iter().filter(|d| d.is_error()) {
+        match files.iter_mut().find(|(file, _)| *file == d.file.as_path()) {
+            Some((_, count)) => *count += 1,
+            None => files.push((&d.file, 1)),
+        }
     }
-    match crate::app::load_peppers(&settings) {
-        Ok((_, warnings)) => diagnostics.extend(warnings),
-        Err(errors) => diagnostics.extend(errors),
+    let total: usize = files.iter().map(|(_, n)| n).sum();
+    let per_file: Vec<String> = files.iter().map(|(file, n)| format!("{n} in {}", file.display())).collect();
+    let warnings = diagnostics.len() - total;
+    format!("{total} error(s) ({}), {warnings} warning(s)", per_file.join(", "))
+}
+
+/// Every diagnostic of the settings, of the policy they name and of the peppers, each
+/// file checked even when another has errors (a syntax error in `keygate.toml` may hide
+/// which policy it names: see [`crate::settings::Checked`]).
+pub fn collect(config: &Path) -> Vec<Diagnostic> {
+    let checked = Settings::check(config);
+    let settings_valid = checked.valid();
+    let mut diagnostics = checked.diagnostics;
+    if let Some(policy_file) = &checked.policy_file {
+        match crate::policy::Policy::load(policy_file) {
+            Ok((_, warnings)) => diagnostics.extend(warnings),
+            Err(errors) => diagnostics.extend(errors),
+        }
+    }
+    let Some(settings) = checked.settings else { return diagnostics };
+    // With errors in keygate.toml, the peppers are checked only when it names a pepper
+    // file: an invalid `[keys]` may hide the one meant.
+    if settings_valid || settings.keys.pepper_file.is_some() {
+        match crate::app::load_peppers(&settings) {
+            Ok((_, warnings)) => diagnostics.extend(warnings),
+            Err(errors) => diagnostics.extend(errors),
+        }
     }
     // The certificate and key as `serve` will load them: readable, parsed, matching.
     if let Some(tls) = &settings.listen.tls {

@@ -1,11 +1,15 @@
 //! `keygate demo`: one command for a newcomer. Starts an echo upstream and the proxy on
 //! free local ports with the embedded store in a temporary folder, creates demo tenants
 //! and keys, prints one ready-to-paste curl line per outcome (200, 401, 403, 429), then
-//! serves until Ctrl-C. The admin API is on too, with a random token, and gets a curl
-//! line of its own. Everything it runs is the real thing: the config files are
-//! written to the temporary folder and loaded as `serve` would.
+//! serves, printing an access line per request, until Ctrl-C, SIGTERM or SIGHUP (the
+//! terminal closed), and on each of them deletes the folder. The admin API is on too,
+//! with a random token, and gets a curl line of its own. Everything it runs is the real
+//! thing: the config files are written to the temporary folder and loaded as `serve`
+//! would. The folder is the owner's alone (0700) and its secrets (admin token, peppers,
+//! key file) are 0600.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,8 +40,17 @@ pub fn run() -> Result<(), CliError> {
 
 async fn demo() -> Result<(), CliError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| CliError::input(format!("demo: {what}: {e}"));
-    let folder =
-        tempfile::Builder::new().prefix("keygate-demo-").tempdir().map_err(|e| fail("temporary folder", &e))?;
+    // Before anything is written: a signal from now on stops the demo and deletes the
+    // folder, instead of killing the process and leaving the secrets behind.
+    let mut stop = Stop::install().map_err(|e| fail("signal handlers", &e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("keygate-demo-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    let folder = builder.tempdir().map_err(|e| fail("temporary folder", &e))?;
     let echo = TcpListener::bind("127.0.0.1:0").await.map_err(|e| fail("echo upstream", &e))?;
     let echo_addr = echo.local_addr().map_err(|e| fail("echo upstream", &e))?;
     tokio::spawn(serve_echo(echo));
@@ -54,11 +67,15 @@ async fn demo() -> Result<(), CliError> {
 
     let running = app::start(settings, Options::default()).await.map_err(|e| fail("starting", &e))?;
     let base = format!("http://{}", running.proxy_addr);
-    println!(
-        "keygate demo — proxy on {base}, admin on http://{}, echo upstream on http://{echo_addr}",
-        running.admin_addr
-    );
-    println!("config and key store in {} (deleted on exit)\n", folder.path().display());
+    let health = format!("http://{}", running.admin_addr);
+    println!("keygate demo");
+    println!("  proxy:              {base}");
+    println!("  metrics and health: {health}  (/metrics, /healthz, /readyz)");
+    if let Some(api) = running.admin_api_addr {
+        println!("  admin API:          http://{api}  (its token is in admin-token)");
+    }
+    println!("  echo upstream:      http://{echo_addr}");
+    println!("config, secrets and key store in {} (deleted on exit)\n", folder.path().display());
     println!("# 200: a key with calls:read reads calls");
     println!("curl -i -H 'Authorization: Bearer {}' {base}/v1/calls", reader.expose());
     println!("# 401: no key");
@@ -67,19 +84,76 @@ async fn demo() -> Result<(), CliError> {
     println!("curl -i -X POST -H 'Authorization: Bearer {}' {base}/v1/calls", reader.expose());
     println!("# 429: a plan of 1 request per minute, asked twice (the second answer is the 429)");
     println!("curl -si -H 'Authorization: Bearer {}' {base}/v1/calls {base}/v1/calls", limited.expose());
-    println!("# metrics");
-    println!("curl -s http://{}/metrics | grep keygate_auth_decisions_total", running.admin_addr);
+    println!("# metrics (on the metrics and health listener)");
+    println!("curl -s {health}/metrics | grep keygate_auth_decisions_total");
     if let Some(api) = running.admin_api_addr {
         let token = std::fs::read_to_string(folder.path().join("admin-token")).unwrap_or_default();
         println!("# the admin API (docs/admin-api.md): every key, never a secret");
         println!("curl -s -H 'Authorization: Bearer {}' http://{api}/admin/v1/keys", token.trim());
     }
-    println!("\nserving until Ctrl-C");
+    println!("\nserving until Ctrl-C (or SIGTERM); one access line per request on stderr");
 
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = stop.wait().await;
+    // Not eprintln!: after SIGHUP the terminal may be gone, and a failed write must not
+    // stop the clean-up.
+    let _ = writeln!(std::io::stderr(), "keygate demo: {signal}: stopping and deleting {}", folder.path().display());
     running.shutdown().await;
     drop(folder);
     Ok(())
+}
+
+/// The signals that end the demo: SIGINT (Ctrl-C), SIGTERM, SIGHUP (its terminal closed).
+struct Stop {
+    #[cfg(unix)]
+    signals: [(tokio::signal::unix::Signal, &'static str); 3],
+}
+
+impl Stop {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            signals: [
+                (signal(SignalKind::interrupt())?, "SIGINT"),
+                (signal(SignalKind::terminate())?, "SIGTERM"),
+                (signal(SignalKind::hangup())?, "SIGHUP"),
+            ],
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<Stop> {
+        Ok(Stop {})
+    }
+
+    /// Waits for the first of the signals; returns its name.
+    #[cfg(unix)]
+    async fn wait(&mut self) -> &'static str {
+        let [(int, a), (term, b), (hup, c)] = &mut self.signals;
+        tokio::select! {
+            _ = int.recv() => a,
+            _ = term.recv() => b,
+            _ = hup.recv() => c,
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn wait(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// Writes `contents` to a new file only its owner can read and write (0600 on Unix).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents.as_bytes())
 }
 
 /// Writes `keygate.toml`, `routes.toml` and a pepper file; returns the config's path.
@@ -136,11 +210,11 @@ source = "file"
 file = "keys.json"
 pepper_file = "peppers"
 "#;
-    std::fs::write(folder.join("routes.toml"), routes)?;
-    std::fs::write(folder.join("keygate.toml"), config)?;
+    write_private(&folder.join("routes.toml"), &routes)?;
+    write_private(&folder.join("keygate.toml"), config)?;
     let pepper: String = format!("demo={:032x}{:032x}\n", rand::random::<u128>(), rand::random::<u128>());
-    std::fs::write(folder.join("peppers"), pepper)?;
-    std::fs::write(folder.join("admin-token"), format!("{:032x}\n", rand::random::<u128>()))?;
+    write_private(&folder.join("peppers"), &pepper)?;
+    write_private(&folder.join("admin-token"), &format!("{:032x}\n", rand::random::<u128>()))?;
     Ok(folder.join("keygate.toml"))
 }
 

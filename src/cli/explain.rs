@@ -17,14 +17,14 @@ use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// The request method, e.g. GET.
+    /// The request method, e.g. GET (an HTTP token; lower case is read as upper case).
     pub method: String,
     /// The request path, as a client would send it (may be percent-encoded).
     pub path: String,
     /// Judge with this key's scopes, state and plan.
     #[arg(long, conflicts_with = "scopes")]
     pub key_id: Option<String>,
-    /// Judge with this scope set, comma-separated.
+    /// Judge with this scope set, comma-separated (each defined in the policy's [scopes]).
     #[arg(long, value_delimiter = ',')]
     pub scopes: Option<Vec<String>>,
 }
@@ -44,14 +44,28 @@ pub struct Explanation {
     pub verdict: String,
 }
 
+/// Exit code: the request would be refused.
+pub const EXIT_REFUSED: i32 = 1;
+/// Exit code: the question cannot be answered as asked (a method that is not an HTTP
+/// token, a scope the policy does not define, an unknown key id), as clap's own usage
+/// errors.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: `--key-id` was given and the key store could not be read (sysexits.h
+/// EX_UNAVAILABLE).
+pub const EXIT_STORE_UNAVAILABLE: i32 = 69;
+
+/// Explains one request. Exits 0 when it would be admitted (or, without `--key-id` or
+/// `--scopes`, when it reaches a route: nothing was judged), [`EXIT_REFUSED`] when it would
+/// be refused, [`EXIT_USAGE`] for a question that cannot be answered, and
+/// [`super::EX_CONFIG`] for an invalid config (so that 1 always means "refused").
 pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError> {
-    let (settings, _) = Settings::load(config).map_err(super::diagnostics_error)?;
-    let (policy, _) = Policy::load(&settings.policy_file).map_err(super::diagnostics_error)?;
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| CliError::input(format!("invalid method `{}`", args.method)))?;
+    let config_error = |d| CliError { exit_code: super::EX_CONFIG, ..super::diagnostics_error(d) };
+    let (settings, _) = Settings::load(config).map_err(config_error)?;
+    let (policy, _) = Policy::load(&settings.policy_file).map_err(config_error)?;
+    let method = parse_method(&args.method)?;
     let holder = match (&args.key_id, &args.scopes) {
         (Some(id), _) => Some(key_holder(&settings, &policy, id)?),
-        (None, Some(scopes)) => Some(Holder { scopes: scopes.clone(), refusal: None }),
+        (None, Some(scopes)) => Some(Holder { scopes: known_scopes(&policy, scopes)?, refusal: None }),
         (None, None) => None,
     };
     let explanation = explain(&policy, &method, &args.path, holder.as_ref());
@@ -60,7 +74,78 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     } else {
         print_text(&explanation);
     }
-    Ok(())
+    match explanation.status {
+        0 | 200 => Ok(()),
+        status => {
+            Err(CliError { message: format!("the request would be refused ({status})"), exit_code: EXIT_REFUSED })
+        }
+    }
+}
+
+fn usage(message: String) -> CliError {
+    CliError { message, exit_code: EXIT_USAGE }
+}
+
+/// The method as a client would send it. It must be an HTTP token (RFC 9110 5.6.2:
+/// letters, digits and ``!#$%&'*+-.^_`|~``). Methods are case-sensitive (RFC 9110 9.1) and
+/// clients send them in upper case, so `get` is read as `GET`, with a warning on stderr.
+fn parse_method(text: &str) -> Result<Method, CliError> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if text.is_empty() || !text.bytes().all(tchar) {
+        return Err(usage(format!(
+            "`{}` is not an HTTP method: a method is a token of letters, digits and !#$%&'*+-.^_`|~ (e.g. GET)",
+            text.escape_debug()
+        )));
+    }
+    let upper = text.to_ascii_uppercase();
+    if upper != text {
+        eprintln!(
+            "keygate: warning: method `{text}` read as `{upper}`: methods are case-sensitive and clients send them \
+             in upper case"
+        );
+    }
+    Method::from_bytes(upper.as_bytes()).map_err(|_| usage(format!("`{text}` is not an HTTP method")))
+}
+
+/// `--scopes`, every one defined in the policy's `[scopes]` (empty entries ignored: `--scopes ""`
+/// is the empty set).
+fn known_scopes(policy: &Policy, scopes: &[String]) -> Result<Vec<String>, CliError> {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    for scope in &scopes {
+        if !policy.scopes.contains_key(scope) {
+            let hint = match closest(scope, policy.scopes.keys()) {
+                Some(near) => format!("did you mean `{near}`? "),
+                None => String::new(),
+            };
+            let defined: Vec<&str> = policy.scopes.keys().map(String::as_str).collect();
+            return Err(usage(format!(
+                "unknown scope `{scope}`: no route or key of the policy can have it ({hint}defined in [scopes]: {})",
+                defined.join(", ")
+            )));
+        }
+    }
+    Ok(scopes)
+}
+
+/// The candidate nearest `word` by edit distance, if it is near (at most 2 edits).
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+    candidates.map(|c| (edit_distance(word, c), c.as_str())).filter(|(d, _)| *d <= 2).min().map(|(_, c)| c)
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Who is asking: a scope set, and a refusal that has nothing to do with the route (a
@@ -82,9 +167,8 @@ fn key_holder(settings: &Settings, policy: &Policy, id: &str) -> Result<Holder, 
             let store = crate::app::open_store(settings, metrics, Some(super::STORE_TIMEOUT)).await?;
             store.key_data(id).await.map_err(|e| e.to_string())
         })
-        .map_err(CliError::input)?;
-    let key =
-        data.keys.get(id).ok_or_else(|| CliError::input(format!("unknown key `{id}` (see `keygate keys list`)")))?;
+        .map_err(|e| CliError { message: e, exit_code: EXIT_STORE_UNAVAILABLE })?;
+    let key = data.keys.get(id).ok_or_else(|| usage(format!("unknown key `{id}` (see `keygate keys list`)")))?;
     let refusal = match key.state(OffsetDateTime::now_utc()) {
         KeyState::Revoked => Some((401, format!("key {id} is revoked"))),
         KeyState::Expired => Some((401, format!("key {id} is expired"))),

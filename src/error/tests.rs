@@ -13,8 +13,15 @@ fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)>
     vec![
         (Refusal::BadRequest("x".into()), 400, "bad_request", 3, "bad_request", "forbidden"),
         (Refusal::BadRequestBody, 400, "bad_request", 3, "bad_request_body", "forbidden"),
-        (Refusal::Unauthorized(AuthFailure::Missing), 401, "unauthorized", 16, "missing", "missing"),
-        (Refusal::Unauthorized(AuthFailure::Malformed), 401, "unauthorized", 16, "malformed", "malformed"),
+        (Refusal::Unauthorized(AuthFailure::Missing(NoKey::NoHeader)), 401, "unauthorized", 16, "missing", "missing"),
+        (
+            Refusal::Unauthorized(AuthFailure::Malformed(BadKey::Prefix)),
+            401,
+            "unauthorized",
+            16,
+            "malformed",
+            "malformed",
+        ),
         (Refusal::Unauthorized(AuthFailure::Unknown), 401, "unauthorized", 16, "unknown", "unknown"),
         (Refusal::Unauthorized(AuthFailure::Expired), 401, "unauthorized", 16, "expired", "expired"),
         (Refusal::Unauthorized(AuthFailure::Revoked), 401, "unauthorized", 16, "revoked", "revoked"),
@@ -96,7 +103,7 @@ async fn rate_limited_carries_retry_after_in_body_and_header() {
 
 #[test]
 fn www_authenticate_follows_rfc_6750() {
-    let missing = Refusal::Unauthorized(AuthFailure::Missing).into_response("r", false);
+    let missing = Refusal::Unauthorized(AuthFailure::Missing(NoKey::NoHeader)).into_response("r", false);
     assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\"");
     let bad = Refusal::Unauthorized(AuthFailure::Unknown).into_response("r", false);
     assert_eq!(bad.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\", error=\"invalid_token\"");
@@ -110,8 +117,8 @@ fn www_authenticate_follows_rfc_6750() {
 #[test]
 fn unauthorized_messages_tell_the_failures_apart() {
     let failures = [
-        AuthFailure::Missing,
-        AuthFailure::Malformed,
+        AuthFailure::Missing(NoKey::NoHeader),
+        AuthFailure::Malformed(BadKey::Prefix),
         AuthFailure::Unknown,
         AuthFailure::Expired,
         AuthFailure::Revoked,
@@ -137,11 +144,52 @@ fn unavailable_has_retry_after() {
 
 #[test]
 fn grpc_refusals_carry_a_message() {
-    let r = Refusal::Unauthorized(AuthFailure::Missing).into_response("r", true);
+    let r = Refusal::Unauthorized(AuthFailure::Missing(NoKey::NoHeader)).into_response("r", true);
     assert!(r.headers().contains_key("grpc-message"));
 }
 
 #[test]
 fn grpc_message_is_percent_encoded() {
     assert_eq!(grpc_percent_encode("a b%é"), "a b%25%C3%A9");
+}
+
+#[test]
+fn the_detail_of_a_missing_or_malformed_key_changes_the_message_not_the_label() {
+    let details = [
+        AuthFailure::Missing(NoKey::NoHeader),
+        AuthFailure::Missing(NoKey::OtherScheme(Some("Basic"))),
+        AuthFailure::Missing(NoKey::OtherScheme(None)),
+        AuthFailure::Malformed(BadKey::Duplicated),
+        AuthFailure::Malformed(BadKey::NotText),
+        AuthFailure::Malformed(BadKey::NoScheme),
+        AuthFailure::Malformed(BadKey::SchemeMisspelt),
+        AuthFailure::Malformed(BadKey::EmptyBearer),
+        AuthFailure::Malformed(BadKey::SchemeTwice),
+        AuthFailure::Malformed(BadKey::Quoted),
+        AuthFailure::Malformed(BadKey::Bracketed),
+        AuthFailure::Malformed(BadKey::Whitespace),
+        AuthFailure::Malformed(BadKey::Foreign("a GitHub token")),
+        AuthFailure::Malformed(BadKey::Prefix),
+        AuthFailure::Malformed(BadKey::PrefixCase),
+        AuthFailure::Malformed(BadKey::Length { sent: 30, expected: 31 }),
+        AuthFailure::Malformed(BadKey::Charset),
+        AuthFailure::Malformed(BadKey::Checksum),
+    ];
+    let messages: std::collections::HashSet<_> = details.iter().map(|f| f.message()).collect();
+    assert_eq!(messages.len(), details.len(), "each detail has its own message");
+    for failure in details {
+        let refusal = Refusal::Unauthorized(failure);
+        assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refusal.error_type(), "unauthorized");
+        assert_eq!(refusal.decision(), failure.as_str());
+        assert_eq!(refusal.auth_result(), AuthResult::Key(failure.label()), "{failure:?}");
+        assert!(AuthResult::ALL.contains(&refusal.auth_result()), "{failure:?}: a label of the metric");
+        assert!(refusal.message().starts_with(&format!("API key {}: ", failure.as_str())), "{}", refusal.message());
+    }
+    let no_scheme = Refusal::Unauthorized(AuthFailure::Malformed(BadKey::NoScheme)).message();
+    assert!(no_scheme.contains("no scheme") && no_scheme.contains("`Authorization: Bearer <key>`"), "{no_scheme}");
+    let basic = Refusal::Unauthorized(AuthFailure::Missing(NoKey::OtherScheme(Some("Basic")))).message();
+    assert!(basic.contains("Basic scheme"), "{basic}");
+    let missing = Refusal::Unauthorized(AuthFailure::Missing(NoKey::OtherScheme(None))).into_response("r", false);
+    assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer realm=\"keygate\"", "no token was sent");
 }

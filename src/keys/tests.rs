@@ -143,7 +143,8 @@ fn write_peppers(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn pepper_file_first_line_is_current() {
-    let (_dir, path) = write_peppers("# rotated 2025-01\n\nv2=new-secret\r\n  v1 = old-secret  \n");
+    let (_dir, path) =
+        write_peppers("# rotated 2025-01\n\nv2=new-secret-0f3a9c71e2b8\r\n  v1 = old-secret-5d1e77b0c4a2  \n");
     let peppers = Peppers::load(Some(&path), Some("ignored".into())).unwrap();
     assert_eq!(format!("{peppers:?}"), r#"Peppers { ids: ["v2", "v1"] }"#);
     assert_eq!(peppers.current_id(), "v2");
@@ -158,20 +159,21 @@ fn pepper_file_first_line_is_current() {
 }
 
 #[test]
-fn pepper_file_errors_name_file_and_line_never_the_secret() {
+fn pepper_file_errors_name_file_line_and_column_never_the_secret() {
+    let good = "v1=s3cr3t-9f1c2e7a4b6d0835\n";
     let cases = [
-        ("v1=ok\nnot-a-pair-s3cr3t\n", ":2:"),
-        ("v1=ok\n\nv 2=s3cr3t\n", ":3:"),
-        ("v1=s3cr3t\nv1=s3cr3t-again\n", ":2:"),
-        ("v1=\n", ":1:"),
-        ("=s3cr3t\n", ":1:"),
-        ("sha256=s3cr3t\n", ":1:"),
+        (format!("{good}not-a-pair-s3cr3t\n"), ":2:1:"),
+        (format!("{good}\nv 2=s3cr3t-9f1c2e7a4b6d0835\n"), ":3:1:"),
+        (format!("{good}v1=s3cr3t-9f1c2e7a4b6d0835-again\n"), ":2:1:"),
+        ("v1=\n".to_string(), ":1:4:"),
+        ("=s3cr3t-9f1c2e7a4b6d0835\n".to_string(), ":1:1:"),
+        ("sha256=s3cr3t-9f1c2e7a4b6d0835\n".to_string(), ":1:1:"),
+        ("v1 = s3cr3t\n".to_string(), ":1:6:"),
     ];
-    for (text, line) in cases {
-        let (_dir, path) = write_peppers(text);
+    for (text, at) in cases {
+        let (_dir, path) = write_peppers(&text);
         let err = Peppers::load(Some(&path), None).unwrap_err();
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(err.contains(line), "{err} should name line {line}");
+        assert!(err.contains(&format!("{}{at}", path.display())), "{err} should name {at}");
         assert!(!err.contains("s3cr3t"), "{err} leaks the secret");
     }
     let (_dir, path) = write_peppers("# only comments\n\n");
@@ -181,8 +183,63 @@ fn pepper_file_errors_name_file_and_line_never_the_secret() {
 }
 
 #[test]
+fn every_pepper_error_is_reported_not_just_the_first() {
+    let (_dir, path) = write_peppers("v1=abc\nnot a pair\nv1=9f1c2e7a4b6d0835ab\n");
+    let err = Peppers::load(Some(&path), None).unwrap_err();
+    for at in [":1:4:", ":2:1:", ":3:1:"] {
+        assert!(err.contains(at), "{err} should name {at}");
+    }
+}
+
+#[test]
+fn short_peppers_are_refused_and_weak_ones_warned() {
+    // The current pepper must have 16 bytes; an older one that short is kept, with a
+    // warning, so that the keys stored under it can move to the current one.
+    let (_dir, path) = write_peppers("v1=abc\n");
+    let errors = Peppers::check(&settings(Some(&path)), None).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].line, errors[0].column), (1, 4));
+    assert!(errors[0].message.contains("3 byte(s)") && errors[0].message.contains("at least 16"), "{errors:?}");
+    let (_dir, path) = write_peppers("v2=9f1c2e7a4b6d0835ab73c1e0\nv1=abc\n");
+    let (peppers, warnings) = Peppers::check(&settings(Some(&path)), None).unwrap();
+    assert_eq!(peppers.current_id(), "v2");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!((warnings[0].line, warnings[0].is_error()), (2, false));
+
+    let errors = Peppers::check(&settings(None), Some("abc".into())).unwrap_err();
+    assert_eq!(errors[0].file, std::path::Path::new("$KEYGATE_PEPPER"), "{errors:?}");
+    assert!(errors[0].message.contains("3 byte(s)"), "{errors:?}");
+
+    for (weak, why) in [
+        ("aaaaaaaaaaaaaaaaaaaa", "one character repeated"),
+        ("abababababababababab", "few distinct characters"),
+        ("abcdefghijklmnopqrst", "consecutive"),
+        ("changeme-changeme-2024", "placeholder"),
+        ("REPLACE-ME-with-the-output-of-openssl-rand-hex-32", "placeholder"),
+    ] {
+        let (_, warnings) = Peppers::check(&settings(None), Some(weak.into())).unwrap();
+        assert_eq!(warnings.len(), 1, "{weak}: {warnings:?}");
+        assert!(warnings[0].message.contains(why), "{weak}: {warnings:?}");
+        assert!(!warnings[0].message.contains(weak), "never quotes the pepper");
+    }
+    for strong in ["9f1c2e7a4b6d0835", "second-pepper-secret", "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2Q="] {
+        let (_, warnings) = Peppers::check(&settings(None), Some(strong.into())).unwrap();
+        assert!(warnings.is_empty(), "{strong}: {warnings:?}");
+    }
+}
+
+/// Settings whose `[keys]` names `pepper_file` (or none).
+fn settings(pepper_file: Option<&std::path::Path>) -> crate::settings::Settings {
+    let text = match pepper_file {
+        Some(path) => format!("[keys]\npepper_file = \"{}\"\n", path.display()),
+        None => String::new(),
+    };
+    crate::settings::Settings::parse(&text, std::path::Path::new("/etc/keygate/keygate.toml")).unwrap().0
+}
+
+#[test]
 fn pepper_from_env_or_none() {
-    let env = Peppers::load(None, Some("from-env".into())).unwrap();
+    let env = Peppers::load(None, Some("from-env-9f1c2e7a4b6d".into())).unwrap();
     assert_eq!(env.current_id(), "env");
     assert!(!env.is_empty());
     let none = Peppers::load(None, None).unwrap();

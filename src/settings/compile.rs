@@ -160,6 +160,7 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
         cache_ttl: duration(check, "cache_ttl", k.cache_ttl.as_ref(), Duration::from_secs(30), false),
         stale_if_error: duration(check, "stale_if_error", k.stale_if_error.as_ref(), Duration::from_secs(300), false),
         pepper_file: optional_path(check, dir, "pepper_file", k.pepper_file.as_ref()),
+        pepper_file_at: k.pepper_file.as_ref().map(|p| check.position(&p.span())),
     };
 
     let l = raw.limits.unwrap_or_default();

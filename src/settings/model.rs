@@ -137,6 +137,9 @@ pub struct Keys {
     pub stale_if_error: Duration,
     /// Lines `id=secret`, the first the current pepper (else `$KEYGATE_PEPPER`). Default: none.
     pub pepper_file: Option<PathBuf>,
+    /// Where `pepper_file` is written in the config (1-based line and column), so that a
+    /// pepper file that cannot be read is reported there.
+    pub pepper_file_at: Option<(usize, usize)>,
 }
 
 /// `keys.source`.
