@@ -177,7 +177,7 @@ fn foreign(token: &str) -> Option<&'static str> {
         ("pypi-", "a PyPI token"),
     ];
     if token.starts_with("eyJ") && token.matches('.').count() == 2 {
-        return Some("a JWT (a signed token, not a keygate API key)");
+        return Some("a JWT (a signed token)");
     }
     PREFIXES.iter().find(|(prefix, _)| token.starts_with(prefix)).map(|(_, what)| *what)
 }
@@ -258,7 +258,7 @@ mod tests {
             ),
             (
                 "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl".to_string(),
-                AuthFailure::Malformed(BadKey::Foreign("a JWT (a signed token, not a keygate API key)")),
+                AuthFailure::Malformed(BadKey::Foreign("a JWT (a signed token)")),
             ),
             ("Basic dXNlcjpwYXNz".to_string(), AuthFailure::Missing(NoKey::OtherScheme(Some("Basic")))),
             ("Frobnicate abc".to_string(), AuthFailure::Missing(NoKey::OtherScheme(None))),
