@@ -18,6 +18,7 @@ use super::routes::RouteTable;
 use super::upstream::{Upstream, MAX_CONNECTIONS, QUEUE_TIMEOUT};
 use super::validate::{parse_upstream_url, positive};
 use crate::path::PathOptions;
+use crate::ratelimit::PlanHeaders;
 use crate::toml_check::{choice, duration_value, Checker};
 
 /// Validates and compiles the raw policy. The result is only usable when `check` holds
@@ -142,7 +143,9 @@ fn compile_plans(
                 ),
             );
         }
-        plans.insert(name.get_ref().clone(), Plan { name: name.get_ref().clone(), api_access, limit, max_keys });
+        let rate_headers = limit.map(|limit| Arc::new(PlanHeaders::new(name.get_ref(), limit)));
+        let plan = Plan { name: name.get_ref().clone(), api_access, limit, max_keys, rate_headers };
+        plans.insert(name.get_ref().clone(), plan);
     }
     plans
 }

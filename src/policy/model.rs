@@ -9,6 +9,7 @@ use super::limit::Limit;
 use super::routes::RouteTable;
 use super::upstream::Upstream;
 use crate::path::PathOptions;
+use crate::ratelimit::PlanHeaders;
 
 /// One compiled policy: routes, plans, upstreams and scopes. Requests load it once
 /// (one `Arc`) and keep it to the end, so a reload never changes a request midway.
@@ -43,4 +44,7 @@ pub struct Plan {
     pub limit: Option<Limit>,
     /// `max_keys`; `None` is unlimited.
     pub max_keys: Option<u32>,
+    /// The rate-limit response headers that are the same for every request under
+    /// `limit`, built here once (`None` without a limit).
+    pub rate_headers: Option<Arc<PlanHeaders>>,
 }

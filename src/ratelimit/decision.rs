@@ -41,9 +41,7 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
-/// The length of `plan` as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or
-/// `None` if it holds a character an sf-string cannot carry (only printable ASCII can).
-/// Policy validation only lets ASCII identifiers through; this is belt and braces.
+/// The length of `plan` as an RFC 8941 sf-string, or `None` if it cannot be one.
 fn sf_string_len(plan: &str) -> Option<usize> {
     let mut len = plan.len() + 2;
     for &b in plan.as_bytes() {
@@ -80,42 +78,78 @@ fn number(digits: &str, n: u64) -> HeaderValue {
     HeaderValue::from_bytes(digits.as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// A plan's rate-limit header values that are the same for every request: built once
+/// when the policy is loaded ([`crate::policy::Plan::rate_headers`]), so that a request
+/// only formats what is its own (`r`, `t`, remaining, reset).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlanHeaders {
+    limit: Limit,
+    /// The plan's name as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or `None`
+    /// if it holds a character an sf-string cannot carry (only printable ASCII can).
+    /// Policy validation only lets ASCII identifiers through; this is belt and braces.
+    name: Option<Box<[u8]>>,
+    /// `RateLimit-Policy`: `"plan";q=requests;w=window`.
+    policy: Option<HeaderValue>,
+    /// `X-RateLimit-Limit`: the plan's `requests`.
+    requests: HeaderValue,
+}
+
+impl PlanHeaders {
+    /// The values for plan `plan` with limit `limit`.
+    pub fn new(plan: &str, limit: Limit) -> PlanHeaders {
+        let mut q = itoa::Buffer::new();
+        let q = q.format(limit.requests);
+        let name = sf_string_len(plan).map(|len| {
+            let mut name = Vec::with_capacity(len);
+            push_sf_string(&mut name, plan);
+            name.into_boxed_slice()
+        });
+        let policy = name.as_deref().and_then(|name| {
+            let mut w = itoa::Buffer::new();
+            let mut policy = name.to_vec();
+            for part in [";q=", q, ";w=", w.format(ceil_secs(limit.window))] {
+                policy.extend_from_slice(part.as_bytes());
+            }
+            into_value(policy)
+        });
+        PlanHeaders { limit, name, policy, requests: number(q, limit.requests) }
+    }
+
+    /// The plan's limit.
+    pub fn limit(&self) -> Limit {
+        self.limit
+    }
+}
+
 impl Decision {
     /// Adds `RateLimit-Policy`, `RateLimit`, `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
     /// `X-RateLimit-Reset` and, when refused, `Retry-After` (whole seconds, at least 1,
     /// rounded up).
     ///
-    /// `RateLimit-Policy` and `X-RateLimit-Limit` describe `limit` (the plan's), so a
-    /// decision taken under the reduced per-replica limit of the `local` fallback still
-    /// advertises the plan. Existing headers of these names are replaced. A header whose
-    /// value cannot be built (a plan name outside printable ASCII) is left out; this never
-    /// panics.
-    pub fn write_headers(&self, plan: &str, limit: &Limit, headers: &mut HeaderMap) {
+    /// `RateLimit-Policy` and `X-RateLimit-Limit` describe the plan's limit (`plan`'s), so
+    /// a decision taken under the reduced per-replica limit of the `local` fallback still
+    /// advertises the plan; they are the plan's precomputed values. Existing headers of
+    /// these names are replaced. A header whose value cannot be built (a plan name outside
+    /// printable ASCII) is left out; this never panics.
+    pub fn write_headers(&self, plan: &PlanHeaders, headers: &mut HeaderMap) {
         let reset = ceil_secs(self.reset);
-        let (mut q, mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
-        let (q, r, t) = (q.format(limit.requests), r.format(self.remaining), t.format(reset));
-        if let Some(sf_len) = sf_string_len(plan) {
-            let mut w = itoa::Buffer::new();
-            let w = w.format(ceil_secs(limit.window));
-            // Each value in one exactly sized buffer; the sf-string is escaped once.
-            let mut policy = Vec::with_capacity(sf_len + 6 + q.len() + w.len());
-            push_sf_string(&mut policy, plan);
-            let mut current = Vec::with_capacity(sf_len + 6 + r.len() + t.len());
-            current.extend_from_slice(&policy);
-            for part in [";q=", q, ";w=", w] {
-                policy.extend_from_slice(part.as_bytes());
-            }
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(self.remaining), t.format(reset));
+        if let Some(policy) = &plan.policy {
+            headers.insert(RATELIMIT_POLICY, policy.clone());
+        }
+        if let Some(name) = &plan.name {
+            // One exactly sized buffer, taken over by the header value.
+            let mut current = Vec::with_capacity(name.len() + 6 + r.len() + t.len());
+            current.extend_from_slice(name);
             for part in [";r=", r, ";t=", t] {
                 current.extend_from_slice(part.as_bytes());
-            }
-            if let Some(v) = into_value(policy) {
-                headers.insert(RATELIMIT_POLICY, v);
             }
             if let Some(v) = into_value(current) {
                 headers.insert(RATELIMIT, v);
             }
         }
-        headers.insert(X_RATELIMIT_LIMIT, number(q, limit.requests));
+        headers.insert(X_RATELIMIT_LIMIT, plan.requests.clone());
         headers.insert(X_RATELIMIT_REMAINING, number(r, self.remaining));
         headers.insert(X_RATELIMIT_RESET, number(t, reset));
         if let Some(secs) = self.retry_after_secs() {
