@@ -1,6 +1,8 @@
 //! The limiter's [`Decision`] for one request, and the response headers every request
 //! that reached the limiter carries (draft-ietf-httpapi-ratelimit-headers, and the legacy
 //! `X-RateLimit-*`).
+//! What a plan's headers share across requests ([`PlanHeaders`]) is built once per
+//! policy load; a request formats only its own figures.
 
 use std::time::Duration;
 
