@@ -13,12 +13,12 @@ use sha2::{Digest, Sha256};
 use super::compile_routes::compile_routes;
 use super::limit::Limit;
 use super::model::{Plan, Policy};
+use super::rate_headers::PlanHeaders;
 use super::raw;
 use super::routes::RouteTable;
 use super::upstream::{Upstream, MAX_CONNECTIONS, QUEUE_TIMEOUT};
 use super::validate::{parse_upstream_url, positive};
 use crate::path::PathOptions;
-use crate::ratelimit::PlanHeaders;
 use crate::toml_check::{choice, duration_value, Checker};
 
 /// Validates and compiles the raw policy. The result is only usable when `check` holds

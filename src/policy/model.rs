@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::limit::Limit;
+use super::rate_headers::PlanHeaders;
 use super::routes::RouteTable;
 use super::upstream::Upstream;
 use crate::path::PathOptions;
-use crate::ratelimit::PlanHeaders;
 
 /// One compiled policy: routes, plans, upstreams and scopes. Requests load it once
 /// (one `Arc`) and keep it to the end, so a reload never changes a request midway.

@@ -1,16 +1,16 @@
 //! The limiter's [`Decision`] for one request, and the response headers every request
 //! that reached the limiter carries (draft-ietf-httpapi-ratelimit-headers, and the legacy
 //! `X-RateLimit-*`).
-//! What a plan's headers share across requests ([`PlanHeaders`]) is built once per
-//! policy load; a request formats only its own figures.
+//! What a plan's headers share across requests ([`PlanHeaders`], in the policy) is built
+//! once per policy load; a request formats only its own figures.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, RETRY_AFTER};
 use http::HeaderMap;
 
-use crate::policy::Limit;
+pub use crate::policy::PlanHeaders;
+use crate::policy::{ceil_secs, header_number as number, into_header_value as into_value};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -37,92 +37,6 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
-/// Whole seconds, rounded up: a client told to wait `t` must not come back early.
-fn ceil_secs(d: Duration) -> u64 {
-    // Saturating: `Duration::MAX` has a fraction, and one more second would overflow.
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
-
-/// The length of `plan` as an RFC 8941 sf-string, or `None` if it cannot be one.
-fn sf_string_len(plan: &str) -> Option<usize> {
-    let mut len = plan.len() + 2;
-    for &b in plan.as_bytes() {
-        match b {
-            b'"' | b'\\' => len += 1,
-            b' '..=b'~' => {}
-            _ => return None,
-        }
-    }
-    Some(len)
-}
-
-/// Appends `plan` as an sf-string; it must have passed [`sf_string_len`].
-fn push_sf_string(out: &mut Vec<u8>, plan: &str) {
-    out.push(b'"');
-    for &b in plan.as_bytes() {
-        if matches!(b, b'"' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out.push(b'"');
-}
-
-/// A header value that takes over `bytes` (validated, not copied: no allocation when the
-/// buffer is exactly full), or `None` if they are not a valid header value.
-fn into_value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
-}
-
-/// `n`, already formatted as `digits`, as a header value: one allocation, where
-/// `HeaderValue::from(u64)` costs two.
-fn number(digits: &str, n: u64) -> HeaderValue {
-    HeaderValue::from_bytes(digits.as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
-}
-
-/// A plan's rate-limit header values that are the same for every request: built once
-/// when the policy is loaded ([`crate::policy::Plan::rate_headers`]), so that a request
-/// only formats what is its own (`r`, `t`, remaining, reset).
-#[derive(Debug, PartialEq, Eq)]
-pub struct PlanHeaders {
-    limit: Limit,
-    /// The plan's name as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or `None`
-    /// if it holds a character an sf-string cannot carry (only printable ASCII can).
-    /// Policy validation only lets ASCII identifiers through; this is belt and braces.
-    name: Option<Box<[u8]>>,
-    /// `RateLimit-Policy`: `"plan";q=requests;w=window`.
-    policy: Option<HeaderValue>,
-    /// `X-RateLimit-Limit`: the plan's `requests`.
-    requests: HeaderValue,
-}
-
-impl PlanHeaders {
-    /// The values for plan `plan` with limit `limit`.
-    pub fn new(plan: &str, limit: Limit) -> PlanHeaders {
-        let mut q = itoa::Buffer::new();
-        let q = q.format(limit.requests);
-        let name = sf_string_len(plan).map(|len| {
-            let mut name = Vec::with_capacity(len);
-            push_sf_string(&mut name, plan);
-            name.into_boxed_slice()
-        });
-        let policy = name.as_deref().and_then(|name| {
-            let mut w = itoa::Buffer::new();
-            let mut policy = name.to_vec();
-            for part in [";q=", q, ";w=", w.format(ceil_secs(limit.window))] {
-                policy.extend_from_slice(part.as_bytes());
-            }
-            into_value(policy)
-        });
-        PlanHeaders { limit, name, policy, requests: number(q, limit.requests) }
-    }
-
-    /// The plan's limit.
-    pub fn limit(&self) -> Limit {
-        self.limit
-    }
-}
-
 impl Decision {
     /// Adds `RateLimit-Policy`, `RateLimit`, `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
     /// `X-RateLimit-Reset` and, when refused, `Retry-After` (whole seconds, at least 1,
@@ -137,10 +51,10 @@ impl Decision {
         let reset = ceil_secs(self.reset);
         let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (r, t) = (r.format(self.remaining), t.format(reset));
-        if let Some(policy) = &plan.policy {
+        if let Some(policy) = plan.policy_value() {
             headers.insert(RATELIMIT_POLICY, policy.clone());
         }
-        if let Some(name) = &plan.name {
+        if let Some(name) = plan.sf_name() {
             // One exactly sized buffer, taken over by the header value.
             let mut current = Vec::with_capacity(name.len() + 6 + r.len() + t.len());
             current.extend_from_slice(name);
@@ -151,7 +65,7 @@ impl Decision {
                 headers.insert(RATELIMIT, v);
             }
         }
-        headers.insert(X_RATELIMIT_LIMIT, plan.requests.clone());
+        headers.insert(X_RATELIMIT_LIMIT, plan.requests_value().clone());
         headers.insert(X_RATELIMIT_REMAINING, number(r, self.remaining));
         headers.insert(X_RATELIMIT_RESET, number(t, reset));
         if let Some(secs) = self.retry_after_secs() {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+
+use crate::policy::Limit;
 
 use super::*;
 
