@@ -36,7 +36,7 @@ use keygate::path::{normalize, PathOptions};
 use keygate::policy::{Policy, RouteMatch};
 use keygate::ratelimit::local::LocalLimiter;
 use keygate::ratelimit::redis::RedisLimiter;
-use keygate::ratelimit::{Decision, Limit};
+use keygate::ratelimit::{Decision, Limit, PlanHeaders};
 use keygate::redis_client::RedisClient;
 use keygate::request_id;
 use keygate::upstream::{remove_hop_by_hop, rewrite_request_headers, ForwardContext};
@@ -203,11 +203,11 @@ fn headers(c: &mut Criterion) {
     // The rate-limit headers an admitted request's response gets.
     let decision =
         Decision { allowed: true, limit: 300, remaining: 287, reset: Duration::from_millis(58_250), retry_after: None };
-    let limit = Limit { requests: 300, window: Duration::from_secs(60) };
+    let plan = PlanHeaders::new("pro", Limit { requests: 300, window: Duration::from_secs(60) });
     c.bench_function("write_headers", |b| {
         b.iter_batched_ref(
             || response.clone(),
-            |headers| black_box(&decision).write_headers(black_box("pro"), &limit, headers),
+            |headers| black_box(&decision).write_headers(black_box(&plan), headers),
             BatchSize::SmallInput,
         )
     });

@@ -25,7 +25,7 @@ use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Route, RouteAuth, RouteMode};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
-use crate::ratelimit::{Decision, Limit};
+use crate::ratelimit::{Decision, PlanHeaders};
 use crate::settings::{OnStoreError, Server};
 
 /// A key that authenticated.
@@ -40,15 +40,15 @@ pub struct Authorized {
 /// The limiter's decision and what it was made against, for the response headers.
 #[derive(Clone)]
 pub struct RateOutcome {
-    plan: String,
-    limit: Limit,
+    /// The plan's precomputed header values (shared with the policy, not copied).
+    plan: Arc<PlanHeaders>,
     decision: Decision,
 }
 
 impl RateOutcome {
     /// `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` (and `Retry-After` on a refusal).
     pub fn write_headers(&self, headers: &mut HeaderMap<HeaderValue>) {
-        self.decision.write_headers(&self.plan, &self.limit, headers);
+        self.decision.write_headers(&self.plan, headers);
     }
 }
 
@@ -283,9 +283,10 @@ impl Gate {
                 return Err(deny(Refusal::PayloadTooLarge { limit: max }, &principal));
             }
         }
-        let Some(limit) = plan.limit else {
+        let Some(plan_headers) = &plan.rate_headers else {
             return Ok(Authorized { principal, rate: None });
         };
+        let limit = plan_headers.limit();
         let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
         let outcome = self.limiter.check(&principal.tenant, &limit, route.cost, on_store_error).await;
         if outcome.store_unavailable() {
@@ -296,7 +297,7 @@ impl Gate {
             // `on_store_error = "allow"`: admitted, nothing counted, no headers to give.
             return Ok(Authorized { principal, rate: None });
         };
-        let rate = RateOutcome { plan: plan.name.clone(), limit, decision };
+        let rate = RateOutcome { plan: plan_headers.clone(), decision };
         if decision.allowed {
             Ok(Authorized { principal, rate: Some(rate) })
         } else {

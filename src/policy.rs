@@ -12,6 +12,7 @@ mod compile_routes;
 mod limit;
 mod model;
 mod overlap;
+mod rate_headers;
 mod raw;
 pub mod routes;
 mod upstream;
@@ -24,6 +25,7 @@ use crate::toml_check::{deserialize, Checker};
 
 pub use limit::{Limit, SUB_WINDOWS};
 pub use model::{Plan, Policy};
+pub use rate_headers::{ceil_secs, header_number, into_header_value, PlanHeaders};
 pub use routes::{Route, RouteAuth, RouteMatch, RouteMode, RouteTable};
 pub use upstream::{Upstream, UpstreamProtocol};
 

@@ -62,6 +62,6 @@ pub mod redis;
 
 pub use crate::policy::{Limit, SUB_WINDOWS};
 pub use decision::{
-    Decision, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    Decision, PlanHeaders, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use local::LocalLimiter;

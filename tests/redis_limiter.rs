@@ -17,7 +17,7 @@ use keygate::metrics::Metrics;
 use keygate::ratelimit::front::{LimitOutcome, Limiter};
 use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
-use keygate::ratelimit::{Decision, Limit, LocalLimiter};
+use keygate::ratelimit::{Decision, Limit, LocalLimiter, PlanHeaders};
 use keygate::settings::{LimitBackend, Limits, OnStoreError};
 use support::eventually;
 use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
@@ -227,7 +227,7 @@ async fn exact_across_three_replicas_on_a_cluster() {
 
 fn headers(d: &Decision, plan: &Limit) -> HeaderMap {
     let mut h = HeaderMap::new();
-    d.write_headers("pro", plan, &mut h);
+    d.write_headers(&PlanHeaders::new("pro", *plan), &mut h);
     h
 }
 

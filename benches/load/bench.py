@@ -20,7 +20,7 @@ closed loop; CPU user/system of each proxy's process tree from /proc/PID/stat), 
 on the syscall tracepoints (or `strace -c -f`), then (C) latency at fixed rates of
 10/25/50/75% of *nginx's* saturation throughput just measured, for every target in the
 same rotated order (oha, corrected for coordinated omission). The report gives medians
-over rounds of per-round ratios, with min-max, and the issue's targets met or not.
+over rounds of per-round ratios, with min-max, and the performance targets met or not.
 """
 
 import argparse

@@ -137,7 +137,7 @@ def markdown(data, png_name):
 
     # ---- the performance targets
     if s.get("goals"):
-        w("## Performance targets (issue 13)")
+        w("## Performance targets")
         w("")
         w("Each a median of per-round figures of this run (ratios taken within each round), with "
           "(min – max) over rounds.")

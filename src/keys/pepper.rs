@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
+
 use super::secret::Secret;
 use crate::diag::Diagnostic;
 use crate::encoding::lower_hex;
@@ -23,7 +25,9 @@ pub struct KeyDigest {
 /// or a pepper file of `id=secret` lines, the first one current. Empty: plain SHA-256.
 #[derive(Clone, Default)]
 pub struct Peppers {
-    entries: Vec<(String, Vec<u8>)>,
+    /// Each pepper's id and its HMAC already keyed with it: a digest then clones the
+    /// keyed state instead of keying it again (two SHA-256 blocks fewer per request).
+    entries: Vec<(String, Hmac<sha2::Sha256>)>,
 }
 
 impl fmt::Debug for Peppers {
@@ -126,7 +130,7 @@ impl Peppers {
             }
         }
         if found.errors.is_empty() {
-            Ok((Peppers { entries: found.entries }, found.warnings))
+            Ok((Peppers::from_entries(found.entries), found.warnings))
         } else {
             Err(found.errors)
         }
@@ -134,6 +138,14 @@ impl Peppers {
 
     /// Peppers from explicit `(id, secret)` pairs, the first current (tests, demo).
     pub fn from_entries(entries: Vec<(String, Vec<u8>)>) -> Peppers {
+        let entries = entries
+            .into_iter()
+            .map(|(id, pepper)| {
+                // HMAC takes a key of any length, so this cannot fail.
+                let mac = Hmac::<sha2::Sha256>::new_from_slice(&pepper).expect("HMAC takes keys of any length");
+                (id, mac)
+            })
+            .collect();
         Peppers { entries }
     }
 
@@ -327,19 +339,11 @@ fn strength(secret: &[u8], current: bool) -> Option<Strength> {
 /// The pepper id recorded for plain SHA-256 digests (no pepper configured).
 pub const SHA256_PEPPER_ID: &str = "sha256";
 
-/// HMAC-SHA-256 of the key under one pepper.
-pub(super) fn hmac_digest(id: &str, pepper: &[u8], secret: &Secret) -> KeyDigest {
-    use hmac::{Hmac, Mac};
-    // HMAC takes a key of any length, so this cannot fail; the fallback (a digest that
-    // matches nothing) keeps the request path free of panics all the same.
-    let hex = match Hmac::<sha2::Sha256>::new_from_slice(pepper) {
-        Ok(mut mac) => {
-            mac.update(secret.expose().as_bytes());
-            lower_hex(&mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
-    };
-    KeyDigest { pepper_id: id.to_string(), hex }
+/// HMAC-SHA-256 of the key under one pepper (`keyed`: the HMAC keyed with it).
+fn hmac_digest(id: &str, keyed: &Hmac<sha2::Sha256>, secret: &Secret) -> KeyDigest {
+    let mut mac = keyed.clone();
+    mac.update(secret.expose().as_bytes());
+    KeyDigest { pepper_id: id.to_string(), hex: lower_hex(&mac.finalize().into_bytes()) }
 }
 
 /// Plain SHA-256 of the key, when no pepper is configured.

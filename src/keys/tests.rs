@@ -1,6 +1,5 @@
 //! Unit tests of the key format, the query check, peppers and digests.
 
-use super::pepper::hmac_digest;
 use super::secret::{checksum, crc32};
 use super::*;
 use crate::encoding::lower_hex;
@@ -275,8 +274,16 @@ fn hmac_with_a_pepper_and_sha256_without() {
         assert_eq!(peppered.hex, hex::encode(mac.finalize().into_bytes()));
     }
     // RFC 4231 test case 2: HMAC-SHA-256(key "Jefe", "what do ya want for nothing?").
-    let vector = hmac_digest("x", b"Jefe", &Secret::from_raw("what do ya want for nothing?"));
+    let jefe = Peppers::from_entries(vec![("x".into(), b"Jefe".to_vec())]);
+    let vector = jefe.current(&Secret::from_raw("what do ya want for nothing?"));
     assert_eq!(vector.hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    // RFC 4231 test case 6: a pepper longer than a SHA-256 block, which HMAC hashes first.
+    let long = Peppers::from_entries(vec![("x".into(), vec![0xaa; 131])]);
+    let vector = long.current(&Secret::from_raw("Test Using Larger Than Block-Size Key - Hash Key First"));
+    assert_eq!(vector.hex, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    // The keyed state is cloned per digest, never updated in place: the same input twice
+    // gives the same digest.
+    assert_eq!(long.current(&Secret::from_raw("Test Using Larger Than Block-Size Key - Hash Key First")), vector);
     assert_eq!(Peppers::default().all(&secret), vec![plain]);
 }
 

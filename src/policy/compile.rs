@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::compile_routes::compile_routes;
 use super::limit::Limit;
 use super::model::{Plan, Policy};
+use super::rate_headers::PlanHeaders;
 use super::raw;
 use super::routes::RouteTable;
 use super::upstream::{Upstream, MAX_CONNECTIONS, QUEUE_TIMEOUT};
@@ -142,7 +143,9 @@ fn compile_plans(
                 ),
             );
         }
-        plans.insert(name.get_ref().clone(), Plan { name: name.get_ref().clone(), api_access, limit, max_keys });
+        let rate_headers = limit.map(|limit| Arc::new(PlanHeaders::new(name.get_ref(), limit)));
+        let plan = Plan { name: name.get_ref().clone(), api_access, limit, max_keys, rate_headers };
+        plans.insert(name.get_ref().clone(), plan);
     }
     plans
 }

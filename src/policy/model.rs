@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::limit::Limit;
+use super::rate_headers::PlanHeaders;
 use super::routes::RouteTable;
 use super::upstream::Upstream;
 use crate::path::PathOptions;
@@ -43,4 +44,7 @@ pub struct Plan {
     pub limit: Option<Limit>,
     /// `max_keys`; `None` is unlimited.
     pub max_keys: Option<u32>,
+    /// The rate-limit response headers that are the same for every request under
+    /// `limit`, built here once (`None` without a limit).
+    pub rate_headers: Option<Arc<PlanHeaders>>,
 }

@@ -1,14 +1,16 @@
 //! The limiter's [`Decision`] for one request, and the response headers every request
 //! that reached the limiter carries (draft-ietf-httpapi-ratelimit-headers, and the legacy
 //! `X-RateLimit-*`).
+//! What a plan's headers share across requests ([`PlanHeaders`], in the policy) is built
+//! once per policy load; a request formats only its own figures.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, RETRY_AFTER};
 use http::HeaderMap;
 
-use crate::policy::Limit;
+pub use crate::policy::PlanHeaders;
+use crate::policy::{ceil_secs, header_number as number, into_header_value as into_value};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -35,87 +37,35 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
-/// Whole seconds, rounded up: a client told to wait `t` must not come back early.
-fn ceil_secs(d: Duration) -> u64 {
-    // Saturating: `Duration::MAX` has a fraction, and one more second would overflow.
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
-}
-
-/// The length of `plan` as an RFC 8941 sf-string (quoted, `"` and `\` escaped), or
-/// `None` if it holds a character an sf-string cannot carry (only printable ASCII can).
-/// Policy validation only lets ASCII identifiers through; this is belt and braces.
-fn sf_string_len(plan: &str) -> Option<usize> {
-    let mut len = plan.len() + 2;
-    for &b in plan.as_bytes() {
-        match b {
-            b'"' | b'\\' => len += 1,
-            b' '..=b'~' => {}
-            _ => return None,
-        }
-    }
-    Some(len)
-}
-
-/// Appends `plan` as an sf-string; it must have passed [`sf_string_len`].
-fn push_sf_string(out: &mut Vec<u8>, plan: &str) {
-    out.push(b'"');
-    for &b in plan.as_bytes() {
-        if matches!(b, b'"' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out.push(b'"');
-}
-
-/// A header value that takes over `bytes` (validated, not copied: no allocation when the
-/// buffer is exactly full), or `None` if they are not a valid header value.
-fn into_value(bytes: Vec<u8>) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
-}
-
-/// `n`, already formatted as `digits`, as a header value: one allocation, where
-/// `HeaderValue::from(u64)` costs two.
-fn number(digits: &str, n: u64) -> HeaderValue {
-    HeaderValue::from_bytes(digits.as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
-}
-
 impl Decision {
     /// Adds `RateLimit-Policy`, `RateLimit`, `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
     /// `X-RateLimit-Reset` and, when refused, `Retry-After` (whole seconds, at least 1,
     /// rounded up).
     ///
-    /// `RateLimit-Policy` and `X-RateLimit-Limit` describe `limit` (the plan's), so a
-    /// decision taken under the reduced per-replica limit of the `local` fallback still
-    /// advertises the plan. Existing headers of these names are replaced. A header whose
-    /// value cannot be built (a plan name outside printable ASCII) is left out; this never
-    /// panics.
-    pub fn write_headers(&self, plan: &str, limit: &Limit, headers: &mut HeaderMap) {
+    /// `RateLimit-Policy` and `X-RateLimit-Limit` describe the plan's limit (`plan`'s), so
+    /// a decision taken under the reduced per-replica limit of the `local` fallback still
+    /// advertises the plan; they are the plan's precomputed values. Existing headers of
+    /// these names are replaced. A header whose value cannot be built (a plan name outside
+    /// printable ASCII) is left out; this never panics.
+    pub fn write_headers(&self, plan: &PlanHeaders, headers: &mut HeaderMap) {
         let reset = ceil_secs(self.reset);
-        let (mut q, mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new(), itoa::Buffer::new());
-        let (q, r, t) = (q.format(limit.requests), r.format(self.remaining), t.format(reset));
-        if let Some(sf_len) = sf_string_len(plan) {
-            let mut w = itoa::Buffer::new();
-            let w = w.format(ceil_secs(limit.window));
-            // Each value in one exactly sized buffer; the sf-string is escaped once.
-            let mut policy = Vec::with_capacity(sf_len + 6 + q.len() + w.len());
-            push_sf_string(&mut policy, plan);
-            let mut current = Vec::with_capacity(sf_len + 6 + r.len() + t.len());
-            current.extend_from_slice(&policy);
-            for part in [";q=", q, ";w=", w] {
-                policy.extend_from_slice(part.as_bytes());
-            }
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(self.remaining), t.format(reset));
+        if let Some(policy) = plan.policy_value() {
+            headers.insert(RATELIMIT_POLICY, policy.clone());
+        }
+        if let Some(name) = plan.sf_name() {
+            // One exactly sized buffer, taken over by the header value.
+            let mut current = Vec::with_capacity(name.len() + 6 + r.len() + t.len());
+            current.extend_from_slice(name);
             for part in [";r=", r, ";t=", t] {
                 current.extend_from_slice(part.as_bytes());
-            }
-            if let Some(v) = into_value(policy) {
-                headers.insert(RATELIMIT_POLICY, v);
             }
             if let Some(v) = into_value(current) {
                 headers.insert(RATELIMIT, v);
             }
         }
-        headers.insert(X_RATELIMIT_LIMIT, number(q, limit.requests));
+        headers.insert(X_RATELIMIT_LIMIT, plan.requests_value().clone());
         headers.insert(X_RATELIMIT_REMAINING, number(r, self.remaining));
         headers.insert(X_RATELIMIT_RESET, number(t, reset));
         if let Some(secs) = self.retry_after_secs() {

@@ -120,7 +120,10 @@ impl Http1Pool {
         loop {
             let (mut lease, reused) = match self.checkout() {
                 Some(lease) => (lease, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (name resolution, the connector's timeout, the
+                // handshake) is a large future and the rare case; inline, it would make
+                // every request's future that large, copied on every move.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match lease.sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, lease)),

@@ -217,7 +217,12 @@ impl Upstreams {
                         .map_err(|e| format!("cannot build upstream URI: {e}"))?;
                     *request.version_mut() = Version::HTTP_2;
                     h2c = Some(capture_connection(&mut request));
-                    client.request(request).await.map(|response| (response, None)).map_err(|e| error_chain(&e))
+                    // Boxed: the general client's future is large, and inline it would
+                    // make every HTTP/1.1 request's future as large (see `Http1Pool::send`).
+                    Box::pin(client.request(request))
+                        .await
+                        .map(|response| (response, None))
+                        .map_err(|e| error_chain(&e))
                 }
             }
         };

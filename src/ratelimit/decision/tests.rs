@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+
+use crate::policy::Limit;
 
 use super::*;
 
@@ -42,7 +44,7 @@ fn headers_when_admitted() {
     let d =
         Decision { allowed: true, limit: 300, remaining: 299, reset: Duration::from_millis(61_001), retry_after: None };
     let mut h = HeaderMap::new();
-    d.write_headers("pro", &limit(300, 60), &mut h);
+    d.write_headers(&PlanHeaders::new("pro", limit(300, 60)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""pro";q=300;w=60"#));
     assert_eq!(header(&h, "ratelimit"), Some(r#""pro";r=299;t=62"#));
     assert_eq!(header(&h, "x-ratelimit-limit"), Some("300"));
@@ -64,7 +66,7 @@ fn headers_when_refused() {
     };
     let mut h = HeaderMap::new();
     h.insert("retry-after", HeaderValue::from_static("999"));
-    d.write_headers("free", &limit(10, 60), &mut h);
+    d.write_headers(&PlanHeaders::new("free", limit(10, 60)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""free";q=10;w=60"#));
     assert_eq!(header(&h, "ratelimit"), Some(r#""free";r=0;t=60"#));
     assert_eq!(header(&h, "x-ratelimit-limit"), Some("10"));
@@ -93,7 +95,7 @@ fn retry_after_is_rounded_up_and_at_least_one() {
     d.reset = Duration::from_millis(4_500);
     assert_eq!(d.retry_after_secs(), Some(5));
     let mut h = HeaderMap::new();
-    d.write_headers("p", &limit(1, 1), &mut h);
+    d.write_headers(&PlanHeaders::new("p", limit(1, 1)), &mut h);
     assert_eq!(header(&h, "retry-after"), Some("5"));
 }
 
@@ -101,13 +103,13 @@ fn retry_after_is_rounded_up_and_at_least_one() {
 fn plan_names_are_escaped_or_skipped() {
     let d = Decision { allowed: true, limit: 1, remaining: 0, reset: Duration::ZERO, retry_after: None };
     let mut h = HeaderMap::new();
-    d.write_headers(r#"a"b\c"#, &limit(1, 1), &mut h);
+    d.write_headers(&PlanHeaders::new(r#"a"b\c"#, limit(1, 1)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""a\"b\\c";q=1;w=1"#));
     assert_eq!(header(&h, "ratelimit"), Some(r#""a\"b\\c";r=0;t=0"#));
 
     for bad in ["new\nline", "nul\0", "caf\u{e9}", "tab\t"] {
         let mut h = HeaderMap::new();
-        d.write_headers(bad, &limit(1, 1), &mut h);
+        d.write_headers(&PlanHeaders::new(bad, limit(1, 1)), &mut h);
         assert!(h.get("ratelimit-policy").is_none(), "{bad:?}");
         assert!(h.get("ratelimit").is_none(), "{bad:?}");
         assert_eq!(header(&h, "x-ratelimit-limit"), Some("1"));
@@ -124,7 +126,7 @@ fn numbers_are_written_in_full() {
         retry_after: Some(Duration::from_millis(1)),
     };
     let mut h = HeaderMap::new();
-    d.write_headers("", &limit(u64::MAX, 10), &mut h);
+    d.write_headers(&PlanHeaders::new("", limit(u64::MAX, 10)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""";q=18446744073709551615;w=10"#));
     assert_eq!(header(&h, "ratelimit"), Some(r#""";r=0;t=18446744073709551615"#));
     assert_eq!(header(&h, "x-ratelimit-limit"), Some("18446744073709551615"));
