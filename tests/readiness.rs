@@ -7,11 +7,8 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::redis::RedisServer;
@@ -97,37 +94,18 @@ async fn a_name_that_does_not_resolve_is_not_ready_with_the_reason() {
 
 /// `keygate serve` as a child process whose JSON log lines are collected as they come.
 struct Serve {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    logged: support::process::LoggedServe,
 }
 
 impl Serve {
     fn start(config: &Path) -> Serve {
-        let mut child = Command::new(keygate_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("KEYGATE_PEPPER")
-            .env_remove("KEYGATE_REDIS_PASSWORD")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn keygate serve");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let collected = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                collected.lock().unwrap().push(line);
-            }
-        });
-        Serve { child, lines }
+        Serve { logged: support::process::LoggedServe::spawn(config) }
     }
 
     /// The log lines whose message is `message`, parsed.
     fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
-        let lines = self.lines.lock().unwrap().clone();
-        lines
+        self.logged
+            .lines()
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["fields"]["message"] == message)
@@ -135,14 +113,7 @@ impl Serve {
     }
 
     fn all(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.logged.lines().join("\n")
     }
 }
 

@@ -7,11 +7,9 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,34 +169,18 @@ async fn counting_upstream() -> CountingUpstream {
     CountingUpstream { addr, connections, requests }
 }
 
-/// `keygate serve` as a child process, its JSON log lines collected as they come.
+/// `keygate serve` as a child process, its JSON log lines collected as they come, and
+/// the addresses it logged when ready.
 struct Serve {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    logged: support::process::LoggedServe,
     proxy: SocketAddr,
     admin: SocketAddr,
 }
 
 impl Serve {
     async fn start(config: &Path) -> Serve {
-        let mut child = Command::new(keygate_bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("KEYGATE_PEPPER")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn keygate serve");
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let collected = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                collected.lock().unwrap().push(line);
-            }
-        });
-        let mut serve = Serve { child, lines, proxy: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into() };
+        let logged = support::process::LoggedServe::spawn(config);
+        let mut serve = Serve { logged, proxy: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into() };
         let ready = eventually(Duration::from_secs(20), async || serve.find_from(0, "keygate ready").is_some()).await;
         assert!(ready, "keygate serve did not become ready: {:#?}", serve.lines());
         let line = &serve.lines()[serve.find_from(0, "keygate ready").unwrap()];
@@ -213,7 +195,7 @@ impl Serve {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.logged.lines()
     }
 
     /// The index of the first log line at or after `from` whose message is `message`.
@@ -233,14 +215,7 @@ impl Serve {
     }
 
     fn signal(&self, signal: &str) {
-        support::process::signal(self.child.id(), signal);
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::process::signal(self.logged.child.id(), signal);
     }
 }
 

@@ -234,3 +234,48 @@ pub fn signal(pid: u32, name: &str) {
     };
     assert!(status.success(), "kill -{name} {pid} failed: {status}");
 }
+
+/// `keygate serve --config CONFIG` with `RUST_LOG=info` and no pepper or Redis password
+/// from the environment, its JSON log lines (stdout) collected as they come, for tests
+/// that wait for what it logs; killed when dropped.
+pub struct LoggedServe {
+    pub child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LoggedServe {
+    pub fn spawn(config: &Path) -> LoggedServe {
+        use std::io::BufRead;
+        let mut child = Command::new(keygate_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("KEYGATE_PEPPER")
+            .env_remove("KEYGATE_REDIS_PASSWORD")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn keygate serve");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        LoggedServe { child, lines }
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LoggedServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
