@@ -109,7 +109,7 @@ async fn a_reload_that_drops_a_plan_in_use_is_refused_until_its_tenants_move() {
     // Step 1 of a rename done wrong: the old plan removed while a tenant is on it.
     let text = renamed(&up);
     rename_over(&kg.routes_path(), &text);
-    let refused = eventually(Duration::from_secs(5), async || reloads(kg.admin, "failure").await > failures).await;
+    let refused = eventually(Duration::from_secs(15), async || reloads(kg.admin, "failure").await > failures).await;
     assert!(refused, "the reload was not refused");
     assert_eq!(kg.app().policy().hash, serving, "the policy was replaced");
     assert_eq!(reload_gauge(kg.admin).await, 0.0);
@@ -126,10 +126,10 @@ async fn a_reload_that_drops_a_plan_in_use_is_refused_until_its_tenants_move() {
     let (code, out, err) = cli(&kg.config_path(), &["tenants", "set-plan", "--from", "tiny", "--to", "tiny-2025"]);
     assert_eq!(code, 0, "{out}{err}");
     let new_hash = keygate::reload::content_hash(text.as_bytes());
-    let reloaded = eventually(Duration::from_secs(5), async || kg.app().policy().hash == new_hash).await;
+    let reloaded = eventually(Duration::from_secs(15), async || kg.app().policy().hash == new_hash).await;
     assert!(reloaded, "the reload was not tried again after the tenants moved: {}", readyz(kg.admin).await);
     assert_eq!(reload_gauge(kg.admin).await, 1.0);
-    let moved = eventually(Duration::from_secs(5), async || {
+    let moved = eventually(Duration::from_secs(15), async || {
         http.get(&kg.url("/v1/calls"), Some(secret.expose())).await.status == 200
     })
     .await;
@@ -150,13 +150,13 @@ async fn a_rename_in_three_steps_refuses_no_request() {
     let both = with_both(&up);
     rename_over(&kg.routes_path(), &both);
     let hash = keygate::reload::content_hash(both.as_bytes());
-    assert!(eventually(Duration::from_secs(5), async || kg.app().policy().hash == hash).await);
+    assert!(eventually(Duration::from_secs(15), async || kg.app().policy().hash == hash).await);
     assert!(ok(http.get(&kg.url("/v1/calls"), Some(secret.expose())).await.status));
     // 2. Move the tenants.
     let (code, out, err) = cli(&kg.config_path(), &["tenants", "set-plan", "--from", "tiny", "--to", "tiny-2025"]);
     assert_eq!(code, 0, "{out}{err}");
     // The proxy sees the key file's change within a second; meanwhile, either plan serves.
-    let on_new = eventually(Duration::from_secs(5), async || {
+    let on_new = eventually(Duration::from_secs(15), async || {
         let answer = http.get(&kg.url("/v1/calls"), Some(secret.expose())).await;
         assert!(ok(answer.status), "{answer:?}");
         answer.headers.get("ratelimit-policy").is_some_and(|p| p.to_str().unwrap().contains("tiny-2025"))
@@ -167,7 +167,7 @@ async fn a_rename_in_three_steps_refuses_no_request() {
     let text = renamed(&up);
     rename_over(&kg.routes_path(), &text);
     let hash = keygate::reload::content_hash(text.as_bytes());
-    assert!(eventually(Duration::from_secs(5), async || kg.app().policy().hash == hash).await);
+    assert!(eventually(Duration::from_secs(15), async || kg.app().policy().hash == hash).await);
     assert_eq!(reloads(kg.admin, "failure").await, failures, "a step of the rename was refused");
     assert!(ok(http.get(&kg.url("/v1/calls"), Some(secret.expose())).await.status));
     kg.stop().await;
@@ -190,7 +190,7 @@ async fn serve_allow_orphaned_plans_lets_the_reload_through() {
     let text = renamed(&up);
     rename_over(&dir.path().join("routes.toml"), &text);
     let hash = keygate::reload::content_hash(text.as_bytes());
-    assert!(eventually(Duration::from_secs(5), async || app.policy().hash == hash).await, "the reload was refused");
+    assert!(eventually(Duration::from_secs(15), async || app.policy().hash == hash).await, "the reload was refused");
     assert_eq!(reload_gauge(running.admin_addr).await, 1.0);
     running.shutdown().await;
 }
@@ -211,7 +211,7 @@ async fn with_redis_the_reload_checks_the_stores_tenants_and_the_poll_retries_it
 
     let text = renamed(&up);
     rename_over(&kg.routes_path(), &text);
-    let refused = eventually(Duration::from_secs(5), async || {
+    let refused = eventually(Duration::from_secs(15), async || {
         readyz(kg.admin).await["policy"]["last_reload_error"].as_str().is_some_and(|e| e.contains("2 tenant(s)"))
     })
     .await;
@@ -220,7 +220,7 @@ async fn with_redis_the_reload_checks_the_stores_tenants_and_the_poll_retries_it
     assert_eq!(reload_gauge(kg.admin).await, 0.0);
     // Refused again on every poll while they stay: the failures keep counting.
     let failures = reloads(kg.admin, "failure").await;
-    assert!(eventually(Duration::from_secs(5), async || reloads(kg.admin, "failure").await >= failures + 2.0).await);
+    assert!(eventually(Duration::from_secs(15), async || reloads(kg.admin, "failure").await >= failures + 2.0).await);
     assert_eq!(http.get(&kg.url("/v1/calls"), Some(secret.expose())).await.status, 200);
     // `check --connect` reads Redis' tenants; offline, it cannot.
     let (code, out, err) = cli(&kg.config_path(), &["check", "--connect"]);
@@ -233,7 +233,7 @@ async fn with_redis_the_reload_checks_the_stores_tenants_and_the_poll_retries_it
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Moved 2 tenant(s)"), "{out}");
     let hash = keygate::reload::content_hash(text.as_bytes());
-    let reloaded = eventually(Duration::from_secs(5), async || kg.app().policy().hash == hash).await;
+    let reloaded = eventually(Duration::from_secs(15), async || kg.app().policy().hash == hash).await;
     assert!(reloaded, "the poll did not retry the reload: {}", readyz(kg.admin).await);
     assert_eq!(reload_gauge(kg.admin).await, 1.0);
     let (code, out, err) = cli(&kg.config_path(), &["check", "--connect"]);
