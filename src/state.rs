@@ -257,7 +257,8 @@ impl App {
             vec![Diagnostic::file_error(
                 path,
                 format!(
-                    "the policy drops plan(s) {} but the key store cannot be read to check that no tenant is on them                      ({e}); tried again on the next change or poll",
+                    "the policy drops plan(s) {} but the key store cannot be read to check that no tenant is on them \
+                     ({e}); tried again on the next change or poll",
                     dropped.join(", ")
                 ),
             )]

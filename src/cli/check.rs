@@ -5,11 +5,14 @@ use std::path::Path;
 
 use super::CliError;
 use crate::diag::Diagnostic;
+use crate::policy::Policy;
 use crate::settings::Settings;
 
 pub fn run(config: &Path, json: bool, args: &CheckArgs) -> Result<(), CliError> {
-    let mut diagnostics = collect(config);
-    diagnostics.extend(store_checks(config, args, &diagnostics));
+    let (mut diagnostics, loaded) = collect(config);
+    if let Some((settings, policy)) = loaded.filter(|_| !diagnostics.iter().any(Diagnostic::is_error)) {
+        diagnostics.extend(store_checks(&settings, &policy, args));
+    }
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
     if json {
@@ -59,18 +62,23 @@ fn summary(diagnostics: &[Diagnostic]) -> String {
 
 /// Every diagnostic of the settings, of the policy they name and of the peppers, each
 /// file checked even when another has errors (a syntax error in `keygate.toml` may hide
-/// which policy it names: see [`crate::settings::Checked`]).
-pub fn collect(config: &Path) -> Vec<Diagnostic> {
+/// which policy it names: see [`crate::settings::Checked`]); with them, the settings and
+/// the policy as read, for the checks against the store.
+pub fn collect(config: &Path) -> (Vec<Diagnostic>, Option<(Settings, Policy)>) {
     let checked = Settings::check(config);
     let settings_valid = checked.valid();
     let mut diagnostics = checked.diagnostics;
+    let mut policy = None;
     if let Some(policy_file) = &checked.policy_file {
-        match crate::policy::Policy::load(policy_file) {
-            Ok((_, warnings)) => diagnostics.extend(warnings),
+        match Policy::load(policy_file) {
+            Ok((loaded, warnings)) => {
+                diagnostics.extend(warnings);
+                policy = Some(loaded);
+            }
             Err(errors) => diagnostics.extend(errors),
         }
     }
-    let Some(settings) = checked.settings else { return diagnostics };
+    let Some(settings) = checked.settings else { return (diagnostics, None) };
     // With errors in keygate.toml, the peppers are checked only when it names a pepper
     // file: an invalid `[keys]` may hide the one meant.
     if settings_valid || settings.keys.pepper_file.is_some() {
@@ -86,7 +94,7 @@ pub fn collect(config: &Path) -> Vec<Diagnostic> {
             diagnostics.push(crate::diag::Diagnostic::file_error(&settings.file, format!("listen.tls: {e}")));
         }
     }
-    diagnostics
+    (diagnostics, policy.map(|policy| (settings, policy)))
 }
 
 /// `keygate check`'s options.
@@ -108,13 +116,8 @@ pub struct CheckArgs {
 /// the store on a plan the policy lacks: `crate::reload::orphans`), against the key file,
 /// or with `--connect` against Redis' tenants. Offline with Redis keys, the tenants are
 /// not checked.
-pub fn store_checks(config: &Path, args: &CheckArgs, so_far: &[Diagnostic]) -> Vec<Diagnostic> {
+pub fn store_checks(settings: &Settings, policy: &Policy, args: &CheckArgs) -> Vec<Diagnostic> {
     use crate::settings::{KeySource, LimitBackend};
-    if so_far.iter().any(Diagnostic::is_error) {
-        return Vec::new();
-    }
-    let Ok((settings, _)) = Settings::load(config) else { return Vec::new() };
-    let Ok((policy, _)) = crate::policy::Policy::load(&settings.policy_file) else { return Vec::new() };
     let uses_redis = settings.keys.source == KeySource::Redis || settings.limits.backend == LimitBackend::Redis;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -125,7 +128,7 @@ pub fn store_checks(config: &Path, args: &CheckArgs, so_far: &[Diagnostic]) -> V
         let mut redis = None;
         if args.connect && uses_redis {
             let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-            match crate::app::redis_client(&settings, metrics, Some(super::STORE_TIMEOUT)).await {
+            match crate::app::redis_client(settings, metrics, Some(super::STORE_TIMEOUT)).await {
                 Err(e) => out.push(Diagnostic::file_error(&settings.file, format!("redis: {e}"))),
                 Ok(client) => match client.never_reached() {
                     Some(why) => out.push(Diagnostic::file_error(&settings.file, format!("redis: {why}"))),
@@ -152,7 +155,7 @@ pub fn store_checks(config: &Path, args: &CheckArgs, so_far: &[Diagnostic]) -> V
         };
         match per_plan {
             Ok(per_plan) => out.extend(
-                crate::reload::orphans::orphaned(&per_plan, &policy, None)
+                crate::reload::orphans::orphaned(&per_plan, policy, None)
                     .iter()
                     .map(|orphan| Diagnostic::file_error(&settings.policy_file, orphan.to_string())),
             ),
