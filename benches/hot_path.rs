@@ -171,12 +171,8 @@ fn client_headers() -> HeaderMap {
 
 fn headers(c: &mut Criterion) {
     let original = client_headers();
-    let principal = Principal {
-        key_id: "key_3XbQ9yZ1aB2cD4eF".into(),
-        tenant: "acme".into(),
-        plan: "pro".into(),
-        scopes: vec!["calls:read".into(), "calls:write".into()],
-    };
+    let principal =
+        Principal::new("key_3XbQ9yZ1aB2cD4eF", "acme", "pro", vec!["calls:read".into(), "calls:write".into()]);
     let request_id = "9f86d081884c7d659a2feaa0c55ad015";
     let context = ForwardContext {
         peer: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),

@@ -266,15 +266,15 @@ impl Gate {
         let deny = |refusal: Refusal, principal: &Principal| {
             Box::new(Denial { refusal, principal: Some(principal.clone()), rate: None })
         };
-        let Some(plan) = policy.plans.get(&principal.plan) else {
-            tracing::warn!(plan = %principal.plan, tenant = %principal.tenant, "tenant's plan is not in the current policy");
-            return Err(deny(Refusal::UnknownPlan { plan: principal.plan.clone() }, &principal));
+        let Some(plan) = policy.plans.get(principal.plan()) else {
+            tracing::warn!(plan = %principal.plan(), tenant = %principal.tenant(), "tenant's plan is not in the current policy");
+            return Err(deny(Refusal::UnknownPlan { plan: principal.plan().to_string() }, &principal));
         };
         if !plan.api_access {
             return Err(deny(Refusal::NoApiAccess { plan: plan.name.clone() }, &principal));
         }
         if let RouteAuth::Key { scopes } = &route.auth {
-            if let Some(missing) = scopes.iter().find(|s| !principal.scopes.contains(s)) {
+            if let Some(missing) = scopes.iter().find(|s| !principal.scopes().contains(s)) {
                 return Err(deny(Refusal::InsufficientScope { scope: missing.clone() }, &principal));
             }
         }
@@ -288,7 +288,7 @@ impl Gate {
         };
         let limit = plan_headers.limit();
         let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
-        let outcome = self.limiter.check(&principal.tenant, &limit, route.cost, on_store_error).await;
+        let outcome = self.limiter.check(principal.tenant(), &limit, route.cost, on_store_error).await;
         if outcome.store_unavailable() {
             // `on_store_error = "deny"` while the shared store is unreachable.
             return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));

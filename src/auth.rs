@@ -134,12 +134,7 @@ impl Authenticator {
             (KeyState::Expired, _) => Authentication::Invalid(AuthFailure::Expired),
             (KeyState::Active, Some(tenant)) => {
                 self.note_use(&key.id, &tenant.id, now);
-                Authentication::Valid(Principal {
-                    key_id: key.id,
-                    tenant: tenant.id,
-                    plan: tenant.plan,
-                    scopes: key.scopes,
-                })
+                Authentication::Valid(Principal::of(key, tenant))
             }
         })
     }

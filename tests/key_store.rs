@@ -117,7 +117,7 @@ fn refresh_picks_up_another_instances_writes() {
     match proxy.lookup(&peppers.all(&secret)) {
         Lookup::Found { key, tenant, .. } => {
             assert_eq!(key.id, id);
-            assert_eq!(tenant.map(|t| t.plan), Some("pro".to_string()));
+            assert_eq!(tenant.map(|t| t.plan.clone()), Some("pro".to_string()));
         }
         Lookup::NotFound => panic!("the proxy did not see the new key"),
     }

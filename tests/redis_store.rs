@@ -203,8 +203,8 @@ async fn keys_round_trip_with_the_documented_layout() {
     assert_eq!(data.keys.get(&record.id), Some(record));
     match found(&store, &peppers, &created).await {
         Lookup::Found { key, tenant, matched } => {
-            assert_eq!(&key, record);
-            assert_eq!(tenant.map(|t| (t.id, t.plan)), Some(("big".to_string(), "agency".to_string())));
+            assert_eq!(&*key, record);
+            assert_eq!(tenant.map(|t| (t.id.clone(), t.plan.clone())), Some(("big".to_string(), "agency".to_string())));
             assert_eq!(matched, peppers.current(&created.secret));
         }
         Lookup::NotFound => panic!("not found"),
@@ -664,8 +664,8 @@ async fn works_on_a_redis_cluster() {
     for key in &keys {
         match found(&store, &peppers, key).await {
             Lookup::Found { key: record, tenant, .. } => {
-                assert_eq!(record, key.record);
-                assert_eq!(tenant.map(|t| t.id), Some(key.record.tenant.clone()));
+                assert_eq!(*record, key.record);
+                assert_eq!(tenant.map(|t| t.id.clone()), Some(key.record.tenant.clone()));
             }
             Lookup::NotFound => panic!("{} not found on the cluster", key.record.id),
         }

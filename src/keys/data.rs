@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{KeyDigest, KeyRecord, TenantRecord};
 
@@ -52,9 +53,11 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     Found {
-        key: KeyRecord,
+        /// Shared, not copied: the file store's snapshot and the cache hold the same
+        /// record, so a request's lookup copies no string.
+        key: Arc<KeyRecord>,
         /// `None` when the tenant no longer exists.
-        tenant: Option<TenantRecord>,
+        tenant: Option<Arc<TenantRecord>>,
         /// The digest (of those asked for) that matched: when its pepper is not the
         /// current one, the caller re-stores the key under the current pepper.
         matched: KeyDigest,

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use super::data::{KeysData, Lookup, StoreError, KEYS_FILE_VERSION};
 use super::manage::prune_tombstones;
-use super::KeyDigest;
+use super::{KeyDigest, KeyRecord, TenantRecord};
 
 /// The embedded file store.
 ///
@@ -36,9 +36,10 @@ pub struct FileStore {
 /// One snapshot: the data and its digest index.
 struct Loaded {
     data: Arc<KeysData>,
-    /// Digest hex → key id. A hash map is fine here: what must be constant-time is the
-    /// comparison of the digest once found, which [`FileStore::lookup`] does.
-    by_digest: HashMap<String, String>,
+    /// Digest hex → the key and its tenant, shared with every lookup that finds them (a
+    /// lookup copies no record). A hash map is fine here: what must be constant-time is
+    /// the comparison of the digest once found, which [`FileStore::lookup`] does.
+    by_digest: HashMap<String, (Arc<KeyRecord>, Option<Arc<TenantRecord>>)>,
 }
 
 /// The identity and content of the file as last read.
@@ -138,16 +139,12 @@ impl FileStore {
     pub fn lookup(&self, digests: &[KeyDigest]) -> Lookup {
         let loaded = self.snapshot.load();
         for digest in digests {
-            let Some(key) = loaded.by_digest.get(&digest.hex).and_then(|id| loaded.data.keys.get(id)) else {
+            let Some((key, tenant)) = loaded.by_digest.get(&digest.hex) else {
                 continue;
             };
             let same_hex: bool = key.digest.hex.as_bytes().ct_eq(digest.hex.as_bytes()).into();
             if same_hex && key.digest.pepper_id == digest.pepper_id {
-                return Lookup::Found {
-                    key: key.clone(),
-                    tenant: loaded.data.tenants.get(&key.tenant).cloned(),
-                    matched: digest.clone(),
-                };
+                return Lookup::Found { key: Arc::clone(key), tenant: tenant.clone(), matched: digest.clone() };
             }
         }
         Lookup::NotFound
@@ -287,8 +284,9 @@ fn index(path: &Path, data: KeysData) -> Result<Loaded, StoreError> {
         if &key.id != id {
             return Err(file_error(path, format!("key `{id}` has id `{}`", key.id)));
         }
-        if let Some(other) = by_digest.insert(key.digest.hex.clone(), id.clone()) {
-            return Err(file_error(path, format!("keys `{other}` and `{id}` have the same digest")));
+        let tenant = data.tenants.get(&key.tenant).map(|tenant| Arc::new(tenant.clone()));
+        if let Some((other, _)) = by_digest.insert(key.digest.hex.clone(), (Arc::new(key.clone()), tenant)) {
+            return Err(file_error(path, format!("keys `{}` and `{id}` have the same digest", other.id)));
         }
     }
     Ok(Loaded { data: Arc::new(data), by_digest })

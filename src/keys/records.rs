@@ -1,6 +1,8 @@
 //! What is stored about tenants and keys ([`TenantRecord`], [`KeyRecord`] and a key's
 //! [`KeyState`]), tenant ids, and the [`Principal`] that authentication yields.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 
 use super::pepper::KeyDigest;
@@ -66,11 +68,65 @@ impl KeyRecord {
     }
 }
 
-/// Who a request is: what authentication yields, safe to log (no secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a request is: what authentication yields, safe to log (no secret; `Debug` shows
+/// the four fields below only). It shares the store's records (the file store's
+/// snapshot, the cache's entry) instead of copying their strings for each request.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub key_id: String,
-    pub tenant: String,
-    pub plan: String,
-    pub scopes: Vec<String>,
+    key: Arc<KeyRecord>,
+    tenant: Arc<TenantRecord>,
+}
+
+impl Principal {
+    /// The principal of a key of `tenant` (whose id the key's record names).
+    pub fn of(key: Arc<KeyRecord>, tenant: Arc<TenantRecord>) -> Principal {
+        Principal { key, tenant }
+    }
+
+    /// A principal that comes from no store (tests, benchmarks): records with these
+    /// values, created at the Unix epoch, with an empty digest.
+    pub fn new(key_id: &str, tenant: &str, plan: &str, scopes: Vec<String>) -> Principal {
+        let created_at = OffsetDateTime::UNIX_EPOCH;
+        let tenant = TenantRecord { id: tenant.to_string(), plan: plan.to_string(), created_at };
+        let key = KeyRecord {
+            id: key_id.to_string(),
+            tenant: tenant.id.clone(),
+            name: String::new(),
+            scopes,
+            created_at,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+            replaced_by: None,
+            digest: KeyDigest { pepper_id: String::new(), hex: String::new() },
+        };
+        Principal { key: Arc::new(key), tenant: Arc::new(tenant) }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key.id
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant.id
+    }
+
+    pub fn plan(&self) -> &str {
+        &self.tenant.plan
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        &self.key.scopes
+    }
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("key_id", &self.key_id())
+            .field("tenant", &self.tenant())
+            .field("plan", &self.plan())
+            .field("scopes", &self.scopes())
+            .finish()
+    }
 }

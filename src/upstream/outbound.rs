@@ -202,10 +202,10 @@ pub fn rewrite_request_headers(
     remove_spoofed(headers, context.peer_trusted);
 
     if let Some(principal) = principal {
-        insert_text(headers, X_KEYGATE_KEY_ID, &principal.key_id);
-        insert_text(headers, X_KEYGATE_TENANT, &principal.tenant);
-        insert_text(headers, X_KEYGATE_PLAN, &principal.plan);
-        if let Some(scopes) = joined(&principal.scopes, b",") {
+        insert_text(headers, X_KEYGATE_KEY_ID, principal.key_id());
+        insert_text(headers, X_KEYGATE_TENANT, principal.tenant());
+        insert_text(headers, X_KEYGATE_PLAN, principal.plan());
+        if let Some(scopes) = joined(principal.scopes(), b",") {
             headers.insert(X_KEYGATE_SCOPES, scopes);
         }
     }

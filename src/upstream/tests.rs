@@ -22,12 +22,7 @@ fn context(trusted: bool) -> ForwardContext<'static> {
 }
 
 fn principal() -> Principal {
-    Principal {
-        key_id: "key_abc".into(),
-        tenant: "acme".into(),
-        plan: "pro".into(),
-        scopes: vec!["calls:read".into(), "calls:write".into()],
-    }
+    Principal::new("key_abc", "acme", "pro", vec!["calls:read".into(), "calls:write".into()])
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -222,7 +217,7 @@ fn forwarded_for_writes_every_peer_address_and_leaves_out_unusable_client_values
 #[test]
 fn scopes_are_joined_by_commas() {
     for (scopes, want) in [(&[][..], ""), (&["calls:read"][..], "calls:read"), (&["a", "b", "c"][..], "a,b,c")] {
-        let principal = Principal { scopes: scopes.iter().map(|s| s.to_string()).collect(), ..principal() };
+        let principal = Principal::new("key_abc", "acme", "pro", scopes.iter().map(|s| s.to_string()).collect());
         let mut h = HeaderMap::new();
         rewrite_request_headers(&mut h, &context(false), Some(&principal), false);
         assert_eq!(h["x-keygate-scopes"], want);

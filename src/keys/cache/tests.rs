@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 fn found(tenant: &str) -> Lookup {
     let digest = KeyDigest { pepper_id: "p".into(), hex: "ab".into() };
     Lookup::Found {
-        key: KeyRecord {
+        key: std::sync::Arc::new(KeyRecord {
             id: "key_1".into(),
             tenant: tenant.into(),
             name: "n".into(),
@@ -18,7 +18,7 @@ fn found(tenant: &str) -> Lookup {
             last_used_at: None,
             replaced_by: None,
             digest: digest.clone(),
-        },
+        }),
         tenant: None,
         matched: digest,
     }

@@ -95,7 +95,7 @@ fn lookup_by_digest_reports_the_matched_one() {
     match store.lookup(&rotated.all(&secret)) {
         Lookup::Found { key, tenant, matched } => {
             assert_eq!(key.id, "key_a");
-            assert_eq!(tenant.map(|t| t.id), Some("acme".to_string()));
+            assert_eq!(tenant.map(|t| t.id.clone()), Some("acme".to_string()));
             assert_eq!(matched.pepper_id, "v1");
             assert_eq!(matched, old.current(&secret));
         }

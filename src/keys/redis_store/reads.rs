@@ -2,6 +2,7 @@
 //! the management views (everything, one tenant, one key), none of them a scan.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
@@ -66,7 +67,7 @@ impl RedisStore {
                 None
             }
         };
-        Ok(Lookup::Found { key, tenant, matched })
+        Ok(Lookup::Found { key: Arc::new(key), tenant: tenant.map(Arc::new), matched })
     }
 
     /// Every tenant and key record, for `tenants list`, `keys list`/`show` and the admin
