@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::keys::Principal;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::policy::RouteMode;
+use crate::policy::{RouteMode, Upstream};
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
 /// bytes sent to it (`sent`); for a WebSocket tunnel, every byte copied each way.
@@ -49,7 +49,7 @@ pub struct AccessLog {
     pub request_id: String,
     pub method: http::Method,
     /// The matched route's prefix (`none` when nothing matched).
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The matched route's metric children (`None`: counted by the `route` label).
     pub route_metrics: Option<Arc<RouteMetrics>>,
     /// The response's status; `None` until a response exists.
@@ -58,7 +58,7 @@ pub struct AccessLog {
     pub mode: RouteMode,
     pub principal: Option<Principal>,
     /// The upstream's configured name.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<Upstream>>,
     started: Instant,
     bytes: Arc<ByteCounts>,
     /// The response body (or tunnel) ran to its end.
@@ -135,7 +135,7 @@ impl Drop for AccessLog {
             mode = self.mode.as_str(),
             key_id = self.principal.as_ref().map(Principal::key_id),
             tenant = self.principal.as_ref().map(Principal::tenant),
-            upstream = self.upstream.as_deref(),
+            upstream = self.upstream.as_ref().map(|upstream| upstream.name.as_str()),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             bytes_in = self.bytes.received.load(Ordering::Relaxed),
             bytes_out = self.bytes.sent.load(Ordering::Relaxed),

@@ -141,26 +141,26 @@ async fn process(
     }
     let match_method = if preflight { preflight_method(&request) } else { request.method().clone() };
     let route = match policy.routes.find(&path, &match_method) {
-        RouteMatch::Found(route) => route.clone(),
+        RouteMatch::Found(route) => route,
         RouteMatch::MethodNotAllowed { prefix, allow } => {
-            record.route = Some(prefix.to_string());
+            record.route = Some(prefix.into());
             return Err(Refusal::MethodNotAllowed { allow }.into());
         }
         RouteMatch::NotFound => return Err(Refusal::NotFound.into()),
     };
     record.route = Some(route.prefix.clone());
-    record.upstream = Some(route.upstream.name.clone());
-    record.route_metrics = route_metrics(app, &route);
+    record.upstream = Some(route.upstream.clone());
+    record.route_metrics = route_metrics(app, route);
     if route.mode == RouteMode::Shadow {
         record.mode = RouteMode::Shadow;
     }
 
     // 4–7. Key, authentication, plan and scopes, body size, rate limit.
     let peer = connection.peer.ip();
-    let admission = app.gate().admit(policy, &route, request.headers(), peer, preflight, record).await?;
+    let admission = app.gate().admit(policy, route, request.headers(), peer, preflight, record).await?;
 
     // 8–9. Rewrite and forward.
-    forward(app, &route, admission, connection, request, path, record).await
+    forward(app, route, admission, connection, request, path, record).await
 }
 
 /// Rewrites the request for the upstream, sends it, and maps failures to 413/502/504.

@@ -167,7 +167,7 @@ fn shipped_configs_load_without_errors_or_warnings() {
     for scope in ["calls:read", "calls:write", "phone_numbers:write", "analytics:read", "webhooks:manage"] {
         assert!(policy.scopes.contains_key(scope), "scope {scope}");
     }
-    let prefixes: BTreeSet<&str> = policy.routes.iter().map(|r| r.prefix.as_str()).collect();
+    let prefixes: BTreeSet<&str> = policy.routes.iter().map(|r| &*r.prefix).collect();
     let expected: BTreeSet<&str> = [
         "/v1/calls",
         "/v1/agents",
@@ -206,9 +206,9 @@ fn shipped_policy_routes_requests_as_documented() {
     assert_eq!(scopes_for(http::Method::GET, "/v1/callsign"), "404");
     assert_eq!(scopes_for(http::Method::GET, "/"), "404");
 
-    let webhooks = policy.routes.iter().find(|r| r.prefix == "/v1/webhooks").unwrap();
+    let webhooks = policy.routes.iter().find(|r| &*r.prefix == "/v1/webhooks").unwrap();
     assert_eq!((webhooks.cost, webhooks.on_store_error), (5, Some(OnStoreError::Deny)));
-    let analytics = policy.routes.iter().find(|r| r.prefix == "/v1/analytics").unwrap();
+    let analytics = policy.routes.iter().find(|r| &*r.prefix == "/v1/analytics").unwrap();
     assert_eq!(analytics.mode, RouteMode::Shadow);
 }
 

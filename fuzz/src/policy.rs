@@ -49,19 +49,23 @@ fn valid(text: &str, policy: &Policy) {
     assert_eq!(policy.hash, hash);
     assert!(!policy.routes.is_empty(), "a valid policy without routes");
     for route in policy.routes.iter() {
-        let prefix = &route.prefix;
-        assert_eq!(normalize(prefix, policy.paths).as_ref(), Ok(prefix), "no request path is ever {prefix:?}");
+        let prefix: &str = &route.prefix;
+        assert_eq!(
+            normalize(prefix, policy.paths).as_ref(),
+            Ok(prefix.to_string()).as_ref(),
+            "no request path is ever {prefix:?}"
+        );
         let method = route.methods.as_ref().and_then(|m| m.first().cloned()).unwrap_or(Method::GET);
         let found = policy.routes.find(prefix, &method);
         let RouteMatch::Found(found) = found else {
             panic!("{method} {prefix} finds no route: {found:?}");
         };
-        assert_eq!(&found.prefix, prefix, "{method} {prefix} finds the route of another prefix");
+        assert_eq!(&*found.prefix, prefix, "{method} {prefix} finds the route of another prefix");
         // A path below the prefix is matched by it or by a longer prefix (which may not
         // take the method: there is no fall-back to a shorter prefix).
         let below = format!("{}/x", prefix.trim_end_matches('/'));
         let matched = match policy.routes.find(&below, &method) {
-            RouteMatch::Found(route) => route.prefix.clone(),
+            RouteMatch::Found(route) => route.prefix.to_string(),
             RouteMatch::MethodNotAllowed { prefix, .. } => prefix.to_string(),
             RouteMatch::NotFound => panic!("{method} {below} finds no route, though {prefix} matches it"),
         };

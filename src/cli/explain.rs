@@ -232,7 +232,7 @@ pub fn explain(policy: &Policy, method: &Method, raw_path: &str, holder: Option<
             return out;
         }
     };
-    out.route = Some(route.prefix.clone());
+    out.route = Some(route.prefix.to_string());
     out.upstream = Some(route.upstream.name.clone());
     out.mode = Some(match route.mode {
         RouteMode::Enforce => "enforce",

@@ -256,7 +256,7 @@ fn compile_route(
     });
     let route = match (prefix, upstream) {
         (Some(prefix), Some(upstream)) if ok => Some(Route {
-            prefix: prefix.get_ref().clone(),
+            prefix: prefix.get_ref().as_str().into(),
             methods,
             auth: if public { RouteAuth::None } else { RouteAuth::Key { scopes: route_scopes } },
             upstream,

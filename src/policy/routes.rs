@@ -14,8 +14,9 @@ use crate::settings::OnStoreError;
 /// One compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Starts with `/`, no trailing `/` (except the root route `/`).
-    pub prefix: String,
+    /// Starts with `/`, no trailing `/` (except the root route `/`). Shared: the access
+    /// line of each request keeps it without a copy.
+    pub prefix: Arc<str>,
     /// `None`: every method.
     pub methods: Option<Vec<Method>>,
     pub auth: RouteAuth,
@@ -135,8 +136,8 @@ impl RouteTable {
         for route in &routes {
             longest = longest.max(route.prefix.len());
             groups
-                .entry(route.prefix.clone())
-                .or_insert_with(|| Group { prefix: route.prefix.clone(), routes: Vec::new(), allow: Vec::new() })
+                .entry(route.prefix.to_string())
+                .or_insert_with(|| Group { prefix: route.prefix.to_string(), routes: Vec::new(), allow: Vec::new() })
                 .routes
                 .push(Arc::clone(route));
         }

@@ -19,7 +19,7 @@ fn upstream() -> Arc<Upstream> {
 
 fn route(prefix: &str, methods: Option<&[&str]>) -> Route {
     Route {
-        prefix: prefix.to_string(),
+        prefix: prefix.into(),
         methods: methods.map(|ms| ms.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect()),
         auth: RouteAuth::Key { scopes: vec![] },
         upstream: upstream(),
@@ -38,7 +38,7 @@ fn any(prefix: &str) -> Route {
 /// The prefix (and the methods, for telling routes of one prefix apart) found.
 fn found(table: &RouteTable, path: &str, method: Method) -> Option<(String, Option<Vec<Method>>)> {
     match table.find(path, &method) {
-        RouteMatch::Found(r) => Some((r.prefix.clone(), r.methods.clone())),
+        RouteMatch::Found(r) => Some((r.prefix.to_string(), r.methods.clone())),
         _ => None,
     }
 }
@@ -220,7 +220,7 @@ fn non_ascii_paths_are_split_on_char_boundaries() {
 #[test]
 fn iter_keeps_file_order() {
     let table = RouteTable::new(vec![any("/b"), any("/a"), route("/b", Some(&["GET"]))]);
-    let prefixes: Vec<&str> = table.iter().map(|r| r.prefix.as_str()).collect();
+    let prefixes: Vec<&str> = table.iter().map(|r| &*r.prefix).collect();
     assert_eq!(prefixes, ["/b", "/a", "/b"]);
     assert_eq!(table.len(), 3);
 }
