@@ -173,7 +173,7 @@ fn headers(c: &mut Criterion) {
     let original = client_headers();
     let principal =
         Principal::new("key_3XbQ9yZ1aB2cD4eF", "acme", "pro", vec!["calls:read".into(), "calls:write".into()]);
-    let request_id = "9f86d081884c7d659a2feaa0c55ad015";
+    let request_id = &HeaderValue::from_static("9f86d081884c7d659a2feaa0c55ad015");
     let context = ForwardContext {
         peer: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
         tls: false,

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::keys::Principal;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{RouteMode, Upstream};
+use crate::request_id::RequestId;
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
 /// bytes sent to it (`sent`); for a WebSocket tunnel, every byte copied each way.
@@ -46,7 +47,7 @@ pub struct ByteCounts {
 /// Only what is safe to log is held: the route's prefix (never the raw path), the key's
 /// id and tenant (never the key).
 pub struct AccessLog {
-    pub request_id: String,
+    pub request_id: RequestId,
     pub method: http::Method,
     /// The matched route's prefix (`none` when nothing matched).
     pub route: Option<Arc<str>>,
@@ -68,7 +69,7 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    pub fn new(request_id: String, method: http::Method, started: Instant, metrics: Arc<Metrics>) -> Self {
+    pub fn new(request_id: RequestId, method: http::Method, started: Instant, metrics: Arc<Metrics>) -> Self {
         AccessLog {
             request_id,
             method,
@@ -292,7 +293,8 @@ mod tests {
 
     #[tokio::test]
     async fn counted_and_logged_bodies_count_data_bytes_and_see_the_end() {
-        let log = AccessLog::new("rid".into(), http::Method::POST, Instant::now(), Arc::new(Metrics::new()));
+        let log =
+            AccessLog::new(crate::request_id::new(), http::Method::POST, Instant::now(), Arc::new(Metrics::new()));
         let counts = log.bytes();
         let request = Counted::received(Full::new(Bytes::from_static(b"0123456789")), counts.clone());
         assert_eq!(request.size_hint().exact(), Some(10), "the size hint passes through");

@@ -123,7 +123,7 @@ impl Authenticator {
                 }
             },
         };
-        let Lookup::Found { key, tenant, matched } = lookup else {
+        let Lookup::Found { key, tenant, matched, identity } = lookup else {
             return Ok(Authentication::Invalid(AuthFailure::Unknown));
         };
         if matched != current {
@@ -134,7 +134,7 @@ impl Authenticator {
             (KeyState::Expired, _) => Authentication::Invalid(AuthFailure::Expired),
             (KeyState::Active, Some(tenant)) => {
                 self.note_use(&key.id, &tenant.id, now);
-                Authentication::Valid(Principal::of(key, tenant))
+                Authentication::Valid(Principal::of(key, tenant, identity))
             }
         })
     }

@@ -21,7 +21,7 @@ pub mod store;
 
 pub use pepper::{KeyDigest, Peppers, SHA256_PEPPER_ID};
 pub use query::{query_carries_key, text_carries_key};
-pub use records::{valid_tenant_id, KeyRecord, KeyState, Principal, TenantRecord};
+pub use records::{valid_tenant_id, IdentityHeaders, KeyRecord, KeyState, Principal, TenantRecord};
 pub use secret::{
     generate_key_id, generate_secret, parse_secret, Malformed, Secret, KEY_CHECKSUM_LEN, KEY_ID_PREFIX, KEY_LEN,
     KEY_PREFIX, KEY_RANDOM_LEN,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -30,9 +30,11 @@ use crate::keys;
 use crate::metrics::RouteMetrics;
 use crate::path;
 use crate::policy::{Policy, Route, RouteMatch, RouteMode, UpstreamProtocol};
-use crate::request_id;
+use crate::request_id::{self, RequestId};
 use crate::state::App;
 use crate::upstream::{self, FilteredTrailers, ForwardContext, Outbound, Tunnel, UpstreamError};
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What forwarding produced: the response, the rate decision for its headers, and for an
 /// accepted WebSocket upgrade the tunnel to run once the 101 is sent.
@@ -90,9 +92,7 @@ fn finish(forwarded: Forwarded, mut record: AccessLog) -> Response<ProxyBody> {
     if let Some(rate) = &rate {
         rate.write_headers(response.headers_mut());
     }
-    if let Ok(id) = HeaderValue::from_str(&record.request_id) {
-        response.headers_mut().insert("x-request-id", id);
-    }
+    response.headers_mut().insert(X_REQUEST_ID, record.request_id.header_value().clone());
 
     let status = refused.unwrap_or(response.status()).as_u16();
     record.record_request(status);
@@ -194,7 +194,7 @@ async fn forward(
         // `::ffff:a.b.c.d` (an IPv4 client on a dual-stack listener) is written `a.b.c.d`.
         peer: connection.peer.ip().to_canonical(),
         tls: connection.tls,
-        request_id: &record.request_id,
+        request_id: record.request_id.header_value(),
         peer_trusted: app.peer_trusted(connection.peer.ip()),
         host,
     };
@@ -335,9 +335,9 @@ fn check_transfer_coding<B>(request: &Request<B>) -> Result<(), Refusal> {
 /// Public (and hidden from the docs) only for the fuzz targets in `fuzz/` and their
 /// corpus replay in `tests/fuzz_corpus.rs`.
 #[doc(hidden)]
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        Some(value) if request_id::valid(value.as_bytes()) && !keys::text_carries_key(value) => value.to_string(),
+pub fn request_id(headers: &HeaderMap) -> RequestId {
+    match headers.get(X_REQUEST_ID).and_then(RequestId::kept) {
+        Some(id) if !keys::text_carries_key(&id) => id,
         _ => request_id::new(),
     }
 }

@@ -202,10 +202,16 @@ async fn keys_round_trip_with_the_documented_layout() {
     let data = store.load_all().await.unwrap();
     assert_eq!(data.keys.get(&record.id), Some(record));
     match found(&store, &peppers, &created).await {
-        Lookup::Found { key, tenant, matched } => {
+        Lookup::Found { key, tenant, matched, identity } => {
             assert_eq!(&*key, record);
             assert_eq!(tenant.map(|t| (t.id.clone(), t.plan.clone())), Some(("big".to_string(), "agency".to_string())));
             assert_eq!(matched, peppers.current(&created.secret));
+            // The identity headers come with the record from Redis (and are cached with it).
+            let identity = identity.expect("a key with a tenant has identity headers");
+            let text = |v: &Option<http::HeaderValue>| v.as_ref().map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(text(&identity.tenant).as_deref(), Some("big"));
+            assert_eq!(text(&identity.plan).as_deref(), Some("agency"));
+            assert_eq!(text(&identity.scopes).as_deref(), Some("calls:write,calls:read"));
         }
         Lookup::NotFound => panic!("not found"),
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{KeyDigest, KeyRecord, TenantRecord};
+use super::{IdentityHeaders, KeyDigest, KeyRecord, TenantRecord};
 
 /// The format version this keygate reads and writes.
 pub const KEYS_FILE_VERSION: u32 = 1;
@@ -61,6 +61,18 @@ pub enum Lookup {
         /// The digest (of those asked for) that matched: when its pepper is not the
         /// current one, the caller re-stores the key under the current pepper.
         matched: KeyDigest,
+        /// The key's identity headers (with its tenant), made with the record and shared
+        /// like it; `None` when the tenant no longer exists.
+        identity: Option<Arc<IdentityHeaders>>,
     },
     NotFound,
+}
+
+impl Lookup {
+    /// `key` found by the digest `matched`, with its tenant if that still exists; the
+    /// identity headers are made here (once per record a store holds, not per request).
+    pub fn found(key: Arc<KeyRecord>, tenant: Option<Arc<TenantRecord>>, matched: KeyDigest) -> Lookup {
+        let identity = tenant.as_ref().map(|tenant| Arc::new(IdentityHeaders::of(&key, tenant)));
+        Lookup::Found { key, tenant, matched, identity }
+    }
 }

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use super::data::{KeysData, Lookup, StoreError, KEYS_FILE_VERSION};
 use super::manage::prune_tombstones;
-use super::{KeyDigest, KeyRecord, TenantRecord};
+use super::{IdentityHeaders, KeyDigest, KeyRecord, TenantRecord};
 
 /// The embedded file store.
 ///
@@ -39,7 +39,15 @@ struct Loaded {
     /// Digest hex → the key and its tenant, shared with every lookup that finds them (a
     /// lookup copies no record). A hash map is fine here: what must be constant-time is
     /// the comparison of the digest once found, which [`FileStore::lookup`] does.
-    by_digest: HashMap<String, (Arc<KeyRecord>, Option<Arc<TenantRecord>>)>,
+    by_digest: HashMap<String, Indexed>,
+}
+
+/// A key as the index holds it: its record, its tenant's (`None` when the tenant does
+/// not exist) and its identity headers, made once at load.
+struct Indexed {
+    key: Arc<KeyRecord>,
+    tenant: Option<Arc<TenantRecord>>,
+    identity: Option<Arc<IdentityHeaders>>,
 }
 
 /// The identity and content of the file as last read.
@@ -139,12 +147,17 @@ impl FileStore {
     pub fn lookup(&self, digests: &[KeyDigest]) -> Lookup {
         let loaded = self.snapshot.load();
         for digest in digests {
-            let Some((key, tenant)) = loaded.by_digest.get(&digest.hex) else {
+            let Some(Indexed { key, tenant, identity }) = loaded.by_digest.get(&digest.hex) else {
                 continue;
             };
             let same_hex: bool = key.digest.hex.as_bytes().ct_eq(digest.hex.as_bytes()).into();
             if same_hex && key.digest.pepper_id == digest.pepper_id {
-                return Lookup::Found { key: Arc::clone(key), tenant: tenant.clone(), matched: digest.clone() };
+                return Lookup::Found {
+                    key: Arc::clone(key),
+                    tenant: tenant.clone(),
+                    matched: digest.clone(),
+                    identity: identity.clone(),
+                };
             }
         }
         Lookup::NotFound
@@ -285,8 +298,10 @@ fn index(path: &Path, data: KeysData) -> Result<Loaded, StoreError> {
             return Err(file_error(path, format!("key `{id}` has id `{}`", key.id)));
         }
         let tenant = data.tenants.get(&key.tenant).map(|tenant| Arc::new(tenant.clone()));
-        if let Some((other, _)) = by_digest.insert(key.digest.hex.clone(), (Arc::new(key.clone()), tenant)) {
-            return Err(file_error(path, format!("keys `{}` and `{id}` have the same digest", other.id)));
+        let identity = tenant.as_ref().map(|tenant| Arc::new(IdentityHeaders::of(key, tenant)));
+        let indexed = Indexed { key: Arc::new(key.clone()), tenant, identity };
+        if let Some(other) = by_digest.insert(key.digest.hex.clone(), indexed) {
+            return Err(file_error(path, format!("keys `{}` and `{id}` have the same digest", other.key.id)));
         }
     }
     Ok(Loaded { data: Arc::new(data), by_digest })

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::HeaderValue;
 use time::OffsetDateTime;
 
 use super::pepper::KeyDigest;
@@ -75,12 +77,46 @@ impl KeyRecord {
 pub struct Principal {
     key: Arc<KeyRecord>,
     tenant: Arc<TenantRecord>,
+    identity: Arc<IdentityHeaders>,
+}
+
+/// A principal's identity as the header values that go upstream (`x-keygate-key-id`,
+/// `-tenant`, `-plan`, `-scopes`), made once per key record — when a store loads or
+/// fetches it — and shared by every request of that key, which then copies and
+/// validates no text to write them. A value that could not be a header value (validated
+/// ids and plans cannot produce one) is `None`, and its header is left out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub key_id: Option<HeaderValue>,
+    pub tenant: Option<HeaderValue>,
+    pub plan: Option<HeaderValue>,
+    /// The scopes joined by `,` (empty for a key with none: the header is still sent).
+    pub scopes: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    /// The header values of `key` of `tenant`.
+    pub fn of(key: &KeyRecord, tenant: &TenantRecord) -> IdentityHeaders {
+        IdentityHeaders {
+            key_id: value(key.id.clone()),
+            tenant: value(tenant.id.clone()),
+            plan: value(tenant.plan.clone()),
+            scopes: value(key.scopes.join(",")),
+        }
+    }
+}
+
+/// `text` as a header value, taking over its buffer (no copy), if it is a valid one.
+fn value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text.into_bytes())).ok()
 }
 
 impl Principal {
-    /// The principal of a key of `tenant` (whose id the key's record names).
-    pub fn of(key: Arc<KeyRecord>, tenant: Arc<TenantRecord>) -> Principal {
-        Principal { key, tenant }
+    /// The principal of a key of `tenant` (whose id the key's record names), with the
+    /// identity headers its store made for it (made here when it made none).
+    pub fn of(key: Arc<KeyRecord>, tenant: Arc<TenantRecord>, identity: Option<Arc<IdentityHeaders>>) -> Principal {
+        let identity = identity.unwrap_or_else(|| Arc::new(IdentityHeaders::of(&key, &tenant)));
+        Principal { key, tenant, identity }
     }
 
     /// A principal that comes from no store (tests, benchmarks): records with these
@@ -100,7 +136,12 @@ impl Principal {
             replaced_by: None,
             digest: KeyDigest { pepper_id: String::new(), hex: String::new() },
         };
-        Principal { key: Arc::new(key), tenant: Arc::new(tenant) }
+        Principal::of(Arc::new(key), Arc::new(tenant), None)
+    }
+
+    /// The identity as the header values that go upstream.
+    pub fn identity_headers(&self) -> &IdentityHeaders {
+        &self.identity
     }
 
     pub fn key_id(&self) -> &str {

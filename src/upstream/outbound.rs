@@ -167,7 +167,8 @@ pub struct ForwardContext<'a> {
     pub peer: IpAddr,
     /// Whether the client connection is TLS (`x-forwarded-proto`).
     pub tls: bool,
-    pub request_id: &'a str,
+    /// The request's `x-request-id`, as it goes upstream.
+    pub request_id: &'a HeaderValue,
     /// Whether the peer is in `trusted_proxies`: then its `X-Forwarded-For` is kept.
     pub peer_trusted: bool,
     /// The original `Host` (or HTTP/2 `:authority`), if any.
@@ -202,14 +203,21 @@ pub fn rewrite_request_headers(
     remove_spoofed(headers, context.peer_trusted);
 
     if let Some(principal) = principal {
-        insert_text(headers, X_KEYGATE_KEY_ID, principal.key_id());
-        insert_text(headers, X_KEYGATE_TENANT, principal.tenant());
-        insert_text(headers, X_KEYGATE_PLAN, principal.plan());
-        if let Some(scopes) = joined(principal.scopes(), b",") {
-            headers.insert(X_KEYGATE_SCOPES, scopes);
+        // Made once per key record by its store: shared, not copied (see IdentityHeaders).
+        let identity = principal.identity_headers();
+        let written = [
+            (X_KEYGATE_KEY_ID, &identity.key_id),
+            (X_KEYGATE_TENANT, &identity.tenant),
+            (X_KEYGATE_PLAN, &identity.plan),
+            (X_KEYGATE_SCOPES, &identity.scopes),
+        ];
+        for (name, value) in written {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
         }
     }
-    insert_text(headers, X_REQUEST_ID, context.request_id);
+    headers.insert(X_REQUEST_ID, context.request_id.clone());
     if let Some(forwarded_for) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, forwarded_for);
     }
@@ -237,20 +245,6 @@ pub(super) fn forwarded_for(headers: &HeaderMap, context: &ForwardContext<'_>) -
         value.extend_from_slice(b", ");
     }
     value.extend_from_slice(peer.as_bytes());
-    into_value(value)
-}
-
-/// `parts` joined by `separator` as a header value (one exactly sized buffer), or `None`
-/// if that is not a valid header value.
-pub(super) fn joined(parts: &[String], separator: &[u8]) -> Option<HeaderValue> {
-    let len = parts.iter().map(|p| p.len()).sum::<usize>() + separator.len() * parts.len().saturating_sub(1);
-    let mut value = Vec::with_capacity(len);
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            value.extend_from_slice(separator);
-        }
-        value.extend_from_slice(part.as_bytes());
-    }
     into_value(value)
 }
 
@@ -305,14 +299,6 @@ impl std::fmt::Write for IpText {
         }
         self.push(s.as_bytes());
         Ok(())
-    }
-}
-
-/// Sets a header from text keygate controls; a value that cannot be a header value (it
-/// cannot happen with validated ids) is left out rather than panicking.
-fn insert_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
     }
 }
 

@@ -11,11 +11,13 @@ use super::outbound::*;
 use super::tunnel::*;
 use crate::keys::Principal;
 
+static RID: HeaderValue = HeaderValue::from_static("rid-1");
+
 fn context(trusted: bool) -> ForwardContext<'static> {
     ForwardContext {
         peer: "10.1.2.3".parse().unwrap(),
         tls: false,
-        request_id: "rid-1",
+        request_id: &RID,
         peer_trusted: trusted,
         host: Some(HeaderValue::from_static("api.example.com")),
     }

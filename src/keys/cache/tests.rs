@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicUsize;
 
 fn found(tenant: &str) -> Lookup {
     let digest = KeyDigest { pepper_id: "p".into(), hex: "ab".into() };
-    Lookup::Found {
-        key: std::sync::Arc::new(KeyRecord {
+    Lookup::found(
+        std::sync::Arc::new(KeyRecord {
             id: "key_1".into(),
             tenant: tenant.into(),
             name: "n".into(),
@@ -19,9 +19,9 @@ fn found(tenant: &str) -> Lookup {
             replaced_by: None,
             digest: digest.clone(),
         }),
-        tenant: None,
-        matched: digest,
-    }
+        None,
+        digest,
+    )
 }
 
 #[tokio::test]

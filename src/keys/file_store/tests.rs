@@ -93,9 +93,14 @@ fn lookup_by_digest_reports_the_matched_one() {
 
     let rotated = Peppers::from_entries(vec![("v2".into(), b"two".to_vec()), ("v1".into(), b"one".to_vec())]);
     match store.lookup(&rotated.all(&secret)) {
-        Lookup::Found { key, tenant, matched } => {
+        Lookup::Found { key, tenant, matched, identity } => {
             assert_eq!(key.id, "key_a");
             assert_eq!(tenant.map(|t| t.id.clone()), Some("acme".to_string()));
+            // The identity headers were made at load, from the key and its tenant.
+            let identity = identity.expect("a key with a tenant has identity headers");
+            assert_eq!(identity.key_id.as_ref().map(|v| v.as_bytes()), Some(&b"key_a"[..]));
+            assert_eq!(identity.tenant.as_ref().map(|v| v.as_bytes()), Some(&b"acme"[..]));
+            assert_eq!(identity.plan.as_ref().map(|v| v.as_bytes()), Some(&b"pro"[..]));
             assert_eq!(matched.pepper_id, "v1");
             assert_eq!(matched, old.current(&secret));
         }

@@ -67,7 +67,7 @@ impl RedisStore {
                 None
             }
         };
-        Ok(Lookup::Found { key: Arc::new(key), tenant: tenant.map(Arc::new), matched })
+        Ok(Lookup::found(Arc::new(key), tenant.map(Arc::new), matched))
     }
 
     /// Every tenant and key record, for `tenants list`, `keys list`/`show` and the admin
