@@ -12,6 +12,7 @@
 //! headers it writes.
 
 pub mod connector;
+pub mod fast;
 pub mod hop_by_hop;
 pub mod http1;
 pub mod limit;
@@ -20,10 +21,11 @@ pub mod pool;
 pub mod response_check;
 pub mod tunnel;
 
+pub use fast::FastBody;
 pub use hop_by_hop::remove_hop_by_hop;
 pub use limit::ConnectionPermit;
 pub use outbound::{rewrite_request_headers, FilteredTrailers, ForwardContext, Outbound};
-pub use pool::{UpstreamError, Upstreams};
+pub use pool::{UpstreamBody, UpstreamError, Upstreams};
 pub use tunnel::{is_websocket_upgrade, switched_to_websocket, Tunnel};
 
 #[cfg(test)]
