@@ -1,7 +1,10 @@
 //! The upstream clients: per worker thread, one per upstream identity — the worker's
-//! own HTTP/1.1 connections ([`super::http1`]) or, for an h2c upstream, a pooled
-//! hyper-util client — kept across policy reloads while the upstream's address, protocol
-//! and connect timeout are unchanged; and the one call that sends an admitted request.
+//! own HTTP/1.1 connections (two lists: the fast path's, [`super::fast`], for requests
+//! with no body that are not upgrades, and hyper's, [`super::http1`], for the others) or,
+//! for an h2c upstream, a pooled hyper-util client — kept across policy reloads while the
+//! upstream's address, protocol and connect timeout are unchanged; and the one call that
+//! sends an admitted request. Its response body is [`UpstreamBody`]: hyper's, or the fast
+//! path's.
 //!
 //! A connection is used again only when nothing about its last response was in doubt:
 //! [`Upstreams::send`] judges every response head ([`super::response_check`]) and drops
