@@ -13,6 +13,7 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::io::AsyncWrite;
 
 use super::*;
 use crate::upstream::http1::Http1Pool;
@@ -327,6 +328,42 @@ async fn a_written_request_is_never_sent_again_nor_one_on_a_new_connection() {
     assert_eq!(get(&reused, "/a").await.unwrap(), "c0 r0");
     assert!(get(&reused, "/b").await.is_err());
     assert_eq!(upstream.accepted(), 1, "written, so not sent again");
+}
+
+#[tokio::test]
+async fn a_request_whose_write_fails_on_a_reused_connection_is_sent_once_more() {
+    // Each connection answers its first request (chunked: not over until read), then
+    // neither reads nor closes.
+    let upstream = || {
+        Upstream::start(|c, r| {
+            let chunked = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nc{c} r{r}\r\n0\r\n\r\n");
+            Reply::WriteLater(chunked.into_bytes(), Vec::new())
+        })
+    };
+    // Idle connections that take no request any more, and whose reads do not say so.
+    let unwritable = |pool: &FastPool| {
+        let mut cx = Context::from_waker(Waker::noop());
+        for idle in pool.idle.lock().unwrap().iter_mut() {
+            assert!(Pin::new(&mut idle.conn.io).poll_shutdown(&mut cx).is_ready());
+        }
+    };
+    // One: the request goes on a new connection.
+    let one = upstream();
+    let single = pool(&one);
+    assert_eq!(get(&single, "/a").await.unwrap(), "c0 r0");
+    unwritable(&single);
+    assert_eq!(get(&single, "/b").await.unwrap(), "c1 r0", "sent again, on a new connection");
+    assert_eq!(one.accepted(), 2);
+    // Two: sent again once, on the other, and not a third time.
+    let two = upstream();
+    let both = pool(&two);
+    let (a, b) = (request(&both, Method::GET, "/a").await.unwrap(), request(&both, Method::GET, "/b").await.unwrap());
+    a.into_body().collect().await.unwrap();
+    b.into_body().collect().await.unwrap();
+    assert_eq!(both.idle_count(), 2);
+    unwritable(&both);
+    assert!(get(&both, "/c").await.is_err());
+    assert_eq!(two.accepted(), 2, "no third attempt");
 }
 
 #[tokio::test]
