@@ -389,18 +389,19 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     // Where each name and value lies in the head (the head is at most BUF_SIZE bytes).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let (len, code, http11, reason, count) =
         match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
-                let at = |s: &[u8]| if s.is_empty() { 0 } else { (s.as_ptr() as usize - base) as u32 };
+                // `buf` holds at most BUF_SIZE bytes, so offsets fit in a u16.
+                let at = |s: &[u8]| if s.is_empty() { 0 } else { (s.as_ptr() as usize - base) as u16 };
                 for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
                     let (name, value) = (at(header.name.as_bytes()), at(header.value));
-                    *span = (name, name + header.name.len() as u32, value, value + header.value.len() as u32);
+                    *span = (name, name + header.name.len() as u16, value, value + header.value.len() as u16);
                 }
                 let reason = parsed.reason.unwrap_or_default().as_bytes();
-                let reason = (at(reason), at(reason) + reason.len() as u32);
+                let reason = (at(reason), at(reason) + reason.len() as u16);
                 (len, parsed.code.unwrap_or_default(), parsed.version == Some(1), reason, parsed.headers.len())
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -415,14 +416,21 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         return Ok(Some(Parsed::Interim));
     }
     let bytes = buf.split_to(len).freeze();
-    let span = |from: u32, to: u32| from as usize..to as usize;
+    let span = |from: u16, to: u16| from as usize..to as usize;
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = http11;
+    // The framing fields, seen on the way (no lookups after).
+    let mut transfer_encoding = false;
+    let mut length = None;
     for &(name, name_end, value, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&bytes[span(name, name_end)]).map_err(|e| format!("invalid header: {e}"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(span(value, value_end)))
             .map_err(|e| format!("invalid header: {e}"))?;
-        if name == CONNECTION && lists(&value, "close") {
+        if name == CONTENT_LENGTH {
+            length = Some(fold_length(value.as_bytes(), length));
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if name == CONNECTION && lists(&value, "close") {
             keep_alive = false;
         }
         headers.append(name, value);
@@ -433,17 +441,25 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         _ => hyper::ext::ReasonPhrase::try_from(reason).ok(),
     };
     let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
-    let framing = framing(status, version, &headers, head_request)?;
+    let framing = framing(status, version, &headers, head_request, transfer_encoding, length)?;
     let keep_alive = keep_alive && !matches!(framing, Framing::Close);
     Ok(Some(Parsed::Final(Head { status, version, headers, reason, framing, keep_alive })))
 }
 
-/// How the body of a final response is framed (RFC 9112 6.3, as hyper's client reads it).
-fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_request: bool) -> Result<Framing, String> {
+/// How the body of a final response is framed (RFC 9112 6.3, as hyper's client reads it),
+/// given whether it has a `Transfer-Encoding` and what its `Content-Length`s say.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    head_request: bool,
+    transfer_encoding: bool,
+    length: Option<Option<u64>>,
+) -> Result<Framing, String> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if transfer_encoding {
         if version == Version::HTTP_10 {
             return Err("Transfer-Encoding in an HTTP/1.0 response".into());
         }
@@ -454,30 +470,37 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_reque
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked { Framing::Chunked(Chunk::Start) } else { Framing::Close });
     }
-    if !headers.contains_key(CONTENT_LENGTH) {
-        return Ok(Framing::Close);
-    }
-    match content_length(headers) {
-        Some(len) if len <= u64::MAX - 2 => Ok(Framing::Length(len)),
-        _ => Err("invalid Content-Length in the upstream response".into()),
+    match length {
+        None => Ok(Framing::Close),
+        Some(Some(len)) if len <= u64::MAX - 2 => Ok(Framing::Length(len)),
+        Some(_) => Err("invalid Content-Length in the upstream response".into()),
     }
 }
 
-/// The one length every `Content-Length` value (comma-separated) says, in digits only.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for one in value.to_str().ok()?.split(',') {
-            let one = one.trim();
-            if one.is_empty() || !one.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n = one.parse::<u64>().ok()?;
-            if length.is_some_and(|length| length != n) {
-                return None;
-            }
-            length = Some(n);
+/// The one length that a `Content-Length` value (comma-separated) and the ones before it
+/// (`prior`: none yet, or what they said, `None` if not one valid length) say, each in
+/// digits only; `None` if they are not one valid length.
+fn fold_length(value: &[u8], prior: Option<Option<u64>>) -> Option<u64> {
+    let mut length = match prior {
+        None => None,
+        Some(None) => return None,
+        Some(Some(n)) => Some(n),
+    };
+    for one in value.split(|&b| b == b',') {
+        let one = one.trim_ascii();
+        if one.is_empty() {
+            return None;
         }
+        let n = one.iter().try_fold(0u64, |n, &digit| {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+        })?;
+        if length.is_some_and(|length| length != n) {
+            return None;
+        }
+        length = Some(n);
     }
     length
 }
