@@ -247,6 +247,7 @@ async fn a_response_that_does_not_allow_reuse_costs_its_connection() {
         });
         let pool = pool(&upstream);
         assert_eq!(get(&pool, "/first").await.as_deref(), Ok(body), "{name}");
+        assert_eq!(pool.idle_count(), 0, "{name}: not put back");
         assert_eq!(get(&pool, "/next").await.as_deref(), Ok("c1 r0"), "{name}: the next request on a new connection");
         if !close_delimited {
             assert_eq!(upstream.next_closed().await, Some(0), "{name}: keygate closed the connection");
