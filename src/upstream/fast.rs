@@ -84,6 +84,9 @@ const MAX_HEADERS: usize = 100;
 /// The most bytes of chunked trailers, and of chunk extensions in one body (hyper's).
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
+/// Headers keygate may add to a response after it left the upstream: the six rate-limit
+/// headers and `x-request-id`.
+const RESPONSE_HEADERS_ADDED: usize = 7;
 /// Looks (of [`IDLE_SWEEP`]) a connection must have stayed idle through to be closed.
 const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs().div_ceil(IDLE_SWEEP.as_secs());
 
@@ -417,7 +420,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     }
     let bytes = buf.split_to(len).freeze();
     let span = |from: u16, to: u16| from as usize..to as usize;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what keygate adds to every response (the rate-limit headers, x-request-id),
+    // so that the map is not grown and rehashed on the way to the client.
+    let mut headers = HeaderMap::with_capacity(count + RESPONSE_HEADERS_ADDED);
     let mut keep_alive = http11;
     // The framing fields, seen on the way (no lookups after).
     let mut transfer_encoding = false;
