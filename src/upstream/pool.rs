@@ -269,7 +269,11 @@ async fn send_fast(
     let (parts, empty) = request.into_parts();
     drop(empty);
     let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let response = pool.exchange(&parts.method, target, &parts.headers, upstream.timeout).await?;
+    let response = match pool.exchange(&parts.method, target, &parts.headers, upstream.timeout).await {
+        Ok(response) => response,
+        Err(fast::Failure::Failed(why)) => return Err(UpstreamError::Failed(why)),
+        Err(fast::Failure::Timeout) => return Err(UpstreamError::Timeout),
+    };
     Ok(response.map(UpstreamBody::Fast))
 }
 

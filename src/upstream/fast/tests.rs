@@ -15,8 +15,13 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::AsyncWrite;
 
+use std::pin::Pin;
+use std::task::{Context, Waker};
+
+use super::wire::MAX_HEADERS;
 use super::*;
 use crate::upstream::http1::Http1Pool;
+use crate::upstream::response_check::MAX_INTERIM;
 
 /// What a scripted upstream does with one request.
 #[derive(Clone)]
@@ -152,13 +157,13 @@ fn pool(upstream: &Upstream) -> Arc<FastPool> {
     FastPool::new(&upstream.addr.to_string().parse().unwrap(), connector())
 }
 
-async fn request(pool: &Arc<FastPool>, method: Method, path: &str) -> Result<Response<FastBody>, UpstreamError> {
+async fn request(pool: &Arc<FastPool>, method: Method, path: &str) -> Result<Response<FastBody>, Failure> {
     pool.exchange(&method, path, &HeaderMap::new(), Duration::from_secs(10)).await
 }
 
 /// `GET path`, the whole body as text (or the body's error).
 async fn get(pool: &Arc<FastPool>, path: &str) -> Result<String, String> {
-    let response = request(pool, Method::GET, path).await.map_err(|e| e.to_string())?;
+    let response = request(pool, Method::GET, path).await.map_err(|e| format!("{e:?}"))?;
     let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
     Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
 }
@@ -284,7 +289,7 @@ async fn responses_that_allow_reuse_keep_their_connection() {
         let upstream =
             Upstream::start(move |c, r| if (c, r) == (0, 0) { Reply::Write(reply.clone()) } else { clean(c, r) });
         let pool = pool(&upstream);
-        let response = request(&pool, method, "/first").await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let response = request(&pool, method, "/first").await.unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let got = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got, body.as_bytes(), "{name}");
         assert_eq!(
@@ -321,7 +326,7 @@ async fn a_written_request_is_never_sent_again_nor_one_on_a_new_connection() {
     // A new connection that closes without answering.
     let upstream = Upstream::start(|_, _| Reply::Close);
     let fresh = pool(&upstream);
-    assert!(matches!(get(&fresh, "/a").await, Err(e) if e.contains("unreachable or broken")));
+    assert!(matches!(get(&fresh, "/a").await, Err(e) if e.starts_with("Failed")));
     assert_eq!(upstream.accepted(), 1, "not retried from a new connection");
     // A reused connection that reads the request, then closes without answering.
     let upstream = Upstream::start(|c, r| if r == 0 { clean(c, r) } else { Reply::Close });
@@ -410,10 +415,24 @@ async fn response_heads_past_the_limits_or_malformed_are_refused_and_their_conne
         let upstream = Upstream::start(move |_, _| Reply::Write(reply.clone().into_bytes()));
         let pool = pool(&upstream);
         let got = request(&pool, Method::GET, "/a").await;
-        assert!(matches!(got, Err(UpstreamError::Failed(_))), "{shown:?}: {:?}", got.map(|r| r.status()));
+        assert!(matches!(got, Err(Failure::Failed(_))), "{shown:?}: {:?}", got.map(|r| r.status()));
         assert_eq!(upstream.next_closed().await, Some(0), "{shown:?}: closed");
         assert_eq!(pool.idle_count(), 0);
     }
+}
+
+#[tokio::test]
+async fn an_unusual_reason_phrase_is_kept_and_the_usual_one_is_not_stored() {
+    let upstream = Upstream::start(|c, r| match r {
+        0 => Reply::Write(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        _ => clean(c, r),
+    });
+    let pool = pool(&upstream);
+    let unusual = request(&pool, Method::GET, "/a").await.unwrap();
+    let reason = unusual.extensions().get::<hyper::ext::ReasonPhrase>().expect("kept");
+    assert_eq!(reason.as_bytes(), b"Fine Thanks");
+    let usual = request(&pool, Method::GET, "/b").await.unwrap();
+    assert!(usual.extensions().get::<hyper::ext::ReasonPhrase>().is_none());
 }
 
 #[tokio::test]
@@ -477,7 +496,7 @@ async fn a_response_head_later_than_the_timeout_is_a_timeout_and_closes_the_conn
     let upstream = Upstream::start(|_, _| Reply::Silent);
     let pool = pool(&upstream);
     let got = pool.exchange(&Method::GET, "/a", &HeaderMap::new(), Duration::from_millis(200)).await;
-    assert!(matches!(got, Err(UpstreamError::Timeout)));
+    assert!(matches!(got, Err(Failure::Timeout)));
     assert_eq!(upstream.next_closed().await, Some(0));
 }
 
