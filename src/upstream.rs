@@ -1,5 +1,9 @@
 //! Forwarding (docs/reference.md §4.3): per worker, its own HTTP/1.1 connections to each
-//! upstream ([`http1`]; h2c upstreams: a pooled hyper-util client), chosen in [`pool`]; hop-by-hop
+//! upstream — a request with no body that is not an upgrade (most API calls) on keygate's
+//! own lean HTTP/1.1 exchange, whose response body reads the upstream socket from the
+//! task that sends it to the client ([`fast`]), any other on hyper's connection-level
+//! client ([`http1`]), each path with its own idle connections; h2c upstreams: a pooled
+//! hyper-util client — chosen in [`pool`]; hop-by-hop
 //! header removal both ways (RFC 9110 7.6.1, [`hop_by_hop`]), the request as it goes
 //! upstream with the identity and forwarding headers keygate adds ([`outbound`]), the
 //! connect and response-header timeouts that become 502 and 504, and the WebSocket
@@ -12,6 +16,7 @@
 //! headers it writes.
 
 pub mod connector;
+pub mod fast;
 pub mod hop_by_hop;
 pub mod http1;
 pub mod limit;
@@ -20,10 +25,11 @@ pub mod pool;
 pub mod response_check;
 pub mod tunnel;
 
+pub use fast::FastBody;
 pub use hop_by_hop::remove_hop_by_hop;
 pub use limit::ConnectionPermit;
 pub use outbound::{rewrite_request_headers, FilteredTrailers, ForwardContext, Outbound};
-pub use pool::{UpstreamError, Upstreams};
+pub use pool::{UpstreamBody, UpstreamError, Upstreams};
 pub use tunnel::{is_websocket_upgrade, switched_to_websocket, Tunnel};
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The upstream clients: per worker thread, one per upstream identity — the worker's
-//! own HTTP/1.1 connections ([`super::http1`]) or, for an h2c upstream, a pooled
-//! hyper-util client — kept across policy reloads while the upstream's address, protocol
-//! and connect timeout are unchanged; and the one call that sends an admitted request.
+//! own HTTP/1.1 connections (two lists: the fast path's, [`super::fast`], for requests
+//! with no body that are not upgrades, and hyper's, [`super::http1`], for the others) or,
+//! for an h2c upstream, a pooled hyper-util client — kept across policy reloads while the
+//! upstream's address, protocol and connect timeout are unchanged; and the one call that
+//! sends an admitted request. Its response body is [`UpstreamBody`]: hyper's, or the fast
+//! path's.
 //!
 //! A connection is used again only when nothing about its last response was in doubt:
 //! [`Upstreams::send`] judges every response head ([`super::response_check`]) and drops
@@ -10,12 +13,17 @@
 //! see every byte that arrived on an idle connection before the next request is written
 //! ([`super::connector`]).
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use http::uri::{Authority, PathAndQuery};
-use http::{Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
 use hyper_util::client::legacy::Client;
@@ -23,11 +31,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Notify;
 
 use super::connector::Connector;
+use super::fast::{self, FastBody, FastPool};
 use super::http1::{error_chain, Http1Pool, Lease};
 use super::limit::{ConnectionPermit, Slots};
 use super::outbound::Outbound;
 use super::response_check::{self, Verdict, MAX_INTERIM};
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::policy::{Upstream, UpstreamProtocol};
 
 /// Why forwarding failed.
@@ -97,7 +106,16 @@ pub struct Upstreams {
 }
 
 /// One worker's clients, by upstream identity, with their upstream's connection cap.
-type Pools = Vec<(PoolKey, UpstreamClient, Arc<Slots>)>;
+type Pools = Vec<Pool>;
+
+/// One worker's clients for one upstream.
+struct Pool {
+    key: PoolKey,
+    client: UpstreamClient,
+    /// HTTP/1.1: the fast path's connections ([`super::fast`]).
+    fast: Option<Arc<FastPool>>,
+    slots: Arc<Slots>,
+}
 
 /// Whose cap a [`Slots`] is: one upstream service, however many names point at it.
 type SlotsKey = (Authority, UpstreamProtocol);
@@ -137,16 +155,17 @@ impl Upstreams {
         }
     }
 
-    /// This worker's client for `upstream`, and the upstream's cap.
-    fn entry(&self, upstream: &Upstream) -> (UpstreamClient, Arc<Slots>) {
+    /// This worker's client for `upstream`, its fast-path connections (HTTP/1.1), and the
+    /// upstream's cap.
+    fn entry(&self, upstream: &Upstream) -> (UpstreamClient, Option<Arc<FastPool>>, Arc<Slots>) {
         let last = self.pools.len() - 1;
         let pools = &self.pools[crate::worker::current().map_or(last, |worker| worker.min(last))];
         let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((_, client, slots)) = clients.iter_mut().find(|(key, _, _)| key.serves(upstream)) {
-            if slots.max != upstream.max_connections {
-                *slots = self.shared_slots(upstream);
+        if let Some(pool) = clients.iter_mut().find(|pool| pool.key.serves(upstream)) {
+            if pool.slots.max != upstream.max_connections {
+                pool.slots = self.shared_slots(upstream);
             }
-            return (client.clone(), slots.clone());
+            return (pool.client.clone(), pool.fast.clone(), pool.slots.clone());
         }
         let key = PoolKey::of(upstream);
         let mut connector = HttpConnector::new();
@@ -154,6 +173,8 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let connector = Connector::new(connector);
+        let fast = (upstream.protocol == UpstreamProtocol::Http1)
+            .then(|| FastPool::new(&upstream.authority, connector.clone()));
         let client = match upstream.protocol {
             UpstreamProtocol::Http1 => UpstreamClient::Http1(Http1Pool::new(&upstream.authority, connector)),
             UpstreamProtocol::H2c => {
@@ -165,15 +186,15 @@ impl Upstreams {
             }
         };
         let slots = self.shared_slots(upstream);
-        clients.push((key, client.clone(), slots.clone()));
-        (client, slots)
+        clients.push(Pool { key, client: client.clone(), fast: fast.clone(), slots: slots.clone() });
+        (client, fast, slots)
     }
 
     /// Drops the pools of upstreams no longer in `current` (after a reload).
     pub fn retain(&self, current: &[Arc<Upstream>]) {
         for pools in &self.pools {
             let mut clients = pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            clients.retain(|(key, _, _)| current.iter().any(|u| key.serves(u)));
+            clients.retain(|pool| current.iter().any(|u| pool.key.serves(u)));
         }
         let mut all = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         all.retain(|((authority, protocol), _)| {
@@ -185,81 +206,146 @@ impl Upstreams {
     /// `max_connections` is free (waiting at most its `queue_timeout`), waiting at most its
     /// `timeout` for the response headers. The body streams on after this returns; the
     /// permit must live as long as it (or the tunnel) does.
+    ///
+    /// An HTTP/1.1 request with no body that is not an upgrade takes the fast path
+    /// ([`super::fast`]); the others hyper's clients.
     pub async fn send(
         &self,
         upstream: &Upstream,
         outbound: Outbound,
-    ) -> Result<(Response<Incoming>, ConnectionPermit), UpstreamError> {
-        let (client, slots) = self.entry(upstream);
+    ) -> Result<(Response<UpstreamBody>, ConnectionPermit), UpstreamError> {
+        let (client, fast, slots) = self.entry(upstream);
         let permit = slots.acquire(upstream.queue_timeout).await.ok_or(UpstreamError::Busy)?;
-        let mut request = outbound.into_request();
-        let interim = Arc::new(Interim::default());
-        let counted = interim.clone();
-        hyper::ext::on_informational(&mut request, move |_| counted.add());
-        let path_and_query = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // What the exchange used: the HTTP/1.1 connection (put back or dropped below), or
-        // the h2c pool's connection (poisoned if its answer is not sound).
-        let mut h2c = None;
-        let exchange = async {
-            match &client {
-                UpstreamClient::Http1(pool) => {
-                    // Origin form: the path and query only.
-                    *request.uri_mut() = Uri::from(path_and_query);
-                    *request.version_mut() = Version::HTTP_11;
-                    pool.send(request).await.map(|(response, lease)| (response, Some(lease)))
-                }
-                UpstreamClient::H2c(client) => {
-                    *request.uri_mut() = Uri::builder()
-                        .scheme("http")
-                        .authority(upstream.authority.clone())
-                        .path_and_query(path_and_query)
-                        .build()
-                        .map_err(|e| format!("cannot build upstream URI: {e}"))?;
-                    *request.version_mut() = Version::HTTP_2;
-                    h2c = Some(capture_connection(&mut request));
-                    // Boxed: the general client's future is large, and inline it would
-                    // make every HTTP/1.1 request's future as large (see `Http1Pool::send`).
-                    Box::pin(client.request(request))
-                        .await
-                        .map(|response| (response, None))
-                        .map_err(|e| error_chain(&e))
-                }
+        let request = outbound.into_request();
+        if let Some(fast) = fast.filter(|_| fast::eligible(&request)) {
+            let response = send_fast(&fast, upstream, request).await?;
+            return Ok((response, permit));
+        }
+        let response = send_hyper(client, upstream, request).await?;
+        Ok((response.map(UpstreamBody::Hyper), permit))
+    }
+}
+
+/// The response body of either path.
+pub enum UpstreamBody {
+    /// hyper's clients (a request with a body, an upgrade, an h2c upstream).
+    Hyper(Incoming),
+    /// The HTTP/1.1 fast path.
+    Fast(FastBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Fast(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Fast(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Fast(body) => body.size_hint(),
+        }
+    }
+}
+
+/// The fast path's exchange ([`FastPool::exchange`]).
+async fn send_fast(
+    pool: &Arc<FastPool>,
+    upstream: &Upstream,
+    request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let (parts, empty) = request.into_parts();
+    drop(empty);
+    let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let response = match pool.exchange(&parts.method, target, &parts.headers, upstream.timeout).await {
+        Ok(response) => response,
+        Err(fast::Failure::Failed(why)) => return Err(UpstreamError::Failed(why)),
+        Err(fast::Failure::Timeout) => return Err(UpstreamError::Timeout),
+    };
+    Ok(response.map(UpstreamBody::Fast))
+}
+
+/// hyper's exchange (HTTP/1.1 connection-level client, or the h2c pool's).
+async fn send_hyper(
+    client: UpstreamClient,
+    upstream: &Upstream,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let interim = Arc::new(Interim::default());
+    let counted = interim.clone();
+    hyper::ext::on_informational(&mut request, move |_| counted.add());
+    let path_and_query = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // What the exchange used: the HTTP/1.1 connection (put back or dropped below), or
+    // the h2c pool's connection (poisoned if its answer is not sound).
+    let mut h2c = None;
+    let exchange = async {
+        match &client {
+            UpstreamClient::Http1(pool) => {
+                // Origin form: the path and query only.
+                *request.uri_mut() = Uri::from(path_and_query);
+                *request.version_mut() = Version::HTTP_11;
+                pool.send(request).await.map(|(response, lease)| (response, Some(lease)))
             }
-        };
-        let response = async {
-            tokio::select! {
-                biased;
-                result = exchange => Some(result),
-                () = interim.storm.notified() => None,
+            UpstreamClient::H2c(client) => {
+                *request.uri_mut() = Uri::builder()
+                    .scheme("http")
+                    .authority(upstream.authority.clone())
+                    .path_and_query(path_and_query)
+                    .build()
+                    .map_err(|e| format!("cannot build upstream URI: {e}"))?;
+                *request.version_mut() = Version::HTTP_2;
+                h2c = Some(capture_connection(&mut request));
+                // Boxed: the general client's future is large, and inline it would
+                // make every HTTP/1.1 request's future as large (see `Http1Pool::send`).
+                Box::pin(client.request(request)).await.map(|response| (response, None)).map_err(|e| error_chain(&e))
             }
-        };
-        // On a timeout or an interim storm the exchange is dropped, and with it an
-        // HTTP/1.1 connection (hyper closes it).
-        let (mut response, lease) = match tokio::time::timeout(upstream.timeout, response).await {
-            Ok(Some(Ok(exchanged))) => exchanged,
-            Ok(Some(Err(why))) => return Err(UpstreamError::Failed(why)),
-            Ok(None) => {
-                poison(h2c.as_ref());
-                return Err(UpstreamError::Failed(format!("more than {MAX_INTERIM} interim (1xx) responses")));
+        }
+    };
+    let response = async {
+        tokio::select! {
+            biased;
+            result = exchange => Some(result),
+            () = interim.storm.notified() => None,
+        }
+    };
+    // On a timeout or an interim storm the exchange is dropped, and with it an
+    // HTTP/1.1 connection (hyper closes it).
+    let (mut response, lease) = match tokio::time::timeout(upstream.timeout, response).await {
+        Ok(Some(Ok(exchanged))) => exchanged,
+        Ok(Some(Err(why))) => return Err(UpstreamError::Failed(why)),
+        Ok(None) => {
+            poison(h2c.as_ref());
+            return Err(UpstreamError::Failed(format!("more than {MAX_INTERIM} interim (1xx) responses")));
+        }
+        Err(_) => return Err(UpstreamError::Timeout),
+    };
+    let status = response.status();
+    match response_check::judge(status, response.headers_mut(), interim.seen.load(Ordering::Relaxed)) {
+        Verdict::Sound => {
+            if let (UpstreamClient::Http1(pool), Some(lease)) = (&client, lease) {
+                keep(pool, lease, status);
             }
-            Err(_) => return Err(UpstreamError::Timeout),
-        };
-        let status = response.status();
-        match response_check::judge(status, response.headers_mut(), interim.seen.load(Ordering::Relaxed)) {
-            Verdict::Sound => {
-                if let (UpstreamClient::Http1(pool), Some(lease)) = (&client, lease) {
-                    keep(pool, lease, status);
-                }
-                Ok((response, permit))
-            }
-            Verdict::Doubtful => {
-                poison(h2c.as_ref());
-                Ok((response, permit))
-            }
-            Verdict::Refused(why) => {
-                poison(h2c.as_ref());
-                Err(UpstreamError::Failed(why.to_string()))
-            }
+            Ok(response)
+        }
+        Verdict::Doubtful => {
+            poison(h2c.as_ref());
+            Ok(response)
+        }
+        Verdict::Refused(why) => {
+            poison(h2c.as_ref());
+            Err(UpstreamError::Failed(why.to_string()))
         }
     }
 }
