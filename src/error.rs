@@ -9,6 +9,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
+use crate::policy::LimitKind;
 
 /// Why a key did not authenticate; the 401 message names it, so API clients can tell
 /// them apart, and for a missing or malformed key says what was wrong with what was sent
@@ -232,8 +233,11 @@ pub enum Refusal {
     MethodNotAllowed { allow: Vec<Method> },
     /// 413: the body is larger than the route's `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
-    /// 429; the rate-limit headers are added by the caller, who has the decision.
-    RateLimited { requests: u64, window_secs: u64, retry_after: u64 },
+    /// 429 from one of the plan's limits (`limit`: its name, the body's `"limit"`); the
+    /// rate-limit headers are added by the caller, who has the decision. `named`: the plan
+    /// has `limits = [...]`, so the message names the limit (a legacy plan's message is
+    /// what it always was).
+    RateLimited { limit: String, requests: u64, kind: LimitKind, named: bool, retry_after: u64 },
     /// 431: request head larger than `max_header_bytes`.
     HeadersTooLarge,
     /// 502: upstream refused, reset, or answered with something that is not HTTP.
@@ -326,9 +330,22 @@ impl Refusal {
             Refusal::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this route's limit of {limit} bytes")
             }
-            Refusal::RateLimited { requests, window_secs, .. } => {
+            Refusal::RateLimited { limit, requests, kind, named, .. } => {
                 let noun = if *requests == 1 { "request" } else { "requests" };
-                format!("Rate limit of {requests} {noun} per {} exceeded", window_phrase(*window_secs))
+                let per = match kind {
+                    LimitKind::Window(window) => window_phrase(window.as_secs()),
+                    LimitKind::Day => "day".to_string(),
+                    LimitKind::Month { .. } => "month".to_string(),
+                };
+                match (named, kind) {
+                    (false, _) => format!("Rate limit of {requests} {noun} per {per} exceeded"),
+                    (true, LimitKind::Window(_)) => {
+                        format!("Rate limit \"{limit}\" of {requests} {noun} per {per} exceeded")
+                    }
+                    (true, LimitKind::Day | LimitKind::Month { .. }) => {
+                        format!("Quota \"{limit}\" of {requests} {noun} per {per} exceeded")
+                    }
+                }
             }
             Refusal::HeadersTooLarge => "The request headers are too large".to_string(),
             Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),
@@ -446,7 +463,8 @@ impl Refusal {
                 "message": self.message(),
                 "request_id": request_id,
             });
-            if let (Some(retry), Refusal::RateLimited { .. }) = (self.retry_after(), &self) {
+            if let (Some(retry), Refusal::RateLimited { limit, .. }) = (self.retry_after(), &self) {
+                error["limit"] = limit.as_str().into();
                 error["retry_after"] = retry.into();
             }
             let body = serde_json::json!({ "error": error }).to_string();

@@ -31,8 +31,9 @@ use super::decision::Decision;
 use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
 use crate::clock::Clock;
+use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
-use crate::policy::Limit;
+use crate::policy::{Limit, Policy, Rule};
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
 /// `Retry-After` of the 503 answered under `on_store_error = "deny"`: one second.
@@ -124,31 +125,89 @@ impl Limiter {
     /// decide. Never waits longer than `redis.timeout` on Redis, and not at all while the
     /// client's breaker is open.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64, on_store_error: OnStoreError) -> LimitOutcome {
-        if self.backend == LimitBackend::Local {
-            return LimitOutcome::Decided(self.local.check(tenant, limit, cost));
-        }
-        if let Some(redis) = &self.redis {
-            match redis.check(tenant, limit, cost).await {
-                Ok(decision) => return LimitOutcome::Decided(decision),
-                Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
-            }
-        }
-        self.fall_back(tenant, limit, cost, on_store_error)
+        self.check_rules(tenant, &[Rule::window(*limit)], cost, on_store_error).await
     }
 
-    fn fall_back(&self, tenant: &str, limit: &Limit, cost: u64, action: OnStoreError) -> LimitOutcome {
+    /// [`Limiter::check`] against every limit of a plan (`rules`, in order), decided in one
+    /// atomic step: admitted only if each has room, then counted in each, a refusal
+    /// counted in none. The decision's `index` says which limit it describes.
+    pub async fn check_rules(
+        &self,
+        tenant: &str,
+        rules: &[Rule],
+        cost: u64,
+        on_store_error: OnStoreError,
+    ) -> LimitOutcome {
+        if self.backend == LimitBackend::Local {
+            return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost));
+        }
+        if let Some(redis) = &self.redis {
+            match single_window(rules) {
+                Some(limit) => match redis.check(tenant, &limit, cost).await {
+                    Ok(decision) => return LimitOutcome::Decided(decision),
+                    Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
+                },
+                // Refused by `check`, at start and on reload (see [`unsupported_by_redis`]);
+                // decided by this replica alone should one come through anyway.
+                None => return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost)),
+            }
+        }
+        self.fall_back(tenant, rules, cost, on_store_error)
+    }
+
+    fn fall_back(&self, tenant: &str, rules: &[Rule], cost: u64, action: OnStoreError) -> LimitOutcome {
         self.metrics.store_fallback(action);
         let decision = match action {
             OnStoreError::Local => {
-                let share = Limit { requests: limit.requests.div_ceil(self.replicas), window: limit.window };
-                let mut decision = self.fallback.check(tenant, &share, cost);
-                decision.limit = limit.requests;
+                let shares: Vec<Rule> = rules
+                    .iter()
+                    .map(|rule| Rule { requests: rule.requests.div_ceil(self.replicas), kind: rule.kind })
+                    .collect();
+                let mut decision = self.fallback.check_rules(tenant, &shares, cost);
+                decision.limit = rules.get(decision.index).map_or(decision.limit, |rule| rule.requests);
                 Some(decision)
             }
             OnStoreError::Allow | OnStoreError::Deny => None,
         };
         LimitOutcome::Fallback { action, decision }
     }
+}
+
+/// The one sliding window of `rules`, if that is all they are.
+fn single_window(rules: &[Rule]) -> Option<Limit> {
+    match rules {
+        [rule] => rule.as_window(),
+        _ => None,
+    }
+}
+
+/// Until the shared limiter decides several limits at once: the plans of `policy` it
+/// cannot decide (more than one limit, or a calendar quota), as errors at the policy
+/// file, for `limits.backend = "redis"`.
+pub fn unsupported_by_redis(policy: &Policy) -> Vec<Diagnostic> {
+    let mut names: Vec<&String> = policy
+        .plans
+        .values()
+        .filter(|plan| {
+            let rules: Vec<Rule> = plan.limits.iter().map(|limit| limit.rule).collect();
+            !rules.is_empty() && single_window(&rules).is_none()
+        })
+        .map(|plan| &plan.name)
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            Diagnostic::file_error(
+                &policy.file,
+                format!(
+                    "plan `{name}` has several limits or a calendar quota, which `limits.backend = \
+                    \"redis\"` does not decide yet: give it one sliding window, or use \
+                    `limits.backend = \"local\"`"
+                ),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ impl Lease {
         Some(Decision {
             allowed: true,
             limit: limit.requests,
+            index: 0,
             remaining: self.free_after.saturating_add(self.units),
             reset: Duration::from_millis(self.reset_at.saturating_sub(now)),
             retry_after: None,

@@ -392,6 +392,7 @@ impl Inner {
             .map(|d| Decision {
                 allowed: d[0] == 1,
                 limit: limit.requests,
+                index: 0,
                 remaining: u64::try_from(d[1]).unwrap_or(0),
                 reset: millis(d[2]),
                 retry_after: (d[0] != 1).then(|| millis(d[3])),
