@@ -146,12 +146,6 @@ pub struct Running {
 /// listeners, starts the watchers, and returns once it is ready.
 pub async fn start(settings: Settings, options: Options) -> Result<Running, StartError> {
     let (policy, peppers, warnings) = load_parts(&settings).map_err(StartError::Config)?;
-    if settings.limits.backend == LimitBackend::Redis {
-        let unsupported = crate::ratelimit::front::unsupported_by_redis(&policy);
-        if !unsupported.is_empty() {
-            return Err(StartError::Config(unsupported));
-        }
-    }
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

@@ -196,12 +196,6 @@ impl App {
             if let Err(errors) = self.check_orphaned_plans(&current, &policy) {
                 return self.refuse(path, &current.hash, content.fingerprint, &errors);
             }
-            if self.settings.limits.backend == crate::settings::LimitBackend::Redis {
-                let unsupported = crate::ratelimit::front::unsupported_by_redis(&policy);
-                if !unsupported.is_empty() {
-                    return self.refuse(path, &current.hash, content.fingerprint, &unsupported);
-                }
-            }
             let new_hash = policy.hash.clone();
             let previous = self.policy.compare_and_swap(&current, Arc::new(policy));
             if !Arc::ptr_eq(&previous, &current) {

@@ -79,9 +79,6 @@ pub fn collect(config: &Path) -> (Vec<Diagnostic>, Option<(Settings, Policy)>) {
         }
     }
     let Some(settings) = checked.settings else { return (diagnostics, None) };
-    if let (Some(policy), crate::settings::LimitBackend::Redis) = (&policy, settings.limits.backend) {
-        diagnostics.extend(crate::ratelimit::front::unsupported_by_redis(policy));
-    }
     // With errors in keygate.toml, the peppers are checked only when it names a pepper
     // file: an invalid `[keys]` may hide the one meant.
     if settings_valid || settings.keys.pepper_file.is_some() {

@@ -31,9 +31,8 @@ use super::decision::Decision;
 use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
 use crate::clock::Clock;
-use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
-use crate::policy::{Limit, Policy, Rule};
+use crate::policy::{Limit, Rule};
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
 /// `Retry-After` of the 503 answered under `on_store_error = "deny"`: one second.
@@ -142,14 +141,9 @@ impl Limiter {
             return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost));
         }
         if let Some(redis) = &self.redis {
-            match single_window(rules) {
-                Some(limit) => match redis.check(tenant, &limit, cost).await {
-                    Ok(decision) => return LimitOutcome::Decided(decision),
-                    Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
-                },
-                // Refused by `check`, at start and on reload (see [`unsupported_by_redis`]);
-                // decided by this replica alone should one come through anyway.
-                None => return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost)),
+            match redis.check_rules(tenant, rules, cost).await {
+                Ok(decision) => return LimitOutcome::Decided(decision),
+                Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
             }
         }
         self.fall_back(tenant, rules, cost, on_store_error)
@@ -171,43 +165,6 @@ impl Limiter {
         };
         LimitOutcome::Fallback { action, decision }
     }
-}
-
-/// The one sliding window of `rules`, if that is all they are.
-fn single_window(rules: &[Rule]) -> Option<Limit> {
-    match rules {
-        [rule] => rule.as_window(),
-        _ => None,
-    }
-}
-
-/// Until the shared limiter decides several limits at once: the plans of `policy` it
-/// cannot decide (more than one limit, or a calendar quota), as errors at the policy
-/// file, for `limits.backend = "redis"`.
-pub fn unsupported_by_redis(policy: &Policy) -> Vec<Diagnostic> {
-    let mut names: Vec<&String> = policy
-        .plans
-        .values()
-        .filter(|plan| {
-            let rules: Vec<Rule> = plan.limits.iter().map(|limit| limit.rule).collect();
-            !rules.is_empty() && single_window(&rules).is_none()
-        })
-        .map(|plan| &plan.name)
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            Diagnostic::file_error(
-                &policy.file,
-                format!(
-                    "plan `{name}` has several limits or a calendar quota, which `limits.backend = \
-                    \"redis\"` does not decide yet: give it one sliding window, or use \
-                    `limits.backend = \"local\"`"
-                ),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]
