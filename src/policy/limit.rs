@@ -93,6 +93,21 @@ pub struct PlanLimit {
     pub rule: Rule,
 }
 
+impl PlanLimit {
+    /// `name: N requests per …`, for people (`keygate explain`).
+    pub fn describe(&self) -> String {
+        let per = match self.rule.kind {
+            LimitKind::Window(window) => format!("{} (sliding window)", crate::duration::format(window)),
+            LimitKind::Day => "calendar day (UTC, resets at 00:00)".to_string(),
+            LimitKind::Month { reset_day: 1 } => "calendar month (UTC, resets on the 1st at 00:00)".to_string(),
+            LimitKind::Month { reset_day } => {
+                format!("calendar month (UTC, resets on day {reset_day} at 00:00, or a shorter month's last day)")
+            }
+        };
+        format!("{}: {} requests per {per}", self.name, self.rule.requests)
+    }
+}
+
 /// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d` (H. Hinnant's
 /// `days_from_civil`; the Redis script computes the same).
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
