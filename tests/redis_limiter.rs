@@ -17,7 +17,7 @@ use keygate::metrics::Metrics;
 use keygate::ratelimit::front::{LimitOutcome, Limiter};
 use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
-use keygate::ratelimit::{Decision, Limit, LocalLimiter, PlanHeaders};
+use keygate::ratelimit::{Decision, Limit, LimitKind, LocalLimiter, PlanHeaders, Rule};
 use keygate::settings::{LimitBackend, Limits, OnStoreError};
 use support::eventually;
 use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
@@ -1034,8 +1034,6 @@ async fn a_lease_handed_back_after_a_redis_restart_takes_nothing_off_the_new_cou
 
 // ---------------------------------------------------------------------------------------
 // Several limits per plan, calendar quotas
-
-use keygate::ratelimit::{LimitKind, Rule};
 
 fn window_rule(requests: u64, window: Duration) -> Rule {
     Rule::window(limit(requests, window))
