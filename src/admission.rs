@@ -20,7 +20,7 @@ use crate::address_budget::AddressBudgets;
 use crate::auth::{Authentication, Authenticator};
 use crate::bearer;
 use crate::clock::Clock;
-use crate::error::{AuthFailure, AuthResult, Refusal};
+use crate::error::{AuthFailure, AuthResult, LimitSpan, Refusal};
 use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
 use crate::policy::{LimitKind, Policy, Route, RouteAuth, RouteMode};
@@ -311,7 +311,12 @@ impl Gate {
                 refusal: Refusal::RateLimited {
                     limit: plan_headers.limit_name(decision.index).to_string(),
                     requests: rule.map_or(decision.limit, |rule| rule.requests),
-                    kind: rule.map_or(LimitKind::Window(std::time::Duration::from_secs(60)), |rule| rule.kind),
+                    per: match rule.map(|rule| rule.kind) {
+                        Some(LimitKind::Day) => LimitSpan::Day,
+                        Some(LimitKind::Month { .. }) => LimitSpan::Month,
+                        Some(LimitKind::Window(window)) => LimitSpan::Window { secs: window.as_secs() },
+                        None => LimitSpan::Window { secs: 60 },
+                    },
                     named: !plan_headers.legacy(),
                     retry_after,
                 },

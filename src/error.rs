@@ -9,7 +9,6 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
-use crate::policy::LimitKind;
 
 /// Why a key did not authenticate; the 401 message names it, so API clients can tell
 /// them apart, and for a missing or malformed key says what was wrong with what was sent
@@ -211,6 +210,17 @@ impl std::fmt::Display for AuthResult {
     }
 }
 
+/// What a plan's limit counts over, as a 429's message words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSpan {
+    /// A sliding window of this many seconds.
+    Window { secs: u64 },
+    /// A calendar day (UTC).
+    Day,
+    /// A calendar month (UTC).
+    Month,
+}
+
 /// A decision that ends a request without reaching the upstream (or after it failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -237,7 +247,7 @@ pub enum Refusal {
     /// rate-limit headers are added by the caller, who has the decision. `named`: the plan
     /// has `limits = [...]`, so the message names the limit (a legacy plan's message is
     /// what it always was).
-    RateLimited { limit: String, requests: u64, kind: LimitKind, named: bool, retry_after: u64 },
+    RateLimited { limit: String, requests: u64, per: LimitSpan, named: bool, retry_after: u64 },
     /// 431: request head larger than `max_header_bytes`.
     HeadersTooLarge,
     /// 502: upstream refused, reset, or answered with something that is not HTTP.
@@ -330,20 +340,20 @@ impl Refusal {
             Refusal::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this route's limit of {limit} bytes")
             }
-            Refusal::RateLimited { limit, requests, kind, named, .. } => {
+            Refusal::RateLimited { limit, requests, per, named, .. } => {
                 let noun = if *requests == 1 { "request" } else { "requests" };
-                let per = match kind {
-                    LimitKind::Window(window) => window_phrase(window.as_secs()),
-                    LimitKind::Day => "day".to_string(),
-                    LimitKind::Month { .. } => "month".to_string(),
+                let phrase = match per {
+                    LimitSpan::Window { secs } => window_phrase(*secs),
+                    LimitSpan::Day => "day".to_string(),
+                    LimitSpan::Month => "month".to_string(),
                 };
-                match (named, kind) {
-                    (false, _) => format!("Rate limit of {requests} {noun} per {per} exceeded"),
-                    (true, LimitKind::Window(_)) => {
-                        format!("Rate limit \"{limit}\" of {requests} {noun} per {per} exceeded")
+                match (named, per) {
+                    (false, _) => format!("Rate limit of {requests} {noun} per {phrase} exceeded"),
+                    (true, LimitSpan::Window { .. }) => {
+                        format!("Rate limit \"{limit}\" of {requests} {noun} per {phrase} exceeded")
                     }
-                    (true, LimitKind::Day | LimitKind::Month { .. }) => {
-                        format!("Quota \"{limit}\" of {requests} {noun} per {per} exceeded")
+                    (true, LimitSpan::Day | LimitSpan::Month) => {
+                        format!("Quota \"{limit}\" of {requests} {noun} per {phrase} exceeded")
                     }
                 }
             }

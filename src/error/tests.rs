@@ -42,7 +42,7 @@ fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)>
             Refusal::RateLimited {
                 limit: "default".into(),
                 requests: 300,
-                kind: LimitKind::Window(std::time::Duration::from_secs(60)),
+                per: LimitSpan::Window { secs: 60 },
                 named: false,
                 retry_after: 12,
             },
@@ -100,9 +100,9 @@ fn auth_results_are_indexed_in_declaration_order_and_distinct() {
 
 #[tokio::test]
 async fn rate_limited_carries_retry_after_in_body_and_header() {
-    let minute = LimitKind::Window(std::time::Duration::from_secs(60));
+    let minute = LimitSpan::Window { secs: 60 };
     let legacy =
-        Refusal::RateLimited { limit: "default".into(), requests: 300, kind: minute, named: false, retry_after: 12 };
+        Refusal::RateLimited { limit: "default".into(), requests: 300, per: minute, named: false, retry_after: 12 };
     let response = legacy.into_response("r", false);
     assert_eq!(response.headers()[RETRY_AFTER], "12");
     let json = body_json(response).await;
@@ -110,20 +110,15 @@ async fn rate_limited_carries_retry_after_in_body_and_header() {
     assert_eq!(json["error"]["limit"], "default");
     assert_eq!(json["error"]["message"], "Rate limit of 300 requests per minute exceeded");
 
-    let burst = LimitKind::Window(std::time::Duration::from_secs(1));
-    let named = Refusal::RateLimited { limit: "burst".into(), requests: 10, kind: burst, named: true, retry_after: 1 };
+    let burst = LimitSpan::Window { secs: 1 };
+    let named = Refusal::RateLimited { limit: "burst".into(), requests: 10, per: burst, named: true, retry_after: 1 };
     let json = body_json(named.into_response("r", false)).await;
     assert_eq!(json["error"]["limit"], "burst");
     assert_eq!(json["error"]["message"], "Rate limit \"burst\" of 10 requests per second exceeded");
 
-    let month = LimitKind::Month { reset_day: 1 };
-    let quota = Refusal::RateLimited {
-        limit: "month".into(),
-        requests: 100_000,
-        kind: month,
-        named: true,
-        retry_after: 86_400,
-    };
+    let month = LimitSpan::Month;
+    let quota =
+        Refusal::RateLimited { limit: "month".into(), requests: 100_000, per: month, named: true, retry_after: 86_400 };
     let response = quota.into_response("r", false);
     assert_eq!(response.headers()[RETRY_AFTER], "86400");
     let json = body_json(response).await;

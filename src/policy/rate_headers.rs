@@ -88,7 +88,7 @@ const DAY_SECS: u64 = 86_400;
 impl PlanHeaders {
     /// The values for plan `plan` with the single, legacy limit `limit`.
     pub fn new(plan: &str, limit: Limit) -> PlanHeaders {
-        let limits = [PlanLimit { name: super::LEGACY_LIMIT_NAME.to_string(), rule: Rule::window(limit) }];
+        let limits = [PlanLimit { name: super::limit::LEGACY_LIMIT_NAME.to_string(), rule: Rule::window(limit) }];
         PlanHeaders::with_limits(plan, &limits, true)
     }
 
@@ -163,7 +163,7 @@ impl PlanHeaders {
 
     /// The name of limit `index` (the 429's `"limit"`).
     pub fn limit_name(&self, index: usize) -> &str {
-        self.names.get(index).map_or(super::LEGACY_LIMIT_NAME, |name| name)
+        self.names.get(index).map_or(super::limit::LEGACY_LIMIT_NAME, |name| name)
     }
 
     /// The name of limit `index` in the headers as an sf-string, if it can be one.

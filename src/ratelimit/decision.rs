@@ -17,7 +17,7 @@ use crate::policy::{ceil_secs, header_number as number, into_header_value as int
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// Legacy `X-RateLimit-Limit`: the plan's `requests`.
+/// Legacy `X-RateLimit-Limit`: the `requests` of the limit the decision describes.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// Legacy `X-RateLimit-Remaining`.
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
