@@ -197,8 +197,14 @@ fn headers(c: &mut Criterion) {
     });
     c.bench_function("new_request_id", |b| b.iter(request_id::new));
     // The rate-limit headers an admitted request's response gets.
-    let decision =
-        Decision { allowed: true, limit: 300, remaining: 287, reset: Duration::from_millis(58_250), retry_after: None };
+    let decision = Decision {
+        allowed: true,
+        limit: 300,
+        index: 0,
+        remaining: 287,
+        reset: Duration::from_millis(58_250),
+        retry_after: None,
+    };
     let plan = PlanHeaders::new("pro", Limit { requests: 300, window: Duration::from_secs(60) });
     c.bench_function("write_headers", |b| {
         b.iter_batched_ref(

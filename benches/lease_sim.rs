@@ -21,8 +21,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use keygate::ratelimit::lease::{Demand, Grant, HandBack, Lease, LEASE_SHARE};
-use keygate::ratelimit::{Limit, SUB_WINDOWS};
+use keygate::ratelimit::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use keygate::ratelimit::{Limit, Rule, SUB_WINDOWS};
 
 /// A small, fixed random generator (xorshift64*): the same run every time.
 struct Random(u64);
@@ -80,8 +80,10 @@ impl Window {
         let current = (now_ms / sub) as i64;
         let oldest = (now_ms.saturating_sub(self.limit.window_millis()) / sub) as i64;
         self.counters.retain(|&k, _| k >= oldest);
-        if let Some(back) = back {
-            if let Some(held) = self.counters.get_mut(&back.sub_window) {
+        // One limit: the hand-back names its one sub-window (a plan of several limits
+        // hands the same units back to each, in one call).
+        if let Some((back, &(sub_window, _))) = back.as_ref().and_then(|b| Some((b, b.limits.first()?))) {
+            if let Some(held) = self.counters.get_mut(&sub_window) {
                 *held -= back.units.min(*held);
             }
         }
@@ -108,10 +110,12 @@ impl Window {
         let grant = Grant {
             units,
             sub_window_left: (current as u64 + 1) * sub - now_ms,
-            sub_window: current,
-            nonce: 1,
-            free_after: requests - count,
-            reset: (current as u64 + 1) * sub + self.limit.window_millis() - now_ms,
+            limits: vec![GrantLimit {
+                sub_window: current,
+                nonce: 1,
+                free_after: requests - count,
+                reset: (current as u64 + 1) * sub + self.limit.window_millis() - now_ms,
+            }],
         };
         (admitted, grant)
     }
@@ -285,7 +289,7 @@ impl Sim {
         let tenant = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1) as u32;
         let replica = self.random.below(u64::from(self.setup.replicas)) as u32;
         let (now_ms, now_us) = (self.now_ms(), self.now_us);
-        let limit = self.windows[tenant as usize].limit;
+        let limit = [Rule::window(self.windows[tenant as usize].limit)];
         let slot = self.slots.entry((replica, tenant)).or_default();
         slot.demand.checked(now_ms);
         if slot.lease.as_mut().and_then(|lease| lease.spend(1, &limit, now_ms)).is_some() {
@@ -315,7 +319,7 @@ impl Sim {
         slot.calling = true;
         slot.batch = batch.len();
         slot.sent_ms = now_ms;
-        if let Some(back) = back {
+        if let Some(back) = &back {
             self.parked[tenant as usize] -= back.units;
         }
         if let Some(granted_at) = granted_at {
@@ -340,7 +344,7 @@ impl Sim {
 
     fn reply(&mut self, replica: u32, tenant: u32, grant: Grant) {
         let now_ms = self.now_ms();
-        let limit = self.windows[tenant as usize].limit;
+        let limit = [Rule::window(self.windows[tenant as usize].limit)];
         let slot = self.slots.get_mut(&(replica, tenant)).expect("slot");
         slot.calling = false;
         let mut served_now = 0;
@@ -362,7 +366,7 @@ impl Sim {
                 // Over before it arrived: straight back.
                 self.out.calls += 1;
                 self.out.hand_backs += 1;
-                let back = HandBack { sub_window: grant.sub_window, units: grant.units, nonce: 1 };
+                let back: HandBack = grant.hand_back();
                 self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
                 self.parked[tenant as usize] -= grant.units;
             }
@@ -391,8 +395,9 @@ impl Sim {
             self.out.longest_parked_us = self.out.longest_parked_us.max(parked_for);
             self.out.calls += 1;
             self.out.hand_backs += 1;
+            let units = back.units;
             self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
-            self.parked[tenant as usize] -= back.units;
+            self.parked[tenant as usize] -= units;
         }
     }
 }

@@ -20,10 +20,10 @@ use crate::address_budget::AddressBudgets;
 use crate::auth::{Authentication, Authenticator};
 use crate::bearer;
 use crate::clock::Clock;
-use crate::error::{AuthFailure, AuthResult, Refusal};
+use crate::error::{AuthFailure, AuthResult, LimitSpan, Refusal};
 use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, Route, RouteAuth, RouteMode};
+use crate::policy::{LimitKind, Policy, Route, RouteAuth, RouteMode};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
 use crate::ratelimit::{Decision, PlanHeaders};
 use crate::settings::{OnStoreError, Server};
@@ -43,12 +43,15 @@ pub struct RateOutcome {
     /// The plan's precomputed header values (shared with the policy, not copied).
     plan: Arc<PlanHeaders>,
     decision: Decision,
+    /// When it was decided (ms since the epoch, the gate's clock), for a plan with a
+    /// monthly quota (`RateLimit-Policy` gives the month's length); 0 otherwise.
+    at: u64,
 }
 
 impl RateOutcome {
     /// `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` (and `Retry-After` on a refusal).
     pub fn write_headers(&self, headers: &mut HeaderMap<HeaderValue>) {
-        self.decision.write_headers(&self.plan, headers);
+        self.decision.write_headers_at(&self.plan, self.at, headers);
     }
 }
 
@@ -286,9 +289,9 @@ impl Gate {
         let Some(plan_headers) = &plan.rate_headers else {
             return Ok(Authorized { principal, rate: None });
         };
-        let limit = plan_headers.limit();
+        let rules = plan_headers.rules();
         let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
-        let outcome = self.limiter.check(principal.tenant(), &limit, route.cost, on_store_error).await;
+        let outcome = self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await;
         if outcome.store_unavailable() {
             // `on_store_error = "deny"` while the shared store is unreachable.
             return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));
@@ -297,15 +300,24 @@ impl Gate {
             // `on_store_error = "allow"`: admitted, nothing counted, no headers to give.
             return Ok(Authorized { principal, rate: None });
         };
-        let rate = RateOutcome { plan: plan_headers.clone(), decision };
+        let at = if plan_headers.monthly() { self.clock.now_millis() } else { 0 };
+        let rate = RateOutcome { plan: plan_headers.clone(), decision, at };
         if decision.allowed {
             Ok(Authorized { principal, rate: Some(rate) })
         } else {
             let retry_after = decision.retry_after_secs().unwrap_or(1);
+            let rule = rules.get(decision.index).or(rules.first());
             Err(Box::new(Denial {
                 refusal: Refusal::RateLimited {
-                    requests: limit.requests,
-                    window_secs: limit.window.as_secs(),
+                    limit: plan_headers.limit_name(decision.index).to_string(),
+                    requests: rule.map_or(decision.limit, |rule| rule.requests),
+                    per: match rule.map(|rule| rule.kind) {
+                        Some(LimitKind::Day) => LimitSpan::Day,
+                        Some(LimitKind::Month { .. }) => LimitSpan::Month,
+                        Some(LimitKind::Window(window)) => LimitSpan::Window { secs: window.as_secs() },
+                        None => LimitSpan::Window { secs: 60 },
+                    },
+                    named: !plan_headers.legacy(),
                     retry_after,
                 },
                 principal: Some(principal),

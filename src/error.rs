@@ -210,6 +210,17 @@ impl std::fmt::Display for AuthResult {
     }
 }
 
+/// What a plan's limit counts over, as a 429's message words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSpan {
+    /// A sliding window of this many seconds.
+    Window { secs: u64 },
+    /// A calendar day (UTC).
+    Day,
+    /// A calendar month (UTC).
+    Month,
+}
+
 /// A decision that ends a request without reaching the upstream (or after it failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -232,8 +243,11 @@ pub enum Refusal {
     MethodNotAllowed { allow: Vec<Method> },
     /// 413: the body is larger than the route's `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
-    /// 429; the rate-limit headers are added by the caller, who has the decision.
-    RateLimited { requests: u64, window_secs: u64, retry_after: u64 },
+    /// 429 from one of the plan's limits (`limit`: its name, the body's `"limit"`); the
+    /// rate-limit headers are added by the caller, who has the decision. `named`: the plan
+    /// has `limits = [...]`, so the message names the limit (a legacy plan's message is
+    /// what it always was).
+    RateLimited { limit: String, requests: u64, per: LimitSpan, named: bool, retry_after: u64 },
     /// 431: request head larger than `max_header_bytes`.
     HeadersTooLarge,
     /// 502: upstream refused, reset, or answered with something that is not HTTP.
@@ -326,9 +340,22 @@ impl Refusal {
             Refusal::PayloadTooLarge { limit } => {
                 format!("The request body is larger than this route's limit of {limit} bytes")
             }
-            Refusal::RateLimited { requests, window_secs, .. } => {
+            Refusal::RateLimited { limit, requests, per, named, .. } => {
                 let noun = if *requests == 1 { "request" } else { "requests" };
-                format!("Rate limit of {requests} {noun} per {} exceeded", window_phrase(*window_secs))
+                let phrase = match per {
+                    LimitSpan::Window { secs } => window_phrase(*secs),
+                    LimitSpan::Day => "day".to_string(),
+                    LimitSpan::Month => "month".to_string(),
+                };
+                match (named, per) {
+                    (false, _) => format!("Rate limit of {requests} {noun} per {phrase} exceeded"),
+                    (true, LimitSpan::Window { .. }) => {
+                        format!("Rate limit \"{limit}\" of {requests} {noun} per {phrase} exceeded")
+                    }
+                    (true, LimitSpan::Day | LimitSpan::Month) => {
+                        format!("Quota \"{limit}\" of {requests} {noun} per {phrase} exceeded")
+                    }
+                }
             }
             Refusal::HeadersTooLarge => "The request headers are too large".to_string(),
             Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),
@@ -446,7 +473,8 @@ impl Refusal {
                 "message": self.message(),
                 "request_id": request_id,
             });
-            if let (Some(retry), Refusal::RateLimited { .. }) = (self.retry_after(), &self) {
+            if let (Some(retry), Refusal::RateLimited { limit, .. }) = (self.retry_after(), &self) {
+                error["limit"] = limit.as_str().into();
                 error["retry_after"] = retry.into();
             }
             let body = serde_json::json!({ "error": error }).to_string();

@@ -23,7 +23,9 @@ use std::path::Path;
 use crate::diag::Diagnostic;
 use crate::toml_check::{deserialize, Checker};
 
-pub use limit::{Limit, SUB_WINDOWS};
+pub use limit::{
+    civil_from_days, days_from_civil, days_in_month, Limit, LimitKind, PlanLimit, Rule, LEGACY_LIMIT_NAME, SUB_WINDOWS,
+};
 pub use model::{Plan, Policy};
 pub use rate_headers::{ceil_secs, header_number, into_header_value, PlanHeaders};
 pub use routes::{Route, RouteAuth, RouteMatch, RouteMode, RouteTable};

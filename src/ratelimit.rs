@@ -53,6 +53,19 @@
 //!
 //! Memory is `SUB_WINDOWS + 1` counters per tenant whatever the limit, unlike a log of
 //! every request.
+//!
+//! # Several limits
+//!
+//! A plan may have several limits (`limits = [...]`): sliding windows as above, and
+//! calendar quotas (`period = "day" | "month"`), one count per UTC day or month (from its
+//! `reset_day`), started from nothing when the next period begins. A request is admitted
+//! only if every limit has room for its cost, and then counted in all of them; a refusal
+//! is counted in none, decided in one step (one critical section in the local limiter,
+//! one script call in Redis). The argument above holds for each window on its own: every
+//! admission, and every lease's units, is counted in each window's sub-window before it
+//! is admitted, and a lease ends before the first of those sub-windows does. A quota
+//! admits at most `requests` per period for the same reason: whatever a period admitted
+//! was counted in that period's count first.
 
 mod decision;
 pub mod front;
@@ -60,7 +73,7 @@ pub mod lease;
 pub mod local;
 pub mod redis;
 
-pub use crate::policy::{Limit, SUB_WINDOWS};
+pub use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 pub use decision::{
     Decision, PlanHeaders, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };

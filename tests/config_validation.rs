@@ -90,11 +90,14 @@ const POLICY_FIXTURES: &[&str] = &[
     "bad_upstream_url.toml",
     "catch_all_overlaps_methods.toml",
     "default_allow.toml",
+    "duplicate_limit_names.toml",
     "duplicate_method.toml",
     "duplicate_prefix_without_methods.toml",
     "empty_methods.toml",
     "empty_policy.toml",
     "https_upstream.toml",
+    "limit_window_and_period.toml",
+    "limits_and_rpm.toml",
     "lowercase_method.toml",
     "many_errors.toml",
     "many_structural_errors.toml",
@@ -102,6 +105,7 @@ const POLICY_FIXTURES: &[&str] = &[
     "overlapping_methods.toml",
     "prefix_with_query.toml",
     "requests_without_window.toml",
+    "reset_day_out_of_range.toml",
     "route_without_prefix.toml",
     "route_without_upstream.toml",
     "rpm_and_requests.toml",
@@ -196,6 +200,12 @@ fn shipped_policy_routes_requests_as_documented() {
         RouteMatch::MethodNotAllowed { .. } => "405".to_string(),
         RouteMatch::NotFound => "404".to_string(),
     };
+    // The paid plans show several limits: a burst, a minute and a calendar month.
+    for plan in ["pro", "agency"] {
+        let names: Vec<&str> = policy.plans[plan].limits.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["burst", "minute", "month"], "{plan}");
+        assert_eq!(policy.plans[plan].limits[2].rule.kind, keygate::policy::LimitKind::Month { reset_day: 1 });
+    }
     assert_eq!(scopes_for(http::Method::GET, "/v1/calls/42"), "calls:read");
     assert_eq!(scopes_for(http::Method::POST, "/v1/calls"), "calls:write");
     assert_eq!(scopes_for(http::Method::DELETE, "/v1/phone-numbers/7"), "phone_numbers:write");
@@ -260,6 +270,22 @@ policy_case!(
     "a policy with no routes is refused: it is almost always a half-written file"
 );
 policy_case!(zero_limit, "zero_limit.toml", 2, 23, "`requests_per_minute` must be at least 1, not 0");
+policy_case!(duplicate_limit_names, "duplicate_limit_names.toml", 4, 12, "plan `pro` has two limits named `minute`");
+policy_case!(
+    limit_window_and_period,
+    "limit_window_and_period.toml",
+    3,
+    65,
+    "limit `month` has both a `window` and a `period`"
+);
+policy_case!(
+    reset_day_out_of_range,
+    "reset_day_out_of_range.toml",
+    3,
+    70,
+    "`reset_day` is 32; it is a day of the month"
+);
+policy_case!(limits_and_rpm, "limits_and_rpm.toml", 2, 23, "sets both `limits` and `requests_per_minute`");
 policy_case!(negative_requests, "negative_requests.toml", 2, 12, "`requests` must be at least 1, not -20");
 policy_case!(window_not_whole_seconds, "window_not_whole_seconds.toml", 3, 10, "a window is a whole number of seconds");
 policy_case!(window_without_requests, "window_without_requests.toml", 2, 10, "has a `window` but no `requests`");

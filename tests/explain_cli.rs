@@ -90,3 +90,26 @@ fn an_invalid_config_is_exit_78_not_a_refusal() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("keygate.toml:2:1"), "{err}");
 }
+
+#[test]
+fn a_plan_lists_its_limits_in_order_and_an_unknown_plan_is_a_usage_error() {
+    let (code, out, err) = explain(&["GET", "/v1/calls", "--scopes", "calls:read", "--plan", "pro"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("plan:            pro, admitted only if every limit has room"), "{out}");
+    let burst = out.find("burst: 10 requests per 1s (sliding window)").expect("the burst");
+    let minute = out.find("minute: 300 requests per 1m (sliding window)").expect("the minute");
+    let month = out.find("month: 100000 requests per calendar month (UTC").expect("the month");
+    assert!(burst < minute && minute < month, "in the plan's order: {out}");
+
+    let (_, out, _) = explain(&["GET", "/v1/calls", "--scopes", "calls:read", "--plan", "agency", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["plan"], "agency");
+    assert_eq!(json["limits"].as_array().map(Vec::len), Some(3), "{json}");
+    let (_, out, _) = explain(&["GET", "/v1/calls", "--scopes", "calls:read", "--plan", "starter", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["limits"], serde_json::json!(["default: 60 requests per 1m (sliding window)"]));
+
+    let (code, _, err) = explain(&["GET", "/v1/calls", "--plan", "platinum"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown plan `platinum` (the policy's plans: agency, pro, starter, trial)"), "{err}");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keygate::clock::ManualClock;
+use keygate::clock::{Clock, ManualClock};
 use support::*;
 
 const START_MS: u64 = 1_800_000_000_000; // a whole number of sub-windows
@@ -154,5 +154,90 @@ async fn shadow_mode_counts_admitted_requests_against_the_limit() {
     let shadowed = http.get(&kg.url("/v1/analytics"), Some(key.expose())).await;
     assert_eq!(shadowed.status, 200, "shadow mode lets an over-limit request through");
     assert_eq!(http.get(&kg.url("/v1/calls"), Some(key.expose())).await.status, 429, "the shadow requests counted");
+    kg.stop().await;
+}
+
+/// Ms since the epoch of `y-m-d` at `h:mm:ss` UTC.
+fn utc(y: i64, m: u32, d: u32, h: u64, min: u64, s: u64) -> u64 {
+    let days = u64::try_from(keygate::policy::days_from_civil(y, m, d)).unwrap();
+    days * 86_400_000 + (h * 3_600 + min * 60 + s) * 1_000
+}
+
+/// The test policy with a plan `layered` of three limits: 2 a second, 4 a minute, 6 a month.
+fn layered_routes() -> String {
+    ROUTES.replace(
+        "[plans.unlimited]",
+        "[plans.layered]\nlimits = [\n  { name = \"burst\", requests = 2, window = \"1s\" },\n  \
+         { name = \"minute\", requests = 4, window = \"60s\" },\n  \
+         { name = \"month\", requests = 6, period = \"month\" },\n]\n\n[plans.unlimited]",
+    )
+}
+
+#[tokio::test]
+async fn a_plan_of_three_limits_lists_them_all_reports_the_tightest_and_names_the_one_that_refused() {
+    let upstream = upstream().await;
+    // February 2027 (28 days), ten minutes before March.
+    let start = utc(2027, 2, 28, 23, 50, 0);
+    let clock = Arc::new(ManualClock::new(start));
+    let kg = Keygate::builder(&upstream.url())
+        .routes(&layered_routes().replace("{upstream}", &upstream.url()))
+        .clock(clock.clone())
+        .start()
+        .await;
+    let (_, key) = kg.key("acme", "layered", &["calls:read"]);
+    let key = key.expose().to_string();
+    let http = Http::new();
+    let february = "\"burst\";q=2;w=1, \"minute\";q=4;w=60, \"month\";q=6;w=2419200";
+    let url = kg.url("/v1/calls");
+    let get = || http.get(&url, Some(&key));
+
+    let expect = |answer: &Answer, status: u16, current: &str, limit: &str, remaining: &str| {
+        assert_eq!(answer.status, status, "{}", answer.text());
+        assert_eq!(answer.header("ratelimit-policy"), february);
+        assert!(answer.header("ratelimit").starts_with(current), "{} vs {current}", answer.header("ratelimit"));
+        assert_eq!(answer.header("x-ratelimit-limit"), limit);
+        assert_eq!(answer.header("x-ratelimit-remaining"), remaining);
+    };
+    // burst 1 left, minute 3, month 5: the burst has the least room.
+    expect(&get().await, 200, "\"burst\";r=1;t=", "2", "1");
+    expect(&get().await, 200, "\"burst\";r=0;t=", "2", "0");
+    let refused = get().await;
+    expect(&refused, 429, "\"burst\";r=0;t=", "2", "0");
+    assert_eq!(refused.json()["error"]["limit"], "burst");
+    assert_eq!(refused.message(), "Rate limit \"burst\" of 2 requests per second exceeded");
+    assert_eq!(refused.header("retry-after"), "2", "the burst's 1 s and a 50 ms sub-window, rounded up");
+
+    // A second later: burst 1 left and minute 1 left; of equals, the one that comes back
+    // last (the minute) is reported.
+    clock.advance(Duration::from_millis(1_100));
+    expect(&get().await, 200, "\"minute\";r=1;t=", "4", "1");
+    expect(&get().await, 200, "\"minute\";r=0;t=", "4", "0");
+    clock.advance(Duration::from_millis(1_100));
+    let refused = get().await;
+    expect(&refused, 429, "\"minute\";r=0;t=", "4", "0");
+    assert_eq!(refused.json()["error"]["limit"], "minute");
+    let retry: u64 = refused.header("retry-after").parse().unwrap();
+    assert!((55..=61).contains(&retry), "the minute's Retry-After: {retry}");
+
+    // After the minute: the month has 2 left, then 1, then none.
+    clock.set(start + 64_000);
+    // Burst and month have 1 left each: the month comes back last.
+    expect(&get().await, 200, "\"month\";r=1;t=", "6", "1");
+    expect(&get().await, 200, "\"month\";r=0;t=", "6", "0");
+    clock.advance(Duration::from_millis(1_100));
+    let refused = get().await;
+    expect(&refused, 429, "\"month\";r=0;t=", "6", "0");
+    assert_eq!(refused.json()["error"]["limit"], "month");
+    assert_eq!(refused.message(), "Quota \"month\" of 6 requests per month exceeded");
+    let to_march = (utc(2027, 3, 1, 0, 0, 0) - clock.now_millis()).div_ceil(1_000);
+    assert_eq!(refused.header("retry-after"), to_march.to_string(), "until the quota resets");
+    assert_eq!(refused.json()["error"]["retry_after"], to_march);
+    assert_eq!(upstream.count(), 6, "6 admitted, each counted once in every limit");
+
+    // March: a fresh month of 31 days.
+    clock.set(utc(2027, 3, 1, 0, 0, 0));
+    let answer = get().await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("ratelimit-policy"), "\"burst\";q=2;w=1, \"minute\";q=4;w=60, \"month\";q=6;w=2678400");
     kg.stop().await;
 }

@@ -17,7 +17,7 @@ use keygate::metrics::Metrics;
 use keygate::ratelimit::front::{LimitOutcome, Limiter};
 use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
-use keygate::ratelimit::{Decision, Limit, LocalLimiter, PlanHeaders};
+use keygate::ratelimit::{Decision, Limit, LimitKind, LocalLimiter, PlanHeaders, Rule};
 use keygate::settings::{LimitBackend, Limits, OnStoreError};
 use support::eventually;
 use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
@@ -579,9 +579,10 @@ fn with_fake_clock(script: &str) -> String {
 /// them (tests/fixtures/limiter-before-summary.lua) answers, and holds the same counters,
 /// over random workloads: sub-window steps, idle spells longer than the window, a clock
 /// stepping back, refusals, costs above the limit, and calls of the old scripts on the
-/// same hash (replicas of several versions in a rolling upgrade: before the summary, and
-/// tests/fixtures/limiter-before-leases.lua, before leases). Asked for no lease, the
-/// script with leases decides exactly as they did.
+/// same hash (replicas of several versions in a rolling upgrade: before the summary,
+/// tests/fixtures/limiter-before-leases.lua, before leases, and
+/// tests/fixtures/limiter-before-limits.lua, before several limits per plan). Asked for no
+/// lease and given one limit, the script of several limits decides exactly as they did.
 #[test]
 fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
     let server = RedisServer::start();
@@ -591,6 +592,7 @@ fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
     };
     let before = load(&mut con, include_str!("fixtures/limiter-before-summary.lua"));
     let before_leases = load(&mut con, include_str!("fixtures/limiter-before-leases.lua"));
+    let before_limits = load(&mut con, include_str!("fixtures/limiter-before-limits.lua"));
     let now_script = load(&mut con, shared_window::LUA);
     let fields = |con: &mut redis::Connection, key: &str| -> BTreeMap<i64, u64> {
         redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL")
@@ -629,23 +631,40 @@ fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
                 (0..=random(8)).map(|_| [1, 1, 1, 2, 5, requests, requests + 1][random(7) as usize]).collect();
             let mut run = |sha: &str, key: &str| -> Vec<i64> {
                 let mut command = redis::cmd("EVALSHA");
-                command.arg(sha).arg(1).arg(key).arg(requests).arg(sub).arg(window);
+                command.arg(sha).arg(1).arg(key);
                 if sha == now_script {
-                    // No lease wanted, none handed back: the decisions of the scripts before.
-                    command.arg(0).arg(8).arg(-1).arg(0).arg(0);
+                    // One limit, no lease wanted, none handed back: the decisions of the
+                    // scripts before.
+                    command.arg(1).arg(0).arg(8).arg(0).arg(requests).arg(sub).arg(window).arg(-1).arg(0);
+                } else if sha == before_limits {
+                    command.arg(requests).arg(sub).arg(window).arg(0).arg(8).arg(-1).arg(0).arg(0);
+                } else {
+                    command.arg(requests).arg(sub).arg(window);
                 }
-                let mut reply: Vec<i64> = command.arg(&costs).query(&mut con).expect("EVALSHA");
+                let reply: Vec<i64> = command.arg(&costs).query(&mut con).expect("EVALSHA");
                 if sha == now_script {
+                    assert_eq!(reply.len(), costs.len() * 5 + 2 + 4, "the decisions, then the lease");
+                    assert_eq!(reply[costs.len() * 5], 0, "no lease granted when none is wanted");
+                    // Per cost: allowed, the limit (the only one), remaining, reset, retry.
+                    return reply[..costs.len() * 5]
+                        .chunks(5)
+                        .flat_map(|d| {
+                            assert_eq!(d[1], 0, "one limit");
+                            [d[0], d[2], d[3], d[4]]
+                        })
+                        .collect();
+                }
+                if sha == before_limits {
                     assert_eq!(reply.len(), costs.len() * 4 + 6, "the decisions, then the lease");
-                    assert_eq!(reply[costs.len() * 4], 0, "no lease granted when none is wanted");
-                    reply.truncate(costs.len() * 4);
+                    return reply[..costs.len() * 4].to_vec();
                 }
                 reply
             };
             let expected = run(&before, "reference");
-            let script = match random(6) {
+            let script = match random(7) {
                 0 | 1 if mixed => &before,
                 2 if mixed => &before_leases,
+                3 if mixed => &before_limits,
                 _ => &now_script,
             };
             let answered = run(script, "current");
@@ -1011,4 +1030,222 @@ async fn a_lease_handed_back_after_a_redis_restart_takes_nothing_off_the_new_cou
         }
     }
     assert!(sensitive, "a sub-window boundary fell inside every attempt");
+}
+
+// ---------------------------------------------------------------------------------------
+// Several limits per plan, calendar quotas
+
+fn window_rule(requests: u64, window: Duration) -> Rule {
+    Rule::window(limit(requests, window))
+}
+
+/// `key`'s calendar quota count (`n`), 0 if it has none.
+fn quota_count(server: &RedisServer, key: &str) -> u64 {
+    server.cli(&["HGET", key, "n"]).trim().parse().unwrap_or(0)
+}
+
+/// Waits until no replica holds leased units (their hand-backs have reached Redis).
+async fn leases_returned(replicas: &[RedisLimiter]) {
+    let returned =
+        eventually(Duration::from_secs(10), async || replicas.iter().map(RedisLimiter::leased_units).sum::<u64>() == 0)
+            .await;
+    assert!(returned, "leases still held");
+    // The hand-back calls run in tasks of their own: give the last ones time to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Three replicas, four clients each, one tenant whose plan has a burst of 5 a second, 10
+/// per 3 s and 20 a day, for 8 s (random moments, then saturation): no second-long span
+/// admits more than 5, no 3 s span more than 10, the day exactly 20, and what Redis
+/// counted in every limit is exactly what was admitted (refusals, whichever limit made
+/// them, count in none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_limits_are_exact_across_three_replicas_and_refusals_count_in_none() {
+    const RUN: Duration = Duration::from_secs(8);
+    const SPREAD: Duration = Duration::from_secs(3);
+    let server = RedisServer::start();
+    let rules = [
+        window_rule(5, Duration::from_secs(1)),
+        window_rule(10, Duration::from_secs(3)),
+        Rule { requests: 20, kind: LimitKind::Day },
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(limiter(&server.url(), RELAXED).await);
+    }
+    let admitted: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let refused_by: Arc<Mutex<BTreeMap<usize, u64>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..4 {
+            let (replica, admitted, refused_by) = (replica.clone(), admitted.clone(), refused_by.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let pause = if start.elapsed() < SPREAD { rand::random_range(0..800) } else { 2 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if start.elapsed() >= RUN {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let d = replica.check_rules("acme", &rules, 1).await.expect("check");
+                    assert_eq!(d.limit, rules[d.index].requests, "{d:?}");
+                    assert_eq!(d.allowed, d.retry_after.is_none(), "{d:?}");
+                    if d.allowed {
+                        admitted.lock().unwrap().push((sent, Instant::now()));
+                    } else {
+                        *refused_by.lock().unwrap().entry(d.index).or_default() += 1;
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let mut admitted = admitted.lock().unwrap().clone();
+    admitted.sort();
+    let worst = |window: Duration| {
+        admitted
+            .iter()
+            .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + window).count())
+            .max()
+            .unwrap_or(0)
+    };
+    let refused_by = refused_by.lock().unwrap().clone();
+    println!(
+        "several limits: {} admitted, at most {} in 1 s, {} in 3 s; refused by limit: {refused_by:?}",
+        admitted.len(),
+        worst(Duration::from_secs(1)),
+        worst(Duration::from_secs(3))
+    );
+    assert!(worst(Duration::from_secs(1)) <= 5, "the burst");
+    assert!(worst(Duration::from_secs(3)) <= 10, "the 3 s window");
+    assert_eq!(admitted.len(), 20, "the day's quota, shared exactly");
+    assert!(refused_by.contains_key(&2), "the day refused at the end: {refused_by:?}");
+    assert!(refused_by.contains_key(&0) && refused_by.contains_key(&1), "each window refused too: {refused_by:?}");
+
+    leases_returned(&replicas).await;
+    assert_eq!(quota_count(&server, &shared_window::rule_key("acme", &rules[2])), 20, "refusals counted in none");
+}
+
+/// A month's quota shared by three replicas at saturation: exactly the quota is admitted,
+/// and Redis holds exactly that once the leases are back; refusals past it count nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_month_quota_is_shared_exactly_across_three_replicas() {
+    let server = RedisServer::start();
+    let rules = [Rule { requests: 200, kind: LimitKind::Month { reset_day: 1 } }];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(limiter(&server.url(), RELAXED).await);
+    }
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..4 {
+            let (replica, admitted) = (replica.clone(), admitted.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut refused_in_a_row = 0;
+                while refused_in_a_row < 50 {
+                    let d = replica.check_rules("acme", &rules, 1).await.expect("check");
+                    if d.allowed {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                        refused_in_a_row = 0;
+                    } else {
+                        refused_in_a_row += 1;
+                        assert_eq!((d.index, d.remaining), (0, 0), "{d:?}");
+                        let wait = d.retry_after.expect("until the month resets");
+                        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(31 * 86_400), "{d:?}");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    leases_returned(&replicas).await;
+    let key = shared_window::rule_key("acme", &rules[0]);
+    assert_eq!(key, "kg:rq:{acme}:month");
+    // Units handed back after the last admissions may be admitted by no one: what was
+    // admitted is what Redis counts, and no more than the quota.
+    let stored = quota_count(&server, &key);
+    let admitted = admitted.load(Ordering::SeqCst);
+    assert_eq!(stored, admitted, "Redis counts exactly what was admitted");
+    assert_eq!(admitted, 200, "the whole quota, and no more");
+    let d = replicas[0].check_rules("acme", &rules, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(quota_count(&server, &key), 200, "a refusal counts nothing");
+    // Its TTL runs to the end of the month (and a minute).
+    let ttl: u64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(ttl > 60_000 && ttl <= 31 * 86_400_000 + 60_000, "{ttl}");
+}
+
+/// The script's calendar on a fake clock: a month quota reset at the end of January, a
+/// reset_day of 31 standing on February's last day, a day quota at midnight, and the
+/// period the script computes equal to the Rust limiter's over many random moments.
+#[test]
+fn the_script_resets_calendar_quotas_on_its_clock_as_the_local_limiter_does() {
+    let server = RedisServer::start();
+    let mut con = redis::Client::open(server.url()).unwrap().get_connection().expect("connect");
+    let sha: String =
+        redis::cmd("SCRIPT").arg("LOAD").arg(with_fake_clock(shared_window::LUA)).query(&mut con).expect("LOAD");
+    let utc = |y: i64, m: u32, d: u32, h: u64| {
+        u64::try_from(keygate::policy::days_from_civil(y, m, d)).unwrap() * 86_400_000 + h * 3_600_000
+    };
+    // (allowed, limit, remaining, reset, retry) per cost.
+    let mut run = |key: &str, now: u64, requests: u64, reset_day: u64, costs: &[u64]| -> Vec<[i64; 5]> {
+        redis::cmd("SET").arg("fake-now").arg(now).exec(&mut con).unwrap();
+        let reply: Vec<i64> = redis::cmd("EVALSHA")
+            .arg(&sha)
+            .arg(1)
+            .arg(key)
+            .arg(1)
+            .arg(0)
+            .arg(8)
+            .arg(0)
+            .arg(requests)
+            .arg(0)
+            .arg(reset_day)
+            .arg(-1)
+            .arg(0)
+            .arg(costs)
+            .query(&mut con)
+            .expect("EVALSHA");
+        reply[..costs.len() * 5].chunks(5).map(|d| [d[0], d[1], d[2], d[3], d[4]]).collect()
+    };
+    // The end of January.
+    let eve = utc(2027, 1, 31, 23) + 3_599_000;
+    let d = run("m", eve, 2, 1, &[1, 1, 1]);
+    assert_eq!(d[0][0..3], [1, 0, 1]);
+    assert_eq!(d[1][0..3], [1, 0, 0]);
+    assert_eq!(d[2], [0, 0, 0, 1_000, 1_000], "refused until February");
+    let d = run("m", utc(2027, 2, 1, 0), 2, 1, &[1]);
+    assert_eq!(d[0][0..3], [1, 0, 1], "a fresh month");
+    assert_eq!(d[0][3], 28 * 86_400_000, "until March");
+    // A reset day of 31 in February: the 28th stands in.
+    let d = run("m31", utc(2027, 2, 27, 23), 1, 31, &[1, 1]);
+    assert_eq!(d[1], [0, 0, 0, 3_600_000, 3_600_000]);
+    let d = run("m31", utc(2027, 2, 28, 0), 1, 31, &[1, 1]);
+    assert_eq!(d[0][0], 1, "the 28th: a new period");
+    assert_eq!(d[1][4], 31 * 86_400_000, "the next on March 31st");
+    // A day quota at midnight.
+    let d = run("d", utc(2027, 6, 30, 23), 1, 0, &[1, 1]);
+    assert_eq!(d[1][4], 3_600_000);
+    assert_eq!(run("d", utc(2027, 7, 1, 0), 1, 0, &[1])[0][0], 1);
+    // The script's periods are the Rust limiter's: a cost above the quota is refused
+    // until the period's end.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for i in 0..300 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let now = 1_700_000_000_000 + state % (6 * 365 * 86_400_000);
+        let reset_day = [0, 1, 15, 28, 29, 30, 31][i % 7];
+        let kind = if reset_day == 0 { LimitKind::Day } else { LimitKind::Month { reset_day: reset_day as u8 } };
+        let (_, end) = Rule { requests: 1, kind }.period(now).unwrap();
+        let d = run(&format!("r{i}"), now, 1, reset_day, &[2]);
+        assert_eq!(d[0][4], (end - now) as i64, "now {now}, reset day {reset_day}");
+    }
 }

@@ -350,3 +350,77 @@ async fn the_limiter_is_shared_through_a_redis_cluster() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Plans of several limits through three replicas: every answer lists every limit of the
+/// plan, reports the one with the least room, and a 429 names the limit that refused,
+/// whichever replica answers; a refusal by the burst counts nothing in the day's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_of_several_limits_are_decided_and_reported_alike_by_every_replica() {
+    let redis = RedisServer::start();
+    let upstream = upstream().await;
+    let routes = ROUTES.replace("{upstream}", &upstream.url()).replace(
+        "[plans.unlimited]",
+        "[plans.layered]\nlimits = [\n  { name = \"burst\", requests = 2, window = \"10s\" },\n  \
+         { name = \"minute\", requests = 10, window = \"60s\" },\n  \
+         { name = \"day\", requests = 3, period = \"day\" },\n]\n\n\
+         [plans.daily]\nlimits = [\n  { name = \"burst\", requests = 10, window = \"10s\" },\n  \
+         { name = \"day\", requests = 2, period = \"day\" },\n]\n\n[plans.unlimited]",
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let kg = Keygate::builder(&upstream.url()).routes(&routes).redis_keys(&redis.url(), "1s");
+        replicas.push(kg.settings(SHARED_LIMITS).start().await);
+    }
+    let (_, layered) = replicas[0].store_key("layered-tenant", "layered", &["calls:read"]).await;
+    let (_, daily) = replicas[0].store_key("daily-tenant", "daily", &["calls:read"]).await;
+    let http = Http::new();
+    let policy = "\"burst\";q=2;w=10, \"minute\";q=10;w=60, \"day\";q=3;w=86400";
+
+    let answers = [
+        http.get(&replicas[0].url("/v1/calls"), Some(layered.expose())).await,
+        http.get(&replicas[1].url("/v1/calls"), Some(layered.expose())).await,
+    ];
+    for (answer, left) in answers.iter().zip([1, 0]) {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("ratelimit-policy"), policy);
+        assert!(
+            answer.header("ratelimit").starts_with(&format!("\"burst\";r={left};t=")),
+            "{}",
+            answer.header("ratelimit")
+        );
+        assert_eq!(answer.header("x-ratelimit-limit"), "2");
+        assert_eq!(answer.header("x-ratelimit-remaining"), left.to_string());
+    }
+    for kg in &replicas {
+        let refused = http.get(&kg.url("/v1/calls"), Some(layered.expose())).await;
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.json()["error"]["limit"], "burst");
+        assert_eq!(refused.header("ratelimit-policy"), policy);
+        let retry: u64 = refused.header("retry-after").parse().unwrap();
+        assert!((1..=11).contains(&retry), "the burst's Retry-After: {retry}");
+    }
+    let day_count = redis.cli(&["HGET", "kg:rq:{layered-tenant}:day", "n"]);
+    assert_eq!(day_count.trim(), "2", "the burst's refusals counted nothing in the day");
+
+    for (kg, left) in replicas.iter().zip([1, 0]) {
+        let answer = http.get(&kg.url("/v1/calls"), Some(daily.expose())).await;
+        assert_eq!(answer.status, 200);
+        assert!(
+            answer.header("ratelimit").starts_with(&format!("\"day\";r={left};t=")),
+            "{}",
+            answer.header("ratelimit")
+        );
+    }
+    let refused = http.get(&replicas[2].url("/v1/calls"), Some(daily.expose())).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["limit"], "day");
+    assert_eq!(refused.message(), "Quota \"day\" of 2 requests per day exceeded");
+    // Until midnight UTC (Redis's clock and this one agree within a few seconds here).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    let retry: u64 = refused.header("retry-after").parse().unwrap();
+    assert!(retry.abs_diff(to_midnight) <= 3, "Retry-After {retry}, midnight in {to_midnight}");
+    for kg in replicas {
+        kg.stop().await;
+    }
+}

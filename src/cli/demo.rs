@@ -82,7 +82,8 @@ async fn demo() -> Result<(), CliError> {
     println!("curl -i {base}/v1/calls");
     println!("# 403: that key lacks calls:write");
     println!("curl -i -X POST -H 'Authorization: Bearer {}' {base}/v1/calls", reader.expose());
-    println!("# 429: a plan of 1 request per minute, asked twice (the second answer is the 429)");
+    println!("# 429: a plan of 1 request a minute (and 1,000 a month), asked twice: the second answer is the 429,");
+    println!("# naming the limit that refused (\"limit\": \"minute\"); RateLimit-Policy lists both limits");
     println!("curl -si -H 'Authorization: Bearer {}' {base}/v1/calls {base}/v1/calls", limited.expose());
     println!("# metrics (on the metrics and health listener)");
     println!("curl -s {health}/metrics | grep keygate_auth_decisions_total");
@@ -167,12 +168,18 @@ default = "deny"
 "calls:write" = "Initiate outbound calls"
 
 [plans.pro]
-requests_per_minute = 300
+limits = [
+  {{ name = "burst",  requests = 10,     window = "1s" }},
+  {{ name = "minute", requests = 300,    window = "60s" }},
+  {{ name = "month",  requests = 100000, period = "month" }},
+]
 max_keys = 5
 
 [plans.demo-limited]
-requests = 1
-window = "60s"
+limits = [
+  {{ name = "minute", requests = 1,    window = "60s" }},
+  {{ name = "month",  requests = 1000, period = "month" }},
+]
 
 [upstreams.echo]
 url = "http://{echo}"

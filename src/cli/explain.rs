@@ -12,7 +12,7 @@ use super::CliError;
 use crate::keys::KeyState;
 use crate::metrics::Metrics;
 use crate::path;
-use crate::policy::{Policy, RouteAuth, RouteMatch, RouteMode};
+use crate::policy::{PlanLimit, Policy, RouteAuth, RouteMatch, RouteMode};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -27,6 +27,9 @@ pub struct ExplainArgs {
     /// Judge with this scope set, comma-separated (each defined in the policy's [scopes]).
     #[arg(long, value_delimiter = ',')]
     pub scopes: Option<Vec<String>>,
+    /// Show the limits of this plan (with --key-id, the key's plan is shown).
+    #[arg(long, conflicts_with = "key_id")]
+    pub plan: Option<String>,
 }
 
 /// The facts `explain` reports.
@@ -40,6 +43,10 @@ pub struct Explanation {
     pub auth: Option<&'static str>,
     pub mode: Option<&'static str>,
     pub required_scopes: Vec<String>,
+    /// The plan the request is judged under (`--plan`, or the key's), if known.
+    pub plan: Option<String>,
+    /// Its limits, in order, described: a request is admitted only if each has room.
+    pub limits: Vec<String>,
     pub status: u16,
     pub verdict: String,
 }
@@ -65,10 +72,23 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     let method = parse_method(&args.method)?;
     let holder = match (&args.key_id, &args.scopes) {
         (Some(id), _) => Some(key_holder(&settings, &policy, id)?),
-        (None, Some(scopes)) => Some(Holder { scopes: known_scopes(&policy, scopes)?, refusal: None }),
+        (None, Some(scopes)) => Some(Holder { scopes: known_scopes(&policy, scopes)?, refusal: None, plan: None }),
         (None, None) => None,
     };
-    let explanation = explain(&policy, &method, &args.path, holder.as_ref());
+    let mut explanation = explain(&policy, &method, &args.path, holder.as_ref());
+    let plan = match (&args.plan, &holder) {
+        (Some(name), _) => Some(policy.plans.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = policy.plans.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            usage(format!("unknown plan `{name}` (the policy's plans: {})", known.join(", ")))
+        })?),
+        (None, Some(holder)) => holder.plan.as_ref().and_then(|name| policy.plans.get(name)),
+        (None, None) => None,
+    };
+    if let Some(plan) = plan {
+        explanation.plan = Some(plan.name.clone());
+        explanation.limits = plan.limits.iter().map(PlanLimit::describe).collect();
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
     } else {
@@ -153,6 +173,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub struct Holder {
     pub scopes: Vec<String>,
     pub refusal: Option<(u16, String)>,
+    /// The key's plan (`--key-id`), if its tenant exists.
+    pub plan: Option<String>,
 }
 
 /// The holder of key `id`, read from the store named in `[keys]` (the file or Redis).
@@ -185,7 +207,8 @@ fn key_holder(settings: &Settings, policy: &Policy, id: &str) -> Result<Holder, 
             },
         },
     };
-    Ok(Holder { scopes: key.scopes.clone(), refusal })
+    let plan = data.tenants.get(&key.tenant).map(|tenant| tenant.plan.clone());
+    Ok(Holder { scopes: key.scopes.clone(), refusal, plan })
 }
 
 /// Explains one request against `policy`.
@@ -199,6 +222,8 @@ pub fn explain(policy: &Policy, method: &Method, raw_path: &str, holder: Option<
         auth: None,
         mode: None,
         required_scopes: Vec::new(),
+        plan: None,
+        limits: Vec::new(),
         status: 0,
         verdict: String::new(),
     };
@@ -263,7 +288,7 @@ pub fn explain(policy: &Policy, method: &Method, raw_path: &str, holder: Option<
     let missing: Vec<String> = required.iter().filter(|s| !holder.scopes.contains(s)).cloned().collect();
     if missing.is_empty() {
         out.status = 200;
-        out.verdict = format!("passes (subject to the plan's rate limit, cost {})", route.cost);
+        out.verdict = format!("passes (subject to the plan's limits, cost {}: every limit must have room)", route.cost);
     } else {
         out.status = 403;
         out.verdict = format!("refused: 403 forbidden (missing scope: {}){shadow}", missing.join(", "));
@@ -296,6 +321,18 @@ fn print_text(e: &Explanation) {
     }
     if e.auth == Some("key") {
         println!("required scopes: {}", display_scopes(&e.required_scopes));
+    }
+    if let Some(plan) = &e.plan {
+        match e.limits.as_slice() {
+            [] => println!("plan:            {plan} (no rate limit)"),
+            [first, rest @ ..] => {
+                println!("plan:            {plan}, admitted only if every limit has room:");
+                println!("                   {first}");
+                for limit in rest {
+                    println!("                   {limit}");
+                }
+            }
+        }
     }
     println!("verdict:         {}", e.verdict);
 }

@@ -39,7 +39,13 @@ fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)>
         ),
         (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large", 3, "payload_too_large", "forbidden"),
         (
-            Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 },
+            Refusal::RateLimited {
+                limit: "default".into(),
+                requests: 300,
+                per: LimitSpan::Window { secs: 60 },
+                named: false,
+                retry_after: 12,
+            },
             429,
             "rate_limited",
             8,
@@ -94,11 +100,30 @@ fn auth_results_are_indexed_in_declaration_order_and_distinct() {
 
 #[tokio::test]
 async fn rate_limited_carries_retry_after_in_body_and_header() {
-    let response = Refusal::RateLimited { requests: 300, window_secs: 60, retry_after: 12 }.into_response("r", false);
+    let minute = LimitSpan::Window { secs: 60 };
+    let legacy =
+        Refusal::RateLimited { limit: "default".into(), requests: 300, per: minute, named: false, retry_after: 12 };
+    let response = legacy.into_response("r", false);
     assert_eq!(response.headers()[RETRY_AFTER], "12");
     let json = body_json(response).await;
     assert_eq!(json["error"]["retry_after"], 12);
+    assert_eq!(json["error"]["limit"], "default");
     assert_eq!(json["error"]["message"], "Rate limit of 300 requests per minute exceeded");
+
+    let burst = LimitSpan::Window { secs: 1 };
+    let named = Refusal::RateLimited { limit: "burst".into(), requests: 10, per: burst, named: true, retry_after: 1 };
+    let json = body_json(named.into_response("r", false)).await;
+    assert_eq!(json["error"]["limit"], "burst");
+    assert_eq!(json["error"]["message"], "Rate limit \"burst\" of 10 requests per second exceeded");
+
+    let month = LimitSpan::Month;
+    let quota =
+        Refusal::RateLimited { limit: "month".into(), requests: 100_000, per: month, named: true, retry_after: 86_400 };
+    let response = quota.into_response("r", false);
+    assert_eq!(response.headers()[RETRY_AFTER], "86400");
+    let json = body_json(response).await;
+    assert_eq!(json["error"]["limit"], "month");
+    assert_eq!(json["error"]["message"], "Quota \"month\" of 100000 requests per month exceeded");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use serde_spanned::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::compile_routes::compile_routes;
-use super::limit::Limit;
+use super::limit::{Limit, LimitKind, PlanLimit, Rule, LEGACY_LIMIT_NAME};
 use super::model::{Plan, Policy};
 use super::rate_headers::PlanHeaders;
 use super::raw;
@@ -118,7 +118,15 @@ fn compile_plans(
     for (name, table) in raw {
         let plan = table.get_ref();
         let api_access = plan.api_access.as_ref().is_none_or(|v| *v.get_ref());
-        let limit = plan_limit(name.get_ref(), plan, check);
+        let (limits, legacy) = match &plan.limits {
+            Some(list) => (plan_limits(name.get_ref(), plan, list, check).unwrap_or_default(), false),
+            None => {
+                let limit = plan_limit(name.get_ref(), plan, check);
+                let limits =
+                    limit.map(|limit| PlanLimit { name: LEGACY_LIMIT_NAME.to_string(), rule: Rule::window(limit) });
+                (limits.into_iter().collect(), true)
+            }
+        };
         let max_keys = plan.max_keys.as_ref().and_then(|v| {
             let n = positive(check, &format!("plan `{}`: `max_keys`", name.get_ref()), v)?;
             match u32::try_from(n) {
@@ -132,22 +140,227 @@ fn compile_plans(
         if name.get_ref().is_empty() {
             check.error(name.span(), "a plan name cannot be empty");
         }
-        let no_limit_written = plan.requests_per_minute.is_none() && plan.requests.is_none() && plan.window.is_none();
+        let no_limit_written = plan.requests_per_minute.is_none()
+            && plan.requests.is_none()
+            && plan.window.is_none()
+            && plan.limits.is_none();
         if api_access && no_limit_written {
             check.warning(
                 table.span(),
                 format!(
                     "plan `{}` has API access and no rate limit: its tenants are unlimited (set \
-                    `requests_per_minute`, or `requests` and `window`)",
+                    `limits`, `requests_per_minute`, or `requests` and `window`)",
                     name.get_ref()
                 ),
             );
         }
-        let rate_headers = limit.map(|limit| Arc::new(PlanHeaders::new(name.get_ref(), limit)));
-        let plan = Plan { name: name.get_ref().clone(), api_access, limit, max_keys, rate_headers };
+        let rate_headers =
+            (!limits.is_empty()).then(|| Arc::new(PlanHeaders::with_limits(name.get_ref(), &limits, legacy)));
+        let plan = Plan { name: name.get_ref().clone(), api_access, limits, max_keys, rate_headers };
         plans.insert(name.get_ref().clone(), plan);
     }
     plans
+}
+
+/// A plan's `limits = [...]`: each entry a `name`, `requests`, and either a sliding
+/// `window` or a calendar `period` (with `reset_day` for a month). Never together with
+/// the legacy `requests_per_minute` or `requests`/`window`. `None` if any entry is wrong
+/// (every problem is reported).
+fn plan_limits(
+    plan_name: &str,
+    plan: &raw::RawPlan,
+    list: &Spanned<Vec<Spanned<raw::RawLimit>>>,
+    check: &mut Checker<'_>,
+) -> Option<Vec<PlanLimit>> {
+    let mut valid = true;
+    for (field, span) in [
+        ("requests_per_minute", plan.requests_per_minute.as_ref().map(Spanned::span)),
+        ("requests", plan.requests.as_ref().map(Spanned::span)),
+        ("window", plan.window.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = span {
+            check.error(
+                span,
+                format!(
+                    "plan `{plan_name}` sets both `limits` and `{field}`: write every limit of the \
+                    plan in `limits` (e.g. `{{ name = \"minute\", requests = 300, window = \"60s\" }}`)"
+                ),
+            );
+            valid = false;
+        }
+    }
+    if list.get_ref().is_empty() {
+        check.error(
+            list.span(),
+            format!("plan `{plan_name}` has an empty `limits`: list at least one limit, or leave `limits` out"),
+        );
+        return None;
+    }
+    let mut limits: Vec<PlanLimit> = Vec::new();
+    let mut names: HashSet<String> = HashSet::new();
+    for entry in list.get_ref() {
+        match plan_limit_entry(plan_name, entry, check) {
+            Some(limit) => {
+                let limit_name = entry.get_ref().name.as_ref().map_or(entry.span(), Spanned::span);
+                if !names.insert(limit.name.clone()) {
+                    check.error(
+                        limit_name,
+                        format!(
+                            "plan `{plan_name}` has two limits named `{}`: names are unique within a plan",
+                            limit.name
+                        ),
+                    );
+                    valid = false;
+                    continue;
+                }
+                let same = limits.iter().find(|other| match (other.rule.kind, limit.rule.kind) {
+                    (LimitKind::Window(a), LimitKind::Window(b)) => a == b,
+                    (LimitKind::Day, LimitKind::Day) => true,
+                    (LimitKind::Month { .. }, LimitKind::Month { .. }) => true,
+                    _ => false,
+                });
+                if let Some(other) = same {
+                    let what = match limit.rule.kind {
+                        LimitKind::Window(w) => format!("the same window ({})", crate::duration::format(w)),
+                        LimitKind::Day => "the same period (a day)".to_string(),
+                        LimitKind::Month { .. } => "the same period (a month)".to_string(),
+                    };
+                    check.error(
+                        entry.span(),
+                        format!(
+                            "plan `{plan_name}`: limits `{}` and `{}` have {what}; the smaller one \
+                            always decides, keep one",
+                            other.name, limit.name
+                        ),
+                    );
+                    valid = false;
+                    continue;
+                }
+                limits.push(limit);
+            }
+            None => valid = false,
+        }
+    }
+    valid.then_some(limits)
+}
+
+/// One entry of `limits`, or `None` (with every error reported).
+fn plan_limit_entry(plan: &str, entry: &Spanned<raw::RawLimit>, check: &mut Checker<'_>) -> Option<PlanLimit> {
+    let raw = entry.get_ref();
+    let name = match &raw.name {
+        None => {
+            check.error(entry.span(), format!("a limit of plan `{plan}` has no `name` (e.g. `name = \"minute\"`)"));
+            None
+        }
+        Some(name) => {
+            let text = name.get_ref();
+            if text.is_empty() || !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                check.error(
+                    name.span(),
+                    format!(
+                        "plan `{plan}`: limit name `{text}` must be letters, digits, `-` and `_` \
+                        (it is sent in the rate-limit headers and the 429)"
+                    ),
+                );
+                None
+            } else {
+                Some(text.clone())
+            }
+        }
+    };
+    let label = name.clone().unwrap_or_else(|| "?".to_string());
+    let requests = match &raw.requests {
+        None => {
+            check.error(entry.span(), format!("plan `{plan}`: limit `{label}` has no `requests`"));
+            None
+        }
+        Some(requests) => positive(check, &format!("plan `{plan}`: limit `{label}`: `requests`"), requests),
+    };
+    let kind = match (&raw.window, &raw.period) {
+        (Some(_), Some(period)) => {
+            check.error(
+                period.span(),
+                format!(
+                    "plan `{plan}`: limit `{label}` has both a `window` and a `period`: a limit is \
+                    either a sliding `window` or a calendar `period`, keep one"
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            check.error(
+                entry.span(),
+                format!(
+                    "plan `{plan}`: limit `{label}` has neither a `window` (sliding, e.g. `window = \
+                    \"60s\"`) nor a `period` (calendar, `period = \"day\"` or `\"month\"`)"
+                ),
+            );
+            None
+        }
+        (Some(window), None) => {
+            if let Some(reset_day) = &raw.reset_day {
+                check.error(
+                    reset_day.span(),
+                    format!(
+                        "plan `{plan}`: limit `{label}`: `reset_day` belongs to a `period = \"month\"` \
+                        quota, not to a sliding window"
+                    ),
+                );
+            }
+            window_value(plan, window, check).map(LimitKind::Window).filter(|_| raw.reset_day.is_none())
+        }
+        (None, Some(period)) => {
+            let period = choice(check, "period", period, &[("day", false), ("month", true)]);
+            match (period, &raw.reset_day) {
+                (Some(false), Some(reset_day)) => {
+                    check.error(
+                        reset_day.span(),
+                        format!(
+                            "plan `{plan}`: limit `{label}`: `reset_day` is for `period = \"month\"`; a \
+                            day always starts at 00:00 UTC"
+                        ),
+                    );
+                    None
+                }
+                (Some(false), None) => Some(LimitKind::Day),
+                (Some(true), None) => Some(LimitKind::Month { reset_day: 1 }),
+                (Some(true), Some(reset_day)) => match u8::try_from(*reset_day.get_ref()) {
+                    Ok(day @ 1..=31) => Some(LimitKind::Month { reset_day: day }),
+                    _ => {
+                        check.error(
+                            reset_day.span(),
+                            format!(
+                                "plan `{plan}`: limit `{label}`: `reset_day` is {}; it is a day of the \
+                                month, 1 to 31 (a shorter month resets on its last day)",
+                                reset_day.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                },
+                (None, _) => None,
+            }
+        }
+    };
+    Some(PlanLimit { name: name?, rule: Rule { requests: requests?, kind: kind? } })
+}
+
+/// A sliding `window`: whole seconds, at least 1.
+fn window_value(plan: &str, window: &Spanned<String>, check: &mut Checker<'_>) -> Option<Duration> {
+    duration_value(check, "window", window).and_then(|d| {
+        if d.subsec_nanos() == 0 && d >= Duration::from_secs(1) {
+            Some(d)
+        } else {
+            check.error(
+                window.span(),
+                format!(
+                    "plan `{plan}`: `window` is \"{}\"; a window is a whole number of seconds, at least 1s",
+                    window.get_ref()
+                ),
+            );
+            None
+        }
+    })
 }
 
 /// A plan's limit: `requests_per_minute = N`, or `requests` per `window` (both, whole
@@ -191,21 +404,7 @@ fn plan_limit(name: &str, plan: &raw::RawPlan, check: &mut Checker<'_>) -> Optio
         }
         (Some(requests), Some(window)) => {
             let requests = positive(check, &format!("plan `{name}`: `requests`"), requests);
-            let window = duration_value(check, "window", window).and_then(|d| {
-                if d.subsec_nanos() == 0 && d >= Duration::from_secs(1) {
-                    Some(d)
-                } else {
-                    check.error(
-                        window.span(),
-                        format!(
-                            "plan `{name}`: `window` is \"{}\"; a window is a whole number of \
-                            seconds, at least 1s",
-                            window.get_ref()
-                        ),
-                    );
-                    None
-                }
-            });
+            let window = window_value(name, window, check);
             Some(Limit { requests: requests?, window: window? })
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::Method;
 use serde_spanned::Spanned;
 
+use super::limit::LimitKind;
 use super::model::Plan;
 use super::overlap::{check_overlaps, Shape};
 use super::raw;
@@ -49,27 +50,26 @@ pub(super) fn compile_routes(
     routes
 }
 
-/// A warning for each plan whose whole limit is below the route's cost: its tenants
-/// can never call the route.
+/// A warning for each plan with a limit below the route's cost: its tenants can never
+/// call the route.
 fn warn_cost(route: &Route, span: Range<usize>, plans: &BTreeMap<String, Plan>, check: &mut Checker<'_>) {
-    for plan in plans.values() {
-        let Some(limit) = plan.limit.filter(|_| plan.api_access) else {
+    for plan in plans.values().filter(|plan| plan.api_access) {
+        let Some(limit) = plan.limits.iter().find(|limit| route.cost > limit.rule.requests) else {
             continue;
         };
-        if route.cost > limit.requests {
-            check.warning(
-                span.clone(),
-                format!(
-                    "route `{}` costs {}, more than plan `{}`'s whole limit of {} requests per \
-                    {}: its tenants can never call it",
-                    route.prefix,
-                    route.cost,
-                    plan.name,
-                    limit.requests,
-                    crate::duration::format(limit.window)
-                ),
-            );
-        }
+        let per = match limit.rule.kind {
+            LimitKind::Window(window) => crate::duration::format(window),
+            LimitKind::Day => "day".to_string(),
+            LimitKind::Month { .. } => "month".to_string(),
+        };
+        check.warning(
+            span.clone(),
+            format!(
+                "route `{}` costs {}, more than plan `{}`'s whole limit of {} requests per \
+                {per}: its tenants can never call it",
+                route.prefix, route.cost, plan.name, limit.rule.requests
+            ),
+        );
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::limit::Limit;
+use super::limit::PlanLimit;
 use super::rate_headers::PlanHeaders;
 use super::routes::RouteTable;
 use super::upstream::Upstream;
@@ -39,12 +39,13 @@ pub struct Plan {
     pub name: String,
     /// `api_access` (default true).
     pub api_access: bool,
-    /// `requests_per_minute = N`, or `requests` per `window`. `None`: no rate limit
+    /// `limits = [...]` in order, or the one limit of `requests_per_minute = N` or
+    /// `requests` per `window` (named [`super::LEGACY_LIMIT_NAME`]). Empty: no rate limit
     /// (allowed, with a warning from `check`, for plans that have API access).
-    pub limit: Option<Limit>,
+    pub limits: Vec<PlanLimit>,
     /// `max_keys`; `None` is unlimited.
     pub max_keys: Option<u32>,
     /// The rate-limit response headers that are the same for every request under
-    /// `limit`, built here once (`None` without a limit).
+    /// `limits`, built here once, with the limits themselves (`None` without a limit).
     pub rate_headers: Option<Arc<PlanHeaders>>,
 }

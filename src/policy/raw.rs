@@ -40,6 +40,18 @@ pub(super) struct RawPlan {
     pub requests: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
     pub max_keys: Option<Spanned<i64>>,
+    pub limits: Option<Spanned<Vec<Spanned<RawLimit>>>>,
+}
+
+/// One entry of a plan's `limits = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    pub name: Option<Spanned<String>>,
+    pub requests: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub period: Option<Spanned<String>>,
+    pub reset_day: Option<Spanned<i64>>,
 }
 
 /// `[upstreams.NAME]`.

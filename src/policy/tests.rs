@@ -130,12 +130,12 @@ fn the_spec_example_compiles() {
     assert_eq!(policy.plans.len(), 4);
     let trial = &policy.plans["trial"];
     assert!(!trial.api_access);
-    assert_eq!(trial.limit, None);
+    assert!(trial.limits.is_empty());
     let pro = &policy.plans["pro"];
     assert_eq!((pro.name.as_str(), pro.api_access, pro.max_keys), ("pro", true, Some(5)));
-    assert_eq!(pro.limit, Some(Limit { requests: 300, window: Duration::from_secs(60) }));
+    assert_eq!(window_limit(pro), Some(Limit { requests: 300, window: Duration::from_secs(60) }));
     assert_eq!(policy.plans["agency"].max_keys, None);
-    assert_eq!(policy.plans["burst"].limit, Some(Limit { requests: 20, window: Duration::from_secs(10) }));
+    assert_eq!(window_limit(&policy.plans["burst"]), Some(Limit { requests: 20, window: Duration::from_secs(10) }));
 
     let app = &policy.upstreams["app"];
     assert_eq!(app.name, "app");
@@ -269,7 +269,7 @@ fn plan_limits() {
     assert_error(&plan("requests_per_minute = 5\nmax_keys = 4294967296"), 9, 12, "at most");
 
     let (policy, _) = parse(&plan("requests = 100\nwindow = \"1h\"\nmax_keys = 3")).unwrap();
-    assert_eq!(policy.plans["p"].limit, Some(Limit { requests: 100, window: Duration::from_secs(3600) }));
+    assert_eq!(window_limit(&policy.plans["p"]), Some(Limit { requests: 100, window: Duration::from_secs(3600) }));
     assert_eq!(policy.plans["p"].max_keys, Some(3));
 }
 
@@ -525,4 +525,152 @@ fn the_shipped_example_is_valid() {
 fn connect_is_refused_as_a_route_method() {
     assert!(method_problem("CONNECT").is_some_and(|p| p.contains("not supported")));
     assert_eq!(method_problem("PATCH"), None);
+}
+
+/// The one sliding window of a legacy plan.
+fn window_limit(plan: &crate::policy::Plan) -> Option<Limit> {
+    match plan.limits.as_slice() {
+        [limit] if limit.name == crate::policy::LEGACY_LIMIT_NAME => limit.rule.as_window(),
+        _ => None,
+    }
+}
+
+/// The line and column (1-based) of the `nth` occurrence of `needle` in `text`.
+fn position(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let at = text.match_indices(needle).nth(nth).unwrap_or_else(|| panic!("{needle:?} in {text}")).0;
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+    (line, column)
+}
+
+/// A policy whose plan `p` has `limits = [` the given entries, one a line `]`.
+fn limits_plan(entries: &[&str], extra: &str) -> String {
+    let lines: Vec<String> = entries.iter().map(|e| format!("  {e},")).collect();
+    with(&format!("[plans.p]\nlimits = [\n{}\n]\n{extra}\n{ROUTE}", lines.join("\n")))
+}
+
+#[test]
+fn several_limits_compile_in_order_with_their_kinds() {
+    let text = limits_plan(
+        &[
+            r#"{ name = "burst", requests = 10, window = "1s" }"#,
+            r#"{ name = "minute", requests = 300, window = "60s" }"#,
+            r#"{ name = "day", requests = 5000, period = "day" }"#,
+            r#"{ name = "month", requests = 100000, period = "month", reset_day = 15 }"#,
+        ],
+        "max_keys = 5",
+    );
+    let (policy, warnings) = parse(&text).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let plan = &policy.plans["p"];
+    let names: Vec<&str> = plan.limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["burst", "minute", "day", "month"]);
+    let rules: Vec<Rule> = plan.limits.iter().map(|l| l.rule).collect();
+    assert_eq!(
+        rules,
+        [
+            Rule { requests: 10, kind: LimitKind::Window(Duration::from_secs(1)) },
+            Rule { requests: 300, kind: LimitKind::Window(Duration::from_secs(60)) },
+            Rule { requests: 5000, kind: LimitKind::Day },
+            Rule { requests: 100_000, kind: LimitKind::Month { reset_day: 15 } },
+        ]
+    );
+    assert_eq!(plan.max_keys, Some(5));
+    let headers = plan.rate_headers.as_ref().expect("headers");
+    assert_eq!(headers.rules(), rules.as_slice());
+    assert!(!headers.legacy() && headers.monthly());
+    assert_eq!(headers.limit_name(1), "minute");
+
+    // A month without reset_day resets on the 1st; the legacy forms are one limit named
+    // "default".
+    let (policy, _) = parse(&limits_plan(&[r#"{ name = "m", requests = 1, period = "month" }"#], "")).unwrap();
+    assert_eq!(policy.plans["p"].limits[0].rule.kind, LimitKind::Month { reset_day: 1 });
+    let (policy, _) = parse(SPEC_EXAMPLE).unwrap();
+    assert_eq!(policy.plans["pro"].limits.len(), 1);
+    assert_eq!(policy.plans["pro"].limits[0].name, LEGACY_LIMIT_NAME);
+    assert!(policy.plans["pro"].rate_headers.as_ref().unwrap().legacy());
+}
+
+#[test]
+fn every_bad_limit_shape_is_refused_at_its_position() {
+    let cases: &[(&[&str], &str, &str, usize, &str)] = &[
+        // (entries, extra lines, where the error points, which occurrence, what it says)
+        (
+            &[r#"{ name = "a", requests = 1, window = "1s" }"#, r#"{ name = "a", requests = 2, window = "2s" }"#],
+            "",
+            "\"a\"",
+            1,
+            "two limits named `a`",
+        ),
+        (
+            &[r#"{ name = "a", requests = 1, window = "1s", period = "day" }"#],
+            "",
+            "\"day\"",
+            0,
+            "both a `window` and a `period`",
+        ),
+        (&[r#"{ name = "a", requests = 1 }"#], "", "{ name", 0, "neither a `window`"),
+        (&[r#"{ name = "a", requests = 0, window = "1s" }"#], "", "0,", 0, "at least 1"),
+        (&[r#"{ name = "a", requests = -5, period = "day" }"#], "", "-5", 0, "at least 1"),
+        (&[r#"{ name = "a", window = "1s" }"#], "", "{ name", 0, "no `requests`"),
+        (&[r#"{ requests = 1, window = "1s" }"#], "", "{ requests", 0, "no `name`"),
+        (&[r#"{ name = "a b", requests = 1, window = "1s" }"#], "", "\"a b\"", 0, "letters, digits"),
+        (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 0 }"#], "", "0 }", 0, "1 to 31"),
+        (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 32 }"#], "", "32", 0, "1 to 31"),
+        (&[r#"{ name = "d", requests = 1, period = "day", reset_day = 2 }"#], "", "2 }", 0, "a day always starts"),
+        (&[r#"{ name = "w", requests = 1, window = "1s", reset_day = 2 }"#], "", "2 }", 0, "not to a sliding window"),
+        (&[r#"{ name = "y", requests = 1, period = "year" }"#], "", "\"year\"", 0, "\"day\" or \"month\""),
+        (&[r#"{ name = "w", requests = 1, window = "1500ms" }"#], "", "\"1500ms\"", 0, "whole number of seconds"),
+        (
+            &[r#"{ name = "a", requests = 1, window = "60s" }"#, r#"{ name = "b", requests = 2, window = "1m" }"#],
+            "",
+            "{ name = \"b\"",
+            0,
+            "the same window",
+        ),
+        (
+            &[
+                r#"{ name = "a", requests = 1, period = "month" }"#,
+                r#"{ name = "b", requests = 2, period = "month", reset_day = 3 }"#,
+            ],
+            "",
+            "{ name = \"b\"",
+            0,
+            "the same period",
+        ),
+        (
+            &[r#"{ name = "a", requests = 1, window = "1s" }"#],
+            "requests_per_minute = 5",
+            "5\n",
+            0,
+            "both `limits` and `requests_per_minute`",
+        ),
+        (&[r#"{ name = "a", requests = 1, window = "1s" }"#], "requests = 5", "5\n", 0, "both `limits` and `requests`"),
+    ];
+    for (entries, extra, at, nth, fragment) in cases {
+        let text = limits_plan(entries, extra);
+        let (line, column) = position(&text, at, *nth);
+        assert_error(&text, line, column, fragment);
+    }
+    // An empty list, and an unknown field, are refused too.
+    let text = with(&format!("[plans.p]\nlimits = []\n{ROUTE}"));
+    let (line, column) = position(&text, "[]", 0);
+    assert_error(&text, line, column, "empty `limits`");
+    let text = limits_plan(&[r#"{ name = "a", requests = 1, window = "1s", burst = 3 }"#], "");
+    assert_eq!(one_error(&text).0, position(&text, "burst", 0).0);
+}
+
+#[test]
+fn a_route_costlier_than_any_limit_of_a_plan_is_warned_about() {
+    let text = limits_plan(
+        &[
+            r#"{ name = "burst", requests = 2, window = "1s" }"#,
+            r#"{ name = "minute", requests = 100, window = "60s" }"#,
+        ],
+        "",
+    )
+    .replace("upstream = \"app\"\n", "upstream = \"app\"\ncost = 5\n");
+    let warnings = warnings(&text);
+    assert!(warnings.iter().any(|w| w.message.contains("limit of 2 requests per 1s")), "{warnings:?}");
 }

@@ -32,7 +32,7 @@ use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::policy::Limit;
+use crate::policy::{Limit, Rule};
 use crate::settings::{LimitBackend, Limits, OnStoreError};
 
 /// `Retry-After` of the 503 answered under `on_store_error = "deny"`: one second.
@@ -124,25 +124,41 @@ impl Limiter {
     /// decide. Never waits longer than `redis.timeout` on Redis, and not at all while the
     /// client's breaker is open.
     pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64, on_store_error: OnStoreError) -> LimitOutcome {
+        self.check_rules(tenant, &[Rule::window(*limit)], cost, on_store_error).await
+    }
+
+    /// [`Limiter::check`] against every limit of a plan (`rules`, in order), decided in one
+    /// atomic step: admitted only if each has room, then counted in each, a refusal
+    /// counted in none. The decision's `index` says which limit it describes.
+    pub async fn check_rules(
+        &self,
+        tenant: &str,
+        rules: &[Rule],
+        cost: u64,
+        on_store_error: OnStoreError,
+    ) -> LimitOutcome {
         if self.backend == LimitBackend::Local {
-            return LimitOutcome::Decided(self.local.check(tenant, limit, cost));
+            return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost));
         }
         if let Some(redis) = &self.redis {
-            match redis.check(tenant, limit, cost).await {
+            match redis.check_rules(tenant, rules, cost).await {
                 Ok(decision) => return LimitOutcome::Decided(decision),
                 Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
             }
         }
-        self.fall_back(tenant, limit, cost, on_store_error)
+        self.fall_back(tenant, rules, cost, on_store_error)
     }
 
-    fn fall_back(&self, tenant: &str, limit: &Limit, cost: u64, action: OnStoreError) -> LimitOutcome {
+    fn fall_back(&self, tenant: &str, rules: &[Rule], cost: u64, action: OnStoreError) -> LimitOutcome {
         self.metrics.store_fallback(action);
         let decision = match action {
             OnStoreError::Local => {
-                let share = Limit { requests: limit.requests.div_ceil(self.replicas), window: limit.window };
-                let mut decision = self.fallback.check(tenant, &share, cost);
-                decision.limit = limit.requests;
+                let shares: Vec<Rule> = rules
+                    .iter()
+                    .map(|rule| Rule { requests: rule.requests.div_ceil(self.replicas), kind: rule.kind })
+                    .collect();
+                let mut decision = self.fallback.check_rules(tenant, &shares, cost);
+                decision.limit = rules.get(decision.index).map_or(decision.limit, |rule| rule.requests);
                 Some(decision)
             }
             OnStoreError::Allow | OnStoreError::Deny => None,

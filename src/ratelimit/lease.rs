@@ -6,9 +6,12 @@
 //! # Leases
 //!
 //! A script call that decides a batch of checks may also grant a **lease**: `units` more,
-//! counted in Redis at once, in the sub-window the call ran in (its counter, like any
-//! admission's), which this replica may then admit locally, without asking Redis, until
-//! that sub-window ends. What is left when the sub-window ends (or when a request needs
+//! counted in Redis at once in every limit of the plan, in the sub-window the call ran in
+//! (its counter, like any admission's; a calendar quota's current period), which this
+//! replica may then admit locally, without asking Redis, until the first of those
+//! sub-windows ends (a quota-only plan's lease lasts at most a second). A lease is at
+//! most `1/`[`LEASE_SHARE`] of the least room among the limits, granted and handed back
+//! for all of them by one script call. What is left when the sub-window ends (or when a request needs
 //! more than is left) is handed back in the next call, or by a timer at the sub-window's
 //! end when no call comes: the script takes the unspent units off that sub-window's
 //! counter. Every admission from a lease is therefore counted in Redis before it happens,
@@ -49,7 +52,7 @@
 use std::time::Duration;
 
 use super::decision::Decision;
-use crate::policy::Limit;
+use crate::policy::Rule;
 
 /// The most units one lease carries.
 pub const MAX_LEASE: u64 = 1024;
@@ -60,8 +63,9 @@ pub const HORIZON_MS: u64 = 50;
 /// A tenant with no request on this replica for this long is no longer busy here.
 pub const IDLE_MS: u64 = 1_000;
 
-/// Units of one tenant's quota, counted in Redis for this replica, spendable here until
-/// `deadline`. Times are milliseconds of the caller's monotonic clock.
+/// Units of one tenant's quota, counted in Redis for this replica in every limit of its
+/// plan at once, spendable here until `deadline`. Times are milliseconds of the caller's
+/// monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Units left.
@@ -70,37 +74,60 @@ pub struct Lease {
     pub granted: u64,
     /// When it was granted (the call was sent).
     pub granted_at: u64,
-    /// Spendable while `now < deadline`.
+    /// Spendable while `now < deadline`: before the first of its sub-windows (or
+    /// periods) ends.
     pub deadline: u64,
-    /// The sub-window (Redis's index) its units are counted in.
+    /// Per limit of the plan, in order: where its units are counted.
+    pub limits: Vec<LeaseLimit>,
+}
+
+/// One limit's side of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLimit {
+    /// The sub-window (Redis's index; a calendar quota's period) its units are counted in.
     pub sub_window: i64,
     /// The nonce of the hash that counted them: a hand-back names it.
     pub nonce: i64,
-    /// The quota free in Redis after the grant (what the headers add to `units`).
+    /// The limit's quota free in Redis after the grant (what the headers add to `units`).
     pub free_after: u64,
-    /// When the full quota is back, as of the grant.
+    /// When the limit's full quota is back, as of the grant.
     pub reset_at: u64,
 }
 
-/// A lease's unspent units on their way back to Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A lease's unspent units on their way back to Redis, for every limit it was counted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandBack {
-    pub sub_window: i64,
     pub units: u64,
-    pub nonce: i64,
+    /// Per limit, in order: the sub-window (or period) and the hash's nonce.
+    pub limits: Vec<(i64, i64)>,
 }
 
 /// What the script answered about the lease of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub units: u64,
-    /// How long the sub-window still ran when the script ran, in ms.
+    /// How long the first of its sub-windows (or periods) to end still ran when the
+    /// script ran, in ms.
     pub sub_window_left: u64,
+    /// Per limit, in order.
+    pub limits: Vec<GrantLimit>,
+}
+
+/// One limit's side of a [`Grant`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantLimit {
     pub sub_window: i64,
     pub nonce: i64,
     pub free_after: u64,
     /// Until the full quota is back, as of the script, in ms.
     pub reset: u64,
+}
+
+impl Grant {
+    /// Its units as a hand-back (a grant that arrived too late to be used).
+    pub fn hand_back(&self) -> HandBack {
+        HandBack { units: self.units, limits: self.limits.iter().map(|l| (l.sub_window, l.nonce)).collect() }
+    }
 }
 
 impl Lease {
@@ -111,30 +138,53 @@ impl Lease {
         // whole milliseconds and for clock rates: the lease ends before its sub-window.
         let left = grant.sub_window_left.saturating_sub(1 + grant.sub_window_left / 256);
         let deadline = sent.saturating_add(left);
-        (grant.units > 0 && deadline > received).then_some(Lease {
+        (grant.units > 0 && deadline > received && !grant.limits.is_empty()).then(|| Lease {
             units: grant.units,
             granted: grant.units,
             granted_at: sent,
             deadline,
-            sub_window: grant.sub_window,
-            nonce: grant.nonce,
-            free_after: grant.free_after,
-            // Counted from the receiving: a client is never told the quota is back early.
-            reset_at: received.saturating_add(grant.reset),
+            limits: grant
+                .limits
+                .iter()
+                .map(|l| LeaseLimit {
+                    sub_window: l.sub_window,
+                    nonce: l.nonce,
+                    free_after: l.free_after,
+                    // Counted from the receiving: a client is never told the quota is back early.
+                    reset_at: received.saturating_add(l.reset),
+                })
+                .collect(),
         })
     }
 
     /// Admits `cost` from the lease at `now` if it is still spendable and holds enough.
-    pub fn spend(&mut self, cost: u64, limit: &Limit, now: u64) -> Option<Decision> {
+    /// `rules` are the plan's limits, in the lease's order; the decision describes the
+    /// one with the least room (of equals, the one whose quota comes back last), as the
+    /// script's do.
+    pub fn spend(&mut self, cost: u64, rules: &[Rule], now: u64) -> Option<Decision> {
         if now >= self.deadline || self.units < cost {
             return None;
         }
         self.units -= cost;
+        let mut best: Option<(usize, u64, u64)> = None;
+        for (i, l) in self.limits.iter().enumerate() {
+            let remaining = l.free_after.saturating_add(self.units);
+            let reset = l.reset_at.saturating_sub(now);
+            let better = match best {
+                None => true,
+                Some((_, r, t)) => remaining < r || (remaining == r && reset > t),
+            };
+            if better {
+                best = Some((i, remaining, reset));
+            }
+        }
+        let (index, remaining, reset) = best?;
         Some(Decision {
             allowed: true,
-            limit: limit.requests,
-            remaining: self.free_after.saturating_add(self.units),
-            reset: Duration::from_millis(self.reset_at.saturating_sub(now)),
+            limit: rules.get(index).map_or(0, |rule| rule.requests),
+            index,
+            remaining,
+            reset: Duration::from_millis(reset),
             retry_after: None,
         })
     }
@@ -146,7 +196,10 @@ impl Lease {
 
     /// Its unspent units, to hand back (`None` when all were spent).
     pub fn hand_back(&self) -> Option<HandBack> {
-        (self.units > 0).then_some(HandBack { sub_window: self.sub_window, units: self.units, nonce: self.nonce })
+        (self.units > 0).then(|| HandBack {
+            units: self.units,
+            limits: self.limits.iter().map(|l| (l.sub_window, l.nonce)).collect(),
+        })
     }
 }
 
@@ -195,19 +248,21 @@ impl Demand {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Limit, LimitKind};
 
     fn grant(units: u64, left: u64) -> Grant {
-        Grant { units, sub_window_left: left, sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 }
+        let limit = GrantLimit { sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 };
+        Grant { units, sub_window_left: left, limits: vec![limit] }
     }
 
     #[test]
     fn a_lease_ends_before_its_sub_window_and_spends_only_what_it_holds() {
-        let plan = Limit { requests: 1_000, window: Duration::from_secs(60) };
+        let plan = [Rule::window(Limit { requests: 1_000, window: Duration::from_secs(60) })];
         // Sent at 100, the script saw 2,560 ms left: the lease ends at 100 + 2,560 - 1 - 10.
         let mut lease = Lease::new(&grant(3, 2_560), 100, 105).expect("a lease");
         assert_eq!(lease.deadline, 2_649);
         let d = lease.spend(2, &plan, 200).expect("admitted");
-        assert_eq!((d.allowed, d.remaining, d.limit), (true, 501, 1_000));
+        assert_eq!((d.allowed, d.remaining, d.limit, d.index), (true, 501, 1_000, 0));
         assert_eq!(d.reset, Duration::from_millis(105 + 60_000 - 200));
         assert_eq!(lease.spend(2, &plan, 201), None, "one unit left");
         assert_eq!(lease.spend(1, &plan, 2_649), None, "its sub-window may have ended");
@@ -216,6 +271,27 @@ mod tests {
         assert_eq!(lease.hand_back(), None);
         assert!(Lease::new(&grant(0, 2_560), 100, 105).is_none(), "no units");
         assert!(Lease::new(&grant(5, 10), 100, 120).is_none(), "over before it arrived");
+    }
+
+    #[test]
+    fn a_lease_of_several_limits_reports_the_least_room_and_hands_back_to_each() {
+        let plan = [
+            Rule::window(Limit { requests: 10, window: Duration::from_secs(1) }),
+            Rule { requests: 100_000, kind: LimitKind::Month { reset_day: 1 } },
+        ];
+        let grant = Grant {
+            units: 4,
+            sub_window_left: 40,
+            limits: vec![
+                GrantLimit { sub_window: 9, nonce: 1, free_after: 3, reset: 1_000 },
+                GrantLimit { sub_window: 20_820, nonce: 2, free_after: 50, reset: 86_400_000 },
+            ],
+        };
+        let mut lease = Lease::new(&grant, 0, 1).expect("a lease");
+        let d = lease.spend(1, &plan, 2).expect("admitted");
+        assert_eq!((d.index, d.limit, d.remaining), (0, 10, 6), "the burst: 3 free + 3 leased");
+        assert_eq!(lease.hand_back(), Some(HandBack { units: 3, limits: vec![(9, 1), (20_820, 2)] }));
+        assert_eq!(grant.hand_back().limits, vec![(9, 1), (20_820, 2)]);
     }
 
     #[test]
@@ -229,10 +305,7 @@ mod tests {
             granted,
             granted_at: at,
             deadline: at + 3_000,
-            sub_window: 0,
-            nonce: 1,
-            free_after: 0,
-            reset_at: 0,
+            limits: vec![LeaseLimit { sub_window: 0, nonce: 1, free_after: 0, reset_at: 0 }],
         };
         // Spent out fast: the size doubles at least, or follows the rate.
         demand.ended(&lease(4, 0, 0), 10);

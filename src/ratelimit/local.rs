@@ -1,7 +1,8 @@
 //! The in-process limiter: one replica's sliding windows, kept in memory per tenant.
 //!
 //! It applies the algorithm of the parent module (see [`super`]) to counters held in
-//! memory: `SUB_WINDOWS + 1` of them per (tenant, limit), in a fixed ring. It serves
+//! memory: `SUB_WINDOWS + 1` of them per (tenant, window), in a fixed ring, and one per
+//! (tenant, calendar quota) with the period it counts. It serves
 //! `limits.backend = "local"` and the `on_store_error = "local"` fallback.
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use super::decision::Decision;
 use crate::clock::Clock;
-use crate::policy::{Limit, SUB_WINDOWS};
+use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 
 /// Counters kept per (tenant, limit): every sub-window the count can include.
 const SLOTS: usize = SUB_WINDOWS as usize + 1;
@@ -39,11 +40,10 @@ pub struct LocalLimiter {
 }
 
 struct Shard {
-    /// Tenant → one window per limit it was checked against: nearly always one (the
-    /// plan's), two while the `local` fallback applies its reduced limit or right after a
-    /// change of plan. Keyed by the tenant alone so that a lookup borrows `&str` and a
-    /// request allocates nothing once its tenant is known.
-    tenants: HashMap<String, Vec<Window>>,
+    /// Tenant → one counter per limit it was checked against: one per limit of its plan,
+    /// a few more right after a change of plan. Keyed by the tenant alone so that a
+    /// lookup borrows `&str` and a request allocates nothing once its tenant is known.
+    tenants: HashMap<String, Vec<Counter>>,
     /// Checks since the last sweep.
     checks: usize,
     /// Checks after which the next sweep runs.
@@ -56,7 +56,112 @@ impl Default for Shard {
     }
 }
 
-/// The counters of one (tenant, limit).
+/// The counters of one (tenant, limit): a sliding window, or a calendar quota.
+enum Counter {
+    Window(Window),
+    Quota(Quota),
+}
+
+/// What one limit says about one check: the fields of a [`Decision`] for that limit.
+struct Part {
+    fits: bool,
+    remaining: u64,
+    reset: Duration,
+    retry_after: Option<Duration>,
+}
+
+impl Counter {
+    fn new(rule: &Rule, now: u64) -> Counter {
+        match rule.as_window() {
+            Some(limit) => Counter::Window(Window::new(limit, now)),
+            None => Counter::Quota(Quota { rule: *rule, start: 0, end: 0, count: 0 }),
+        }
+    }
+
+    /// Whether this counter counts for `rule`. A window is one per (requests, window), as
+    /// the Redis keys are; a quota one per kind of period (a day, a month) whatever its
+    /// `requests` or `reset_day`, so that raising a monthly quota keeps what the month
+    /// has counted.
+    fn counts_for(&self, rule: &Rule) -> bool {
+        match (self, rule.kind) {
+            (Counter::Window(w), LimitKind::Window(window)) => w.limit == Limit { requests: rule.requests, window },
+            (Counter::Quota(q), LimitKind::Day) => q.rule.kind == LimitKind::Day,
+            (Counter::Quota(q), LimitKind::Month { .. }) => matches!(q.rule.kind, LimitKind::Month { .. }),
+            _ => false,
+        }
+    }
+
+    /// Brings the counter to `now` and says whether `cost` fits.
+    fn fits(&mut self, rule: &Rule, now: u64, cost: u64) -> bool {
+        match self {
+            Counter::Window(w) => w.fits(now, cost),
+            Counter::Quota(q) => q.fits(rule, now, cost),
+        }
+    }
+
+    /// Counts `cost` (after [`Counter::fits`] at the same `now`).
+    fn add(&mut self, now: u64, cost: u64) {
+        match self {
+            Counter::Window(w) => w.add(now, cost),
+            Counter::Quota(q) => q.count = q.count.saturating_add(cost),
+        }
+    }
+
+    fn part(&self, now: u64, cost: u64, fits: bool) -> Part {
+        match self {
+            Counter::Window(w) => w.part(now, cost, fits),
+            Counter::Quota(q) => q.part(now, fits),
+        }
+    }
+
+    fn is_idle(&self, now: u64) -> bool {
+        match self {
+            Counter::Window(w) => w.is_idle(now),
+            Counter::Quota(q) => q.count == 0 || now >= q.end,
+        }
+    }
+}
+
+/// A calendar quota's count in its current period.
+struct Quota {
+    /// The rule it was last checked under (its `requests` and `reset_day` may change).
+    rule: Rule,
+    /// The period counted, in ms since the epoch: `[start, end)`.
+    start: u64,
+    end: u64,
+    count: u64,
+}
+
+impl Quota {
+    fn fits(&mut self, rule: &Rule, now: u64, cost: u64) -> bool {
+        self.rule = *rule;
+        let (start, end) = rule.period(now).unwrap_or((0, u64::MAX));
+        // A new period starts from nothing. A clock that steps back into an earlier
+        // period keeps counting the later one: this only refuses more.
+        if start > self.start || self.end == 0 {
+            (self.start, self.end, self.count) = (start, end, 0);
+        } else if start < self.start {
+            // Still the later period: its end stands.
+        } else {
+            self.end = end;
+        }
+        self.count.checked_add(cost).is_some_and(|n| n <= rule.requests)
+    }
+
+    fn part(&self, now: u64, fits: bool) -> Part {
+        let left = Duration::from_millis(self.end.saturating_sub(now));
+        Part {
+            fits,
+            remaining: self.rule.requests.saturating_sub(self.count),
+            reset: if self.count > 0 { left } else { Duration::ZERO },
+            // Refused: until the period resets (a cost above the quota included: a change
+            // of plan may admit it then).
+            retry_after: (!fits).then_some(left),
+        }
+    }
+}
+
+/// The counters of one (tenant, window).
 struct Window {
     limit: Limit,
     /// `limit.sub_window_millis()` and `limit.window_millis()`, computed once.
@@ -104,26 +209,42 @@ impl Window {
         (first..=self.newest).all(|k| self.counts[slot(k)] == 0)
     }
 
-    fn check(&mut self, now: u64, cost: u64) -> Decision {
+    /// `now` as the window reads it: a clock that steps back (NTP) must not un-count what
+    /// was admitted, so it acts as if it were still the start of the newest sub-window
+    /// seen. This only refuses more.
+    fn at(&self, now: u64) -> u64 {
+        now.max(self.newest.saturating_mul(self.sub))
+    }
+
+    /// The sub-windows counted at `now` (already [`Window::at`]): from the oldest that
+    /// overlaps [now − W, now] (`current − SUB_WINDOWS`, or 0 near the epoch), counted
+    /// whole although partly expired, to the current one.
+    fn counted(&self, now: u64) -> std::ops::RangeInclusive<u64> {
+        now.saturating_sub(self.window) / self.sub..=now / self.sub
+    }
+
+    fn count(&self, now: u64) -> u64 {
+        self.counted(now).map(|k| self.counts[slot(k)]).fold(0, u64::saturating_add)
+    }
+
+    fn fits(&mut self, now: u64, cost: u64) -> bool {
+        let now = self.at(now);
+        self.advance(now / self.sub);
+        self.count(now).checked_add(cost).is_some_and(|n| n <= self.limit.requests)
+    }
+
+    fn add(&mut self, now: u64, cost: u64) {
+        let current = self.at(now) / self.sub;
+        let c = &mut self.counts[slot(current)];
+        *c = c.saturating_add(cost);
+    }
+
+    fn part(&self, now: u64, cost: u64, fits: bool) -> Part {
         let requests = self.limit.requests;
         let (sub, window) = (self.sub, self.window);
-        // A clock that steps back (NTP) must not un-count what was admitted: act as if
-        // it were still the start of the newest sub-window seen. This only refuses more.
-        let now = now.max(self.newest.saturating_mul(sub));
-        let current = now / sub;
-        self.advance(current);
-        // The oldest sub-window overlapping [now − W, now]: `current − SUB_WINDOWS`, or 0
-        // near the epoch. Counted whole although partly expired.
-        let oldest = now.saturating_sub(window) / sub;
-        let counted = oldest..=current;
-        let mut count: u64 = counted.clone().map(|k| self.counts[slot(k)]).fold(0, u64::saturating_add);
-
-        let allowed = count.checked_add(cost).is_some_and(|n| n <= requests);
-        if allowed {
-            let c = &mut self.counts[slot(current)];
-            *c = c.saturating_add(cost);
-            count = count.saturating_add(cost);
-        }
+        let now = self.at(now);
+        let counted = self.counted(now);
+        let count = self.count(now);
 
         // Sub-window k stops being counted once ⌊(t − W)/S⌋ > k, i.e. at t = (k+1)·S + W.
         let leaves = |k: u64| {
@@ -131,7 +252,7 @@ impl Window {
             Duration::from_millis(at.saturating_sub(now))
         };
         let reset = counted.clone().rev().find(|&k| self.counts[slot(k)] > 0).map_or(Duration::ZERO, leaves);
-        let retry_after = if allowed {
+        let retry_after = if fits {
             None
         } else if cost > requests {
             // It can never be admitted. Say "a window" rather than "never": the client
@@ -152,42 +273,81 @@ impl Window {
                 .map(leaves)
                 .or(Some(Duration::from_millis(window)))
         };
-
-        Decision { allowed, limit: requests, remaining: requests.saturating_sub(count), reset, retry_after }
+        Part { fits, remaining: requests.saturating_sub(count), reset, retry_after }
     }
 }
 
 impl Shard {
-    fn check(&mut self, tenant: &str, limit: &Limit, cost: u64, now: u64) -> Decision {
-        let decision = match self.tenants.get_mut(tenant) {
-            Some(windows) => match windows.iter_mut().find(|w| w.limit == *limit) {
-                Some(w) => w.check(now, cost),
+    /// Decides `cost` against every rule at once: admitted only if each has room, then
+    /// counted in each; refused, counted in none.
+    fn check(&mut self, tenant: &str, rules: &[Rule], cost: u64, now: u64) -> Decision {
+        if !self.tenants.contains_key(tenant) {
+            self.tenants.insert(tenant.to_owned(), Vec::with_capacity(rules.len()));
+        }
+        let Some(counters) = self.tenants.get_mut(tenant) else { unreachable!("inserted above") };
+        let mut allowed = true;
+        for rule in rules {
+            let i = match counters.iter().position(|c| c.counts_for(rule)) {
+                Some(i) => i,
                 None => {
-                    let mut w = Window::new(*limit, now);
-                    let d = w.check(now, cost);
-                    windows.push(w);
-                    d
+                    counters.push(Counter::new(rule, now));
+                    counters.len() - 1
                 }
-            },
-            None => {
-                let mut w = Window::new(*limit, now);
-                let d = w.check(now, cost);
-                self.tenants.insert(tenant.to_owned(), vec![w]);
-                d
+            };
+            allowed &= counters[i].fits(rule, now, cost);
+        }
+        // The limit the decision describes: refused, the one that refused whose room
+        // comes back last; admitted, the one with the least room left (of equals, the one
+        // whose quota comes back last, then the first).
+        let mut reported: Option<(usize, Part)> = None;
+        for (index, rule) in rules.iter().enumerate() {
+            let Some(counter) = counters.iter_mut().find(|c| c.counts_for(rule)) else { continue };
+            if allowed {
+                counter.add(now, cost);
             }
-        };
+            let fits = allowed || counter.fits(rule, now, cost);
+            let part = counter.part(now, cost, fits);
+            let better = match &reported {
+                None => true,
+                Some((_, best)) if allowed => {
+                    part.remaining < best.remaining || (part.remaining == best.remaining && part.reset > best.reset)
+                }
+                Some((_, best)) => !part.fits && (best.fits || part.retry_after > best.retry_after),
+            };
+            if better {
+                reported = Some((index, part));
+            }
+        }
         self.checks += 1;
         if self.checks >= self.sweep_after {
             self.sweep(now);
         }
-        decision
+        let Some((index, part)) = reported else {
+            // No rule: nothing limits.
+            return Decision {
+                allowed: true,
+                limit: u64::MAX,
+                index: 0,
+                remaining: u64::MAX,
+                reset: Duration::ZERO,
+                retry_after: None,
+            };
+        };
+        Decision {
+            allowed,
+            limit: rules[index].requests,
+            index,
+            remaining: part.remaining,
+            reset: part.reset,
+            retry_after: if allowed { None } else { part.retry_after },
+        }
     }
 
     fn sweep(&mut self, now: u64) {
         self.checks = 0;
-        self.tenants.retain(|_, windows| {
-            windows.retain(|w| !w.is_idle(now));
-            !windows.is_empty()
+        self.tenants.retain(|_, counters| {
+            counters.retain(|c| !c.is_idle(now));
+            !counters.is_empty()
         });
         self.sweep_after = self.tenants.len().max(SWEEP_MIN_CHECKS);
         // Give back the memory of a burst of tenants that has passed.
@@ -218,8 +378,18 @@ impl LocalLimiter {
     /// A `cost` above `limit.requests` is always refused, with `retry_after` one window.
     /// Each distinct `limit` of a tenant has its own counters.
     pub fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Decision {
+        self.check_rules(tenant, &[Rule::window(*limit)], cost)
+    }
+
+    /// Admits `cost` requests for `tenant` only if every one of `rules` (a plan's limits,
+    /// in order) has room for it, and then counts it in all of them; a refusal counts in
+    /// none. One critical section: concurrent checks of the tenant see all of a decision
+    /// or none of it. The [`Decision`] describes the limit that refused (the one whose
+    /// room comes back last) or, admitted, the one with the least room left; its `index`
+    /// says which. Calendar quotas read the UTC date from the limiter's clock.
+    pub fn check_rules(&self, tenant: &str, rules: &[Rule], cost: u64) -> Decision {
         let now = self.clock.now_millis();
-        self.shard(tenant).check(tenant, limit, cost, now)
+        self.shard(tenant).check(tenant, rules, cost, now)
     }
 
     /// Drops every tenant whose counters have all left their window. `check` already does

@@ -1,11 +1,19 @@
-//! The shared limiter: every replica decides against one sliding window per tenant kept
-//! in Redis, with one atomic Lua script per round trip (`limits.backend = "redis"`).
+//! The shared limiter: every replica decides against the counters of every limit of a
+//! tenant's plan kept in Redis (one sliding window, or one calendar quota, per limit),
+//! with one atomic Lua script per round trip (`limits.backend = "redis"`).
 //!
 //! # The script
 //!
 //! The algorithm is the parent module's (see [`super`]), run inside Redis so that every
-//! replica applies it to the same counters, atomically (`redis/sliding_window.lua`, loaded
-//! into [`LUA`]). [`SCRIPT`] is sent with EVALSHA
+//! replica applies it to the same counters, atomically (`redis/limits.lua`, loaded into
+//! [`LUA`]). One call takes one key per limit of the plan ([`rule_key`]), all on the
+//! tenant's hash slot, and decides every cost against all of them at once: admitted only
+//! if each limit has room, then counted in each, a refusal counted in none. The steps
+//! below are per sliding window; a calendar quota (`period = "day" | "month"`) is one
+//! count for its current period (`p`, the period's first day, and `n` in its hash),
+//! started from nothing when Redis's clock reaches the next period (computed from
+//! `TIME` in the script, as [`crate::policy::Rule::period`] computes it), and kept until
+//! a minute past the period's end. [`SCRIPT`] is sent with EVALSHA
 //! (redis-rs' [`Script`] re-loads it and retries once on `NOSCRIPT`, and a second `NOSCRIPT`
 //! sends it whole with EVAL, so a Redis restart or `SCRIPT FLUSH`es cost extra round trips
 //! and no failed request). It:
@@ -33,25 +41,31 @@
 //!    (the reset);
 //! 4. writes the current counter and the summary with one `HSET` and sets `PEXPIRE` to
 //!    one window plus one sub-window (the longest any counter can still count);
-//! 5. returns, per cost, `allowed, remaining, reset_ms, retry_after_ms` (`-1`: none), the
-//!    fields of a [`Decision`], computed exactly as the local limiter computes them. The
+//! 5. returns, per cost, `allowed, limit, remaining, reset_ms, retry_after_ms` (`-1`:
+//!    none; `limit`: which of the plan's limits the answer describes, the one that refused
+//!    whose room comes back last or, admitted, the one with the least room), the fields
+//!    of a [`Decision`], computed exactly as the local limiter computes them. The
 //!    headers therefore come from the script's answer and agree across replicas:
 //!    `remaining` counts down by one per request whichever replica asked.
 //!
 //! Calling `TIME` before writing needs effect replication, the default since Redis 5.
 //!
-//! The key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant, limit), so
-//! a change of plan starts a fresh window (docs/reference.md §4.4 leaves that case out of the
-//! guarantee). The `{tenant}` hash tag keeps all of a tenant's keys on one slot of a Redis
-//! Cluster.
+//! A window's key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant,
+//! window), so a change of plan starts a fresh window (docs/reference.md §4.4 leaves that
+//! case out of the guarantee); it is the key, and the hash, of the script before several
+//! limits (tests/fixtures/limiter-before-limits.lua), so replicas of both versions share
+//! a single-window plan's counters during a rolling upgrade and stay exact. A calendar
+//! quota's key is `kg:rq:{<tenant>}:day` or `:month`, without its `requests`: raising a
+//! quota keeps what the period has counted. The `{tenant}` hash tag keeps all of a
+//! tenant's keys on one slot of a Redis Cluster, so that one script may touch them all.
 //!
 //! Redis holds integers exactly up to 2^63 but Lua numbers are doubles: limits and costs
 //! are capped at 2^53 (far above any plan; a cost above a plan's limit is refused anyway).
 //!
 //! # Coalescing
 //!
-//! Under load, concurrent checks of one (tenant, limit) on one proxy worker thread of one
-//! replica (each worker coalesces its own checks: see [`BatchKey`]) do not each cost a
+//! Under load, concurrent checks of one (tenant, plan) on one proxy worker thread of one
+//! replica (each worker coalesces its own checks: see [`Worker`]) do not each cost a
 //! round trip. The first check finds nothing in flight for its key and calls the script
 //! at once (no timer, so an idle tenant pays no added latency). Checks that arrive while
 //! that call is in flight queue behind it; when it returns, *all* the queued checks go to
@@ -73,7 +87,9 @@
 //! # Leases
 //!
 //! A call of a tenant that is busy on this worker also asks for a lease (see
-//! [`super::lease`]): units counted in Redis now, in the current sub-window, that later
+//! [`super::lease`]): units counted in Redis now, in every limit of the plan at once (in
+//! each window's current sub-window, in each quota's period), at most `1/LEASE_SHARE` of
+//! the least room among the limits, that later
 //! checks on this worker admit without a round trip until the sub-window ends. The
 //! checks queued behind a call are first served from the lease it brought back; only
 //! what the lease cannot cover goes to Redis. Unspent units go back to Redis with the
@@ -81,8 +97,10 @@
 //! saturation a worker therefore asks Redis about once per lease ([`super::lease::MAX_LEASE`]
 //! requests) and once per sub-window, instead of once per batch.
 //!
-//! A lease's state lives beside the coalescing queue, in one [`Slot`] per (worker,
-//! tenant, limit), forgotten as soon as nothing is in flight, queued or leased.
+//! A lease ends before the first of its limits' sub-windows does (a quota's lease lasts
+//! at most a second), and its unspent units go back to every limit in one call. A lease's
+//! state lives beside the coalescing queue, in one [`Slot`] per (worker, plan's limits,
+//! tenant), forgotten as soon as nothing is in flight, queued or leased.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,9 +111,9 @@ use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::lease::{Demand, Grant, HandBack, Lease, LEASE_SHARE};
+use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
 use crate::metrics::StoreOp;
-use crate::policy::Limit;
+use crate::policy::{Limit, LimitKind, Rule};
 use crate::redis_client::{RedisCallError, RedisClient};
 
 /// The most checks one script call decides. A burst larger than this takes several calls
@@ -107,17 +125,25 @@ pub const MAX_BATCH: usize = 512;
 /// 2^53.
 const MAX_EXACT: u64 = 1 << 53;
 
-/// The fields the script answers per cost, and about the lease.
-const PER_COST: usize = 4;
-const LEASE_FIELDS: usize = 6;
+/// The fields the script answers per cost; about the lease, before and per limit; and
+/// the arguments it takes before its limits, and per limit.
+const PER_COST: usize = 5;
+const LEASE_FIELDS: usize = 2;
+const LEASE_FIELDS_PER_LIMIT: usize = 4;
+const HEAD_ARGS: usize = 4;
+const ARGS_PER_LIMIT: usize = 5;
 
-/// The limiter script (`redis/sliding_window.lua`: its header lists `KEYS` and `ARGV`).
-/// `KEYS[1]`: the tenant's hash; `ARGV`: `requests`, sub-window length (ms), window length
-/// (ms), the lease wanted and its share, a lease handed back (sub-window, units, nonce),
-/// then one cost per request, in arrival order. Returns `allowed, remaining, reset_ms,
-/// retry_after_ms` per cost, flattened (`retry_after_ms` is `-1` when admitted), then the
-/// lease granted (units, ms left in its sub-window, sub-window, nonce, free after, reset).
-pub const LUA: &str = include_str!("redis/sliding_window.lua");
+/// The limiter script (`redis/limits.lua`: its header lists `KEYS` and `ARGV`). `KEYS`:
+/// one per limit of the plan, in order ([`rule_key`]); `ARGV`: the number of limits, the
+/// lease wanted and its share, the units of a lease handed back, then per limit its
+/// `requests`, sub-window and window lengths (ms; `0` and the reset day, `0` for a day,
+/// for a calendar quota) and where the lease handed back was counted (sub-window or
+/// period, nonce), then one cost per request, in arrival order. Returns `allowed, limit,
+/// remaining, reset_ms, retry_after_ms` per cost, flattened (`limit` is the position of
+/// the limit described; `retry_after_ms` is `-1` when admitted), then the lease granted
+/// (units, ms left in the first of its sub-windows to end) and per limit where it is
+/// counted (sub-window or period, nonce), the quota free after it and the reset.
+pub const LUA: &str = include_str!("redis/limits.lua");
 
 /// The script, with its SHA1 computed once.
 pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
@@ -137,21 +163,33 @@ pub fn key(tenant: &str, limit: &Limit) -> String {
     key
 }
 
-/// What checks coalesce on and leases belong to, besides the tenant: the proxy worker
-/// thread they run on (see [`crate::worker`]) and the limit. Each worker batches its own
-/// checks and holds its own leases, so a batch's answers wake tasks on the thread that
+/// The Redis key of one limit of `tenant`: a sliding window's [`key`], or for a calendar
+/// quota `kg:rq:{<tenant>}:day` or `kg:rq:{<tenant>}:month`: one per kind of period,
+/// without its `requests` or `reset_day`, so that raising a quota keeps what its period
+/// has counted.
+pub fn rule_key(tenant: &str, rule: &Rule) -> String {
+    match rule.kind {
+        LimitKind::Window(window) => key(tenant, &Limit { requests: rule.requests, window }),
+        LimitKind::Day => format!("kg:rq:{{{tenant}}}:day"),
+        LimitKind::Month { .. } => format!("kg:rq:{{{tenant}}}:month"),
+    }
+}
+
+/// The proxy worker thread checks run on (see [`crate::worker`]): each worker batches its
+/// own checks and holds its own leases, so a batch's answers wake tasks on the thread that
 /// sent it, never another one.
-type SlotKey = (Option<usize>, Limit);
+type Worker = Option<usize>;
 
-/// The slots of one (worker, limit), by tenant: looked up by `&str`, without building
-/// the Redis key on every check.
-type Slots = HashMap<SlotKey, HashMap<Box<str>, Slot>>;
+/// One worker's slots, by plan (its limits) and tenant: looked up by `&[Rule]` and `&str`,
+/// without building the Redis keys on every check.
+type Plans = HashMap<Arc<[Rule]>, HashMap<Box<str>, Slot>>;
+type Slots = HashMap<Worker, Plans>;
 
-/// One (worker, tenant, limit): the call in flight, the checks queued behind it, the
-/// lease, and the demand that sizes the next one.
+/// One (worker, plan's limits, tenant): the call in flight, the checks queued behind it,
+/// the lease, and the demand that sizes the next one.
 struct Slot {
-    /// The tenant's Redis key.
-    key: Arc<str>,
+    /// The tenant's Redis keys, one per limit.
+    keys: Arc<[String]>,
     /// A call is in flight (or about to be sent); checks that cannot be served from the
     /// lease queue behind it.
     calling: bool,
@@ -163,15 +201,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(key: String) -> Slot {
-        Slot {
-            key: key.into(),
-            calling: false,
-            queue: Vec::new(),
-            lease: None,
-            generation: 0,
-            demand: Demand::default(),
-        }
+    fn new(keys: Arc<[String]>) -> Slot {
+        Slot { keys, calling: false, queue: Vec::new(), lease: None, generation: 0, demand: Demand::default() }
     }
 
     /// Nothing in flight, queued or leased: the slot can go. Its demand goes with it (a
@@ -192,14 +223,14 @@ impl Slot {
     /// Serves queued checks from the lease, in order, while it holds enough, and drops
     /// checks whose caller has gone away (they count nothing). Returns whether checks are
     /// left for a call; if none are, the slot has no call in flight any more.
-    fn settle(&mut self, limit: &Limit, now: u64) -> bool {
+    fn settle(&mut self, rules: &[Rule], now: u64) -> bool {
         let mut rest = Vec::new();
         for waiter in self.queue.drain(..) {
             if waiter.tx.is_closed() {
                 continue;
             }
             let spent =
-                if rest.is_empty() { self.lease.as_mut().and_then(|l| l.spend(waiter.cost, limit, now)) } else { None };
+                if rest.is_empty() { self.lease.as_mut().and_then(|l| l.spend(waiter.cost, rules, now)) } else { None };
             match spent {
                 // A receiver gone just now costs its unit of the lease: it only refuses more.
                 Some(decision) => drop(waiter.tx.send(Ok(decision))),
@@ -225,10 +256,10 @@ struct Inner {
     slots: Mutex<Slots>,
 }
 
-/// The shared sliding-window limiter over Redis: one [`SCRIPT`] call per round trip,
-/// concurrent checks of one tenant coalesced into one round trip, and busy tenants
-/// admitted from leases (see the module docs). Cheap to clone; clones share the queues
-/// and leases.
+/// The shared limiter over Redis: one [`SCRIPT`] call per round trip deciding every limit
+/// of a plan at once, concurrent checks of one tenant coalesced into one round trip, and
+/// busy tenants admitted from leases (see the module docs). Cheap to clone; clones share
+/// the queues and leases.
 #[derive(Clone)]
 pub struct RedisLimiter {
     inner: Arc<Inner>,
@@ -244,7 +275,7 @@ impl fmt::Debug for RedisLimiter {
 enum Next {
     Decided(Decision),
     Wait(oneshot::Receiver<Result<Decision, RedisCallError>>),
-    Call { key: Arc<str>, back: Option<HandBack>, want: u64 },
+    Call { keys: Arc<[String]>, back: Option<HandBack>, want: u64 },
 }
 
 impl RedisLimiter {
@@ -254,27 +285,45 @@ impl RedisLimiter {
         RedisLimiter { inner: Arc::new(Inner { client, epoch: Instant::now(), slots: Mutex::new(HashMap::new()) }) }
     }
 
-    /// Admits `cost` requests for `tenant` under `limit`, or refuses them without counting
-    /// them, against the window shared by every replica. The [`Decision`] is the script's
-    /// (Redis's clock, every replica's admissions) or, for a busy tenant, its lease's; it
-    /// has the same fields, computed the same way, as the local limiter's.
+    /// Admits `cost` requests for `tenant` under the one sliding window `limit`, or
+    /// refuses them without counting them: [`RedisLimiter::check_rules`] with one limit.
+    pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
+        self.check_rules(tenant, &[Rule::window(*limit)], cost).await
+    }
+
+    /// Admits `cost` requests for `tenant` only if every one of `rules` (its plan's
+    /// limits, in order) has room for it, then counts it in all of them; a refusal counts
+    /// in none. Decided against the counters shared by every replica, by one script call
+    /// on the tenant's hash slot. The [`Decision`] is the script's (Redis's clock, every
+    /// replica's admissions) or, for a busy tenant, its lease's; it has the same fields,
+    /// computed the same way, as the local limiter's.
     ///
     /// An error means the store did not decide (unreachable, slower than `redis.timeout`,
     /// breaker open, or a Redis error): the caller applies `on_store_error`. A check that
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
-    pub async fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Result<Decision, RedisCallError> {
-        let slot_key: SlotKey = (crate::worker::current(), *limit);
-        let next = {
+    pub async fn check_rules(&self, tenant: &str, rules: &[Rule], cost: u64) -> Result<Decision, RedisCallError> {
+        let worker = crate::worker::current();
+        let (next, plan) = {
             let mut slots = self.inner.lock();
             let now = self.inner.now();
-            let tenants = slots.entry(slot_key).or_default();
+            let plans = slots.entry(worker).or_default();
+            let plan: Arc<[Rule]> = match plans.get_key_value(rules) {
+                Some((plan, _)) => plan.clone(),
+                None => {
+                    let plan: Arc<[Rule]> = rules.into();
+                    plans.insert(plan.clone(), HashMap::new());
+                    plan
+                }
+            };
+            let Some(tenants) = plans.get_mut(rules) else { unreachable!("inserted above") };
             if !tenants.contains_key(tenant) {
-                tenants.insert(tenant.into(), Slot::new(key(tenant, limit)));
+                let keys: Arc<[String]> = rules.iter().map(|rule| rule_key(tenant, rule)).collect();
+                tenants.insert(tenant.into(), Slot::new(keys));
             }
             let Some(slot) = tenants.get_mut(tenant) else { unreachable!("inserted above") };
             slot.demand.checked(now);
-            if let Some(decision) = slot.lease.as_mut().and_then(|lease| lease.spend(cost, limit, now)) {
+            let next = if let Some(decision) = slot.lease.as_mut().and_then(|lease| lease.spend(cost, rules, now)) {
                 Next::Decided(decision)
             } else if slot.calling {
                 let (tx, rx) = oneshot::channel();
@@ -283,26 +332,26 @@ impl RedisLimiter {
             } else {
                 slot.calling = true;
                 let back = slot.end_lease(now);
-                Next::Call { key: slot.key.clone(), back, want: slot.demand.want(1) }
-            }
+                Next::Call { keys: slot.keys.clone(), back, want: slot.demand.want(1) }
+            };
+            (next, plan)
         };
-        let (key, back, want) = match next {
+        let (keys, back, want) = match next {
             Next::Decided(decision) => return Ok(decision),
             // The sender is only dropped without an answer if the task sending the batch
             // died (a panic, or the runtime shutting down).
             Next::Wait(rx) => return rx.await.unwrap_or(Err(RedisCallError::Unavailable)),
-            Next::Call { key, back, want } => (key, back, want),
+            Next::Call { keys, back, want } => (keys, back, want),
         };
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
-        let mut leader =
-            Leader { inner: self.inner.clone(), slot_key, tenant: tenant.into(), limit: *limit, failed: None };
+        let mut leader = Leader { inner: self.inner.clone(), worker, plan, tenant: tenant.into(), failed: None };
         let sent = self.inner.now();
-        let result = self.inner.call(&key, limit, &[cost], want, back).await;
+        let result = self.inner.call(&keys, rules, &[cost], want, back).await;
         let result = match result {
             Ok((mut decisions, grant)) => {
-                self.inner.install(&slot_key, tenant, limit, &grant, sent);
+                self.inner.install(worker, &leader.plan, tenant, &grant, sent);
                 decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
             }
             Err(e) => Err(e),
@@ -314,10 +363,17 @@ impl RedisLimiter {
         result
     }
 
-    /// Units held in leases on this replica and not yet spent or handed back.
+    /// Units held in leases on this replica and not yet spent or handed back (a lease's
+    /// units count once, whatever the number of limits they are counted in).
     pub fn leased_units(&self) -> u64 {
         let slots = self.inner.lock();
-        slots.values().flat_map(HashMap::values).filter_map(|slot| slot.lease.as_ref()).map(|lease| lease.units).sum()
+        slots
+            .values()
+            .flat_map(HashMap::values)
+            .flat_map(HashMap::values)
+            .filter_map(|slot| slot.lease.as_ref())
+            .map(|lease| lease.units)
+            .sum()
     }
 }
 
@@ -332,96 +388,129 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Runs `f` on the slot of (`slot_key`, `tenant`) with the clock read under the lock,
-    /// and forgets the slot if that left it idle; `None` if there is no such slot.
-    fn with_slot<R>(&self, slot_key: &SlotKey, tenant: &str, f: impl FnOnce(&mut Slot, u64) -> R) -> Option<R> {
+    /// Runs `f` on the slot of (`worker`, `plan`, `tenant`) with the clock read under the
+    /// lock, and forgets the slot if that left it idle; `None` if there is no such slot.
+    fn with_slot<R>(
+        &self,
+        worker: Worker,
+        plan: &[Rule],
+        tenant: &str,
+        f: impl FnOnce(&mut Slot, u64) -> R,
+    ) -> Option<R> {
         let mut slots = self.lock();
         let now = self.now();
-        let tenants = slots.get_mut(slot_key)?;
+        let plans = slots.get_mut(&worker)?;
+        let tenants = plans.get_mut(plan)?;
         let slot = tenants.get_mut(tenant)?;
         let result = f(slot, now);
         if slot.is_idle() {
             tenants.remove(tenant);
+            if tenants.is_empty() {
+                plans.remove(plan);
+            }
         }
         Some(result)
     }
 
-    /// One script call deciding `costs` in order (one decision each), asking for a lease
-    /// of `want` more units and handing `back` a lease's unspent units.
+    /// One script call deciding `costs` in order (one decision each) against every limit
+    /// of `rules` (their `keys`), asking for a lease of `want` more units and handing
+    /// `back` a lease's unspent units.
     async fn call(
         &self,
-        key: &str,
-        limit: &Limit,
+        keys: &[String],
+        rules: &[Rule],
         costs: &[u64],
         want: u64,
         back: Option<HandBack>,
     ) -> Result<(Vec<Decision>, Grant), RedisCallError> {
-        let requests = limit.requests.min(MAX_EXACT);
-        let sub = limit.sub_window_millis().min(MAX_EXACT);
-        let window = limit.window_millis().min(MAX_EXACT);
-        let back = back.unwrap_or(HandBack { sub_window: -1, units: 0, nonce: 0 });
-        let mut args: Vec<i64> = Vec::with_capacity(8 + costs.len());
-        for n in [requests, sub, window, want.min(MAX_EXACT), LEASE_SHARE] {
-            args.push(n as i64);
+        let n = rules.len();
+        let back = back.filter(|back| back.limits.len() == n);
+        let mut args: Vec<i64> = Vec::with_capacity(HEAD_ARGS + n * ARGS_PER_LIMIT + costs.len());
+        let units_back = back.as_ref().map_or(0, |back| back.units.min(MAX_EXACT));
+        for v in [n as u64, want.min(MAX_EXACT), LEASE_SHARE, units_back] {
+            args.push(v as i64);
         }
-        args.extend([back.sub_window, back.units.min(MAX_EXACT) as i64, back.nonce]);
+        for (i, rule) in rules.iter().enumerate() {
+            let (sub, third) = match rule.kind {
+                LimitKind::Window(window) => {
+                    let limit = Limit { requests: rule.requests, window };
+                    (limit.sub_window_millis().min(MAX_EXACT), limit.window_millis().min(MAX_EXACT))
+                }
+                LimitKind::Day => (0, 0),
+                LimitKind::Month { reset_day } => (0, u64::from(reset_day)),
+            };
+            let (back_at, back_nonce) = back.as_ref().map_or((-1, 0), |back| back.limits[i]);
+            args.extend([rule.requests.min(MAX_EXACT) as i64, sub as i64, third as i64, back_at, back_nonce]);
+        }
         args.extend(costs.iter().map(|&cost| cost.min(MAX_EXACT) as i64));
-        let key = key.to_string();
+        let keys = keys.to_vec();
         let reply: Vec<i64> = self
             .client
             .run(StoreOp::Limit, move |mut connection| async move {
-                let mut invocation = SCRIPT.key(&key);
+                let mut invocation = SCRIPT.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
                 invocation.arg(&args);
                 match invocation.invoke_async(&mut connection).await {
                     // Flushed again between redis-rs' SCRIPT LOAD and its retried EVALSHA
                     // (two `SCRIPT FLUSH`es in a row): the script is sent whole, once.
                     Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        redis::cmd("EVAL").arg(LUA).arg(1).arg(&key).arg(&args).query_async(&mut connection).await
+                        redis::cmd("EVAL")
+                            .arg(LUA)
+                            .arg(keys.len())
+                            .arg(&keys)
+                            .arg(&args)
+                            .query_async(&mut connection)
+                            .await
                     }
                     other => other,
                 }
             })
             .await?;
-        if reply.len() != costs.len() * PER_COST + LEASE_FIELDS {
+        if reply.len() != costs.len() * PER_COST + LEASE_FIELDS + n * LEASE_FIELDS_PER_LIMIT {
             return Err(RedisCallError::Redis(unexpected("a reply of the wrong length")));
         }
         let (per_cost, lease) = reply.split_at(costs.len() * PER_COST);
         let millis = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        let whole = |v: i64| u64::try_from(v).unwrap_or(0);
         let decisions = per_cost
             .chunks_exact(PER_COST)
-            .map(|d| Decision {
-                allowed: d[0] == 1,
-                limit: limit.requests,
-                remaining: u64::try_from(d[1]).unwrap_or(0),
-                reset: millis(d[2]),
-                retry_after: (d[0] != 1).then(|| millis(d[3])),
+            .map(|d| {
+                let index = usize::try_from(d[1]).unwrap_or(0).min(n.saturating_sub(1));
+                Decision {
+                    allowed: d[0] == 1,
+                    limit: rules.get(index).map_or(0, |rule| rule.requests),
+                    index,
+                    remaining: whole(d[2]),
+                    reset: millis(d[3]),
+                    retry_after: (d[0] != 1).then(|| millis(d[4])),
+                }
             })
             .collect();
-        let whole = |v: i64| u64::try_from(v).unwrap_or(0);
         let grant = Grant {
             units: whole(lease[0]),
             sub_window_left: whole(lease[1]),
-            sub_window: lease[2],
-            nonce: lease[3],
-            free_after: whole(lease[4]),
-            reset: whole(lease[5]),
+            limits: lease[LEASE_FIELDS..]
+                .chunks_exact(LEASE_FIELDS_PER_LIMIT)
+                .map(|l| GrantLimit { sub_window: l[0], nonce: l[1], free_after: whole(l[2]), reset: whole(l[3]) })
+                .collect(),
         };
         Ok((decisions, grant))
     }
 
     /// Installs the lease of `grant` (for a call sent at `sent`) in its slot, with a timer
     /// that hands its unspent units back when it ends.
-    fn install(self: &Arc<Self>, slot_key: &SlotKey, tenant: &str, limit: &Limit, grant: &Grant, sent: u64) {
+    fn install(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, grant: &Grant, sent: u64) {
         let Some(lease) = Lease::new(grant, sent, self.now()) else {
             if grant.units > 0 {
                 // Over before it arrived: straight back.
-                let back = HandBack { sub_window: grant.sub_window, units: grant.units, nonce: grant.nonce };
-                self.spawn_hand_back(tenant, limit, back);
+                self.spawn_hand_back(tenant, plan, grant.hand_back());
             }
             return;
         };
         let deadline = lease.deadline;
-        let installed = self.with_slot(slot_key, tenant, |slot, now| {
+        let installed = self.with_slot(worker, plan, tenant, |slot, now| {
             // A lease still held (a call raced past it) goes back at once.
             let back = slot.end_lease(now);
             slot.lease = Some(lease);
@@ -430,65 +519,68 @@ impl Inner {
         });
         let Some((generation, back)) = installed else { return };
         if let Some(back) = back {
-            self.spawn_hand_back(tenant, limit, back);
+            self.spawn_hand_back(tenant, plan, back);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (inner, slot_key, tenant, limit) = (self.clone(), *slot_key, Box::<str>::from(tenant), *limit);
+        let (inner, plan, tenant) = (self.clone(), plan.clone(), Box::<str>::from(tenant));
         runtime.spawn(async move {
             tokio::time::sleep_until((inner.epoch + Duration::from_millis(deadline)).into()).await;
             // Replaced (generation moved on): its units went back with what replaced it.
-            let back = inner.with_slot(&slot_key, &tenant, |slot, now| {
+            let back = inner.with_slot(worker, &plan, &tenant, |slot, now| {
                 (slot.generation == generation).then(|| slot.end_lease(now)).flatten()
             });
             if let Some(back) = back.flatten() {
-                inner.hand_back(&tenant, &limit, back).await;
+                inner.hand_back(&tenant, &plan, back).await;
             }
         });
     }
 
     /// Hands `back` to Redis from a task of its own.
-    fn spawn_hand_back(self: &Arc<Self>, tenant: &str, limit: &Limit, back: HandBack) {
+    fn spawn_hand_back(self: &Arc<Self>, tenant: &str, plan: &Arc<[Rule]>, back: HandBack) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (inner, tenant, limit) = (self.clone(), Box::<str>::from(tenant), *limit);
-            runtime.spawn(async move { inner.hand_back(&tenant, &limit, back).await });
+            let (inner, tenant, plan) = (self.clone(), Box::<str>::from(tenant), plan.clone());
+            runtime.spawn(async move { inner.hand_back(&tenant, &plan, back).await });
         }
     }
 
-    /// A call that only hands a lease's unspent units back. If it fails they stay counted
-    /// until their sub-window leaves the window, which only ever refuses more.
-    async fn hand_back(&self, tenant: &str, limit: &Limit, back: HandBack) {
-        if let Err(e) = self.call(&key(tenant, limit), limit, &[], 0, Some(back)).await {
-            tracing::debug!(error = %e, units = back.units, "a lease's unspent units could not be handed back");
+    /// A call that only hands a lease's unspent units back, to every limit at once. If it
+    /// fails they stay counted until their sub-window leaves the window (or their period
+    /// ends), which only ever refuses more.
+    async fn hand_back(&self, tenant: &str, plan: &[Rule], back: HandBack) {
+        let units = back.units;
+        let keys: Vec<String> = plan.iter().map(|rule| rule_key(tenant, rule)).collect();
+        if let Err(e) = self.call(&keys, plan, &[], 0, Some(back)).await {
+            tracing::debug!(error = %e, units, "a lease's unspent units could not be handed back");
         }
     }
 
     /// Serves the checks queued for a slot from its lease, and sends the rest, batch after
     /// batch, until none is left; then the slot has no call in flight (and is forgotten if
     /// idle).
-    async fn drain(self: Arc<Self>, slot_key: SlotKey, tenant: Box<str>, limit: Limit) {
+    async fn drain(self: Arc<Self>, worker: Worker, plan: Arc<[Rule]>, tenant: Box<str>) {
         loop {
-            let next = self.with_slot(&slot_key, &tenant, |slot, now| {
-                if !slot.settle(&limit, now) {
+            let next = self.with_slot(worker, &plan, &tenant, |slot, now| {
+                if !slot.settle(&plan, now) {
                     return None;
                 }
                 let n = slot.queue.len().min(MAX_BATCH);
                 let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
                 let back = slot.end_lease(now);
                 let want = slot.demand.want(batch.len());
-                Some((slot.key.clone(), batch, back, want, now))
+                Some((slot.keys.clone(), batch, back, want, now))
             });
-            let Some((key, batch, back, want, sent)) = next.flatten() else { return };
+            let Some((keys, batch, back, want, sent)) = next.flatten() else { return };
             let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&key, &limit, &costs, want, back).await {
+            match self.call(&keys, &plan, &costs, want, back).await {
                 Ok((decisions, grant)) => {
-                    self.install(&slot_key, &tenant, &limit, &grant, sent);
+                    self.install(worker, &plan, &tenant, &grant, sent);
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
                     }
                 }
                 Err(e) => {
                     fail(batch, &e);
-                    self.fail_queued(&slot_key, &tenant, &e);
+                    self.fail_queued(worker, &plan, &tenant, &e);
                     return;
                 }
             }
@@ -496,8 +588,8 @@ impl Inner {
     }
 
     /// Fails every check queued for a slot with `error`; the slot has no call in flight.
-    fn fail_queued(&self, slot_key: &SlotKey, tenant: &str, error: &RedisCallError) {
-        let queued = self.with_slot(slot_key, tenant, |slot, _| {
+    fn fail_queued(&self, worker: Worker, plan: &[Rule], tenant: &str, error: &RedisCallError) {
+        let queued = self.with_slot(worker, plan, tenant, |slot, _| {
             slot.calling = false;
             std::mem::take(&mut slot.queue)
         });
@@ -521,28 +613,28 @@ fn unexpected(what: &'static str) -> RedisError {
 /// failed.
 struct Leader {
     inner: Arc<Inner>,
-    slot_key: SlotKey,
+    worker: Worker,
+    plan: Arc<[Rule]>,
     tenant: Box<str>,
-    limit: Limit,
     failed: Option<RedisCallError>,
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
         if let Some(error) = self.failed.take() {
-            self.inner.fail_queued(&self.slot_key, &self.tenant, &error);
+            self.inner.fail_queued(self.worker, &self.plan, &self.tenant, &error);
             return;
         }
-        let limit = self.limit;
-        if self.inner.with_slot(&self.slot_key, &self.tenant, |slot, now| slot.settle(&limit, now)) != Some(true) {
+        let plan = self.plan.clone();
+        if self.inner.with_slot(self.worker, &plan, &self.tenant, |slot, now| slot.settle(&plan, now)) != Some(true) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(self.inner.clone().drain(self.slot_key, std::mem::take(&mut self.tenant), self.limit));
+                runtime.spawn(self.inner.clone().drain(self.worker, plan, std::mem::take(&mut self.tenant)));
             }
             // No runtime to send them from (it is shutting down): they fail.
-            Err(_) => self.inner.fail_queued(&self.slot_key, &self.tenant, &RedisCallError::Unavailable),
+            Err(_) => self.inner.fail_queued(self.worker, &self.plan, &self.tenant, &RedisCallError::Unavailable),
         }
     }
 }
@@ -559,6 +651,15 @@ mod tests {
         assert_eq!(key("acme", &odd), "kg:rl:{acme}:5:1500ms");
         // One key per (tenant, limit): a change of plan starts a fresh window.
         assert_ne!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+    }
+
+    #[test]
+    fn calendar_quotas_are_keyed_by_tenant_and_period_alone() {
+        let month = Rule { requests: 100_000, kind: LimitKind::Month { reset_day: 15 } };
+        assert_eq!(rule_key("acme", &month), "kg:rq:{acme}:month");
+        assert_eq!(rule_key("acme", &Rule { requests: 7, kind: LimitKind::Day }), "kg:rq:{acme}:day");
+        let minute = Limit { requests: 300, window: Duration::from_secs(60) };
+        assert_eq!(rule_key("acme", &Rule::window(minute)), key("acme", &minute));
     }
 
     #[test]

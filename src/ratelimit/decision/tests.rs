@@ -41,8 +41,14 @@ fn seconds_round_up_without_overflowing() {
 
 #[test]
 fn headers_when_admitted() {
-    let d =
-        Decision { allowed: true, limit: 300, remaining: 299, reset: Duration::from_millis(61_001), retry_after: None };
+    let d = Decision {
+        allowed: true,
+        limit: 300,
+        index: 0,
+        remaining: 299,
+        reset: Duration::from_millis(61_001),
+        retry_after: None,
+    };
     let mut h = HeaderMap::new();
     d.write_headers(&PlanHeaders::new("pro", limit(300, 60)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""pro";q=300;w=60"#));
@@ -60,6 +66,7 @@ fn headers_when_refused() {
     let d = Decision {
         allowed: false,
         limit: 10,
+        index: 0,
         remaining: 0,
         reset: Duration::from_secs(60),
         retry_after: Some(Duration::from_millis(12_000)),
@@ -82,6 +89,7 @@ fn retry_after_is_rounded_up_and_at_least_one() {
     let mut d = Decision {
         allowed: false,
         limit: 1,
+        index: 0,
         remaining: 0,
         reset: Duration::ZERO,
         retry_after: Some(Duration::from_millis(1)),
@@ -101,7 +109,7 @@ fn retry_after_is_rounded_up_and_at_least_one() {
 
 #[test]
 fn plan_names_are_escaped_or_skipped() {
-    let d = Decision { allowed: true, limit: 1, remaining: 0, reset: Duration::ZERO, retry_after: None };
+    let d = Decision { allowed: true, limit: 1, index: 0, remaining: 0, reset: Duration::ZERO, retry_after: None };
     let mut h = HeaderMap::new();
     d.write_headers(&PlanHeaders::new(r#"a"b\c"#, limit(1, 1)), &mut h);
     assert_eq!(header(&h, "ratelimit-policy"), Some(r#""a\"b\\c";q=1;w=1"#));
@@ -121,6 +129,7 @@ fn numbers_are_written_in_full() {
     let d = Decision {
         allowed: false,
         limit: u64::MAX,
+        index: 0,
         remaining: 0,
         reset: Duration::from_secs(u64::MAX),
         retry_after: Some(Duration::from_millis(1)),

@@ -422,3 +422,205 @@ proptest! {
         prop_assert!(total >= floor, "{} admitted, expected at least {}", total, floor);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Several limits, calendar quotas
+
+/// Ms since the epoch of `y-m-d` at `h:mm:ss` UTC.
+fn utc(y: i64, m: u32, d: u32, h: u64, min: u64, s: u64) -> u64 {
+    let days = u64::try_from(crate::policy::days_from_civil(y, m, d)).unwrap();
+    days * 86_400_000 + (h * 3_600 + min * 60 + s) * 1_000
+}
+
+fn window(requests: u64, secs: u64) -> Rule {
+    Rule::window(limit(requests, secs))
+}
+
+fn day(requests: u64) -> Rule {
+    Rule { requests, kind: LimitKind::Day }
+}
+
+fn month(requests: u64, reset_day: u8) -> Rule {
+    Rule { requests, kind: LimitKind::Month { reset_day } }
+}
+
+#[test]
+fn calendar_periods_follow_the_utc_calendar_and_the_reset_day() {
+    let jan_15 = utc(2027, 1, 15, 12, 0, 0);
+    assert_eq!(day(1).period(jan_15), Some((utc(2027, 1, 15, 0, 0, 0), utc(2027, 1, 16, 0, 0, 0))));
+    assert_eq!(month(1, 1).period(jan_15), Some((utc(2027, 1, 1, 0, 0, 0), utc(2027, 2, 1, 0, 0, 0))));
+    assert_eq!(month(1, 20).period(jan_15), Some((utc(2026, 12, 20, 0, 0, 0), utc(2027, 1, 20, 0, 0, 0))));
+    // The 31st: February's last day stands in (28th in 2027, 29th in 2028).
+    let feb = utc(2027, 2, 27, 23, 0, 0);
+    assert_eq!(month(1, 31).period(feb), Some((utc(2027, 1, 31, 0, 0, 0), utc(2027, 2, 28, 0, 0, 0))));
+    let feb_28 = utc(2027, 2, 28, 0, 0, 0);
+    assert_eq!(month(1, 31).period(feb_28), Some((feb_28, utc(2027, 3, 31, 0, 0, 0))));
+    let leap = utc(2028, 2, 28, 10, 0, 0);
+    assert_eq!(month(1, 31).period(leap), Some((utc(2028, 1, 31, 0, 0, 0), utc(2028, 2, 29, 0, 0, 0))));
+    // The last instant of a year, and the first of the next.
+    let eve = utc(2027, 12, 31, 23, 59, 59) + 999;
+    assert_eq!(month(1, 1).period(eve), Some((utc(2027, 12, 1, 0, 0, 0), utc(2028, 1, 1, 0, 0, 0))));
+    assert_eq!(month(1, 1).period(eve + 1), Some((utc(2028, 1, 1, 0, 0, 0), utc(2028, 2, 1, 0, 0, 0))));
+    assert_eq!(window(1, 1).period(eve), None);
+    for z in [-1_000_000, -1, 0, 1, 19_000, 20_820, 2_000_000] {
+        let (y, m, d) = crate::policy::civil_from_days(z);
+        assert_eq!(crate::policy::days_from_civil(y, m, d), z);
+    }
+}
+
+#[test]
+fn a_day_quota_alone_counts_until_midnight_utc() {
+    let (clock, l) = setup(utc(2027, 3, 10, 22, 0, 0));
+    let rules = [day(3)];
+    for left in [2, 1, 0] {
+        let d = l.check_rules("t", &rules, 1);
+        assert!(d.allowed);
+        assert_eq!((d.remaining, d.limit, d.index), (left, 3, 0));
+        assert_eq!(d.reset, Duration::from_secs(2 * 3_600), "the day resets at midnight");
+    }
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Some(Duration::from_secs(2 * 3_600)), "until the reset");
+    assert_eq!(d.retry_after_secs(), Some(7_200));
+    clock.set(utc(2027, 3, 10, 23, 59, 59));
+    assert!(!l.check_rules("t", &rules, 1).allowed);
+    clock.set(utc(2027, 3, 11, 0, 0, 0));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed, "a new day");
+    assert_eq!(d.remaining, 2);
+}
+
+#[test]
+fn a_month_quota_resets_at_the_end_of_the_month_on_the_injected_clock() {
+    let (clock, l) = setup(utc(2027, 1, 31, 23, 59, 58));
+    let rules = [month(2, 1)];
+    assert!(l.check_rules("t", &rules, 2).allowed);
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Some(Duration::from_secs(2)));
+    clock.set(utc(2027, 1, 31, 23, 59, 59) + 999);
+    let d = l.check_rules("t", &rules, 1);
+    assert_eq!((d.allowed, d.retry_after), (false, Some(ms(1))));
+    assert_eq!(d.retry_after_secs(), Some(1));
+    clock.set(utc(2027, 2, 1, 0, 0, 0));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed, "February: a fresh quota");
+    assert_eq!(d.remaining, 1);
+    assert_eq!(d.reset, Duration::from_secs(28 * 86_400), "until March 1st");
+    // A clock that steps back into January does not give January's count back.
+    clock.set(utc(2027, 1, 31, 12, 0, 0));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed);
+    assert!(!l.check_rules("t", &rules, 1).allowed, "February's two are spent");
+}
+
+#[test]
+fn a_reset_day_of_31_resets_on_the_last_day_of_february() {
+    let (clock, l) = setup(utc(2027, 2, 27, 23, 0, 0));
+    let rules = [month(1, 31)];
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Some(Duration::from_secs(3_600)), "resets on the 28th");
+    clock.set(utc(2027, 2, 28, 0, 0, 0));
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after, Some(Duration::from_secs(31 * 86_400)), "next on March 31st");
+    clock.set(utc(2027, 3, 30, 23, 59, 59));
+    assert!(!l.check_rules("t", &rules, 1).allowed);
+    clock.set(utc(2027, 3, 31, 0, 0, 0));
+    assert!(l.check_rules("t", &rules, 1).allowed);
+}
+
+#[test]
+fn a_request_is_admitted_only_if_every_limit_has_room_and_a_refusal_counts_in_none() {
+    let start = utc(2027, 5, 3, 10, 0, 0);
+    let (clock, l) = setup(start);
+    // burst 2/s, minute 5/60s, day 7.
+    let rules = [window(2, 1), window(5, 60), day(7)];
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed);
+    assert_eq!((d.index, d.remaining, d.limit), (0, 1, 2), "burst has the least room");
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    // Burst refuses: neither the minute nor the day counts it.
+    for _ in 0..10 {
+        let d = l.check_rules("t", &rules, 1);
+        assert!(!d.allowed);
+        assert_eq!((d.index, d.limit), (0, 2), "the burst refused");
+        assert!(d.retry_after.unwrap() <= Duration::from_millis(1_050), "{d:?}");
+    }
+    clock.advance(Duration::from_millis(1_100));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed);
+    assert_eq!((d.index, d.remaining), (0, 1), "the burst has room again");
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    clock.advance(Duration::from_millis(1_100));
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    clock.advance(Duration::from_millis(1_100));
+    // The minute refuses now: 5 counted, not the 10 the burst refused; its Retry-After
+    // is the minute's.
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!((d.index, d.limit, d.remaining), (1, 5, 0));
+    let wait = d.retry_after.unwrap();
+    assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60), "{wait:?}");
+    // After the minute, the day (7) has room for 2 more: 5 were counted, not more.
+    clock.set(start + 64_000);
+    for left in [1, 0] {
+        let d = l.check_rules("t", &rules, 1);
+        assert!(d.allowed);
+        assert_eq!((d.index, d.remaining), (2, left), "the day has the least room");
+    }
+    clock.advance(Duration::from_secs(2));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!((d.index, d.limit), (2, 7), "the day refused");
+    assert_eq!(d.retry_after, Some(Duration::from_millis(utc(2027, 5, 4, 0, 0, 0) - clock.now_millis())));
+}
+
+#[test]
+fn when_several_limits_refuse_the_one_whose_room_comes_back_last_is_reported() {
+    let (_, l) = setup(utc(2027, 5, 3, 23, 0, 0));
+    let rules = [window(1, 1), month(1, 1), day(1)];
+    assert!(l.check_rules("t", &rules, 1).allowed);
+    let d = l.check_rules("t", &rules, 1);
+    assert!(!d.allowed);
+    assert_eq!(d.index, 1, "the month comes back last: {d:?}");
+    assert_eq!(d.retry_after, Some(Duration::from_millis(utc(2027, 6, 1, 0, 0, 0) - utc(2027, 5, 3, 23, 0, 0))));
+    // A cost above one limit is refused by it alone, and counts nowhere.
+    let (_, l) = setup(utc(2027, 5, 3, 23, 0, 0));
+    let rules = [window(3, 1), day(100)];
+    let d = l.check_rules("t", &rules, 4);
+    assert_eq!((d.allowed, d.index, d.retry_after), (false, 0, Some(Duration::from_secs(1))));
+    let d = l.check_rules("t", &rules, 1);
+    assert!(d.allowed);
+    assert_eq!((d.index, d.remaining), (0, 2));
+}
+
+#[test]
+fn a_quota_keeps_its_count_when_its_requests_change() {
+    let (_, l) = setup(utc(2027, 5, 3, 12, 0, 0));
+    assert!(l.check_rules("t", &[month(2, 1)], 2).allowed);
+    assert!(!l.check_rules("t", &[month(2, 1)], 1).allowed);
+    let d = l.check_rules("t", &[month(5, 1)], 1);
+    assert_eq!((d.allowed, d.remaining), (true, 2), "raised to 5: 2 + 1 counted");
+}
+
+#[test]
+fn concurrent_checks_of_several_limits_admit_exactly_the_smallest() {
+    let (_, l) = setup(utc(2027, 5, 3, 12, 0, 0));
+    let l = Arc::new(l);
+    let rules = [window(50, 60), day(30), month(1_000, 1)];
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let l = l.clone();
+            std::thread::spawn(move || (0..20).filter(|_| l.check_rules("t", &rules, 1).allowed).count())
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 30);
+    // Every limit counted the 30 and nothing else.
+    assert_eq!(l.check_rules("t", &[window(50, 60)], 20).remaining, 0, "30 + 20 of 50");
+    assert_eq!(l.check_rules("t", &[month(1_000, 1)], 0).remaining, 970);
+}
