@@ -56,6 +56,9 @@ pub struct AccessLog {
     /// The response's status; `None` until a response exists.
     pub status: Option<u16>,
     pub decision: &'static str,
+    /// For a 429: the name of the plan's limit that refused (`default` for a plan's one
+    /// legacy limit).
+    pub limit: Option<String>,
     pub mode: RouteMode,
     pub principal: Option<Principal>,
     /// The upstream's configured name.
@@ -77,6 +80,7 @@ impl AccessLog {
             route_metrics: None,
             status: None,
             decision: "ok",
+            limit: None,
             mode: RouteMode::Enforce,
             principal: None,
             upstream: None,
@@ -133,6 +137,7 @@ impl Drop for AccessLog {
             route = self.route.as_deref().unwrap_or("none"),
             status = self.status.unwrap_or(CLIENT_CLOSED),
             decision = self.decision,
+            limit = self.limit.as_deref(),
             mode = self.mode.as_str(),
             key_id = self.principal.as_ref().map(Principal::key_id),
             tenant = self.principal.as_ref().map(Principal::tenant),

@@ -63,6 +63,9 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
         Err(denial) => {
             let Denial { refusal, principal, rate } = *denial;
             record.decision = refusal.decision();
+            if let Refusal::RateLimited { limit, .. } = &refusal {
+                record.limit = Some(limit.clone());
+            }
             if principal.is_some() {
                 record.principal = principal;
             }

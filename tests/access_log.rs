@@ -24,6 +24,7 @@ async fn one_access_line_per_request_with_every_field_and_the_bytes() {
     let kg = Keygate::builder(&upstream.url()).start().await;
     let (writer_id, writer) = kg.key("acme", "pro", &["calls:read", "calls:write"]);
     let (reader_id, reader) = kg.key("globex", "unlimited", &["calls:read"]);
+    let (_, tiny) = kg.key("initech", "tiny", &["calls:read"]);
     let config = kg.config_path();
     let _dir = kg.stop_keep_dir().await;
     let began = OffsetDateTime::now_utc();
@@ -100,6 +101,14 @@ async fn one_access_line_per_request_with_every_field_and_the_bytes() {
         .await;
     assert_eq!(answer.status, 403);
     answers.insert("al-403", answer);
+    // A 429: the tiny plan's one limit (3 requests in 10 s) refuses the fourth.
+    let tiny_bearer = format!("Bearer {}", tiny.expose());
+    for (n, id) in ["al-tiny-1", "al-tiny-2", "al-tiny-3", "al-429"].into_iter().enumerate() {
+        let headers = [("authorization", tiny_bearer.as_str()), ("x-request-id", id)];
+        let answer = http.send("GET", &served.url("/v1/calls"), &headers, Bytes::new()).await;
+        assert_eq!(answer.status, if n < 3 { 200 } else { 429 }, "{id}");
+        answers.insert(id, answer);
+    }
     let answer = http.send("GET", &served.url("/nowhere/at-all"), &[("x-request-id", "al-404")], Bytes::new()).await;
     assert_eq!(answer.status, 404);
     answers.insert("al-404", answer);
@@ -191,6 +200,11 @@ async fn one_access_line_per_request_with_every_field_and_the_bytes() {
     let f = field("al-403");
     assert_eq!(f["decision"], "forbidden");
     assert_eq!((f["key_id"].as_str(), f["tenant"].as_str()), (Some(reader_id.as_str()), Some("globex")));
+
+    let f = field("al-429");
+    assert_eq!((f["status"].as_u64(), f["decision"].as_str()), (Some(429), Some("rate_limited")), "{f}");
+    assert_eq!(f["limit"], "default", "the refusing limit is named: {f}");
+    assert!(field("al-tiny-3").get("limit").is_none(), "an admitted request names no limit");
 
     let f = field("al-404");
     assert_eq!((f["route"].as_str(), f["decision"].as_str()), (Some("none"), Some("not_found")));
