@@ -139,8 +139,9 @@ impl Principal {
         Principal::of(Arc::new(key), Arc::new(tenant), None)
     }
 
-    /// The identity as the header values that go upstream.
-    pub fn identity_headers(&self) -> &IdentityHeaders {
+    /// The identity as the header values that go upstream (shared: a request that writes
+    /// them later keeps a reference, not a copy).
+    pub fn identity_headers(&self) -> &Arc<IdentityHeaders> {
         &self.identity
     }
 

@@ -77,6 +77,7 @@ use wire::{incomplete, parse_trailers, step, Chunk, Conn, Framing, Head, BUF_SIZ
 
 use super::connector::Connector;
 use super::http1::{error_chain, IDLE_SWEEP, IDLE_TIMEOUT};
+use super::outbound::Written;
 use super::response_check::{self, Verdict};
 use crate::body::{BoxError, ProxyBody};
 
@@ -159,10 +160,11 @@ impl FastPool {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        written: Option<&Written>,
         timeout: Duration,
     ) -> Result<Response<FastBody>, Failure> {
         let Exchanged { mut response, interim } =
-            match tokio::time::timeout(timeout, self.send(method, target, headers)).await {
+            match tokio::time::timeout(timeout, self.send(method, target, headers, written)).await {
                 Ok(Ok(exchanged)) => exchanged,
                 Ok(Err(why)) => return Err(Failure::Failed(why)),
                 Err(_) => return Err(Failure::Timeout),
@@ -178,7 +180,13 @@ impl FastPool {
 
     /// Writes a request with no body on an idle connection or a new one, and reads its
     /// final response head.
-    async fn send(self: &Arc<Self>, method: &Method, target: &str, headers: &HeaderMap) -> Result<Exchanged, String> {
+    async fn send(
+        self: &Arc<Self>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        written: Option<&Written>,
+    ) -> Result<Exchanged, String> {
         let mut retried = false;
         loop {
             let (mut conn, reused) = match self.checkout() {
@@ -186,7 +194,7 @@ impl FastPool {
                 // Boxed: connecting is a large future and the rare case.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            conn.encode_head(method, target, headers, self.host.as_ref());
+            conn.encode_head(method, target, headers, written, self.host.as_ref());
             if let Err(e) = conn.io.write_all(&conn.head).await {
                 // The upstream did not take the whole request: a reused connection that
                 // closed meanwhile. Once, another.

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,11 +18,21 @@ use http_body::{Body, Frame, SizeHint};
 use super::hop_by_hop::remove_hop_by_hop;
 use crate::admission::Admission;
 use crate::body::ProxyBody;
-use crate::keys::Principal;
+use crate::keys::{IdentityHeaders, Principal};
 
 /// An admitted request, rewritten for the upstream. Only [`Outbound::new`] makes one, from
 /// an [`Admission`]; [`super::Upstreams::send`] takes nothing else.
-pub struct Outbound(Request<ProxyBody>);
+///
+/// The client's headers are stripped when it is made; the headers keygate writes
+/// ([`Written`]) are kept apart until the request goes out: the HTTP/1.1 fast path writes
+/// them straight into the request head, hyper's paths get them inserted into the map
+/// ([`Outbound::into_request`]). Inserting them into the map only to encode it costs a
+/// hash, a probe and, past the map's first capacity, a rehash each.
+pub struct Outbound {
+    request: Request<ProxyBody>,
+    /// `None` once they are in the map.
+    written: Option<Written>,
+}
 
 impl Outbound {
     /// Rewrites the request's headers for the upstream from `admission` (its principal's
@@ -35,21 +46,98 @@ impl Outbound {
         context: &ForwardContext<'_>,
         keep_upgrade: bool,
     ) -> Outbound {
-        rewrite_request_headers(&mut parts.headers, context, admission.principal(), keep_upgrade);
+        let mut written = Some(strip_request_headers(&mut parts.headers, context, admission.principal(), keep_upgrade));
         if admission.is_preflight() {
+            if let Some(written) = written.take() {
+                written.insert_into(&mut parts.headers);
+            }
             keep_only(&mut parts.headers, &PREFLIGHT_HEADERS);
             body = crate::body::empty();
         }
-        Outbound(Request::from_parts(parts, body))
+        Outbound { request: Request::from_parts(parts, body), written }
     }
 
-    /// The headers as they will go upstream (keygate's own are already written).
+    /// The headers as they will go upstream, keygate's own included (they are written
+    /// into the map here, if they were not yet).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.0.headers_mut()
+        if let Some(written) = self.written.take() {
+            written.insert_into(self.request.headers_mut());
+        }
+        self.request.headers_mut()
     }
 
-    pub(super) fn into_request(self) -> Request<ProxyBody> {
-        self.0
+    /// The request, and keygate's headers when they are not in its map yet (for a writer
+    /// of its own head: [`Written::for_each`]).
+    pub(super) fn into_parts(self) -> (Request<ProxyBody>, Option<Written>) {
+        (self.request, self.written)
+    }
+
+    /// The parts of [`Outbound::into_parts`] as one request with every header in its map
+    /// (for hyper's clients).
+    pub(super) fn into_request_with(mut request: Request<ProxyBody>, written: Option<Written>) -> Request<ProxyBody> {
+        if let Some(written) = written {
+            written.insert_into(request.headers_mut());
+        }
+        request
+    }
+}
+
+/// The headers keygate writes on a request to the upstream, in the order they go: the
+/// principal's identity headers, `x-request-id`, `x-forwarded-for`, `x-forwarded-proto`,
+/// `x-forwarded-host`, and `Host` when the client sent none (HTTP/2's `:authority`). The
+/// client's own of these names were removed from its map ([`strip_request_headers`]), so
+/// they replace them wherever they are written.
+pub struct Written {
+    identity: Option<Arc<IdentityHeaders>>,
+    request_id: HeaderValue,
+    forwarded_for: Option<HeaderValue>,
+    tls: bool,
+    /// The original `Host` (or `:authority`), for `x-forwarded-host`.
+    forwarded_host: Option<HeaderValue>,
+    /// Whether the client's map has no `Host`: then `forwarded_host` is the `Host` too.
+    host_missing: bool,
+}
+
+impl Written {
+    /// Calls `write` with each header, in order.
+    pub(super) fn for_each(&self, mut write: impl FnMut(&HeaderName, &HeaderValue)) {
+        if let Some(identity) = &self.identity {
+            let values = [
+                (&X_KEYGATE_KEY_ID, &identity.key_id),
+                (&X_KEYGATE_TENANT, &identity.tenant),
+                (&X_KEYGATE_PLAN, &identity.plan),
+                (&X_KEYGATE_SCOPES, &identity.scopes),
+            ];
+            for (name, value) in values {
+                if let Some(value) = value {
+                    write(name, value);
+                }
+            }
+        }
+        write(&X_REQUEST_ID, &self.request_id);
+        if let Some(forwarded_for) = &self.forwarded_for {
+            write(&X_FORWARDED_FOR, forwarded_for);
+        }
+        let proto = HeaderValue::from_static(if self.tls { "https" } else { "http" });
+        write(&X_FORWARDED_PROTO, &proto);
+        if let Some(host) = &self.forwarded_host {
+            write(&X_FORWARDED_HOST, host);
+            if self.host_missing {
+                write(&HOST, host);
+            }
+        }
+    }
+
+    /// Whether a `Host` is among them (the client sent none, and there was one to give).
+    pub(super) fn writes_host(&self) -> bool {
+        self.host_missing && self.forwarded_host.is_some()
+    }
+
+    /// Inserts them into `headers`, the client's map after [`strip_request_headers`].
+    fn insert_into(self, headers: &mut HeaderMap) {
+        self.for_each(|name, value| {
+            headers.insert(name.clone(), value.clone());
+        });
     }
 }
 
@@ -196,38 +284,62 @@ pub fn rewrite_request_headers(
     principal: Option<&Principal>,
     keep_upgrade: bool,
 ) {
+    strip_request_headers(headers, context, principal, keep_upgrade).insert_into(headers);
+}
+
+/// The first half of [`rewrite_request_headers`]: removes what must not go upstream
+/// (hop-by-hop, `Authorization`, what [`must_drop`] names, and the client's own
+/// `x-request-id` and `x-forwarded-*`, which keygate's replace) and answers what keygate
+/// writes in their place.
+pub(super) fn strip_request_headers(
+    headers: &mut HeaderMap,
+    context: &ForwardContext<'_>,
+    principal: Option<&Principal>,
+    keep_upgrade: bool,
+) -> Written {
     // Built before anything is removed: the client's value is read as it arrived.
     let forwarded_for = forwarded_for(headers, context);
     remove_hop_by_hop(headers, keep_upgrade);
-    headers.remove(AUTHORIZATION);
-    remove_spoofed(headers, context.peer_trusted);
-
-    if let Some(principal) = principal {
+    remove_client_fields(headers, context.peer_trusted);
+    Written {
         // Made once per key record by its store: shared, not copied (see IdentityHeaders).
-        let identity = principal.identity_headers();
-        let written = [
-            (X_KEYGATE_KEY_ID, &identity.key_id),
-            (X_KEYGATE_TENANT, &identity.tenant),
-            (X_KEYGATE_PLAN, &identity.plan),
-            (X_KEYGATE_SCOPES, &identity.scopes),
-        ];
-        for (name, value) in written {
-            if let Some(value) = value {
-                headers.insert(name, value.clone());
+        identity: principal.map(|principal| principal.identity_headers().clone()),
+        request_id: context.request_id.clone(),
+        forwarded_for,
+        tls: context.tls,
+        forwarded_host: context.host.clone(),
+        host_missing: !headers.contains_key(HOST),
+    }
+}
+
+/// Removes `Authorization`, the client's `x-request-id` and `x-forwarded-{for,proto,host}`
+/// (keygate writes its own), and every field [`must_drop`] names, after one look at the
+/// names: nothing is hashed for a name that is not there, and nothing is allocated when
+/// there is nothing to drop.
+fn remove_client_fields(fields: &mut HeaderMap, peer_trusted: bool) {
+    let mut present = 0u8;
+    let mut spoofed = false;
+    for name in fields.keys() {
+        present |= match name.as_str() {
+            "authorization" => 1,
+            "x-request-id" => 2,
+            "x-forwarded-for" => 4,
+            "x-forwarded-proto" => 8,
+            "x-forwarded-host" => 16,
+            _ => {
+                spoofed |= must_drop(name, peer_trusted);
+                0
             }
+        };
+    }
+    let canonical = [AUTHORIZATION, X_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+    for (i, name) in canonical.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            fields.remove(name);
         }
     }
-    headers.insert(X_REQUEST_ID, context.request_id.clone());
-    if let Some(forwarded_for) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, forwarded_for);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if context.tls { "https" } else { "http" }));
-    headers.remove(X_FORWARDED_HOST);
-    if let Some(host) = &context.host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, host.clone());
-        }
+    if spoofed {
+        remove_spoofed(fields, peer_trusted);
     }
 }
 

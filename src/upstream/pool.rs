@@ -34,7 +34,7 @@ use super::connector::Connector;
 use super::fast::{self, FastBody, FastPool};
 use super::http1::{error_chain, Http1Pool, Lease};
 use super::limit::{ConnectionPermit, Slots};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, Written};
 use super::response_check::{self, Verdict, MAX_INTERIM};
 use crate::body::{BoxError, ProxyBody};
 use crate::policy::{Upstream, UpstreamProtocol};
@@ -216,12 +216,12 @@ impl Upstreams {
     ) -> Result<(Response<UpstreamBody>, ConnectionPermit), UpstreamError> {
         let (client, fast, slots) = self.entry(upstream);
         let permit = slots.acquire(upstream.queue_timeout).await.ok_or(UpstreamError::Busy)?;
-        let request = outbound.into_request();
+        let (request, written) = outbound.into_parts();
         if let Some(fast) = fast.filter(|_| fast::eligible(&request)) {
-            let response = send_fast(&fast, upstream, request).await?;
+            let response = send_fast(&fast, upstream, request, written.as_ref()).await?;
             return Ok((response, permit));
         }
-        let response = send_hyper(client, upstream, request).await?;
+        let response = send_hyper(client, upstream, Outbound::into_request_with(request, written)).await?;
         Ok((response.map(UpstreamBody::Hyper), permit))
     }
 }
@@ -265,11 +265,12 @@ async fn send_fast(
     pool: &Arc<FastPool>,
     upstream: &Upstream,
     request: Request<ProxyBody>,
+    written: Option<&Written>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let (parts, empty) = request.into_parts();
     drop(empty);
     let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let response = match pool.exchange(&parts.method, target, &parts.headers, upstream.timeout).await {
+    let response = match pool.exchange(&parts.method, target, &parts.headers, written, upstream.timeout).await {
         Ok(response) => response,
         Err(fast::Failure::Failed(why)) => return Err(UpstreamError::Failed(why)),
         Err(fast::Failure::Timeout) => return Err(UpstreamError::Timeout),

@@ -158,7 +158,7 @@ fn pool(upstream: &Upstream) -> Arc<FastPool> {
 }
 
 async fn request(pool: &Arc<FastPool>, method: Method, path: &str) -> Result<Response<FastBody>, Failure> {
-    pool.exchange(&method, path, &HeaderMap::new(), Duration::from_secs(10)).await
+    pool.exchange(&method, path, &HeaderMap::new(), None, Duration::from_secs(10)).await
 }
 
 /// `GET path`, the whole body as text (or the body's error).
@@ -436,6 +436,26 @@ async fn an_unusual_reason_phrase_is_kept_and_the_usual_one_is_not_stored() {
 }
 
 #[tokio::test]
+async fn a_connection_keep_alive_is_not_kept_but_one_naming_other_headers_is() {
+    let upstream = Upstream::start(|c, r| match r {
+        0 => Reply::Write(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        1 => Reply::Write(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-trace\r\nX-Trace: 1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        _ => clean(c, r),
+    });
+    let pool = pool(&upstream);
+    let plain = request(&pool, Method::GET, "/a").await.unwrap();
+    // Nothing left for the client's hop: the connection itself is still reused.
+    assert!(!plain.headers().contains_key(http::header::CONNECTION));
+    drop(plain.into_body().collect().await.unwrap());
+    let naming = request(&pool, Method::GET, "/b").await.unwrap();
+    // Kept, so that the hop-by-hop removal also removes the header it names.
+    assert_eq!(naming.headers()[http::header::CONNECTION], "keep-alive, x-trace");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn chunked_trailers_become_a_trailers_frame() {
     let reply =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Sum: 42\r\nX-Two: a\r\n\r\n";
@@ -495,7 +515,7 @@ async fn the_body_reads_at_most_16_kib_at_a_time_and_a_dropped_one_closes_its_co
 async fn a_response_head_later_than_the_timeout_is_a_timeout_and_closes_the_connection() {
     let upstream = Upstream::start(|_, _| Reply::Silent);
     let pool = pool(&upstream);
-    let got = pool.exchange(&Method::GET, "/a", &HeaderMap::new(), Duration::from_millis(200)).await;
+    let got = pool.exchange(&Method::GET, "/a", &HeaderMap::new(), None, Duration::from_millis(200)).await;
     assert!(matches!(got, Err(Failure::Timeout)));
     assert_eq!(upstream.next_closed().await, Some(0));
 }
@@ -518,7 +538,7 @@ async fn the_request_head_is_written_as_the_hyper_path_writes_it() {
         }
         for method in [Method::GET, Method::DELETE, Method::OPTIONS] {
             let target = "/p/a%20b?q=1&r";
-            let response = fast.exchange(&method, target, &headers, Duration::from_secs(10)).await.unwrap();
+            let response = fast.exchange(&method, target, &headers, None, Duration::from_secs(10)).await.unwrap();
             response.into_body().collect().await.unwrap();
             let mut request = Request::builder().method(method.clone()).uri(target).body(crate::body::empty()).unwrap();
             *request.headers_mut() = headers.clone();
@@ -554,4 +574,65 @@ fn only_requests_without_a_body_or_an_upgrade_take_the_fast_path() {
     assert!(!eligible(&request(&[("content-length", "0")], crate::body::empty())));
     assert!(!eligible(&request(&[("transfer-encoding", "chunked")], crate::body::empty())));
     assert!(!eligible(&request(&[("upgrade", "websocket"), ("connection", "upgrade")], crate::body::empty())));
+}
+
+#[tokio::test]
+async fn keygates_own_headers_are_written_into_the_head_as_hyper_sends_them_inserted() {
+    use crate::keys::Principal;
+    use crate::upstream::outbound::{strip_request_headers, ForwardContext, Outbound};
+    let upstream = Upstream::start(clean);
+    let authority: http::uri::Authority = upstream.addr.to_string().parse().unwrap();
+    let fast = FastPool::new(&authority, connector());
+    let hyper = Http1Pool::new(&authority, connector());
+    let principal = Principal::new("key_abc", "acme", "pro", vec!["calls:read".into()]);
+    let request_id = http::HeaderValue::from_static("rid-1");
+    let context = ForwardContext {
+        peer: "10.1.2.3".parse().unwrap(),
+        tls: true,
+        request_id: &request_id,
+        peer_trusted: false,
+        host: Some(http::HeaderValue::from_static("api.example.com")),
+    };
+    let mut client = HeaderMap::new();
+    client.append("x-request-id", "client-id".parse().unwrap());
+    client.append("authorization", "Bearer secret".parse().unwrap());
+    client.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    client.append("x-forwarded-proto", "gopher".parse().unwrap());
+    client.append("x-forwarded-host", "evil.example".parse().unwrap());
+    client.append("x-keygate-tenant", "someone-else".parse().unwrap());
+    client.append("accept", "*/*".parse().unwrap());
+    // With the client's Host (HTTP/1.1), then without one (HTTP/2's `:authority`).
+    for host in [Some("api.example.com"), None] {
+        let mut headers = client.clone();
+        if let Some(host) = host {
+            headers.insert("host", host.parse().unwrap());
+        }
+        let (mut for_fast, mut for_hyper) = (headers.clone(), headers);
+        let written = strip_request_headers(&mut for_fast, &context, Some(&principal), false);
+        let response =
+            fast.exchange(&Method::GET, "/a", &for_fast, Some(&written), Duration::from_secs(10)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let written = strip_request_headers(&mut for_hyper, &context, Some(&principal), false);
+        let mut request = Request::builder().uri("/a").body(crate::body::empty()).unwrap();
+        *request.headers_mut() = for_hyper;
+        let (response, lease) = hyper.send(Outbound::into_request_with(request, Some(written))).await.unwrap();
+        hyper.keep(lease);
+        response.into_body().collect().await.unwrap();
+    }
+    let heads = upstream.heads.lock().unwrap();
+    assert_eq!(heads.len(), 4);
+    for pair in heads.chunks(2) {
+        assert_eq!(String::from_utf8_lossy(&pair[0].1), String::from_utf8_lossy(&pair[1].1));
+    }
+    let own = "x-keygate-key-id: key_abc\r\nx-keygate-tenant: acme\r\nx-keygate-plan: pro\r\n\
+               x-keygate-scopes: calls:read\r\nx-request-id: rid-1\r\nx-forwarded-for: 10.1.2.3\r\n\
+               x-forwarded-proto: https\r\nx-forwarded-host: api.example.com\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&heads[0].1),
+        format!("GET /a HTTP/1.1\r\naccept: */*\r\nhost: api.example.com\r\n{own}\r\n")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&heads[2].1),
+        format!("GET /a HTTP/1.1\r\naccept: */*\r\n{own}host: api.example.com\r\n\r\n")
+    );
 }

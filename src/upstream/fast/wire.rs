@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::upstream::connector::FreshReads;
+use crate::upstream::outbound::Written;
 use crate::upstream::response_check::MAX_INTERIM;
 
 /// A connection's read buffer, and the most a response head may take.
@@ -78,8 +79,15 @@ impl Conn {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        written: Option<&Written>,
         host: Option<&HeaderValue>,
     ) {
+        fn line(dst: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+            dst.extend_from_slice(name.as_str().as_bytes());
+            dst.extend_from_slice(b": ");
+            dst.extend_from_slice(value.as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
         let dst = &mut self.head;
         dst.clear();
         dst.extend_from_slice(method.as_str().as_bytes());
@@ -87,21 +95,19 @@ impl Conn {
         dst.extend_from_slice(target.as_bytes());
         dst.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in headers {
-            dst.extend_from_slice(name.as_str().as_bytes());
-            dst.extend_from_slice(b": ");
-            dst.extend_from_slice(value.as_bytes());
-            dst.extend_from_slice(b"\r\n");
+            line(dst, name, value);
         }
-        if let (false, Some(host)) = (headers.contains_key(HOST), host) {
-            dst.extend_from_slice(b"host: ");
-            dst.extend_from_slice(host.as_bytes());
-            dst.extend_from_slice(b"\r\n");
+        // keygate's own, after the client's, as they would be after inserting them.
+        if let Some(written) = written {
+            written.for_each(|name, value| line(dst, name, value));
+        }
+        let host_written = written.is_some_and(Written::writes_host);
+        if let (false, false, Some(host)) = (host_written, headers.contains_key(HOST), host) {
+            line(dst, &HOST, host);
         }
         dst.extend_from_slice(b"\r\n");
     }
 
-    /// Reads into the buffer, at most up to [`BUF_SIZE`] in it: the bytes read (0 at the
-    /// end of the stream).
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let room = BUF_SIZE.saturating_sub(self.buf.len());
         self.buf.reserve(room);
@@ -190,8 +196,17 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
             length = Some(fold_length(value.as_bytes(), length));
         } else if name == TRANSFER_ENCODING {
             transfer_encoding = true;
-        } else if name == CONNECTION && lists(&value, "close") {
-            keep_alive = false;
+        } else if name == CONNECTION {
+            if lists(&value, "close") {
+                keep_alive = false;
+            }
+            // `Connection: keep-alive` (what nginx and most keep-alive upstreams send) is
+            // this hop's alone, and the only header it names, `Keep-Alive`, is hop-by-hop
+            // too: it would be appended only to be removed again on the way out. Any other
+            // `Connection` is kept, so the headers it names are removed as usual.
+            if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
         }
         headers.append(name, value);
     }
