@@ -19,6 +19,7 @@ pub mod connector;
 pub mod fast;
 pub mod hop_by_hop;
 pub mod http1;
+mod idle;
 pub mod limit;
 pub mod outbound;
 pub mod pool;

@@ -30,8 +30,8 @@
 //!   response was read, and the upstream never had all of the request) is sent again
 //!   once, on another connection or a new one; never after it was written, nor from a new
 //!   connection;
-//! - **idle timeout**: a connection unused for [`IDLE_TIMEOUT`] (checked every
-//!   [`IDLE_SWEEP`]) is closed;
+//! - **idle timeout**: a connection unused for [`super::idle::IDLE_TIMEOUT`] (checked
+//!   every [`super::idle::IDLE_SWEEP`]) is closed;
 //! - **response heads**: at most 16 KiB ([`BUF_SIZE`], hyper's `max_buf_size` on the
 //!   other path) and 100 header lines, parsed as strictly as hyper parses them (no
 //!   obs-fold, no space before a colon, a status of three digits from 100); interim
@@ -62,8 +62,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -73,10 +72,11 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
-use wire::{incomplete, parse_trailers, step, Chunk, Conn, Framing, Head, BUF_SIZE};
+use wire::{parse_trailers, step, Chunk, Conn, Framing, Head, BUF_SIZE};
 
 use super::connector::Connector;
-use super::http1::{error_chain, IDLE_SWEEP, IDLE_TIMEOUT};
+use super::http1::error_chain;
+use super::idle::{self, IdleList, Pick};
 use super::outbound::Written;
 use super::response_check::{self, Verdict};
 use crate::body::{BoxError, ProxyBody};
@@ -93,8 +93,6 @@ pub(super) enum Failure {
     Timeout,
 }
 
-/// Looks (of [`IDLE_SWEEP`]) a connection must have stayed idle through to be closed.
-const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs().div_ceil(IDLE_SWEEP.as_secs());
 /// Whether `request` takes the fast path: no body (it has ended, and no `Content-Length`
 /// or `Transfer-Encoding` says one comes) and no `Upgrade`.
 pub(super) fn eligible(request: &Request<ProxyBody>) -> bool {
@@ -112,16 +110,9 @@ pub(super) struct FastPool {
     target: Uri,
     /// `Host` for a request that has none.
     host: Option<HeaderValue>,
-    idle: Mutex<Vec<Idle>>,
-    /// Idle sweeps so far (the idle connections' clock).
-    sweeps: AtomicU64,
+    idle: IdleList<Conn>,
 }
 
-/// A connection in the list, since the sweep count when it was returned.
-struct Idle {
-    conn: Conn,
-    since: u64,
-}
 /// A response head and the interim responses before it.
 struct Exchanged {
     response: Response<FastBody>,
@@ -142,12 +133,9 @@ impl FastPool {
             connector,
             target,
             host: HeaderValue::from_str(authority.as_str()).ok(),
-            idle: Mutex::new(Vec::new()),
-            sweeps: AtomicU64::new(0),
+            idle: IdleList::new(),
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep_idle(Arc::downgrade(&pool)));
-        }
+        idle::spawn_sweeps(&pool, FastPool::sweep);
         pool
     }
 
@@ -231,13 +219,7 @@ impl FastPool {
     /// The last-returned connection on which nothing waits; the others on the way (bytes
     /// or the end of the stream wait on them) are closed.
     fn checkout(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(Idle { mut conn, .. }) = idle.pop() {
-            if !conn.is_stale() {
-                return Some(conn);
-            }
-        }
-        None
+        self.idle.take(|conn| if conn.is_stale() { Pick::Close } else { Pick::Take })
     }
 
     /// Puts a connection whose response ended cleanly back in the list.
@@ -245,9 +227,7 @@ impl FastPool {
         if !conn.buf.is_empty() {
             return; // bytes beyond the response: closed
         }
-        let since = self.sweeps.load(Ordering::Relaxed);
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.push(Idle { conn, since });
+        self.idle.put(conn);
     }
 
     /// A new connection, within the upstream's `connect_timeout`.
@@ -260,36 +240,25 @@ impl FastPool {
         Ok(Conn { io: io.into_inner(), check_reads, buf: BytesMut::with_capacity(BUF_SIZE), head: Vec::new() })
     }
 
-    /// Closes the connections that stayed idle through [`IDLE_SWEEPS`] sweeps.
+    /// Closes the connections that stayed idle through [`idle::IDLE_SWEEPS`] sweeps (a
+    /// listed connection is never busy: it goes back only once its body ended).
     fn sweep(&self) {
-        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.retain(|c| now - c.since <= IDLE_SWEEPS);
+        self.idle.sweep(|_| idle::Seen::Idle);
     }
 
     /// Connections in the list now (tests).
     #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.len()
     }
 
-    /// The sweep, as the pool's task runs it every [`IDLE_SWEEP`] (tests).
+    /// The sweep, as the pool's task runs it every [`idle::IDLE_SWEEP`] (tests).
     #[cfg(test)]
     pub(super) fn sweep_now(&self) {
         self.sweep();
     }
 }
 
-async fn sweep_idle(pool: Weak<FastPool>) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_SWEEP, IDLE_SWEEP);
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep(),
-            None => return,
-        }
-    }
-}
 /// A fast-path response body: reads its connection when polled, and puts the connection
 /// back once it ended cleanly, if its response allowed that.
 pub struct FastBody {
@@ -336,12 +305,8 @@ impl FastBody {
 
     fn poll_length(&mut self, cx: &mut Context<'_>, remaining: u64) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-        if conn.buf.is_empty() {
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => return self.fail(incomplete()),
-                Ok(_) => {}
-                Err(e) => return self.fail(e),
-            }
+        if let Err(e) = ready!(conn.poll_more(cx)) {
+            return self.fail(e);
         }
         let take = conn.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let data = conn.buf.split_to(take).freeze();
@@ -356,15 +321,13 @@ impl FastBody {
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-        if conn.buf.is_empty() {
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => {
-                    self.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(_) => {}
-                Err(e) => return self.fail(e),
+        match ready!(conn.poll_bytes(cx)) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.finish();
+                return Poll::Ready(None);
             }
+            Err(e) => return self.fail(e),
         }
         Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))))
     }
@@ -373,12 +336,8 @@ impl FastBody {
         loop {
             let Framing::Chunked(mut state) = self.framing else { return Poll::Ready(None) };
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            if conn.buf.is_empty() {
-                match ready!(conn.poll_fill(cx)) {
-                    Ok(0) => return self.fail(incomplete()),
-                    Ok(_) => {}
-                    Err(e) => return self.fail(e),
-                }
+            if let Err(e) = ready!(conn.poll_more(cx)) {
+                return self.fail(e);
             }
             if let Chunk::Data(remaining) = state {
                 let take = conn.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));

@@ -9,8 +9,8 @@
 //!   (hyper hands the request back unsent) is tried again on another, or a new one; a
 //!   request is never retried once any of it may have been written, nor on a new
 //!   connection;
-//! - **idle timeout**: a connection unused for [`IDLE_TIMEOUT`] (checked every
-//!   [`IDLE_SWEEP`], so 90–135 s) is closed;
+//! - **idle timeout**: a connection unused for [`idle::IDLE_TIMEOUT`] (checked every
+//!   [`idle::IDLE_SWEEP`], so 90–135 s) is closed;
 //! - **upgrades**: every connection runs with hyper's upgrade support, so an upstream 101
 //!   can become a WebSocket tunnel; an upgraded connection never serves another request;
 //! - `connect_timeout`, `TCP_NODELAY` and name resolution: the same connector
@@ -29,9 +29,8 @@
 //! seen yet only then, once, instead of every time a read would wait (see
 //! [`super::connector`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST};
 use http::uri::Authority;
@@ -40,15 +39,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 
 use super::connector::Connector;
+use super::idle::{self, IdleList, Pick, Seen};
 use crate::body::ProxyBody;
-
-/// How long an idle connection is kept at least.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often idle connections are looked at: one idle for [`IDLE_TIMEOUT`] is closed at
-/// the next look.
-pub const IDLE_SWEEP: Duration = Duration::from_secs(45);
-/// Looks (of [`IDLE_SWEEP`]) a connection must have stayed idle through to be closed.
-const IDLE_SWEEPS: u64 = IDLE_TIMEOUT.as_secs().div_ceil(IDLE_SWEEP.as_secs());
 
 /// One worker's HTTP/1.1 connections to one upstream.
 pub(super) struct Http1Pool {
@@ -58,17 +50,8 @@ pub(super) struct Http1Pool {
     target: Uri,
     /// `Host` for a request that has none (HTTP/1.0 clients), as the general client wrote it.
     host: Option<HeaderValue>,
-    idle: Mutex<Vec<Idle>>,
-    /// Idle sweeps so far (the idle connections' clock; no clock is read per request).
-    sweeps: AtomicU64,
-}
-
-/// A connection in the list: idle, or still streaming a response body.
-struct Idle {
-    sender: SendRequest<ProxyBody>,
-    check_reads: Arc<AtomicBool>,
-    /// The sweep count when it was last returned (or last seen busy).
-    since: u64,
+    /// Kept connections: idle, or still streaming a response body.
+    idle: IdleList<Lease>,
 }
 
 /// A connection taken for one request. Dropped, it is closed once its response is done;
@@ -100,12 +83,9 @@ impl Http1Pool {
             builder,
             target,
             host: HeaderValue::from_str(authority.as_str()).ok(),
-            idle: Mutex::new(Vec::new()),
-            sweeps: AtomicU64::new(0),
+            idle: IdleList::new(),
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep_idle(Arc::downgrade(&pool)));
-        }
+        idle::spawn_sweeps(&pool, Http1Pool::sweep);
         pool
     }
 
@@ -142,24 +122,23 @@ impl Http1Pool {
         if lease.sender.is_closed() {
             return;
         }
-        let since = self.sweeps.load(Ordering::Relaxed);
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.push(Idle { sender: lease.sender, check_reads: lease.check_reads, since });
+        self.idle.put(lease);
     }
 
     /// The last-returned connection that is ready, with its next reads set to ask the
-    /// kernel; closed ones are dropped on the way.
+    /// kernel; closed ones are dropped on the way, busy ones (still streaming) skipped.
     fn checkout(&self) -> Option<Lease> {
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(at) = idle.iter().rposition(|c| c.sender.is_ready() || c.sender.is_closed()) {
-            let Idle { sender, check_reads, .. } = idle.remove(at);
-            if sender.is_closed() {
-                continue;
+        let lease = self.idle.take(|lease| {
+            if lease.sender.is_closed() {
+                Pick::Close
+            } else if lease.sender.is_ready() {
+                Pick::Take
+            } else {
+                Pick::Skip
             }
-            check_reads.store(true, Ordering::Release);
-            return Some(Lease { sender, check_reads });
-        }
-        None
+        })?;
+        lease.check_reads.store(true, Ordering::Release);
+        Some(lease)
     }
 
     /// A new connection: connected within the upstream's `connect_timeout`, its hyper
@@ -183,41 +162,28 @@ impl Http1Pool {
         Ok(Lease { sender, check_reads })
     }
 
-    /// Closes the connections that stayed idle through [`IDLE_SWEEPS`] sweeps.
+    /// Closes the connections that stayed idle through [`idle::IDLE_SWEEPS`] sweeps.
     fn sweep(&self) {
-        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        idle.retain_mut(|c| {
-            if c.sender.is_closed() {
-                return false;
+        self.idle.sweep(|lease| {
+            if lease.sender.is_closed() {
+                Seen::Closed
+            } else if lease.sender.is_ready() {
+                Seen::Idle
+            } else {
+                Seen::Busy
             }
-            if !c.sender.is_ready() {
-                // Still streaming a body: not idle.
-                c.since = now;
-                return true;
-            }
-            now - c.since <= IDLE_SWEEPS
         });
     }
 
     /// Connections in the list now (tests).
     #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        self.idle.len()
     }
 }
 
-async fn sweep_idle(pool: Weak<Http1Pool>) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_SWEEP, IDLE_SWEEP);
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep(),
-            None => return,
-        }
-    }
-}
-
+/// Why a client call failed, with every cause in the chain (hyper's errors say little on
+/// their own).
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -233,12 +199,14 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use std::io::Write;
     use std::net::TcpListener;
+    use std::time::Duration;
 
     use http_body_util::BodyExt;
     use hyper_util::client::legacy::connect::HttpConnector;
 
     use super::*;
     use crate::upstream::connector::tests::read_head;
+    use crate::upstream::idle::IDLE_SWEEPS;
 
     /// An upstream whose connection `n` answers `c<n>` to each request; with `close_first`,
     /// connection 0 closes after its first answer once told to. Every close is reported.

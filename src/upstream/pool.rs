@@ -121,8 +121,8 @@ struct Pool {
 type SlotsKey = (Authority, UpstreamProtocol);
 
 /// How long an idle pooled h2c connection to an upstream is kept (HTTP/1.1: see
-/// [`super::http1::IDLE_TIMEOUT`]).
-const POOL_IDLE_TIMEOUT: Duration = super::http1::IDLE_TIMEOUT;
+/// [`super::idle::IDLE_TIMEOUT`]).
+const POOL_IDLE_TIMEOUT: Duration = super::idle::IDLE_TIMEOUT;
 
 impl Upstreams {
     /// Pools for `workers` worker threads.

@@ -21,6 +21,7 @@ use std::task::{Context, Waker};
 use super::wire::MAX_HEADERS;
 use super::*;
 use crate::upstream::http1::Http1Pool;
+use crate::upstream::idle::IDLE_SWEEPS;
 use crate::upstream::response_check::MAX_INTERIM;
 
 /// What a scripted upstream does with one request.
@@ -349,9 +350,7 @@ async fn a_request_whose_write_fails_on_a_reused_connection_is_sent_once_more() 
     // Idle connections that take no request any more, and whose reads do not say so.
     let unwritable = |pool: &FastPool| {
         let mut cx = Context::from_waker(Waker::noop());
-        for idle in pool.idle.lock().unwrap().iter_mut() {
-            assert!(Pin::new(&mut idle.conn.io).poll_shutdown(&mut cx).is_ready());
-        }
+        pool.idle.for_each(|conn| assert!(Pin::new(&mut conn.io).poll_shutdown(&mut cx).is_ready()));
     };
     // One: the request goes on a new connection.
     let one = upstream();

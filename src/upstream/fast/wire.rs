@@ -114,6 +114,25 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut (&mut self.buf).limit(room))
     }
 
+    /// Waits until the buffer holds bytes of a body, reading when it is empty:
+    /// `Ok(false)` when the stream ended first.
+    pub(super) fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        self.poll_fill(cx).map_ok(|read| read > 0)
+    }
+
+    /// [`Conn::poll_bytes`] for a body whose framing says more comes: the stream's end is
+    /// an error ([`incomplete`]).
+    pub(super) fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_bytes(cx).map(|more| match more {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(incomplete()),
+            Err(e) => Err(e),
+        })
+    }
+
     /// Reads the final response head (skipping interim ones), and how many interim
     /// responses came before it.
     pub(super) async fn read_head(&mut self, head_request: bool) -> Result<(Head, usize), String> {
