@@ -13,6 +13,9 @@ gets --workers worker processes/threads, 2 by default, checked in /proc at start
   keygate-local  keygate: key auth + scope check + local limiter (server.workers)
   keygate-redis  keygate: key auth + scope check + Redis limiter (a Redis of our own)
   keygate-tls    keygate-local's setup behind TLS (self-signed certificate)
+  keygate-3limits-redis  (with --three-limits) keygate-redis with a plan of three limits
+                 (a 1 s burst, a minute, a monthly quota, none reached): what a plan as
+                 SaaS sells it costs against the one-limit plan, in the same rounds
 
 Each round: (A) throughput at saturation for every target in a rotated order (wrk,
 closed loop; CPU user/system of each proxy's process tree from /proc/PID/stat), then
@@ -51,6 +54,13 @@ TARGETS = ["direct", "nginx", "haproxy", "nginx-keymap", "keygate-local", "keyga
 NGINXES = ["nginx", "nginx-keymap"]
 KEYGATES = ["keygate-local", "keygate-redis", "keygate-tls"]
 PROXIES = TARGETS[1:]
+# The plan of keygate-3limits-redis (--three-limits): three limits none of which is reached.
+THREE_LIMITS = """limits = [
+  { name = "burst", requests = 100000000, window = "1s" },
+  { name = "minute", requests = 100000000, window = "60s" },
+  { name = "month", requests = 1000000000000, period = "month" },
+]
+"""
 # Commands the limiter script runs inside Redis: INFO commandstats counts them like
 # client commands, so they are left out of the round trips (see count_round_trips).
 # The commands the limiter script runs inside Redis, this version's and the one before the
@@ -302,6 +312,12 @@ class Setup:
                    {"PORT": port, "ADMIN_PORT": admin, "API_PORT": api, "TLS": tls, "BACKEND": backend,
                     "REDIS": redis, "WORKERS": self.args.workers})
             render("routes.toml", kd / "routes.toml", {"UPSTREAM_PORT": up})
+            if "3limits" in variant:
+                routes = (kd / "routes.toml").read_text()
+                one = "requests_per_minute = 100000000\n"
+                if one not in routes:
+                    raise SystemExit("routes.toml: the bench plan's one limit is not where --three-limits expects it")
+                (kd / "routes.toml").write_text(routes.replace(one, THREE_LIMITS))
             (kd / "peppers").write_text(pepper)
             os.chmod(kd / "peppers", 0o600)
             scheme = "https" if variant == "keygate-tls" else "http"
@@ -928,6 +944,16 @@ def goals(rounds, setup, args):
          median_spread([sat(r, "keygate-redis", "redis_round_trips_per_request") for r in rounds]), 0.02, "lower")
     goal("Redis CPU µs per request (keygate-redis at saturation)",
          median_spread([sat(r, "keygate-redis", "redis_cpu_us_per_request") for r in rounds]), 1.0, "lower", " µs")
+    if "keygate-3limits-redis" in TARGETS:
+        goal("keygate-3limits-redis CPU µs per request ÷ nginx (three limits; Redis's own CPU excluded)",
+             ratio("keygate-3limits-redis", "cpu_us_per_request"), 1.0, "lower", "×")
+        goal("keygate-3limits-redis throughput ÷ nginx", ratio("keygate-3limits-redis", "rps"), 1.0, "higher", "×")
+        goal("Redis round trips per request at saturation (three limits)",
+             median_spread([sat(r, "keygate-3limits-redis", "redis_round_trips_per_request") for r in rounds]),
+             0.02, "lower")
+        goal("(keygate-3limits-redis CPU µs per request ÷ keygate-redis)",
+             ratio("keygate-3limits-redis", "cpu_us_per_request", ref="keygate-redis"), 1.0, "lower", "×",
+             reference=True)
     # For reference, beside the goals: the other proxies against nginx in the same rounds.
     for t in ("keygate-local", "haproxy", "nginx-keymap"):
         goal(f"({t} throughput ÷ nginx)", ratio(t, "rps"), 1.0, "higher", "×", reference=True)
@@ -1067,6 +1093,9 @@ def main():
                     help="another keygate binary (e.g. the build before a change), run as baseline-local and "
                          "baseline-redis beside keygate-local and keygate-redis, interleaved in the same rounds; "
                          "the summary gives this build over the baseline")
+    ap.add_argument("--three-limits", action="store_true",
+                    help="also run keygate-3limits-redis: keygate-redis with a plan of three limits (burst, "
+                         "minute, monthly quota), interleaved in the same rounds")
     ap.add_argument("--oha", default=shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha"))
     ap.add_argument("--name", default=datetime.date.today().isoformat(), help="results file stem")
     ap.add_argument("--out", default=str(RESULTS))
@@ -1077,6 +1106,10 @@ def main():
     ap.add_argument("--profile-only", action="store_true",
                     help="no rounds: only the profiles (written to <out>/<name>-profile-<target>.txt)")
     args = ap.parse_args()
+    if args.three_limits:
+        TARGETS.append("keygate-3limits-redis")
+        KEYGATES.append("keygate-3limits-redis")
+        PROXIES[:] = TARGETS[1:]
     if args.baseline:
         for target in ("baseline-local", "baseline-redis"):
             TARGETS.append(target)
@@ -1120,7 +1153,7 @@ def main():
                     f" (user {res['cpu_user_us_per_request']}, sys {res['cpu_sys_us_per_request']})"
                     f"  foreign {res['foreign_cpu']}"
                     + (f"  redis rt/req {res.get('redis_round_trips_per_request')}"
-                       f"  redis CPU µs/req {res.get('redis_cpu_us_per_request')}" if target == "keygate-redis"
+                       f"  redis CPU µs/req {res.get('redis_cpu_us_per_request')}" if target.endswith("-redis")
                        else "")
                     + (f"  NON-2XX {res['non_2xx']}" if res["non_2xx"] else "")
                     + (f"  socket errors {res['socket_errors']}" if res["socket_errors"] else ""))

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 KNOWN = ["direct", "nginx", "haproxy", "nginx-keymap", "keygate-local", "keygate-redis", "keygate-tls",
+         "keygate-3limits-redis",
          "baseline-local", "baseline-redis"]
 NGINXES = ["nginx", "nginx-keymap"]
 
