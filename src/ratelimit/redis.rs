@@ -234,6 +234,10 @@ impl Slot {
         !self.calling && self.queue.is_empty() && self.lease.is_none() && self.pending.is_none()
     }
 
+    fn pending_units(&self) -> u64 {
+        self.pending.as_ref().map_or(0, |(back, _)| back.units)
+    }
+
     /// What the next call hands back: the lease it ends, else the units a lease that ran
     /// to its end left pending (one hand-back per call; the other waits for the next).
     fn hand_back_with_call(&mut self, now: u64) -> Option<HandBack> {
@@ -404,30 +408,19 @@ impl RedisLimiter {
     /// Units of leases that ran to their end and wait for the tenant's next call (or their
     /// grace) to go back to Redis.
     pub fn pending_units(&self) -> u64 {
-        let slots = self.inner.lock();
-        slots
-            .values()
-            .flat_map(HashMap::values)
-            .flat_map(HashMap::values)
-            .filter_map(|slot| slot.pending.as_ref())
-            .map(|(back, _)| back.units)
-            .sum()
+        self.sum_over_slots(Slot::pending_units)
     }
 
     /// Units held in leases on this replica and not yet spent or handed back, those of
     /// leases that ended and wait for a call to go back with included (a lease's units
     /// count once, whatever the number of limits they are counted in).
     pub fn leased_units(&self) -> u64 {
+        self.sum_over_slots(|slot| slot.lease.as_ref().map_or(0, |lease| lease.units) + slot.pending_units())
+    }
+
+    fn sum_over_slots(&self, units: impl Fn(&Slot) -> u64) -> u64 {
         let slots = self.inner.lock();
-        slots
-            .values()
-            .flat_map(HashMap::values)
-            .flat_map(HashMap::values)
-            .map(|slot| {
-                slot.lease.as_ref().map_or(0, |lease| lease.units)
-                    + slot.pending.as_ref().map_or(0, |(back, _)| back.units)
-            })
-            .sum()
+        slots.values().flat_map(HashMap::values).flat_map(HashMap::values).map(units).sum()
     }
 }
 
