@@ -267,10 +267,18 @@ fn plan_limits() {
     assert_error(&plan("requests_per_minute = 5\nwindow = \"1s\""), 8, 23, "keep one");
     assert_error(&plan("requests_per_minute = 5\nmax_keys = 0"), 9, 12, "at least 1");
     assert_error(&plan("requests_per_minute = 5\nmax_keys = 4294967296"), 9, 12, "at most");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = 0"), 9, 15, "`concurrency` must be at least 1");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = -2"), 9, 15, "at least 1");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = 4294967296"), 9, 15, "at most");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = \"5\""), 9, 15, "expected i64");
 
     let (policy, _) = parse(&plan("requests = 100\nwindow = \"1h\"\nmax_keys = 3")).unwrap();
     assert_eq!(window_limit(&policy.plans["p"]), Some(Limit { requests: 100, window: Duration::from_secs(3600) }));
     assert_eq!(policy.plans["p"].max_keys, Some(3));
+    assert_eq!(policy.plans["p"].concurrency, None, "no cap unless written");
+
+    let (policy, _) = parse(&plan("requests_per_minute = 5\nconcurrency = 5")).unwrap();
+    assert_eq!(policy.plans["p"].concurrency, Some(5));
 }
 
 #[test]
