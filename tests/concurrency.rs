@@ -607,13 +607,11 @@ async fn with_redis_down_on_store_error_decides() {
     let refused = send(kg.addr, "/hold-local/x?id=l2", &key, "l2").await;
     assert_concurrency_refusal(&refused);
     // allow: admitted without a slot (the cap is not enforced).
-    let allowed: Vec<_> = futures_join(
-        (0..3).map(|i| {
-            let key = key.clone();
-            let addr = kg.addr;
-            async move { send(addr, &format!("/hold-allow/x?id=a{i}"), &key, &format!("a{i}")).await }
-        }),
-    )
+    let allowed: Vec<_> = futures_join((0..3).map(|i| {
+        let key = key.clone();
+        let addr = kg.addr;
+        async move { send(addr, &format!("/hold-allow/x?id=a{i}"), &key, &format!("a{i}")).await }
+    }))
     .await;
     assert!(allowed.iter().all(|a| a.status == 200));
     // deny: 503.

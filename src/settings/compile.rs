@@ -185,13 +185,7 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
             1,
             "it divides each plan's limit among the replicas while the store is unreachable",
         ),
-        concurrency_ttl: duration(
-            check,
-            "concurrency_ttl",
-            l.concurrency_ttl.as_ref(),
-            DEFAULT_CONCURRENCY_TTL,
-            true,
-        ),
+        concurrency_ttl: duration(check, "concurrency_ttl", l.concurrency_ttl.as_ref(), DEFAULT_CONCURRENCY_TTL, true),
     };
 
     let redis_needed = keys.source == KeySource::Redis || limits.backend == LimitBackend::Redis;
