@@ -25,7 +25,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use keygate::ratelimit::concurrency::{redis::ACQUIRE_LUA, RedisSlots};
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -553,6 +553,41 @@ async fn a_dead_replicas_slots_free_after_the_ttl_and_not_while_it_renews_them()
     drop(held);
     drop(taken);
     drop(b);
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_slots_are_shared_renewed_and_released_across_hash_slots() {
+    let cluster = RedisCluster::start();
+    let ttl = Duration::from_millis(600);
+    let (client_a, metrics_a) = support::redis::client(&cluster.url(), Duration::from_secs(1)).await;
+    let (client_b, metrics_b) = support::redis::client(&cluster.url(), Duration::from_secs(1)).await;
+    assert!(client_a.wait_up(Duration::from_secs(5)).await && client_b.wait_up(Duration::from_secs(5)).await);
+    let a = RedisSlots::start(client_a, ttl, metrics_a);
+    let b = RedisSlots::start(client_b, ttl, metrics_b);
+    // Tenants on different hash slots (and nodes): renewal and release go to each.
+    let tenants = ["alpha", "bravo", "charlie", "delta"];
+    let mut held = Vec::new();
+    for tenant in tenants {
+        held.push(a.acquire(tenant, 1).await.unwrap().expect("within the cap"));
+    }
+    let started = Instant::now();
+    while started.elapsed() < ttl * 3 {
+        for tenant in tenants {
+            assert!(b.acquire(tenant, 1).await.unwrap().is_none(), "{tenant}'s slot is renewed");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Released (well before the ttl would free them: renewal has just pushed it on).
+    drop(held);
+    for tenant in tenants {
+        let mut taken = None;
+        let ok = eventually(Duration::from_millis(400), async || {
+            taken = b.acquire(tenant, 1).await.unwrap();
+            taken.is_some()
+        })
+        .await;
+        assert!(ok, "{tenant}'s slot is released");
+    }
 }
 
 #[tokio::test]

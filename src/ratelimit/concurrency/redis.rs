@@ -10,7 +10,9 @@
 //!   refuses and adds nothing. The replicas' clocks never matter.
 //! - **Renew**: one background task per replica re-scores, every third of the ttl, every
 //!   slot this replica holds, in one pipelined call (one [`RENEW_LUA`] per tenant with
-//!   slots here, `ZADD XX`: a slot already released or removed is not added back).
+//!   slots here, `ZADD XX`: a slot already released or removed is not added back; on a
+//!   Redis Cluster, whose pipelines cannot cross hash slots, one call per tenant, sent
+//!   together).
 //! - **Release**: dropping a [`RedisSlot`] queues a `ZREM` (never awaited on the request
 //!   path); one background task sends what has queued as one pipeline, at once, so
 //!   releases that arrive while one is in flight go together in the next. The queue is
@@ -52,6 +54,9 @@ pub const RELEASE_QUEUE: usize = 65_536;
 
 /// The most releases sent in one pipeline.
 const RELEASE_BATCH: usize = 1024;
+
+/// The bound on one pipeline of releases (off the request path).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The Redis key of `tenant`'s slots: `kg:cc:{<tenant>}`.
 pub fn key(tenant: &str) -> String {
@@ -250,6 +255,24 @@ impl Drop for RedisSlot {
     }
 }
 
+/// Sends `commands` (one per tenant's key) as one pipeline, bounded by `timeout`; on a
+/// Redis Cluster, whose pipelines cannot cross hash slots, as one pipeline per command,
+/// sent together.
+async fn pipelined(client: &RedisClient, commands: Vec<redis::Cmd>, timeout: Duration) -> Result<(), RedisCallError> {
+    let groups: Vec<Vec<redis::Cmd>> =
+        if client.is_cluster() { commands.into_iter().map(|command| vec![command]).collect() } else { vec![commands] };
+    let calls = groups.into_iter().map(|group| {
+        let mut pipe = redis::pipe();
+        for command in group {
+            pipe.add_command(command).ignore();
+        }
+        client.run_with_timeout(StoreOp::Limit, timeout, move |mut connection| async move {
+            pipe.query_async::<()>(&mut connection).await
+        })
+    });
+    futures_util::future::join_all(calls).await.into_iter().collect()
+}
+
 /// Every third of the ttl, re-scores every slot held here, in one pipelined call.
 async fn renew(shared: Arc<Shared>, stop: CancellationToken) {
     let every = shared.ttl / 3;
@@ -264,21 +287,15 @@ async fn renew(shared: Arc<Shared>, stop: CancellationToken) {
         if batch.is_empty() {
             continue;
         }
-        let mut pipe = redis::pipe();
-        for (key, ids) in &batch {
-            let command = pipe.cmd("EVAL").arg(RENEW_LUA).arg(1).arg(&**key).arg(ttl);
+        let commands = batch.iter().map(|(key, ids)| {
+            let mut command = redis::cmd("EVAL");
+            command.arg(RENEW_LUA).arg(1).arg(&**key).arg(ttl);
             for &id in ids {
                 command.arg(shared.member(id));
             }
-            command.ignore();
-        }
-        let call = shared
-            .client
-            .run_with_timeout(StoreOp::Limit, every.max(Duration::from_millis(1)), move |mut connection| async move {
-                pipe.query_async::<()>(&mut connection).await
-            })
-            .await;
-        if let Err(e) = call {
+            command
+        });
+        if let Err(e) = pipelined(&shared.client, commands.collect(), every.max(Duration::from_millis(1))).await {
             tracing::debug!(error = %e, "renewing concurrency slots failed; retrying next round");
         }
     }
@@ -299,17 +316,14 @@ async fn release(client: RedisClient, replica: String, mut queue: mpsc::Receiver
         for release in &batch {
             by_key.entry(&release.key).or_default().push(member(&replica, release.id));
         }
-        let mut pipe = redis::pipe();
-        for (key, members) in by_key {
-            pipe.cmd("ZREM").arg(key).arg(members).ignore();
-        }
+        let commands = by_key.into_iter().map(|(key, members)| {
+            let mut command = redis::cmd("ZREM");
+            command.arg(key).arg(members);
+            command
+        });
+        let commands = commands.collect();
         batch.clear();
-        let call = client
-            .run_with_timeout(StoreOp::Limit, Duration::from_secs(1), move |mut connection| async move {
-                pipe.query_async::<()>(&mut connection).await
-            })
-            .await;
-        if let Err(e) = call {
+        if let Err(e) = pipelined(&client, commands, RELEASE_TIMEOUT).await {
             tracing::debug!(error = %e, "releasing concurrency slots failed; they expire instead");
         }
     }
