@@ -273,6 +273,15 @@ fn plan_limit_entry(plan: &str, entry: &Spanned<raw::RawLimit>, check: &mut Chec
                     ),
                 );
                 None
+            } else if text == crate::error::CONCURRENCY_LIMIT_NAME {
+                check.error(
+                    name.span(),
+                    format!(
+                        "plan `{plan}`: the limit name `{text}` is reserved for the plan's `concurrency` \
+                        (a 429 names it); pick another"
+                    ),
+                );
+                None
             } else {
                 Some(text.clone())
             }

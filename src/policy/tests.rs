@@ -624,6 +624,7 @@ fn every_bad_limit_shape_is_refused_at_its_position() {
         (&[r#"{ name = "a", window = "1s" }"#], "", "{ name", 0, "no `requests`"),
         (&[r#"{ requests = 1, window = "1s" }"#], "", "{ requests", 0, "no `name`"),
         (&[r#"{ name = "a b", requests = 1, window = "1s" }"#], "", "\"a b\"", 0, "letters, digits"),
+        (&[r#"{ name = "concurrency", requests = 1, window = "1s" }"#], "", "\"concurrency\"", 0, "reserved"),
         (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 0 }"#], "", "0 }", 0, "1 to 31"),
         (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 32 }"#], "", "32", 0, "1 to 31"),
         (&[r#"{ name = "d", requests = 1, period = "day", reset_day = 2 }"#], "", "2 }", 0, "a day always starts"),
