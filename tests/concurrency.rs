@@ -453,7 +453,8 @@ async fn a_websocket_tunnel_holds_its_slot_until_it_closes() {
 // ---------------------------------------------------------------------------------------
 // Replicas on one Redis
 
-const SHARED: &str = "[limits]\nbackend = \"redis\"\nreplicas = 3\non_store_error = \"deny\"\n";
+const SHARED: &str =
+    "[limits]\nbackend = \"redis\"\nreplicas = 3\non_store_error = \"deny\"\nconcurrency_ttl = \"3s\"\n";
 
 #[tokio::test]
 async fn three_replicas_on_one_redis_never_exceed_the_cap_together() {
@@ -498,6 +499,9 @@ async fn three_replicas_on_one_redis_never_exceed_the_cap_together() {
     assert_eq!((admitted.len(), refused), (2, 7), "at most the cap in flight across the replicas");
     assert_eq!(upstream.arrived(), 2);
     assert_eq!(redis.cli(&["ZCARD", "kg:cc:{acme}"]).trim(), "2");
+    // `limits.concurrency_ttl` sets the slots' (and the set's) expiry.
+    let pttl: i64 = redis.cli(&["PTTL", "kg:cc:{acme}"]).trim().parse().unwrap();
+    assert!(pttl > 0 && pttl <= 3000, "{pttl}");
 
     // Their bodies end: the slots are released in Redis, and others are admitted, on any replica.
     for (r, i) in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)] {
