@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::keys::Principal;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::{RouteMode, Upstream};
+use crate::ratelimit::concurrency::Slot;
 use crate::request_id::RequestId;
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
@@ -63,6 +64,9 @@ pub struct AccessLog {
     pub principal: Option<Principal>,
     /// The upstream's configured name.
     pub upstream: Option<Arc<Upstream>>,
+    /// The request's concurrency slot (a plan with `concurrency`): held as long as this
+    /// record lives, i.e. until the response body ends or the tunnel closes.
+    pub concurrency: Option<Slot>,
     started: Instant,
     bytes: Arc<ByteCounts>,
     /// The response body (or tunnel) ran to its end.
@@ -84,6 +88,7 @@ impl AccessLog {
             mode: RouteMode::Enforce,
             principal: None,
             upstream: None,
+            concurrency: None,
             started,
             bytes: Arc::new(ByteCounts::default()),
             complete: false,

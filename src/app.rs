@@ -19,6 +19,7 @@ use crate::keys::store::Store;
 use crate::keys::Peppers;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
+use crate::ratelimit::concurrency::{Concurrency, RedisSlots};
 use crate::ratelimit::front::Limiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::redis_client::RedisClient;
@@ -165,9 +166,17 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         LimitBackend::Local => None,
         LimitBackend::Redis => redis.clone().map(RedisLimiter::new),
     };
+    let redis_slots = match settings.limits.backend {
+        LimitBackend::Local => None,
+        LimitBackend::Redis => {
+            redis.clone().map(|client| RedisSlots::start(client, settings.limits.concurrency_ttl, metrics.clone()))
+        }
+    };
+    let concurrency = Concurrency::new(&settings.limits, redis_slots, metrics.clone());
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
     let keys = Arc::new(Authenticator::new(store, peppers, &settings.keys, metrics.clone()));
-    let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error);
+    let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error)
+        .with_concurrency(concurrency);
     let app = Arc::new(
         App::new(settings, policy, gate, redis, metrics).allowing_orphaned_plans(options.allow_orphaned_plans),
     );

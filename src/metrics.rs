@@ -171,6 +171,10 @@ pub struct Metrics {
     connections_active: IntGauge,
     failed_auth_limited: IntCounter,
     preflights_limited: IntCounter,
+    /// Requests refused with 429 by their plan's `concurrency`.
+    concurrency_refused: IntCounter,
+    /// Concurrency slots this replica's requests hold now.
+    concurrency_slots: IntGauge,
 }
 
 /// Registers `collector` on `registry`, at start-up, where a failure is a bug.
@@ -361,6 +365,25 @@ impl Metrics {
             )
             .expect("metrics: valid preflights_limited_total"),
         );
+        let concurrency_refused = register(
+            r,
+            IntCounter::with_opts(
+                Opts::new(
+                    "concurrency_refused_total",
+                    "Requests refused with 429 because their tenant had its plan's concurrency in flight.",
+                )
+                .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid concurrency_refused_total"),
+        );
+        let concurrency_slots = register(
+            r,
+            IntGauge::with_opts(
+                Opts::new("concurrency_slots_held", "Concurrency slots held by this replica's requests now.")
+                    .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid concurrency_slots_held"),
+        );
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -389,6 +412,8 @@ impl Metrics {
             connections_active,
             failed_auth_limited,
             preflights_limited,
+            concurrency_refused,
+            concurrency_slots,
         }
     }
 
@@ -471,6 +496,21 @@ impl Metrics {
     /// A CORS preflight refused because its client address is over `preflights_per_minute`.
     pub fn preflight_limited(&self) {
         self.preflights_limited.inc();
+    }
+
+    /// A request refused because its tenant had its plan's `concurrency` in flight.
+    pub fn concurrency_refused(&self) {
+        self.concurrency_refused.inc();
+    }
+
+    /// A concurrency slot taken by one of this replica's requests.
+    pub fn concurrency_slot_taken(&self) {
+        self.concurrency_slots.inc();
+    }
+
+    /// A concurrency slot given back.
+    pub fn concurrency_slot_given_back(&self) {
+        self.concurrency_slots.dec();
     }
 
     /// Whether the store's circuit breaker is closed.

@@ -45,7 +45,12 @@ async fn limiter(url: &str, timeout: Duration) -> RedisLimiter {
 /// A `Limiter` with `backend = "redis"` and `replicas`, and its metrics.
 async fn policy_limiter(url: &str, timeout: Duration, replicas: u32) -> (Limiter, Arc<Metrics>) {
     let (client, metrics) = client(url, timeout).await;
-    let limits = Limits { backend: LimitBackend::Redis, on_store_error: OnStoreError::Local, replicas };
+    let limits = Limits {
+        backend: LimitBackend::Redis,
+        on_store_error: OnStoreError::Local,
+        replicas,
+        concurrency_ttl: Duration::from_secs(10),
+    };
     let limiter = Limiter::new(&limits, Some(RedisLimiter::new(client)), Arc::new(SystemClock), metrics.clone());
     (limiter, metrics)
 }

@@ -38,6 +38,8 @@ fn fixed_label_values_exported_at_zero_from_start() {
         "keygate_connections_active 0",
         "keygate_failed_auth_limited_total 0",
         "keygate_preflights_limited_total 0",
+        "keygate_concurrency_refused_total 0",
+        "keygate_concurrency_slots_held 0",
         &format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(has_line(&text, line), "missing {line}\n{text}");
@@ -59,6 +61,8 @@ fn every_metric_is_prefixed_and_of_its_type() {
         "keygate_build_info gauge",
         "keygate_config_last_reload_success_timestamp_seconds gauge",
         "keygate_config_last_reload_successful gauge",
+        "keygate_concurrency_refused_total counter",
+        "keygate_concurrency_slots_held gauge",
         "keygate_config_reloads_total counter",
         "keygate_connections_active gauge",
         "keygate_failed_auth_limited_total counter",

@@ -173,7 +173,7 @@ mod tests {
     use crate::clock::ManualClock;
 
     fn limits(backend: LimitBackend, replicas: u32) -> Limits {
-        Limits { backend, on_store_error: OnStoreError::Local, replicas }
+        Limits { backend, on_store_error: OnStoreError::Local, replicas, concurrency_ttl: Duration::from_secs(10) }
     }
 
     fn limit(requests: u64, secs: u64) -> Limit {
