@@ -12,6 +12,8 @@
 //! counts without hashing labels; they are made the first time they are used, so what is
 //! exported is what labelled lookups would have made.
 
+mod usage;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -171,6 +173,7 @@ pub struct Metrics {
     connections_active: IntGauge,
     failed_auth_limited: IntCounter,
     preflights_limited: IntCounter,
+    usage: usage::UsageMetrics,
 }
 
 /// Registers `collector` on `registry`, at start-up, where a failure is a bug.
@@ -370,6 +373,7 @@ impl Metrics {
             .expect("metrics: valid build_info"),
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let usage = usage::UsageMetrics::register(r);
 
         Metrics {
             registry,
@@ -389,6 +393,7 @@ impl Metrics {
             connections_active,
             failed_auth_limited,
             preflights_limited,
+            usage,
         }
     }
 
