@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::counts::{day_of, Counts, TenantDay};
 use super::store::{date_string, parse_date, UsageStore, MAX_REPORT_DAYS};
-use super::{day_of, Counts, TenantDay};
 use crate::metrics::StoreOp;
 use crate::policy::{LimitKind, PlanLimit, Rule};
 use crate::redis_client::RedisClient;
@@ -344,7 +344,7 @@ pub fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

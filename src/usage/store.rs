@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Batch, Counts, TenantDay};
+use super::counts::{Batch, Counts, TenantDay};
 use crate::keys::store::Store;
 use crate::metrics::StoreOp;
 use crate::policy::{civil_from_days, days_from_civil, days_in_month};

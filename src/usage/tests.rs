@@ -166,8 +166,8 @@ fn what_waits_is_bounded_and_what_is_dropped_is_counted() {
 #[test]
 fn reports_render_as_json_csv_and_a_table() {
     let day = parse_date("2026-12-01").unwrap();
-    let mut counts = TenantDay::default();
-    counts.total = Counts { requests: 41_230, cost: 41_300, refused: [("rate_limited".into(), 2)].into() };
+    let total = Counts { requests: 41_230, cost: 41_300, refused: [("rate_limited".into(), 2)].into() };
+    let mut counts = TenantDay { total, ..Default::default() };
     counts.keys.insert("key_a".into(), counts.total.clone());
     let quotas = vec![report::QuotaCount {
         name: "month".into(),
