@@ -188,6 +188,8 @@ async fn with_the_file_store_usage_equals_what_the_upstream_received() {
     assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("missing_parameter")));
     let answer = api_usage(&kg, "tenant=acme&tenants=x").await;
     assert_eq!(answer.status, 400);
+    let url = format!("http://{}/admin/v1/usage?tenant=acme", kg.api.unwrap());
+    assert_eq!(Http::new().get(&url, None).await.status, 401, "the token is needed");
     let metrics = metrics_text(kg.admin).await;
     assert!(metric(&metrics, "keygate_usage_flushes_total", &[("result", "success")]).unwrap() >= 1.0);
     assert_eq!(metric(&metrics, "keygate_usage_flushes_total", &[("result", "failure")]), Some(0.0));
