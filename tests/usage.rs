@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate::clock::ManualClock;
+use keygate::clock::{Clock, ManualClock};
 use serde_json::Value;
 use support::redis::*;
 use support::*;
@@ -341,4 +341,34 @@ async fn counts_buffered_while_redis_is_down_are_written_once_it_is_back() {
     .await;
     assert!(settled, "the lag went back to 0");
     kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_each_tenant_is_written_and_read_on_its_own_slot() {
+    let cluster = RedisCluster::start();
+    let (client, _) = client(&cluster.url(), Duration::from_secs(2)).await;
+    assert!(client.wait_up(Duration::from_secs(10)).await, "the cluster answers");
+    let clock = Arc::new(ManualClock::new(1_798_761_599_000));
+    let usage = keygate::usage::Usage::new(
+        keygate::usage::UsageStore::Redis(client),
+        clock.clone(),
+        Arc::new(keygate::metrics::Metrics::new()),
+    );
+    // Enough tenants that their slots land on every node.
+    let tenants: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+    for (i, tenant) in tenants.iter().enumerate() {
+        for _ in 0..=i {
+            usage.record(tenant, "key_a", keygate::usage::Outcome::Admitted { cost: 2 });
+        }
+        usage.record(tenant, "key_b", keygate::usage::Outcome::Refused("rate_limited"));
+    }
+    usage.flush_now().await.unwrap();
+    let day = keygate::usage::day_of(clock.now_millis());
+    for (i, tenant) in tenants.iter().enumerate() {
+        let days = usage.store().read(tenant, day - 1, day).await.unwrap();
+        assert_eq!(days.len(), 1, "{tenant}");
+        let counts = &days[0].1;
+        assert_eq!((counts.total.requests, counts.total.cost), (i as u64 + 1, 2 * (i as u64 + 1)), "{tenant}");
+        assert_eq!(counts.keys["key_b"].refused.get("rate_limited"), Some(&1), "{tenant}");
+    }
 }
