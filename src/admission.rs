@@ -167,6 +167,11 @@ impl Gate {
         self
     }
 
+    /// The rate limiter (the usage report reads the local quotas' counts from it).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
     /// The key service the gate authenticates with.
     pub fn keys(&self) -> &Arc<Authenticator> {
         &self.keys

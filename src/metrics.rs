@@ -12,6 +12,8 @@
 //! counts without hashing labels; they are made the first time they are used, so what is
 //! exported is what labelled lookups would have made.
 
+mod usage;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -175,6 +177,7 @@ pub struct Metrics {
     concurrency_refused: IntCounter,
     /// Concurrency slots this replica's requests hold now.
     concurrency_slots: IntGauge,
+    usage: usage::UsageMetrics,
 }
 
 /// Registers `collector` on `registry`, at start-up, where a failure is a bug.
@@ -393,6 +396,7 @@ impl Metrics {
             .expect("metrics: valid build_info"),
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let usage = usage::UsageMetrics::register(r);
 
         Metrics {
             registry,
@@ -414,6 +418,7 @@ impl Metrics {
             preflights_limited,
             concurrency_refused,
             concurrency_slots,
+            usage,
         }
     }
 

@@ -57,6 +57,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     // dropped first (the client went away).
     let mut record =
         AccessLog::new(request_id(request.headers()), request.method().clone(), started, app.metrics().clone());
+    record.usage = app.usage().cloned();
 
     let forwarded = match process(&app, &policy, connection, request, &mut record).await {
         Ok(forwarded) => forwarded,
@@ -226,6 +227,11 @@ async fn forward(
     // The concurrency slot lives as long as the record: until the body ends or the tunnel closes.
     record.concurrency = admission.take_slot();
     let (principal, rate) = admission.into_parts();
+    // Admitted: its usage counts the route's cost (a shadow-mode request the rules would
+    // have refused counts as that refusal, as its access line says).
+    if principal.is_some() && record.decision == "ok" {
+        record.admitted_cost = Some(route.cost);
+    }
     record.principal = principal;
     let upstream_started = Instant::now();
     let result = app.upstreams().send(&route.upstream, outbound).await;
