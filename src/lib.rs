@@ -22,11 +22,12 @@
 //! floor 4  keys, limits, stores: keys auth address_budget ratelimit redis_client breaker tls reload access_log usage
 //! floor 3  metrics: metrics
 //! floor 2  config: settings policy
-//! floor 1  utilities: clock duration path io diag toml_check encoding worker bearer connection request_id body error
+//! floor 1  utilities: clock duration path io diag toml_check encoding hashing worker bearer connection request_id body error
 //! ```
 //!
 //! - utilities: time ([`clock`]), the duration grammar, path normalisation, I/O byte
-//!   observers, diagnostics with file:line:column, hex and percent-encoding, the worker
+//!   observers, diagnostics with file:line:column, hex and percent-encoding, the request
+//!   path's hash maps ([`hashing`]), the worker
 //!   index, the `Bearer` parser, connection facts, request ids, the body type, and every
 //!   refusal with its one mapping to HTTP ([`error`]).
 //! - config: `keygate.toml` ([`settings`]) and the hot-reloaded policy ([`policy`]).
@@ -62,6 +63,7 @@ pub mod diag;
 pub mod duration;
 pub mod encoding;
 pub mod error;
+pub mod hashing;
 pub mod io;
 pub mod keys;
 pub mod metrics;

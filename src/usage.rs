@@ -19,13 +19,14 @@ mod counts;
 pub mod report;
 pub mod store;
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::hashing::FastState;
 use crate::metrics::Metrics;
 pub use counts::{day_of, Batch, Counts, Outcome, TenantDay};
 pub use store::UsageStore;
@@ -49,7 +50,7 @@ pub struct Usage {
 
 struct Inner {
     clock: Arc<dyn Clock>,
-    hasher: RandomState,
+    hasher: FastState,
     shards: Box<[Mutex<Batch>]>,
     store: UsageStore,
     metrics: Arc<Metrics>,
@@ -65,7 +66,7 @@ impl Usage {
     /// Counters written to `store`, dated by `clock`.
     pub fn new(store: UsageStore, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Usage {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
-        Usage { inner: Arc::new(Inner { clock, hasher: RandomState::new(), shards, store, metrics }) }
+        Usage { inner: Arc::new(Inner { clock, hasher: FastState::default(), shards, store, metrics }) }
     }
 
     /// Now, on the usage clock (ms since the epoch).
@@ -100,7 +101,7 @@ impl Usage {
 
     /// Takes what the requests counted since the last call.
     fn take(&self) -> Batch {
-        let mut all = Batch::new();
+        let mut all = Batch::default();
         for shard in self.inner.shards.iter() {
             let batch = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
             if all.is_empty() {

@@ -9,6 +9,7 @@ use super::limit::PlanLimit;
 use super::rate_headers::PlanHeaders;
 use super::routes::RouteTable;
 use super::upstream::Upstream;
+use crate::hashing::FastMap;
 use crate::path::PathOptions;
 
 /// One compiled policy: routes, plans, upstreams and scopes. Requests load it once
@@ -27,7 +28,7 @@ pub struct Policy {
     /// `[scopes]`: every scope a key may hold → its description.
     pub scopes: BTreeMap<String, String>,
     /// `[plans.NAME]` by name.
-    pub plans: HashMap<String, Plan>,
+    pub plans: FastMap<String, Plan>,
     /// `[upstreams.NAME]` by name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub routes: RouteTable,

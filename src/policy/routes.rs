@@ -3,7 +3,7 @@
 //! a shorter prefix. Lookup costs one hash probe per path segment, whatever the number
 //! of routes.
 
-use std::collections::HashMap;
+use crate::hashing::{FastMap, FastState};
 use std::sync::{Arc, OnceLock};
 
 use http::Method;
@@ -120,7 +120,7 @@ impl Group {
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Prefix → the routes with exactly that prefix.
-    groups: HashMap<String, Group>,
+    groups: FastMap<String, Group>,
     /// The length of the longest prefix: longer candidates cannot match.
     longest: usize,
 }
@@ -131,7 +131,7 @@ impl RouteTable {
     /// file order takes the method.
     pub fn new(routes: Vec<Route>) -> Self {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
-        let mut groups: HashMap<String, Group> = HashMap::with_capacity(routes.len());
+        let mut groups: FastMap<String, Group> = FastMap::with_capacity_and_hasher(routes.len(), FastState::default());
         let mut longest = 0;
         for route in &routes {
             longest = longest.max(route.prefix.len());

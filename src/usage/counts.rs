@@ -2,7 +2,9 @@
 //! refusals by reason on one UTC day, and how counts add up.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::hashing::FastMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +99,7 @@ impl TenantDay {
 }
 
 /// Counts not yet written: UTC day (days since the epoch) → tenant → its day.
-pub type Batch = HashMap<i64, HashMap<String, TenantDay>>;
+pub type Batch = FastMap<i64, FastMap<String, TenantDay>>;
 
 /// How a request of a known tenant ended, for its usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -138,7 +138,7 @@ async fn a_failed_flush_keeps_the_counts_and_the_next_one_writes_them() {
 #[test]
 fn what_waits_is_bounded_and_what_is_dropped_is_counted() {
     let mut flusher = Flusher::default();
-    let mut batch = Batch::new();
+    let mut batch = Batch::default();
     let tenants = batch.entry(1).or_default();
     for i in 0..MAX_PENDING_ENTRIES / 2 {
         let mut day = TenantDay::default();
@@ -149,7 +149,7 @@ fn what_waits_is_bounded_and_what_is_dropped_is_counted() {
     assert_eq!(flusher.merge(batch), 0);
     assert_eq!(flusher.entries, MAX_PENDING_ENTRIES);
 
-    let mut more = Batch::new();
+    let mut more = Batch::default();
     let mut known = TenantDay::default();
     known.total.record(Outcome::Admitted { cost: 1 });
     known.keys.insert("key_0".into(), known.total.clone());
