@@ -52,6 +52,7 @@ pub mod admin_api;
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod authorizer;
 pub mod bearer;
 pub mod body;
 pub mod breaker;
