@@ -60,6 +60,10 @@ const X_KEYGATE_TENANT: HeaderName = HeaderName::from_static("x-keygate-tenant")
 const X_KEYGATE_PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
 const X_KEYGATE_SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
 
+/// Envoy (HTTP mode) removes the headers an allowed answer names here from the request it
+/// forwards.
+const X_ENVOY_AUTH_HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
 /// nginx `auth_request`'s original method and target.
 const X_ORIGINAL_METHOD: &str = "x-original-method";
 const X_ORIGINAL_URI: &str = "x-original-uri";
@@ -96,15 +100,19 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     record.authorizer = true;
     drop(request);
 
-    let decided = match original {
-        Ok(original) => decide(&app, &policy, &original, &mut record).await,
-        Err(refusal) => Err(refusal.into()),
+    let (decided, original) = match original {
+        Ok(original) => (decide(&app, &policy, &original, &mut record).await, Some(original)),
+        Err(refusal) => (Err(refusal.into()), None),
     };
     match decided {
         Ok(Allowed { principal, rate }) => {
             let mut response = Response::new(body::empty());
             if let Some(principal) = &principal {
                 write_identity(principal, response.headers_mut());
+            }
+            if let Some(original) = &original {
+                let to_remove = headers_to_remove(original.request.headers(), response.headers());
+                response.headers_mut().insert(X_ENVOY_AUTH_HEADERS_TO_REMOVE, to_remove);
             }
             record.principal = principal;
             answer(response, rate, StatusCode::OK, record)
@@ -227,7 +235,7 @@ fn strip_prefix(uri: &Uri, prefix: Option<&str>) -> Result<Uri, Refusal> {
     let target = match prefix {
         None => target.to_string(),
         Some(prefix) => match target.strip_prefix(prefix) {
-            Some(rest) if rest.is_empty() => "/".to_string(),
+            Some("") => "/".to_string(),
             Some(rest) if rest.starts_with('?') => format!("/{rest}"),
             Some(rest) if rest.starts_with('/') => rest.to_string(),
             _ => return Err(Refusal::NotFound),
@@ -249,6 +257,22 @@ fn write_identity(principal: &Principal, headers: &mut HeaderMap) {
             headers.insert(name, value.clone());
         }
     }
+}
+
+/// `x-envoy-auth-headers-to-remove`: `authorization` (the key stays between the client
+/// and keygate, as when keygate forwards) and every `x-keygate-*` the client sent that
+/// `answer` does not set, so that no client-made identity reaches the upstream.
+fn headers_to_remove(client: &HeaderMap, answer: &HeaderMap) -> HeaderValue {
+    let mut names: Vec<&str> = client
+        .keys()
+        .map(HeaderName::as_str)
+        .filter(|name| name.starts_with("x-keygate-") || name.starts_with("x_keygate_"))
+        .filter(|name| !answer.contains_key(*name))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.insert(0, "authorization");
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("authorization"))
 }
 
 /// The headers every answer gets, the request metrics, and the access line handed to

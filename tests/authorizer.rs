@@ -217,8 +217,17 @@ async fn envoy_http_mode_decides_on_the_request_line_exactly_as_the_proxy_does()
     assert!(answer.headers.contains_key("x-ratelimit-remaining"));
     assert!(answer.body.is_empty());
     assert_eq!(upstream.count(), 0, "the authorizer forwards nothing");
+    // Envoy removes what keygate names: the key, and a client's own x-keygate-* that the
+    // answer does not replace.
+    let forged = [("authorization", auth.as_str()), ("x-keygate-tenant", "evil"), ("x-keygate-extra", "1")];
+    let answer = get(&format!("http://{authz}/authz/v1/calls"), &forged).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-envoy-auth-headers-to-remove"), "authorization, x-keygate-extra");
+    let answer = get(&format!("http://{authz}/authz/status"), &forged[1..]).await;
+    assert_eq!(answer.header("x-envoy-auth-headers-to-remove"), "authorization, x-keygate-extra, x-keygate-tenant");
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         ("GET", "/v1/calls", vec![]),
         ("GET", "/v1/calls", vec![("authorization", "Bearer kg_nope")]),
         ("GET", "/v1/calls", vec![("authorization", &trial)]),
@@ -256,12 +265,12 @@ async fn envoy_http_mode_decides_on_the_request_line_exactly_as_the_proxy_does()
     // Counted as decisions, with their own mode label.
     let text = metrics_text(kg.admin).await;
     let ok = metric(&text, "keygate_auth_decisions_total", &[("result", "ok"), ("mode", "authorizer")]);
-    assert_eq!(ok, Some(4.0), "1 + 3 allowed decisions");
+    assert_eq!(ok, Some(5.0), "2 + 3 allowed decisions");
     let limited = metric(&text, "keygate_auth_decisions_total", &[("result", "rate_limited"), ("mode", "authorizer")]);
     assert_eq!(limited, Some(1.0));
     let calls =
         metric(&text, "keygate_requests_total", &[("route", "/v1/calls"), ("status", "200"), ("method", "GET")]);
-    assert!(calls.unwrap_or(0.0) >= 4.0, "decisions are counted in requests_total: {calls:?}");
+    assert!(calls.unwrap_or(0.0) >= 5.0, "decisions are counted in requests_total: {calls:?}");
     kg.stop().await;
 }
 
@@ -366,4 +375,13 @@ async fn without_listen_keygate_is_an_authorizer_only() {
     assert_eq!(answer.header("x-keygate-status"), "401");
     running.shutdown().await;
     let _: PathBuf = dir.path().to_path_buf();
+}
+
+/// The README shows the nginx configuration these tests run, as shipped.
+#[test]
+fn the_readme_shows_the_shipped_nginx_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shipped = std::fs::read_to_string(root.join(SHIPPED_CONF)).unwrap();
+    assert!(readme.contains(&format!("```nginx\n{shipped}```")), "README.md must show {SHIPPED_CONF} as it is");
 }
