@@ -385,3 +385,64 @@ fn the_readme_shows_the_shipped_nginx_config() {
     let shipped = std::fs::read_to_string(root.join(SHIPPED_CONF)).unwrap();
     assert!(readme.contains(&format!("```nginx\n{shipped}```")), "README.md must show {SHIPPED_CONF} as it is");
 }
+
+/// The authorizer listener has TLS of its own (HTTP/2 by ALPN), while the proxy's stays
+/// plain.
+#[tokio::test]
+async fn the_authorizer_listener_serves_tls_of_its_own() {
+    let upstream = upstream().await;
+    let tls = "[authorizer]\naddress = \"127.0.0.1:0\"\ntls = { cert = \"tls.crt\", key = \"tls.key\" }\n";
+    let builder = Keygate::builder(&upstream.url()).settings(tls);
+    let dir = builder.write();
+    let (cert, _) = tls_pair(dir.path());
+    let (settings, _) = Settings::load(&dir.path().join("keygate.toml")).expect("valid");
+    let running = keygate::start(settings, Options::default()).await.expect("starts");
+    let (authz, proxy) = (running.authorizer_addr.unwrap(), running.proxy_addr.unwrap());
+
+    let (stream, alpn) = tls_connect(authz, &cert, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let request = http::Request::builder()
+        .uri(format!("https://localhost:{}/v1/calls", authz.port()))
+        .body(http_body_util::BodyExt::boxed(http_body_util::Full::new(Bytes::new())))
+        .unwrap();
+    let answer = send_over(stream, true, request).await;
+    assert_eq!((answer.status, answer.header("x-keygate-status")), (401, "401"));
+    // The proxy listener answers plain HTTP.
+    assert_eq!(get(&format!("http://{proxy}/v1/calls"), &[]).await.status, 401);
+    running.shutdown().await;
+}
+
+/// The real binary logs a decision like a proxied request, with `listener: "authorizer"`.
+#[tokio::test]
+async fn a_decision_has_an_access_line_naming_the_authorizer() {
+    let upstream = upstream().await;
+    let port = free_port();
+    let settings = format!("[authorizer]\naddress = \"127.0.0.1:{port}\"\n");
+    let kg = Keygate::builder(&upstream.url()).settings(&settings).start().await;
+    let (key_id, secret) = kg.key("acme", "pro", &["calls:read"]);
+    let config = kg.config_path();
+    let _dir = kg.stop_keep_dir().await;
+    let served = support::process::LoggedServe::spawn(&config);
+    let up =
+        eventually(Duration::from_secs(20), async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok())
+            .await;
+    assert!(up, "the authorizer did not listen");
+    let url = format!("http://127.0.0.1:{port}/v1/calls/1");
+    let answer = get(&url, &[("authorization", &bearer(&secret)), ("x-request-id", "authz-line-1")]).await;
+    assert_eq!(answer.status, 200);
+    let mut line = None;
+    let logged = eventually(Duration::from_secs(5), async || {
+        line =
+            access_lines(&served.lines().join("\n")).into_iter().find(|l| l["fields"]["request_id"] == "authz-line-1");
+        line.is_some()
+    })
+    .await;
+    assert!(logged, "no access line: {:?}", served.lines());
+    let line = &line.unwrap()["fields"];
+    assert_eq!(line["listener"], "authorizer", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["route"], "/v1/calls", "{line}");
+    assert_eq!(line["key_id"], key_id.as_str(), "{line}");
+    assert_eq!(line["tenant"], "acme", "{line}");
+    assert_eq!(line["mode"], "enforce", "{line}");
+}
