@@ -14,14 +14,17 @@
 //! (replica, tenant) lease if it can; otherwise it queues behind the call in flight, or
 //! sends one (handing the old lease back in it, asking for `Demand::want`); a reply
 //! installs the new lease, serves the queue from it, and sends what is left as the next
-//! batch; a lease with units left at its end is handed back by a call of its own. The
-//! model differs from the real thing in one way on purpose: each replica is one worker.
+//! batch; a lease with units left at its end keeps them for the tenant's next call for
+//! [`HAND_BACK_GRACE`], and only then, if no call took them, is handed back by a call of
+//! its own. The model differs from the real thing in one way on purpose: each replica is
+//! one worker.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use keygate::ratelimit::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use keygate::ratelimit::redis::HAND_BACK_GRACE;
 use keygate::ratelimit::{Limit, Rule, SUB_WINDOWS};
 
 /// A small, fixed random generator (xorshift64*): the same run every time.
@@ -132,6 +135,9 @@ struct Slot {
     sent_ms: u64,
     lease: Option<Lease>,
     generation: u64,
+    /// The hand-back of a lease that ran to its end, waiting for the next call (with the
+    /// lease's generation and when it was granted, ms).
+    pending: Option<(HandBack, u64, u64)>,
     demand: Demand,
 }
 
@@ -139,6 +145,7 @@ enum Event {
     Arrival,
     Reply { replica: u32, tenant: u32, grant: Grant },
     LeaseEnd { replica: u32, tenant: u32, generation: u64 },
+    GraceEnd { replica: u32, tenant: u32, generation: u64 },
 }
 
 /// An event at a time; events at one time run in the order they were scheduled.
@@ -260,6 +267,7 @@ impl Sim {
                 Event::Arrival => self.arrival(),
                 Event::Reply { replica, tenant, grant } => self.reply(replica, tenant, grant),
                 Event::LeaseEnd { replica, tenant, generation } => self.lease_end(replica, tenant, generation),
+                Event::GraceEnd { replica, tenant, generation } => self.grace_end(replica, tenant, generation),
             }
         }
         self.out
@@ -313,6 +321,12 @@ impl Sim {
             slot.demand.ended(&lease, now_ms);
             granted_at = lease.hand_back().map(|_| lease.granted_at);
             lease.hand_back()
+        });
+        // Else the units a lease that ran out left pending go with this call.
+        let back = back.or_else(|| {
+            let (back, _, at) = slot.pending.take()?;
+            granted_at = Some(at);
+            Some(back)
         });
         let batch = std::mem::take(&mut slot.queue);
         let want = if leases { slot.demand.want(batch.len()) } else { 0 };
@@ -390,15 +404,33 @@ impl Sim {
         }
         let Some(lease) = slot.lease.take() else { return };
         slot.demand.ended(&lease, now_ms);
-        let parked_for = self.now_us.saturating_sub(lease.granted_at * 1_000);
         if let Some(back) = lease.hand_back() {
-            self.out.longest_parked_us = self.out.longest_parked_us.max(parked_for);
-            self.out.calls += 1;
-            self.out.hand_backs += 1;
-            let units = back.units;
-            self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
-            self.parked[tenant as usize] -= units;
+            // Kept for the next call; one still pending from an earlier lease goes now.
+            if let Some((earlier, _, at)) = slot.pending.replace((back, generation, lease.granted_at)) {
+                self.hand_back_alone(tenant, earlier, at);
+            }
+            let at = self.now_us + HAND_BACK_GRACE.as_micros() as u64;
+            self.schedule(at, Event::GraceEnd { replica, tenant, generation });
         }
+    }
+
+    fn grace_end(&mut self, replica: u32, tenant: u32, generation: u64) {
+        let Some(slot) = self.slots.get_mut(&(replica, tenant)) else { return };
+        match slot.pending.take() {
+            Some((back, from, at)) if from == generation => self.hand_back_alone(tenant, back, at),
+            other => slot.pending = other,
+        }
+    }
+
+    /// A call that only hands `back` (of a lease granted at `granted_at`, ms) to Redis.
+    fn hand_back_alone(&mut self, tenant: u32, back: HandBack, granted_at: u64) {
+        let now_ms = self.now_ms();
+        self.out.longest_parked_us = self.out.longest_parked_us.max(self.now_us.saturating_sub(granted_at * 1_000));
+        self.out.calls += 1;
+        self.out.hand_backs += 1;
+        let units = back.units;
+        self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
+        self.parked[tenant as usize] -= units;
     }
 }
 
@@ -495,6 +527,7 @@ fn main() {
         assert!(row.without.worst_span_ratio <= 1.0, "a window admitted more than the limit without leases");
         assert!(row.with.calls < row.without.calls, "leases must save calls");
         let longest = row.with.longest_parked_us;
-        assert!(longest <= 3_000_000 + row.setup.rtt_us, "a lease parked for {longest} µs, past its sub-window");
+        let bound = 3_000_000 + HAND_BACK_GRACE.as_micros() as u64 + row.setup.rtt_us;
+        assert!(longest <= bound, "a lease parked for {longest} µs, past its sub-window and grace");
     }
 }

@@ -14,7 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use crate::keys::Principal;
 use crate::metrics::{DecisionMode, Metrics, RouteMetrics};
 use crate::policy::{RouteMode, Upstream};
+use crate::ratelimit::concurrency::Slot;
 use crate::request_id::RequestId;
+use crate::usage::{Outcome, Usage};
 
 /// One request's byte counts: body bytes received from the client (`received`) and body
 /// bytes sent to it (`sent`); for a WebSocket tunnel, every byte copied each way.
@@ -66,6 +68,15 @@ pub struct AccessLog {
     pub principal: Option<Principal>,
     /// The upstream's configured name.
     pub upstream: Option<Arc<Upstream>>,
+    /// The request's concurrency slot (a plan with `concurrency`): held as long as this
+    /// record lives, i.e. until the response body ends or the tunnel closes.
+    pub concurrency: Option<Slot>,
+    /// The route's `cost`, once the request was admitted and forwarded (its usage counts
+    /// it then, whatever the upstream answered).
+    pub admitted_cost: Option<u64>,
+    /// Where the request's usage is counted when the line is written (a known tenant's
+    /// requests only).
+    pub usage: Option<Usage>,
     started: Instant,
     bytes: Arc<ByteCounts>,
     /// The response body (or tunnel) ran to its end.
@@ -88,6 +99,9 @@ impl AccessLog {
             authorizer: false,
             principal: None,
             upstream: None,
+            concurrency: None,
+            admitted_cost: None,
+            usage: None,
             started,
             bytes: Arc::new(ByteCounts::default()),
             complete: false,
@@ -161,6 +175,13 @@ impl Drop for AccessLog {
             bytes_out = self.bytes.sent.load(Ordering::Relaxed),
             complete = self.complete,
         );
+        if let (Some(usage), Some(principal)) = (&self.usage, &self.principal) {
+            let outcome = match self.admitted_cost {
+                Some(cost) => Outcome::Admitted { cost },
+                None => Outcome::Refused(self.decision),
+            };
+            usage.record(principal.tenant(), principal.key_id(), outcome);
+        }
     }
 }
 

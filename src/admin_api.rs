@@ -19,6 +19,7 @@
 //! | `GET /admin/v1/keys/ID` | 200, the key |
 //! | `DELETE /admin/v1/keys/ID` | 200, the revoked key |
 //! | `POST /admin/v1/keys/ID/rotate` `{grace?}` | 201, the new key with its secret, once |
+//! | `GET /admin/v1/usage?tenant=T[&key=ID][&from=D][&to=D]` | 200, the tenant's usage per day and key, and its quotas |
 //!
 //! Errors are `{"error": {"type", "code", "message"}}`: 400 bad input, 401 no or wrong
 //! token, 404 unknown tenant or key (or path), 405, 409 a conflict with the stored state
@@ -34,6 +35,7 @@ mod handlers;
 mod requests;
 mod resource;
 mod token;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -191,6 +193,7 @@ impl AdminApi {
                 let key = data.keys.get(&id).ok_or_else(|| ManageError::UnknownKey(id.clone()))?;
                 Ok(json_response(StatusCode::OK, &json::key(key, store::now())))
             }
+            (Resource::Usage, _) => usage::usage(&self.app, &query).await,
             (Resource::Rotate(id), _) => handlers::rotate_key(&self.app, store, &id, parse_body(&body, true)?).await,
         }
     }

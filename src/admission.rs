@@ -23,7 +23,8 @@ use crate::clock::Clock;
 use crate::error::{AuthFailure, AuthResult, LimitSpan, Refusal};
 use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
-use crate::policy::{LimitKind, Policy, Route, RouteAuth, RouteMode};
+use crate::policy::{LimitKind, Plan, Policy, Route, RouteAuth, RouteMode};
+use crate::ratelimit::concurrency::{Acquired, Concurrency, Slot};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
 use crate::ratelimit::{Decision, PlanHeaders};
 use crate::settings::{OnStoreError, Server};
@@ -35,6 +36,8 @@ pub struct Authenticated(Principal);
 pub struct Authorized {
     principal: Principal,
     rate: Option<RateOutcome>,
+    /// The tenant's concurrency slot, for a plan with `concurrency`.
+    slot: Option<Slot>,
 }
 
 /// The limiter's decision and what it was made against, for the response headers.
@@ -89,12 +92,22 @@ impl Admission {
         }
     }
 
+    /// The concurrency slot the request holds, if its plan has `concurrency`: it goes
+    /// with the access-log record, which lives until the response body ends or the
+    /// tunnel closes.
+    pub fn take_slot(&mut self) -> Option<Slot> {
+        match &mut self.0 {
+            Admitted::Authorized(authorized) => authorized.slot.take(),
+            _ => None,
+        }
+    }
+
     /// The principal (for the access line) and the rate decision (for the response
     /// headers), once the request has been sent.
     pub fn into_parts(self) -> (Option<Principal>, Option<RateOutcome>) {
         match self.0 {
             Admitted::Public | Admitted::Preflight => (None, None),
-            Admitted::Authorized(Authorized { principal, rate }) => (Some(principal), rate),
+            Admitted::Authorized(Authorized { principal, rate, .. }) => (Some(principal), rate),
             Admitted::Shadow { principal, rate } => (principal, rate),
         }
     }
@@ -118,6 +131,8 @@ impl From<Refusal> for Box<Denial> {
 pub struct Gate {
     keys: Arc<Authenticator>,
     limiter: Limiter,
+    /// Plans' `concurrency` caps (in-process unless [`Gate::with_concurrency`]).
+    concurrency: Concurrency,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     /// `limits.on_store_error`, unless the route overrides it.
@@ -133,7 +148,15 @@ impl Gate {
         metrics: Arc<Metrics>,
         on_store_error: OnStoreError,
     ) -> Gate {
-        Gate { keys, limiter, clock, metrics, on_store_error, budgets: AddressBudgets::off() }
+        let concurrency = Concurrency::local(metrics.clone());
+        Gate { keys, limiter, concurrency, clock, metrics, on_store_error, budgets: AddressBudgets::off() }
+    }
+
+    /// The plans' `concurrency` caps, as `limits.backend` configures them (without this
+    /// call: in-process).
+    pub fn with_concurrency(mut self, concurrency: Concurrency) -> Gate {
+        self.concurrency = concurrency;
+        self
     }
 
     /// The budgets per client address of `server` (`failed_auth_per_minute`,
@@ -142,6 +165,11 @@ impl Gate {
     pub fn with_address_budgets(mut self, server: &Server, trusted_proxies: &[ipnet::IpNet]) -> Gate {
         self.budgets = AddressBudgets::new(server, trusted_proxies, self.clock.clone());
         self
+    }
+
+    /// The rate limiter (the usage report reads the local quotas' counts from it).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The key service the gate authenticates with.
@@ -286,11 +314,24 @@ impl Gate {
                 return Err(deny(Refusal::PayloadTooLarge { limit: max }, &principal));
             }
         }
+        let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
+        // The concurrency slot first: a refusal by it counts nothing in the rate limits,
+        // and a rate-limit refusal below drops (gives back) the slot at once.
+        let slot = match concurrency_cap(plan, &principal) {
+            None => None,
+            Some(cap) => match self.concurrency.acquire(principal.tenant(), cap, on_store_error).await {
+                Acquired::Admitted(slot) => slot,
+                Acquired::Refused => return Err(deny(Refusal::ConcurrencyLimited { cap }, &principal)),
+                Acquired::Unavailable => {
+                    let retry_after = STORE_DOWN_RETRY_AFTER.as_secs();
+                    return Err(deny(Refusal::Unavailable { retry_after }, &principal));
+                }
+            },
+        };
         let Some(plan_headers) = &plan.rate_headers else {
-            return Ok(Authorized { principal, rate: None });
+            return Ok(Authorized { principal, rate: None, slot });
         };
         let rules = plan_headers.rules();
-        let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
         let outcome = self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await;
         if outcome.store_unavailable() {
             // `on_store_error = "deny"` while the shared store is unreachable.
@@ -298,12 +339,12 @@ impl Gate {
         }
         let Some(decision) = outcome.decision().copied() else {
             // `on_store_error = "allow"`: admitted, nothing counted, no headers to give.
-            return Ok(Authorized { principal, rate: None });
+            return Ok(Authorized { principal, rate: None, slot });
         };
         let at = if plan_headers.monthly() { self.clock.now_millis() } else { 0 };
         let rate = RateOutcome { plan: plan_headers.clone(), decision, at };
         if decision.allowed {
-            Ok(Authorized { principal, rate: Some(rate) })
+            Ok(Authorized { principal, rate: Some(rate), slot })
         } else {
             let retry_after = decision.retry_after_secs().unwrap_or(1);
             let rule = rules.get(decision.index).or(rules.first());
@@ -325,6 +366,12 @@ impl Gate {
             }))
         }
     }
+}
+
+/// The most requests of `principal`'s tenant that may be in flight at once, if capped:
+/// its plan's `concurrency`.
+pub fn concurrency_cap(plan: &Plan, _principal: &Principal) -> Option<u32> {
+    plan.concurrency
 }
 
 /// The API key of `Authorization: Bearer <key>`. No header, or another scheme, is a

@@ -19,12 +19,14 @@ use crate::keys::store::Store;
 use crate::keys::Peppers;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::Policy;
+use crate::ratelimit::concurrency::{Concurrency, RedisSlots};
 use crate::ratelimit::front::Limiter;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::redis_client::RedisClient;
 use crate::reload::{self, WatchHandle};
 use crate::settings::{KeySource, LimitBackend, Settings};
 use crate::state::{unix_now, App};
+use crate::usage::{Usage, UsageStore};
 use crate::{admin, admin_api, server};
 
 /// Why keygate could not start (exit 78 for a config problem).
@@ -142,6 +144,8 @@ pub struct Running {
     stop_accepting: CancellationToken,
     background: CancellationToken,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// Writes the usage; after `background` is cancelled, once more, then ends.
+    usage_flusher: Option<tokio::task::JoinHandle<()>>,
     _watches: Vec<WatchHandle>,
 }
 
@@ -168,11 +172,22 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         LimitBackend::Local => None,
         LimitBackend::Redis => redis.clone().map(RedisLimiter::new),
     };
+    let redis_slots = match settings.limits.backend {
+        LimitBackend::Local => None,
+        LimitBackend::Redis => {
+            redis.clone().map(|client| RedisSlots::start(client, settings.limits.concurrency_ttl, metrics.clone()))
+        }
+    };
+    let concurrency = Concurrency::new(&settings.limits, redis_slots, metrics.clone());
     let limiter = Limiter::new(&settings.limits, redis_limiter, options.clock.clone(), metrics.clone());
+    let usage = Usage::new(UsageStore::of(&settings, &store), options.clock.clone(), metrics.clone());
     let keys = Arc::new(Authenticator::new(store, peppers, &settings.keys, metrics.clone()));
-    let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error);
+    let gate = Gate::new(keys, limiter, options.clock, metrics.clone(), settings.limits.on_store_error)
+        .with_concurrency(concurrency);
     let app = Arc::new(
-        App::new(settings, policy, gate, redis, metrics).allowing_orphaned_plans(options.allow_orphaned_plans),
+        App::new(settings, policy, gate, redis, metrics)
+            .allowing_orphaned_plans(options.allow_orphaned_plans)
+            .with_usage(usage.clone()),
     );
     let settings = app.settings().clone();
 
@@ -226,6 +241,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     }
     let background = CancellationToken::new();
     app.keys().spawn_background(background.clone());
+    let usage_flusher = Some(usage.spawn_flusher(background.clone()));
     let watches = start_watches(&app, options.polls);
     app.set_ready();
     tracing::info!(
@@ -244,6 +260,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         stop_accepting,
         background,
         servers,
+        usage_flusher,
         _watches: watches,
     })
 }
@@ -255,6 +272,8 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
 /// How often the keys file is checked even without a filesystem event: docs/reference.md promises a
 /// change seen within 1 s.
 const KEYS_POLL: Duration = Duration::from_millis(250);
+/// How long a shutdown waits for the last usage flush.
+const USAGE_LAST_FLUSH: Duration = Duration::from_secs(5);
 /// The policy's poll backstop (events make reloads immediate).
 const POLICY_POLL: Duration = Duration::from_secs(2);
 
@@ -295,6 +314,12 @@ impl Running {
             tracing::warn!("shutdown grace elapsed with requests in flight; exiting anyway");
         }
         self.background.cancel();
+        // The last usage flush (bounded: a store that does not answer is not waited for).
+        if let Some(flusher) = self.usage_flusher {
+            if tokio::time::timeout(USAGE_LAST_FLUSH, flusher).await.is_err() {
+                tracing::warn!("the last usage flush did not finish in time; its counts are lost");
+            }
+        }
         tracing::info!("keygate stopped");
     }
 }

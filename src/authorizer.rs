@@ -98,6 +98,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     let method = original.as_ref().map_or(request.method(), |o| o.request.method()).clone();
     let mut record = AccessLog::new(pipeline::request_id(request.headers()), method, started, app.metrics().clone());
     record.authorizer = true;
+    record.usage = app.usage().cloned();
     drop(request);
 
     let (decided, original) = match original {
@@ -120,8 +121,8 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
         Err(denial) => {
             let Denial { refusal, principal, rate } = *denial;
             record.decision = refusal.decision();
-            if let Refusal::RateLimited { limit, .. } = &refusal {
-                record.limit = Some(limit.clone());
+            if let Some(limit) = refusal.limit_name() {
+                record.limit = Some(limit.to_string());
             }
             if principal.is_some() {
                 record.principal = principal;
@@ -155,9 +156,16 @@ pub async fn decide(
 ) -> Result<Allowed, Box<Denial>> {
     // The body is never seen: the fronting proxy keeps it.
     let Routed { route, preflight, .. } = pipeline::route_request(app, policy, &original.request, false, record)?;
-    let admission =
+    let mut admission =
         app.gate().admit(policy, route, original.request.headers(), original.client, preflight, record).await?;
+    // A plan's concurrency slot is given back at once: the request it would cover is
+    // forwarded by another proxy, whose end keygate never sees.
+    drop(admission.take_slot());
     let (principal, rate) = admission.into_parts();
+    // Admitted: its usage counts the route's cost, as a forwarded request's does.
+    if principal.is_some() && record.decision == "ok" {
+        record.admitted_cost = Some(route.cost);
+    }
     Ok(Allowed { principal, rate })
 }
 

@@ -7,6 +7,7 @@ pub mod explain;
 pub mod keys;
 pub mod serve;
 pub mod tenants;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub struct Cli {
     /// The config file. Default: $KEYGATE_CONFIG, else config/keygate.toml.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Machine-readable JSON output (keys, tenants, check, explain).
+    /// Machine-readable JSON output (keys, tenants, check, explain, usage).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -48,6 +49,9 @@ pub enum Command {
     /// Key lifecycle.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// A tenant's usage per UTC day (admitted requests and cost, refusals by reason) and
+    /// its plan's calendar quotas now.
+    Usage(usage::UsageArgs),
 }
 
 /// What the key and tenant commands work with: the settings, the current policy (plans
@@ -107,6 +111,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo => demo::run(),
         Command::Tenants(command) => tenants::run(command, &context(&config, cli.json)?),
         Command::Keys(command) => keys::run(command, &context(&config, cli.json)?),
+        Command::Usage(args) => usage::run(args, &context(&config, cli.json)?),
     }
 }
 

@@ -248,6 +248,9 @@ pub enum Refusal {
     /// has `limits = [...]`, so the message names the limit (a legacy plan's message is
     /// what it always was).
     RateLimited { limit: String, requests: u64, per: LimitSpan, named: bool, retry_after: u64 },
+    /// 429 from the plan's `concurrency`: the tenant has `cap` requests in flight. The
+    /// body's `"limit"` is `concurrency`, and `Retry-After` 1.
+    ConcurrencyLimited { cap: u32 },
     /// 431: request head larger than `max_header_bytes`.
     HeadersTooLarge,
     /// 502: upstream refused, reset, or answered with something that is not HTTP.
@@ -273,6 +276,9 @@ pub enum Refusal {
     ClientClosed,
 }
 
+/// The `limit` a concurrency refusal names.
+pub const CONCURRENCY_LIMIT_NAME: &str = "concurrency";
+
 /// nginx's 499 "client closed request" (no standard code exists for it).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
@@ -287,7 +293,7 @@ impl Refusal {
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RateLimited { .. } | Refusal::ConcurrencyLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -310,7 +316,7 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
-            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::RateLimited { .. } | Refusal::ConcurrencyLimited { .. } => "rate_limited",
             Refusal::HeadersTooLarge => "headers_too_large",
             Refusal::BadGateway => "bad_gateway",
             Refusal::Unavailable { .. } => "unavailable",
@@ -357,6 +363,10 @@ impl Refusal {
                     }
                 }
             }
+            Refusal::ConcurrencyLimited { cap } => {
+                let noun = if *cap == 1 { "request" } else { "requests" };
+                format!("Concurrency limit of {cap} {noun} in flight exceeded; retry when one has finished")
+            }
             Refusal::HeadersTooLarge => "The request headers are too large".to_string(),
             Refusal::BadGateway => "The upstream service could not be reached or answered badly".to_string(),
             Refusal::Unavailable { .. } => "The key store is temporarily unavailable; retry shortly".to_string(),
@@ -371,6 +381,16 @@ impl Refusal {
         }
     }
 
+    /// The name of the plan's limit that refused a 429 (the body's and the access line's
+    /// `limit`): a rate limit's name, or `concurrency`.
+    pub fn limit_name(&self) -> Option<&str> {
+        match self {
+            Refusal::RateLimited { limit, .. } => Some(limit),
+            Refusal::ConcurrencyLimited { .. } => Some(CONCURRENCY_LIMIT_NAME),
+            _ => None,
+        }
+    }
+
     /// `Retry-After` in whole seconds, where the refusal has one.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
@@ -378,7 +398,7 @@ impl Refusal {
             | Refusal::Unavailable { retry_after }
             | Refusal::FailedAuthLimited { retry_after }
             | Refusal::PreflightLimited { retry_after } => Some((*retry_after).max(1)),
-            Refusal::UpstreamBusy => Some(1),
+            Refusal::UpstreamBusy | Refusal::ConcurrencyLimited { .. } => Some(1),
             _ => None,
         }
     }
@@ -393,7 +413,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => 16, // UNAUTHENTICATED
             Refusal::InsufficientScope { .. } | Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => 7, // PERMISSION_DENIED
             Refusal::NotFound | Refusal::MethodNotAllowed { .. } => 12, // UNIMPLEMENTED
-            Refusal::RateLimited { .. } => 8,                           // RESOURCE_EXHAUSTED
+            Refusal::RateLimited { .. } | Refusal::ConcurrencyLimited { .. } => 8, // RESOURCE_EXHAUSTED
             Refusal::BadGateway | Refusal::Unavailable { .. } => 14,    // UNAVAILABLE
             Refusal::GatewayTimeout | Refusal::RequestTimeout => 4,     // DEADLINE_EXCEEDED
             Refusal::FailedAuthLimited { .. } | Refusal::PreflightLimited { .. } => 8, // RESOURCE_EXHAUSTED
@@ -408,7 +428,7 @@ impl Refusal {
             Refusal::Unauthorized(failure) => failure.as_str(),
             Refusal::InsufficientScope { .. } => "forbidden",
             Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => "no_api_access",
-            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::RateLimited { .. } | Refusal::ConcurrencyLimited { .. } => "rate_limited",
             Refusal::Unavailable { .. } => "store_unavailable",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::BadRequestBody => "bad_request_body",
@@ -433,7 +453,7 @@ impl Refusal {
         match self {
             Refusal::Unauthorized(failure) => AuthResult::Key(failure.label()),
             Refusal::NoApiAccess { .. } | Refusal::UnknownPlan { .. } => AuthResult::NoApiAccess,
-            Refusal::RateLimited { .. } => AuthResult::RateLimited,
+            Refusal::RateLimited { .. } | Refusal::ConcurrencyLimited { .. } => AuthResult::RateLimited,
             Refusal::Unavailable { .. } => AuthResult::StoreUnavailable,
             Refusal::InsufficientScope { .. }
             | Refusal::PayloadTooLarge { .. }
@@ -473,8 +493,8 @@ impl Refusal {
                 "message": self.message(),
                 "request_id": request_id,
             });
-            if let (Some(retry), Refusal::RateLimited { limit, .. }) = (self.retry_after(), &self) {
-                error["limit"] = limit.as_str().into();
+            if let (Some(retry), Some(limit)) = (self.retry_after(), self.limit_name()) {
+                error["limit"] = limit.into();
                 error["retry_after"] = retry.into();
             }
             let body = serde_json::json!({ "error": error }).to_string();

@@ -19,7 +19,7 @@
 //! floor 7  shared state: state
 //! floor 6  forwarding: upstream
 //! floor 5  admission: admission
-//! floor 4  keys, limits, stores: keys auth address_budget ratelimit redis_client breaker tls reload access_log
+//! floor 4  keys, limits, stores: keys auth address_budget ratelimit redis_client breaker tls reload access_log usage
 //! floor 3  metrics: metrics
 //! floor 2  config: settings policy
 //! floor 1  utilities: clock duration path io diag toml_check encoding worker bearer connection request_id body error
@@ -34,7 +34,7 @@
 //! - keys, limits, stores: the key format and stores ([`keys`]), authentication through
 //!   the cache ([`auth`]), the per-client-address budgets ([`address_budget`]), the
 //!   limiters ([`ratelimit`]), the Redis client and its breaker, TLS certificates, file
-//!   watching, the access log.
+//!   watching, the access log, and the usage per tenant and key ([`usage`]).
 //! - [`admission`]: the rules a request must pass, and the proof that it passed them.
 //! - [`upstream`]: forwarding an admitted request.
 //! - [`state`]: what every request reads ([`state::App`]).
@@ -80,6 +80,7 @@ pub mod state;
 pub mod tls;
 pub mod toml_check;
 pub mod upstream;
+pub mod usage;
 pub mod worker;
 
 pub use app::{start, Options, Polls, Running, StartError};

@@ -12,6 +12,8 @@
 //! counts without hashing labels; they are made the first time they are used, so what is
 //! exported is what labelled lookups would have made.
 
+mod usage;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -191,6 +193,11 @@ pub struct Metrics {
     connections_active: IntGauge,
     failed_auth_limited: IntCounter,
     preflights_limited: IntCounter,
+    /// Requests refused with 429 by their plan's `concurrency`.
+    concurrency_refused: IntCounter,
+    /// Concurrency slots this replica's requests hold now.
+    concurrency_slots: IntGauge,
+    usage: usage::UsageMetrics,
 }
 
 /// Registers `collector` on `registry`, at start-up, where a failure is a bug.
@@ -381,6 +388,25 @@ impl Metrics {
             )
             .expect("metrics: valid preflights_limited_total"),
         );
+        let concurrency_refused = register(
+            r,
+            IntCounter::with_opts(
+                Opts::new(
+                    "concurrency_refused_total",
+                    "Requests refused with 429 because their tenant had its plan's concurrency in flight.",
+                )
+                .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid concurrency_refused_total"),
+        );
+        let concurrency_slots = register(
+            r,
+            IntGauge::with_opts(
+                Opts::new("concurrency_slots_held", "Concurrency slots held by this replica's requests now.")
+                    .namespace(NAMESPACE),
+            )
+            .expect("metrics: valid concurrency_slots_held"),
+        );
         let build_info = register(
             r,
             IntGaugeVec::new(
@@ -390,6 +416,7 @@ impl Metrics {
             .expect("metrics: valid build_info"),
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let usage = usage::UsageMetrics::register(r);
 
         Metrics {
             registry,
@@ -409,6 +436,9 @@ impl Metrics {
             connections_active,
             failed_auth_limited,
             preflights_limited,
+            concurrency_refused,
+            concurrency_slots,
+            usage,
         }
     }
 
@@ -492,6 +522,21 @@ impl Metrics {
     /// A CORS preflight refused because its client address is over `preflights_per_minute`.
     pub fn preflight_limited(&self) {
         self.preflights_limited.inc();
+    }
+
+    /// A request refused because its tenant had its plan's `concurrency` in flight.
+    pub fn concurrency_refused(&self) {
+        self.concurrency_refused.inc();
+    }
+
+    /// A concurrency slot taken by one of this replica's requests.
+    pub fn concurrency_slot_taken(&self) {
+        self.concurrency_slots.inc();
+    }
+
+    /// A concurrency slot given back.
+    pub fn concurrency_slot_given_back(&self) {
+        self.concurrency_slots.dec();
     }
 
     /// Whether the store's circuit breaker is closed.

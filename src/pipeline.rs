@@ -57,15 +57,18 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     // dropped first (the client went away).
     let mut record =
         AccessLog::new(request_id(request.headers()), request.method().clone(), started, app.metrics().clone());
+    record.usage = app.usage().cloned();
 
     let forwarded = match process(&app, &policy, connection, request, &mut record).await {
         Ok(forwarded) => forwarded,
         Err(denial) => {
             let Denial { refusal, principal, rate } = *denial;
             record.decision = refusal.decision();
-            if let Refusal::RateLimited { limit, .. } = &refusal {
-                record.limit = Some(limit.clone());
+            if let Some(limit) = refusal.limit_name() {
+                record.limit = Some(limit.to_string());
             }
+            // A refused or failed request gives its concurrency slot back now.
+            record.concurrency = None;
             if principal.is_some() {
                 record.principal = principal;
             }
@@ -204,6 +207,7 @@ async fn forward(
     path: String,
     record: &mut AccessLog,
 ) -> Result<Forwarded, Box<Denial>> {
+    let mut admission = admission;
     // The client's side of the upgrade must be taken before the request is taken apart.
     let websocket = upstream::is_websocket_upgrade(&request) && route.upstream.protocol == UpstreamProtocol::Http1;
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
@@ -246,7 +250,14 @@ async fn forward(
         outbound.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
     // The identity headers are written; the access line keeps the principal from here.
+    // The concurrency slot lives as long as the record: until the body ends or the tunnel closes.
+    record.concurrency = admission.take_slot();
     let (principal, rate) = admission.into_parts();
+    // Admitted: its usage counts the route's cost (a shadow-mode request the rules would
+    // have refused counts as that refusal, as its access line says).
+    if principal.is_some() && record.decision == "ok" {
+        record.admitted_cost = Some(route.cost);
+    }
     record.principal = principal;
     let upstream_started = Instant::now();
     let result = app.upstreams().send(&route.upstream, outbound).await;

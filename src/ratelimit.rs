@@ -67,6 +67,7 @@
 //! admits at most `requests` per period for the same reason: whatever a period admitted
 //! was counted in that period's count first.
 
+pub mod concurrency;
 mod decision;
 pub mod front;
 pub mod lease;

@@ -20,6 +20,7 @@ use crate::redis_client::RedisClient;
 use crate::reload;
 use crate::settings::Settings;
 use crate::upstream::Upstreams;
+use crate::usage::Usage;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -42,6 +43,8 @@ pub struct App {
     runtime: Option<tokio::runtime::Handle>,
     /// The last load or reload attempt, for `/readyz` and the metrics.
     reload_state: Mutex<ReloadState>,
+    /// Usage per tenant and key (none: not counted).
+    usage: Option<Usage>,
 }
 
 /// What the last load or reload attempt of the policy found.
@@ -80,7 +83,19 @@ impl App {
             allow_orphaned_plans: false,
             runtime: tokio::runtime::Handle::try_current().ok(),
             reload_state: Mutex::new(reload_state),
+            usage: None,
         }
+    }
+
+    /// Counts each request's usage in `usage`.
+    pub fn with_usage(mut self, usage: Usage) -> App {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// Where requests' usage is counted.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
     }
 
     /// `--allow-orphaned-plans`: reloads may drop plans that tenants are on.

@@ -100,14 +100,17 @@ fn a_plan_lists_its_limits_in_order_and_an_unknown_plan_is_a_usage_error() {
     let minute = out.find("minute: 300 requests per 1m (sliding window)").expect("the minute");
     let month = out.find("month: 100000 requests per calendar month (UTC").expect("the month");
     assert!(burst < minute && minute < month, "in the plan's order: {out}");
+    assert!(out.contains("concurrency:     at most 5 requests of the tenant in flight at once"), "{out}");
 
     let (_, out, _) = explain(&["GET", "/v1/calls", "--scopes", "calls:read", "--plan", "agency", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(json["plan"], "agency");
     assert_eq!(json["limits"].as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(json["concurrency"], 50, "{json}");
     let (_, out, _) = explain(&["GET", "/v1/calls", "--scopes", "calls:read", "--plan", "starter", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["limits"], serde_json::json!(["default: 60 requests per 1m (sliding window)"]));
+    assert!(json.get("concurrency").is_none(), "no cap, not shown: {json}");
 
     let (code, _, err) = explain(&["GET", "/v1/calls", "--plan", "platinum"]);
     assert_eq!(code, 2);

@@ -45,7 +45,12 @@ async fn limiter(url: &str, timeout: Duration) -> RedisLimiter {
 /// A `Limiter` with `backend = "redis"` and `replicas`, and its metrics.
 async fn policy_limiter(url: &str, timeout: Duration, replicas: u32) -> (Limiter, Arc<Metrics>) {
     let (client, metrics) = client(url, timeout).await;
-    let limits = Limits { backend: LimitBackend::Redis, on_store_error: OnStoreError::Local, replicas };
+    let limits = Limits {
+        backend: LimitBackend::Redis,
+        on_store_error: OnStoreError::Local,
+        replicas,
+        concurrency_ttl: Duration::from_secs(10),
+    };
     let limiter = Limiter::new(&limits, Some(RedisLimiter::new(client)), Arc::new(SystemClock), metrics.clone());
     (limiter, metrics)
 }
@@ -883,6 +888,53 @@ async fn hold_a_lease(replica: &RedisLimiter, tenant: &str, plan: &Limit) -> u64
         }
     }
     panic!("no lease held after 50 bursts of 16 concurrent checks");
+}
+
+/// Script calls Redis has run so far.
+fn script_calls(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+    line.and_then(|l| l.split(',').next()?.strip_prefix("cmdstat_evalsha:calls=")?.parse().ok()).unwrap_or(0)
+}
+
+/// A lease that runs to the end of its sub-window is not handed back by a call of its
+/// own while the tenant may call again: its units wait for the tenant's next call, which
+/// carries them with its own check (one script call at a sub-window's end, not two).
+/// With no call, they go back alone once the grace is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_ran_out_goes_back_with_the_next_call_or_alone_after_its_grace() {
+    let server = RedisServer::start();
+    // 100,000 per 2 s: 100 ms sub-windows; a long grace, so that the next check surely
+    // comes within it whatever the machine's load.
+    let carried = RedisLimiter::with_hand_back_grace(client(&server.url(), RELAXED).await.0, Duration::from_secs(30));
+    let plan = limit(100_000, Duration::from_secs(2));
+    let key = shared_window::key("acme", &plan);
+    let admitted = hold_a_lease(&carried, "acme", &plan).await;
+    // The lease's sub-window ends: its units wait, still counted in Redis.
+    let ended = eventually(Duration::from_secs(5), async || carried.pending_units() > 0).await;
+    assert!(ended, "the lease never ended");
+    let pending = carried.pending_units();
+    assert_eq!(carried.leased_units(), pending, "no other lease: only the pending units are held");
+    let calls = script_calls(&server);
+    // The next check: one call, which decides it and hands the units back.
+    assert!(carried.check("acme", &plan, 1).await.expect("check").allowed);
+    assert_eq!(script_calls(&server), calls + 1, "one call at the sub-window's end");
+    assert_eq!(carried.pending_units(), 0);
+    // Counted: every admission, plus whatever the new call leased; the old lease's unspent
+    // units are off their counter.
+    let stored = stored_count(&server, &key);
+    assert_eq!(stored, admitted + 1 + carried.leased_units(), "{pending} units were pending");
+
+    // With a short grace and no further call, the units go back alone.
+    let alone = RedisLimiter::with_hand_back_grace(client(&server.url(), RELAXED).await.0, Duration::from_millis(200));
+    let other = limit(100_000, Duration::from_secs(2));
+    let admitted = hold_a_lease(&alone, "umbrella", &other).await;
+    let back = eventually(Duration::from_secs(10), async || alone.leased_units() == 0).await;
+    assert!(back, "still held: {} units", alone.leased_units());
+    // The hand-back call runs in a task of its own: wait for it to land.
+    let key = shared_window::key("umbrella", &other);
+    let landed = eventually(Duration::from_secs(5), async || stored_count(&server, &key) == admitted).await;
+    assert!(landed, "{} counted, {admitted} admitted", stored_count(&server, &key));
 }
 
 /// Admits single checks of `tenant` on `replica` one after the other until one is

@@ -13,6 +13,8 @@ pub(super) enum Resource {
     Keys,
     Key(String),
     Rotate(String),
+    /// `/admin/v1/usage`: a tenant's usage.
+    Usage,
 }
 
 impl Resource {
@@ -31,6 +33,7 @@ impl Resource {
             ["keys"] => Some(Resource::Keys),
             ["keys", id] => Some(Resource::Key((*id).to_string())),
             ["keys", id, "rotate"] => Some(Resource::Rotate((*id).to_string())),
+            ["usage"] => Some(Resource::Usage),
             _ => None,
         }
     }
@@ -42,6 +45,7 @@ impl Resource {
             Resource::Tenant(_) => &[Method::GET, Method::PATCH, Method::DELETE],
             Resource::Key(_) => &[Method::GET, Method::DELETE],
             Resource::Rotate(_) => &[Method::POST],
+            Resource::Usage => &[Method::GET],
         }
     }
 
@@ -50,6 +54,7 @@ impl Resource {
     pub(super) fn query_parameters(&self) -> &'static [&'static str] {
         match self {
             Resource::Keys => &["tenant"],
+            Resource::Usage => &["tenant", "key", "from", "to"],
             _ => &[],
         }
     }

@@ -174,6 +174,7 @@ limits = [
   {{ name = "minute", requests = 300,    window = "60s" }},
   {{ name = "month",  requests = 100000, period = "month" }},
 ]
+concurrency = 5
 max_keys = 5
 
 [plans.demo-limited]

@@ -47,6 +47,9 @@ pub struct Explanation {
     pub plan: Option<String>,
     /// Its limits, in order, described: a request is admitted only if each has room.
     pub limits: Vec<String>,
+    /// Its `concurrency`: the most requests of a tenant in flight at once (none: no cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     pub status: u16,
     pub verdict: String,
 }
@@ -88,6 +91,7 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     if let Some(plan) = plan {
         explanation.plan = Some(plan.name.clone());
         explanation.limits = plan.limits.iter().map(PlanLimit::describe).collect();
+        explanation.concurrency = plan.concurrency;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
@@ -224,6 +228,7 @@ pub fn explain(policy: &Policy, method: &Method, raw_path: &str, holder: Option<
         required_scopes: Vec::new(),
         plan: None,
         limits: Vec::new(),
+        concurrency: None,
         status: 0,
         verdict: String::new(),
     };
@@ -332,6 +337,10 @@ fn print_text(e: &Explanation) {
                     println!("                   {limit}");
                 }
             }
+        }
+        if let Some(cap) = e.concurrency {
+            let noun = if cap == 1 { "request" } else { "requests" };
+            println!("concurrency:     at most {cap} {noun} of the tenant in flight at once");
         }
     }
     println!("verdict:         {}", e.verdict);

@@ -52,6 +52,7 @@ fn table() -> Vec<(Refusal, u16, &'static str, u32, &'static str, &'static str)>
             "rate_limited",
             "rate_limited",
         ),
+        (Refusal::ConcurrencyLimited { cap: 5 }, 429, "rate_limited", 8, "rate_limited", "rate_limited"),
         (Refusal::HeadersTooLarge, 431, "headers_too_large", 3, "headers_too_large", "forbidden"),
         (Refusal::BadGateway, 502, "bad_gateway", 14, "bad_gateway", "forbidden"),
         (Refusal::Unavailable { retry_after: 1 }, 503, "unavailable", 14, "store_unavailable", "store_unavailable"),
@@ -84,7 +85,7 @@ async fn every_refusal_maps_to_its_status_json_grpc_decision_and_label() {
     }
     // Every variant is in the table (a new one without a row fails here).
     let variants: std::collections::HashSet<_> = table.iter().map(|row| std::mem::discriminant(&row.0)).collect();
-    assert_eq!(variants.len(), 19);
+    assert_eq!(variants.len(), 20);
     let results: std::collections::HashSet<_> = table.iter().map(|row| row.0.auth_result()).collect();
     assert!(results.len() == AuthResult::ALL.len() - 1, "every label but ok is reachable from a refusal");
 }
@@ -124,6 +125,17 @@ async fn rate_limited_carries_retry_after_in_body_and_header() {
     let json = body_json(response).await;
     assert_eq!(json["error"]["limit"], "month");
     assert_eq!(json["error"]["message"], "Quota \"month\" of 100000 requests per month exceeded");
+
+    let response = Refusal::ConcurrencyLimited { cap: 5 }.into_response("r", false);
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()[RETRY_AFTER], "1");
+    let json = body_json(response).await;
+    assert_eq!(json["error"]["limit"], "concurrency");
+    assert_eq!(json["error"]["retry_after"], 1);
+    assert_eq!(
+        json["error"]["message"],
+        "Concurrency limit of 5 requests in flight exceeded; retry when one has finished"
+    );
 }
 
 #[test]

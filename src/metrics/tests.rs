@@ -38,6 +38,11 @@ fn fixed_label_values_exported_at_zero_from_start() {
         "keygate_connections_active 0",
         "keygate_failed_auth_limited_total 0",
         "keygate_preflights_limited_total 0",
+        "keygate_concurrency_refused_total 0",
+        "keygate_concurrency_slots_held 0",
+        "keygate_usage_flushes_total{result=\"success\"} 0",
+        "keygate_usage_flushes_total{result=\"failure\"} 0",
+        "keygate_usage_dropped_total 0",
         &format!("keygate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
     ] {
         assert!(has_line(&text, line), "missing {line}\n{text}");
@@ -59,6 +64,8 @@ fn every_metric_is_prefixed_and_of_its_type() {
         "keygate_build_info gauge",
         "keygate_config_last_reload_success_timestamp_seconds gauge",
         "keygate_config_last_reload_successful gauge",
+        "keygate_concurrency_refused_total counter",
+        "keygate_concurrency_slots_held gauge",
         "keygate_config_reloads_total counter",
         "keygate_connections_active gauge",
         "keygate_failed_auth_limited_total counter",
@@ -71,6 +78,9 @@ fn every_metric_is_prefixed_and_of_its_type() {
         "keygate_store_up gauge",
         "keygate_tls_cert_expiry_timestamp_seconds gauge",
         "keygate_upstream_duration_seconds histogram",
+        "keygate_usage_dropped_total counter",
+        "keygate_usage_flush_lag_seconds gauge",
+        "keygate_usage_flushes_total counter",
     ];
     expected.sort_unstable();
     let mut types = types;

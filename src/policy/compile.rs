@@ -137,6 +137,16 @@ fn compile_plans(
                 }
             }
         });
+        let concurrency = plan.concurrency.as_ref().and_then(|v| {
+            let n = positive(check, &format!("plan `{}`: `concurrency`", name.get_ref()), v)?;
+            match u32::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    check.error(v.span(), format!("`concurrency` is at most {}; leave it out for no cap", u32::MAX));
+                    None
+                }
+            }
+        });
         if name.get_ref().is_empty() {
             check.error(name.span(), "a plan name cannot be empty");
         }
@@ -156,7 +166,7 @@ fn compile_plans(
         }
         let rate_headers =
             (!limits.is_empty()).then(|| Arc::new(PlanHeaders::with_limits(name.get_ref(), &limits, legacy)));
-        let plan = Plan { name: name.get_ref().clone(), api_access, limits, max_keys, rate_headers };
+        let plan = Plan { name: name.get_ref().clone(), api_access, limits, max_keys, concurrency, rate_headers };
         plans.insert(name.get_ref().clone(), plan);
     }
     plans
@@ -260,6 +270,15 @@ fn plan_limit_entry(plan: &str, entry: &Spanned<raw::RawLimit>, check: &mut Chec
                     format!(
                         "plan `{plan}`: limit name `{text}` must be letters, digits, `-` and `_` \
                         (it is sent in the rate-limit headers and the 429)"
+                    ),
+                );
+                None
+            } else if text == crate::error::CONCURRENCY_LIMIT_NAME {
+                check.error(
+                    name.span(),
+                    format!(
+                        "plan `{plan}`: the limit name `{text}` is reserved for the plan's `concurrency` \
+                        (a 429 names it); pick another"
                     ),
                 );
                 None

@@ -45,6 +45,9 @@ pub struct Plan {
     pub limits: Vec<PlanLimit>,
     /// `max_keys`; `None` is unlimited.
     pub max_keys: Option<u32>,
+    /// `concurrency`: the most requests (and WebSocket tunnels) of a tenant in flight at
+    /// once; `None` is no cap.
+    pub concurrency: Option<u32>,
     /// The rate-limit response headers that are the same for every request under
     /// `limits`, built here once, with the limits themselves (`None` without a limit).
     pub rate_headers: Option<Arc<PlanHeaders>>,

@@ -40,6 +40,7 @@ pub(super) struct RawPlan {
     pub requests: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
     pub max_keys: Option<Spanned<i64>>,
+    pub concurrency: Option<Spanned<i64>>,
     pub limits: Option<Spanned<Vec<Spanned<RawLimit>>>>,
 }
 

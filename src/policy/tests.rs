@@ -267,10 +267,18 @@ fn plan_limits() {
     assert_error(&plan("requests_per_minute = 5\nwindow = \"1s\""), 8, 23, "keep one");
     assert_error(&plan("requests_per_minute = 5\nmax_keys = 0"), 9, 12, "at least 1");
     assert_error(&plan("requests_per_minute = 5\nmax_keys = 4294967296"), 9, 12, "at most");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = 0"), 9, 15, "`concurrency` must be at least 1");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = -2"), 9, 15, "at least 1");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = 4294967296"), 9, 15, "at most");
+    assert_error(&plan("requests_per_minute = 5\nconcurrency = \"5\""), 9, 15, "expected i64");
 
     let (policy, _) = parse(&plan("requests = 100\nwindow = \"1h\"\nmax_keys = 3")).unwrap();
     assert_eq!(window_limit(&policy.plans["p"]), Some(Limit { requests: 100, window: Duration::from_secs(3600) }));
     assert_eq!(policy.plans["p"].max_keys, Some(3));
+    assert_eq!(policy.plans["p"].concurrency, None, "no cap unless written");
+
+    let (policy, _) = parse(&plan("requests_per_minute = 5\nconcurrency = 5")).unwrap();
+    assert_eq!(policy.plans["p"].concurrency, Some(5));
 }
 
 #[test]
@@ -616,6 +624,7 @@ fn every_bad_limit_shape_is_refused_at_its_position() {
         (&[r#"{ name = "a", window = "1s" }"#], "", "{ name", 0, "no `requests`"),
         (&[r#"{ requests = 1, window = "1s" }"#], "", "{ requests", 0, "no `name`"),
         (&[r#"{ name = "a b", requests = 1, window = "1s" }"#], "", "\"a b\"", 0, "letters, digits"),
+        (&[r#"{ name = "concurrency", requests = 1, window = "1s" }"#], "", "\"concurrency\"", 0, "reserved"),
         (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 0 }"#], "", "0 }", 0, "1 to 31"),
         (&[r#"{ name = "m", requests = 1, period = "month", reset_day = 32 }"#], "", "32", 0, "1 to 31"),
         (&[r#"{ name = "d", requests = 1, period = "day", reset_day = 2 }"#], "", "2 }", 0, "a day always starts"),

@@ -149,6 +149,12 @@ impl Limiter {
         self.fall_back(tenant, rules, cost, on_store_error)
     }
 
+    /// The count of `tenant`'s calendar quota `rule` as this process holds it, with
+    /// `backend = "local"`; `None` with Redis (the count is in Redis).
+    pub fn local_quota_count(&self, tenant: &str, rule: &Rule) -> Option<u64> {
+        (self.backend == LimitBackend::Local).then(|| self.local.quota_count(tenant, rule))
+    }
+
     fn fall_back(&self, tenant: &str, rules: &[Rule], cost: u64, action: OnStoreError) -> LimitOutcome {
         self.metrics.store_fallback(action);
         let decision = match action {
@@ -173,7 +179,7 @@ mod tests {
     use crate::clock::ManualClock;
 
     fn limits(backend: LimitBackend, replicas: u32) -> Limits {
-        Limits { backend, on_store_error: OnStoreError::Local, replicas }
+        Limits { backend, on_store_error: OnStoreError::Local, replicas, concurrency_ttl: Duration::from_secs(10) }
     }
 
     fn limit(requests: u64, secs: u64) -> Limit {

@@ -12,7 +12,7 @@
 //! sub-windows ends (a quota-only plan's lease lasts at most a second). A lease is at
 //! most `1/`[`LEASE_SHARE`] of the least room among the limits, granted and handed back
 //! for all of them by one script call. What is left when the sub-window ends (or when a request needs
-//! more than is left) is handed back in the next call, or by a timer at the sub-window's
+//! more than is left) is handed back in the next call, or by a timer [`super::redis::HAND_BACK_GRACE`] after the sub-window's
 //! end when no call comes: the script takes the unspent units off that sub-window's
 //! counter. Every admission from a lease is therefore counted in Redis before it happens,
 //! in the sub-window it happens in, which is all the proof of [`crate::ratelimit`] needs:
@@ -45,7 +45,8 @@
 //! A lease's unspent units are counted in Redis but admit nothing until they are handed
 //! back: at most `min(MAX_LEASE, free / LEASE_SHARE)` units per lease, one lease per
 //! (replica, worker thread, tenant, limit), for at most the rest of one sub-window (the
-//! window / 20: 3 s for a one-minute plan) plus one call to hand them back. A replica
+//! window / 20: 3 s for a one-minute plan) plus [`super::redis::HAND_BACK_GRACE`] (50 ms) and
+//! one call to hand them back. A replica
 //! that dies holding a lease loses its units until their sub-window leaves the window
 //! (at most one window plus one sub-window); they are never spent twice.
 

@@ -402,6 +402,22 @@ impl LocalLimiter {
         }
     }
 
+    /// The count of `tenant`'s calendar quota `rule` (its kind of period) in the period
+    /// holding now; 0 for a window, or when nothing was counted this period.
+    pub fn quota_count(&self, tenant: &str, rule: &Rule) -> u64 {
+        let now = self.clock.now_millis();
+        let Some((start, _)) = rule.period(now) else { return 0 };
+        let shard = self.shard(tenant);
+        let counters = shard.tenants.get(tenant).map(Vec::as_slice).unwrap_or_default();
+        counters
+            .iter()
+            .find_map(|counter| match counter {
+                Counter::Quota(q) if counter.counts_for(rule) && q.start == start => Some(q.count),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).tenants.len()).sum()

@@ -93,9 +93,13 @@
 //! checks on this worker admit without a round trip until the sub-window ends. The
 //! checks queued behind a call are first served from the lease it brought back; only
 //! what the lease cannot cover goes to Redis. Unspent units go back to Redis with the
-//! next call of the tenant, or from a timer at the lease's end when no call comes. At
-//! saturation a worker therefore asks Redis about once per lease ([`super::lease::MAX_LEASE`]
-//! requests) and once per sub-window, instead of once per batch.
+//! next call of the tenant. A lease that runs to its end is ended by a timer, which then
+//! keeps its unspent units for the tenant's next call for [`HAND_BACK_GRACE`] and sends
+//! them alone only if no call comes by then: a busy tenant's next request, just past
+//! the sub-window's end, carries them with its own call (one call at each sub-window's
+//! end, not two). At saturation a worker therefore asks Redis about once per lease
+//! ([`super::lease::MAX_LEASE`] requests) and once per sub-window, instead of once per
+//! batch.
 //!
 //! A lease ends before the first of its limits' sub-windows does (a quota's lease lasts
 //! at most a second), and its unspent units go back to every limit in one call. A lease's
@@ -115,6 +119,12 @@ use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
 use crate::redis_client::{RedisCallError, RedisClient};
+
+/// How long a lease that ran to its end keeps its unspent units for the tenant's next
+/// call before a call of their own hands them back. Held that much longer, they only
+/// ever refuse more (counted, admitted by no one); the script ignores a hand-back whose
+/// sub-window has left the window since, or whose period has ended.
+pub const HAND_BACK_GRACE: Duration = Duration::from_millis(50);
 
 /// The most checks one script call decides. A burst larger than this takes several calls
 /// (in a row, each carrying up to this many); it bounds the size of one command and the
@@ -197,19 +207,41 @@ struct Slot {
     lease: Option<Lease>,
     /// Tells a lease's end timer whether the lease it watches is still this one.
     generation: u64,
+    /// The unspent units of a lease that ran to its end, for the tenant's next call (or,
+    /// after [`HAND_BACK_GRACE`], a call of their own), with the generation of the lease
+    /// they came from.
+    pending: Option<(HandBack, u64)>,
     demand: Demand,
 }
 
 impl Slot {
     fn new(keys: Arc<[String]>) -> Slot {
-        Slot { keys, calling: false, queue: Vec::new(), lease: None, generation: 0, demand: Demand::default() }
+        Slot {
+            keys,
+            calling: false,
+            queue: Vec::new(),
+            lease: None,
+            generation: 0,
+            pending: None,
+            demand: Demand::default(),
+        }
     }
 
     /// Nothing in flight, queued or leased: the slot can go. Its demand goes with it (a
     /// tenant still busy here shows it again by the next queue), so that a slot never
     /// outlives its last call or lease.
     fn is_idle(&self) -> bool {
-        !self.calling && self.queue.is_empty() && self.lease.is_none()
+        !self.calling && self.queue.is_empty() && self.lease.is_none() && self.pending.is_none()
+    }
+
+    fn pending_units(&self) -> u64 {
+        self.pending.as_ref().map_or(0, |(back, _)| back.units)
+    }
+
+    /// What the next call hands back: the lease it ends, else the units a lease that ran
+    /// to its end left pending (one hand-back per call; the other waits for the next).
+    fn hand_back_with_call(&mut self, now: u64) -> Option<HandBack> {
+        self.end_lease(now).or_else(|| self.pending.take().map(|(back, _)| back))
     }
 
     /// Ends the lease if it cannot serve `cost` at `now`, and returns what is left of it
@@ -254,6 +286,8 @@ struct Inner {
     /// The monotonic clock of leases: [`Inner::now`] is milliseconds since this.
     epoch: Instant,
     slots: Mutex<Slots>,
+    /// [`HAND_BACK_GRACE`], unless a test set another.
+    grace: Duration,
 }
 
 /// The shared limiter over Redis: one [`SCRIPT`] call per round trip deciding every limit
@@ -282,7 +316,15 @@ impl RedisLimiter {
     /// A limiter deciding through `client` (its timeout and circuit breaker bound every
     /// call).
     pub fn new(client: RedisClient) -> Self {
-        RedisLimiter { inner: Arc::new(Inner { client, epoch: Instant::now(), slots: Mutex::new(HashMap::new()) }) }
+        RedisLimiter::with_hand_back_grace(client, HAND_BACK_GRACE)
+    }
+
+    /// A limiter whose leases that ran to their end wait `grace` (not
+    /// [`HAND_BACK_GRACE`]) for the tenant's next call before going back alone: for tests,
+    /// which must not depend on a check arriving within 50 ms.
+    pub fn with_hand_back_grace(client: RedisClient, grace: Duration) -> Self {
+        let inner = Inner { client, epoch: Instant::now(), slots: Mutex::new(HashMap::new()), grace };
+        RedisLimiter { inner: Arc::new(inner) }
     }
 
     /// Admits `cost` requests for `tenant` under the one sliding window `limit`, or
@@ -331,7 +373,7 @@ impl RedisLimiter {
                 Next::Wait(rx)
             } else {
                 slot.calling = true;
-                let back = slot.end_lease(now);
+                let back = slot.hand_back_with_call(now);
                 Next::Call { keys: slot.keys.clone(), back, want: slot.demand.want(1) }
             };
             (next, plan)
@@ -363,17 +405,22 @@ impl RedisLimiter {
         result
     }
 
-    /// Units held in leases on this replica and not yet spent or handed back (a lease's
-    /// units count once, whatever the number of limits they are counted in).
+    /// Units of leases that ran to their end and wait for the tenant's next call (or their
+    /// grace) to go back to Redis.
+    pub fn pending_units(&self) -> u64 {
+        self.sum_over_slots(Slot::pending_units)
+    }
+
+    /// Units held in leases on this replica and not yet spent or handed back, those of
+    /// leases that ended and wait for a call to go back with included (a lease's units
+    /// count once, whatever the number of limits they are counted in).
     pub fn leased_units(&self) -> u64 {
+        self.sum_over_slots(|slot| slot.lease.as_ref().map_or(0, |lease| lease.units) + slot.pending_units())
+    }
+
+    fn sum_over_slots(&self, units: impl Fn(&Slot) -> u64) -> u64 {
         let slots = self.inner.lock();
-        slots
-            .values()
-            .flat_map(HashMap::values)
-            .flat_map(HashMap::values)
-            .filter_map(|slot| slot.lease.as_ref())
-            .map(|lease| lease.units)
-            .sum()
+        slots.values().flat_map(HashMap::values).flat_map(HashMap::values).map(units).sum()
     }
 }
 
@@ -526,8 +573,24 @@ impl Inner {
         runtime.spawn(async move {
             tokio::time::sleep_until((inner.epoch + Duration::from_millis(deadline)).into()).await;
             // Replaced (generation moved on): its units went back with what replaced it.
-            let back = inner.with_slot(worker, &plan, &tenant, |slot, now| {
-                (slot.generation == generation).then(|| slot.end_lease(now)).flatten()
+            // Else it ends here, and its units wait for the tenant's next call; one still
+            // pending from an earlier lease (no call came, and its own grace has not yet
+            // run out) goes back now.
+            let earlier = inner.with_slot(worker, &plan, &tenant, |slot, now| {
+                let back = (slot.generation == generation).then(|| slot.end_lease(now)).flatten()?;
+                slot.pending.replace((back, generation)).map(|(earlier, _)| earlier)
+            });
+            if let Some(earlier) = earlier.flatten() {
+                inner.hand_back(&tenant, &plan, earlier).await;
+            }
+            tokio::time::sleep(inner.grace).await;
+            // No call took them: they go back alone.
+            let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending.take() {
+                Some((back, from)) if from == generation => Some(back),
+                other => {
+                    slot.pending = other;
+                    None
+                }
             });
             if let Some(back) = back.flatten() {
                 inner.hand_back(&tenant, &plan, back).await;
@@ -565,7 +628,7 @@ impl Inner {
                 }
                 let n = slot.queue.len().min(MAX_BATCH);
                 let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
-                let back = slot.end_lease(now);
+                let back = slot.hand_back_with_call(now);
                 let want = slot.demand.want(batch.len());
                 Some((slot.keys.clone(), batch, back, want, now))
             });

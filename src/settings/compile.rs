@@ -22,6 +22,10 @@ use crate::toml_check::Checker;
 /// The most `server.workers`: far more threads than any machine has CPUs only adds
 /// context switches.
 const MAX_WORKERS: usize = 1024;
+
+/// `limits.concurrency_ttl` when unset.
+const DEFAULT_CONCURRENCY_TTL: Duration = Duration::from_secs(10);
+
 /// The most a per-address budget (`failed_auth_per_minute`, `preflights_per_minute`) may
 /// allow: beyond it a budget protects nothing.
 const MAX_PER_MINUTE: usize = 1_000_000;
@@ -189,6 +193,7 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
             1,
             "it divides each plan's limit among the replicas while the store is unreachable",
         ),
+        concurrency_ttl: duration(check, "concurrency_ttl", l.concurrency_ttl.as_ref(), DEFAULT_CONCURRENCY_TTL, true),
     };
 
     let redis_needed = keys.source == KeySource::Redis || limits.backend == LimitBackend::Redis;

@@ -192,6 +192,9 @@ pub struct Limits {
     pub on_store_error: OnStoreError,
     /// Default 1; at least 1.
     pub replicas: u32,
+    /// Default 10s: how long a shared concurrency slot lives unless its replica renews
+    /// it (every third of this); the bound on the slots a dead replica leaks.
+    pub concurrency_ttl: Duration,
 }
 
 /// `limits.backend`.

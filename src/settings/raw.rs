@@ -91,6 +91,7 @@ pub(super) struct RawLimits {
     pub backend: Option<Spanned<String>>,
     pub on_store_error: Option<Spanned<String>>,
     pub replicas: Option<Spanned<i64>>,
+    pub concurrency_ttl: Option<Spanned<String>>,
 }
 
 /// `[redis]`.

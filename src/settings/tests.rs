@@ -58,6 +58,7 @@ fn an_empty_file_gives_every_default() {
     assert_eq!(s.limits.backend, LimitBackend::Local);
     assert_eq!(s.limits.on_store_error, OnStoreError::Local);
     assert_eq!(s.limits.replicas, 1);
+    assert_eq!(s.limits.concurrency_ttl, Duration::from_secs(10));
     assert!(s.redis.is_none());
 }
 
@@ -125,6 +126,7 @@ stale_if_error = "1d"
 backend = "redis"
 on_store_error = "deny"
 replicas = 3
+concurrency_ttl = "4s"
 [redis]
 url = "redis+cluster://a:7000,b:7001"
 timeout = "20ms"
@@ -147,6 +149,7 @@ timeout = "20ms"
     assert_eq!(s.limits.backend, LimitBackend::Redis);
     assert_eq!(s.limits.on_store_error, OnStoreError::Deny);
     assert_eq!(s.limits.replicas, 3);
+    assert_eq!(s.limits.concurrency_ttl, Duration::from_secs(4));
     let redis = s.redis.unwrap();
     assert_eq!(redis.url, "redis+cluster://a:7000,b:7001");
     assert_eq!(redis.timeout, Duration::from_millis(20));
@@ -225,6 +228,7 @@ fn choices() {
     assert_error("[limits]\nbackend = \"memcached\"\n", 2, 11, "\"local\" or \"redis\"");
     assert_error("[limits]\non_store_error = \"retry\"\n", 2, 18, "\"local\" or \"allow\" or \"deny\"");
     assert_error("[limits]\nreplicas = 0\n", 2, 12, "at least 1");
+    assert_error("[limits]\nconcurrency_ttl = \"0s\"\n", 2, 19, "longer than 0s");
     assert_error("[limits]\nreplicas = 5000000000\n", 2, 12, "too large");
     assert_error("policy = \"\"\n", 1, 10, "cannot be empty");
 }

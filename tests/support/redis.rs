@@ -562,7 +562,9 @@ impl RedisCluster {
 pub struct CountingRelay {
     pub addr: SocketAddr,
     count: Arc<AtomicU64>,
-    /// Of `count`, the PINGs (the invalidation subscription's keep-alive, once a second).
+    /// Of `count`, the PINGs (the invalidation subscription's keep-alive, once a second)
+    /// and the usage writer's commands (its `MULTI`, `EXEC` and `kg:us:` writes, once a
+    /// second at most): background traffic, not what requests cost.
     pings: Arc<AtomicU64>,
     /// One flag per connection relayed so far: set, that connection goes silent.
     silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
@@ -615,8 +617,9 @@ impl CountingRelay {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Commands seen other than PING: what requests cost, whatever the keep-alives did
-    /// meanwhile (a loaded machine may fire several late PINGs at once).
+    /// Commands seen other than PING and the usage writer's: what requests cost, whatever
+    /// the keep-alives and the usage flushes did meanwhile (a loaded machine may fire
+    /// several late PINGs at once).
     pub fn commands_but_pings(&self) -> u64 {
         self.commands() - self.pings.load(Ordering::SeqCst)
     }
@@ -660,6 +663,13 @@ async fn forward(
     let _ = write.shutdown().await;
 }
 
+/// A command of keygate's usage writer: `MULTI`, `EXEC`, or one naming a `kg:us:` key.
+fn is_usage_write(command: &[u8]) -> bool {
+    command.eq_ignore_ascii_case(b"*1\r\n$5\r\nMULTI\r\n")
+        || command.eq_ignore_ascii_case(b"*1\r\n$4\r\nEXEC\r\n")
+        || command.windows(6).any(|w| w == b"kg:us:")
+}
+
 async fn relay(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
@@ -676,7 +686,10 @@ async fn relay(
         let mut consumed = 0;
         while let Some(len) = resp_len(&pending[consumed..]) {
             let command = &pending[consumed..consumed + len];
-            if command.eq_ignore_ascii_case(b"*1\r\n$4\r\nPING\r\n") || command.eq_ignore_ascii_case(b"PING\r\n") {
+            if command.eq_ignore_ascii_case(b"*1\r\n$4\r\nPING\r\n")
+                || command.eq_ignore_ascii_case(b"PING\r\n")
+                || is_usage_write(command)
+            {
                 pings.fetch_add(1, Ordering::SeqCst);
             }
             consumed += len;
