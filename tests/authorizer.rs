@@ -446,3 +446,46 @@ async fn a_decision_has_an_access_line_naming_the_authorizer() {
     assert_eq!(line["tenant"], "acme", "{line}");
     assert_eq!(line["mode"], "enforce", "{line}");
 }
+
+/// A plan's concurrency cap applies to a decision as to a request (a request in flight
+/// through the proxy refuses a decision over the cap), and a decision gives its slot back
+/// as soon as it is answered: decisions in a row never run into their own slots.
+#[tokio::test]
+async fn a_decision_takes_a_concurrency_slot_only_while_it_decides() {
+    let upstream = upstream().await;
+    let routes = format!(
+        "{}\n[plans.one]\nrequests_per_minute = 1000\nconcurrency = 1\n",
+        ROUTES.replace("{upstream}", &upstream.url()).replace("timeout = \"1s\"\n", "timeout = \"5s\"\n")
+    );
+    let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+    let kg = Keygate::builder(&upstream.url()).routes(&routes).settings(AUTHORIZER).clock(clock).start().await;
+    let authz = authorizer_addr(&kg);
+    let (_, secret) = kg.key("solo", "one", &["calls:read"]);
+    let auth = bearer(&secret);
+
+    for _ in 0..5 {
+        let answer = get(&format!("http://{authz}/v1/calls"), &[("authorization", &auth)]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+
+    // A proxied request holds the tenant's one slot while the upstream answers slowly.
+    let held_url = kg.url("/slow/1500");
+    let held_auth = auth.clone();
+    let held = tokio::spawn(async move { get(&held_url, &[("authorization", &held_auth)]).await });
+    let mut refused = None;
+    let saw = eventually(Duration::from_secs(3), async || {
+        let answer = get(&format!("http://{authz}/v1/calls"), &[("authorization", &auth)]).await;
+        let over = answer.status == 429;
+        refused = Some(answer);
+        over
+    })
+    .await;
+    let refused = refused.unwrap();
+    assert!(saw, "a decision over the cap was not refused: {} {}", refused.status, refused.text());
+    assert_eq!(refused.header("x-keygate-status"), "429");
+    assert_eq!(held.await.unwrap().status, 200);
+    // The slot is back: decisions go through again.
+    let answer = get(&format!("http://{authz}/v1/calls"), &[("authorization", &auth)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    kg.stop().await;
+}
