@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::keys::Principal;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{DecisionMode, Metrics, RouteMetrics};
 use crate::policy::{RouteMode, Upstream};
 use crate::ratelimit::concurrency::Slot;
 use crate::request_id::RequestId;
@@ -62,6 +62,9 @@ pub struct AccessLog {
     /// legacy limit).
     pub limit: Option<String>,
     pub mode: RouteMode,
+    /// Answered on the authorizer listener: a decision, not a forwarded request (the
+    /// line's `listener` is `authorizer`, the decision's metric mode `authorizer`).
+    pub authorizer: bool,
     pub principal: Option<Principal>,
     /// The upstream's configured name.
     pub upstream: Option<Arc<Upstream>>,
@@ -93,6 +96,7 @@ impl AccessLog {
             decision: "ok",
             limit: None,
             mode: RouteMode::Enforce,
+            authorizer: false,
             principal: None,
             upstream: None,
             concurrency: None,
@@ -128,6 +132,15 @@ impl AccessLog {
         }
     }
 
+    /// The `mode` label of this request's `auth_decisions_total`.
+    pub fn decision_mode(&self) -> DecisionMode {
+        if self.authorizer {
+            DecisionMode::Authorizer
+        } else {
+            self.mode.into()
+        }
+    }
+
     /// Marks the response as sent whole (or the tunnel as closed cleanly).
     pub fn set_complete(&mut self) {
         self.complete = true;
@@ -153,6 +166,7 @@ impl Drop for AccessLog {
             decision = self.decision,
             limit = self.limit.as_deref(),
             mode = self.mode.as_str(),
+            listener = self.authorizer.then_some("authorizer"),
             key_id = self.principal.as_ref().map(Principal::key_id),
             tenant = self.principal.as_ref().map(Principal::tenant),
             upstream = self.upstream.as_ref().map(|upstream| upstream.name.as_str()),

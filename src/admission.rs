@@ -214,11 +214,11 @@ impl Gate {
         };
         match decided {
             Ok(authorized) => {
-                self.metrics.auth_decision(AuthResult::Ok, record.mode);
+                self.metrics.auth_decision(AuthResult::Ok, record.decision_mode());
                 Ok(Admission(Admitted::Authorized(authorized)))
             }
             Err(denial) => {
-                self.metrics.auth_decision(denial.refusal.auth_result(), record.mode);
+                self.metrics.auth_decision(denial.refusal.auth_result(), record.decision_mode());
                 if route.mode != RouteMode::Shadow {
                     return Err(denial);
                 }

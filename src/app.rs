@@ -133,7 +133,10 @@ pub async fn redis_client(
 
 /// A started keygate: its bound addresses and the handle to stop it.
 pub struct Running {
-    pub proxy_addr: SocketAddr,
+    /// The proxy's address; `None` when keygate runs as an authorizer only.
+    pub proxy_addr: Option<SocketAddr>,
+    /// The authorizer's address, when `[authorizer]` is configured.
+    pub authorizer_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     /// The key/tenant API's address, when a token turned it on.
     pub admin_api_addr: Option<SocketAddr>,
@@ -191,17 +194,30 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| StartError::Other(format!("cannot listen on {addr} ({what}): {e}")))
     };
-    let tls = match &settings.listen.tls {
-        Some(files) => {
-            Some(crate::tls::Tls::load_and_watch(files, app.metrics().clone(), options.polls.tls).map_err(|e| {
-                StartError::Config(vec![Diagnostic::file_error(&settings.file, format!("listen.tls: {e}"))])
-            })?)
-        }
+    let load_tls = |files: Option<&crate::settings::Tls>, what: &'static str| match files {
+        Some(files) => crate::tls::Tls::load_and_watch(files, app.metrics().clone(), options.polls.tls)
+            .map(Some)
+            .map_err(|e| StartError::Config(vec![Diagnostic::file_error(&settings.file, format!("{what}: {e}"))])),
+        None => Ok(None),
+    };
+    let tls = server::ListenerTls {
+        proxy: if settings.serve_proxy { load_tls(settings.listen.tls.as_ref(), "listen.tls")? } else { None },
+        authorizer: match &settings.authorizer {
+            Some(authorizer) => load_tls(authorizer.tls.as_ref(), "authorizer.tls")?,
+            None => None,
+        },
+    };
+    let proxy_listener = match settings.serve_proxy {
+        true => Some(bind(settings.listen.address, "listen.address").await?),
+        false => None,
+    };
+    let authorizer_listener = match &settings.authorizer {
+        Some(authorizer) => Some(bind(authorizer.address, "authorizer.address").await?),
         None => None,
     };
-    let proxy_listener = bind(settings.listen.address, "listen.address").await?;
     let admin_listener = bind(settings.admin.address, "admin.address").await?;
-    let proxy_addr = local_addr(&proxy_listener)?;
+    let proxy_addr = proxy_listener.as_ref().map(local_addr).transpose()?;
+    let authorizer_addr = authorizer_listener.as_ref().map(local_addr).transpose()?;
     let admin_addr = local_addr(&admin_listener)?;
 
     let api_listener = match &api_token {
@@ -217,7 +233,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     }
     let stop_accepting = CancellationToken::new();
     let mut servers = vec![
-        tokio::spawn(server::serve(proxy_listener, workers, app.clone(), stop_accepting.clone())),
+        tokio::spawn(server::serve(proxy_listener, authorizer_listener, workers, app.clone(), stop_accepting.clone())),
         tokio::spawn(admin::serve(admin_listener, app.clone(), stop_accepting.clone())),
     ];
     if let (Some(listener), Some(token)) = (api_listener, api_token) {
@@ -228,9 +244,16 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
     let usage_flusher = Some(usage.spawn_flusher(background.clone()));
     let watches = start_watches(&app, options.polls);
     app.set_ready();
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "keygate ready");
+    tracing::info!(
+        proxy = proxy_addr.map(tracing::field::display),
+        authorizer = authorizer_addr.map(tracing::field::display),
+        admin = %admin_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        "keygate ready"
+    );
     Ok(Running {
         proxy_addr,
+        authorizer_addr,
         admin_addr,
         admin_api_addr,
         app,

@@ -15,7 +15,7 @@
 //! floor 11 start-up: app cli
 //! floor 10 admin surfaces: admin admin_api
 //! floor 9  server: server
-//! floor 8  pipeline: pipeline
+//! floor 8  pipeline: pipeline authorizer
 //! floor 7  shared state: state
 //! floor 6  forwarding: upstream
 //! floor 5  admission: admission
@@ -39,8 +39,9 @@
 //! - [`admission`]: the rules a request must pass, and the proof that it passed them.
 //! - [`upstream`]: forwarding an admitted request.
 //! - [`state`]: what every request reads ([`state::App`]).
-//! - [`pipeline`]: one request's phases, in order.
-//! - [`server`]: the proxy listener and its worker threads.
+//! - [`pipeline`]: one request's phases, in order; [`authorizer`]: the same decision
+//!   answered to another proxy instead of forwarded.
+//! - [`server`]: the proxy and authorizer listeners and their worker threads.
 //! - admin surfaces: health and metrics ([`admin`]), the key and tenant API ([`admin_api`]).
 //! - start-up: [`app`] builds and starts everything; [`cli`] is the command line.
 
@@ -53,6 +54,7 @@ pub mod admin_api;
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod authorizer;
 pub mod bearer;
 pub mod body;
 pub mod breaker;

@@ -68,6 +68,26 @@ macro_rules! label_enum {
     };
 }
 
+label_enum! {
+    /// The `mode` label of `auth_decisions_total`: the route's mode for a proxied request,
+    /// `authorizer` for every decision answered on the authorizer listener (whatever the
+    /// route's mode; its access line keeps the route's).
+    DecisionMode {
+        Enforce => "enforce",
+        Shadow => "shadow",
+        Authorizer => "authorizer",
+    }
+}
+
+impl From<RouteMode> for DecisionMode {
+    fn from(mode: RouteMode) -> Self {
+        match mode {
+            RouteMode::Enforce => DecisionMode::Enforce,
+            RouteMode::Shadow => DecisionMode::Shadow,
+        }
+    }
+}
+
 /// `ratelimit_store_fallback_total{action}`: the `on_store_error` applied to a decision
 /// taken without the store, labelled with its configuration name. The limiter passes the
 /// setting itself: one type, no mirror enum to keep in step.
@@ -160,8 +180,8 @@ pub struct Metrics {
     /// Requests answered 503 `upstream_busy` (the upstream's `max_connections` all in use
     /// for its `queue_timeout`), by upstream.
     upstream_busy: IntCounterVec,
-    /// `[result][mode]`, in `AuthResult::ALL` × `RouteMode::ALL` order.
-    auth_decisions: Vec<[IntCounter; 2]>,
+    /// `[result][mode]`, in `AuthResult::ALL` × `DecisionMode::ALL` order.
+    auth_decisions: Vec<[IntCounter; 3]>,
     store_fallback: Vec<IntCounter>,
     cache_lookups: Vec<IntCounter>,
     store_errors: Vec<IntCounter>,
@@ -271,8 +291,8 @@ impl Metrics {
         let auth_decisions = AuthResult::ALL
             .iter()
             .map(|res| {
-                // Indexed by `RouteMode::index`: Enforce, Shadow.
-                [RouteMode::Enforce, RouteMode::Shadow]
+                // Indexed by `DecisionMode::index`: Enforce, Shadow, Authorizer.
+                [DecisionMode::Enforce, DecisionMode::Shadow, DecisionMode::Authorizer]
                     .map(|mode| auth_vec.with_label_values(&[res.as_str(), mode.as_str()]))
             })
             .collect();
@@ -471,8 +491,9 @@ impl Metrics {
     }
 
     /// How one request's authentication and authorisation ended, and whether the route
-    /// enforced it.
-    pub fn auth_decision(&self, result: AuthResult, mode: RouteMode) {
+    /// enforced it (or the authorizer listener answered it).
+    pub fn auth_decision(&self, result: AuthResult, mode: impl Into<DecisionMode>) {
+        let mode = mode.into();
         if let Some(c) = self.auth_decisions.get(result.index()).and_then(|row| row.get(mode.index())) {
             c.inc();
         }

@@ -120,11 +120,42 @@ async fn process(
     request: Request<Incoming>,
     record: &mut AccessLog,
 ) -> Result<Forwarded, Box<Denial>> {
+    // 1–3. Shape, path, route.
+    let has_body = !hyper::body::Body::is_end_stream(request.body());
+    let Routed { route, path, preflight } = route_request(app, policy, &request, has_body, record)?;
+
+    // 4–7. Key, authentication, plan and scopes, body size, rate limit.
+    let peer = connection.peer.ip();
+    let admission = app.gate().admit(policy, route, request.headers(), peer, preflight, record).await?;
+
+    // 8–9. Rewrite and forward.
+    forward(app, route, admission, connection, request, path, record).await
+}
+
+/// A request that passed phases 1–3: its route, its normalised path, and whether it is a
+/// CORS preflight to forward (matched as the method it asks about).
+pub(crate) struct Routed<'p> {
+    pub route: &'p Route,
+    pub path: String,
+    pub preflight: bool,
+}
+
+/// Phases 1–3 of every request — shape, path, route — recorded in `record`; with
+/// [`crate::admission::Gate::admit`] (phases 4–7) they are the whole decision, which the
+/// proxy and the authorizer ([`crate::authorizer`]) both take. `request` is the request
+/// to decide on (its body is not read: `has_body` says whether it has one).
+pub(crate) fn route_request<'p, B>(
+    app: &App,
+    policy: &'p Policy,
+    request: &Request<B>,
+    has_body: bool,
+    record: &mut AccessLog,
+) -> Result<Routed<'p>, Box<Denial>> {
     // 1. The request's shape: one Host, an absolute-form target naming the same host; no
     //    transfer coding but a single `chunked`; no CONNECT (its target is a host and
     //    port, not a path any route could authorise).
-    check_host(&request)?;
-    check_transfer_coding(&request)?;
+    check_host(request)?;
+    check_transfer_coding(request)?;
     if request.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed { allow: Vec::new() }.into());
     }
@@ -140,12 +171,12 @@ async fn process(
     }
 
     // 3. The route: longest prefix, then method (404, 405).
-    let preflight = policy.forward_preflight && is_cors_preflight(&request);
-    if preflight && !hyper::body::Body::is_end_stream(request.body()) {
+    let preflight = policy.forward_preflight && is_cors_preflight(request);
+    if preflight && has_body {
         // Browsers send none; what does is not a preflight, and must not pass keyless.
         return Err(Refusal::BadRequest("a CORS preflight must not have a body".into()).into());
     }
-    let match_method = if preflight { preflight_method(&request) } else { request.method().clone() };
+    let match_method = if preflight { preflight_method(request) } else { request.method().clone() };
     let route = match policy.routes.find(&path, &match_method) {
         RouteMatch::Found(route) => route,
         RouteMatch::MethodNotAllowed { prefix, allow } => {
@@ -161,12 +192,7 @@ async fn process(
         record.mode = RouteMode::Shadow;
     }
 
-    // 4–7. Key, authentication, plan and scopes, body size, rate limit.
-    let peer = connection.peer.ip();
-    let admission = app.gate().admit(policy, route, request.headers(), peer, preflight, record).await?;
-
-    // 8–9. Rewrite and forward.
-    forward(app, route, admission, connection, request, path, record).await
+    Ok(Routed { route, path, preflight })
 }
 
 /// Rewrites the request for the upstream, sends it, and maps failures to 413/502/504.

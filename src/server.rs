@@ -1,4 +1,4 @@
-//! The proxy listener: accept loop bounded by `max_connections`, the worker threads that
+//! The proxy listener and the authorizer listener ([`Role`]): accept loop bounded by `max_connections`, the worker threads that
 //! serve the connections ([`Workers`]), TLS (HTTP/1.1 and HTTP/2 by ALPN) or plain
 //! (HTTP/1.1 and h2c by prior knowledge) through hyper-util's auto builder, the
 //! protective timeouts of `[server]`, and graceful shutdown.
@@ -83,11 +83,39 @@ struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    role: Role,
+}
+
+/// Which listener accepted a connection, hence which service answers its requests: the
+/// same workers, bounds, timeouts and TLS machinery serve both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `[listen]`: requests are decided and forwarded ([`pipeline::handle`]).
+    Proxy,
+    /// `[authorizer]`: requests are decided and the decision answered
+    /// ([`crate::authorizer::handle`]).
+    Authorizer,
+}
+
+/// Each listener's TLS (none: plain HTTP/1.1 and h2c).
+#[derive(Clone, Default)]
+pub struct ListenerTls {
+    pub proxy: Option<Arc<Tls>>,
+    pub authorizer: Option<Arc<Tls>>,
+}
+
+impl ListenerTls {
+    fn of(&self, role: Role) -> Option<Arc<Tls>> {
+        match role {
+            Role::Proxy => self.proxy.clone(),
+            Role::Authorizer => self.authorizer.clone(),
+        }
+    }
 }
 
 impl Workers {
     /// Starts `app.settings().server.workers` threads, idle until connections arrive.
-    pub fn start(app: &Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<Workers> {
+    pub fn start(app: &Arc<App>, tls: ListenerTls) -> std::io::Result<Workers> {
         let count = app.settings().server.workers.max(1);
         let mut workers = Vec::with_capacity(count);
         let closed = Arc::new(AtomicU64::new(0));
@@ -148,13 +176,13 @@ impl Workers {
 async fn run_worker(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
     app: Arc<App>,
-    tls: Option<Arc<Tls>>,
+    tls: ListenerTls,
     open: Arc<AtomicUsize>,
     closed: Arc<AtomicU64>,
 ) {
     let builder = Arc::new(connection_builder(&app));
     let graceful = GracefulShutdown::new();
-    while let Some(Accepted { stream, peer, permit }) = connections.recv().await {
+    while let Some(Accepted { stream, peer, permit, role }) = connections.recv().await {
         let open = OpenConnection { open: open.clone(), closed: closed.clone() };
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -163,12 +191,12 @@ async fn run_worker(
                 continue;
             }
         };
-        let (app, builder, watcher, tls) = (app.clone(), builder.clone(), graceful.watcher(), tls.clone());
+        let (app, builder, watcher, tls) = (app.clone(), builder.clone(), graceful.watcher(), tls.of(role));
         tokio::spawn(async move {
             // Released when the connection ends, or its WebSocket tunnel if that is later.
             let hold: ConnectionHold = Arc::new((permit, open, app.metrics().connection_opened()));
             let info = ConnectionInfo { peer, tls: tls.is_some(), hold: Some(hold) };
-            serve_connection(stream, info, app, builder, watcher, tls).await;
+            serve_connection(stream, info, role, app, builder, watcher, tls).await;
         });
     }
     graceful.shutdown().await;
@@ -187,11 +215,40 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Accepts on the proxy listener until `stop` is cancelled, handing each connection to a
-/// worker; then waits until the workers have let their open connections finish.
-pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop: CancellationToken) {
+/// Accepts on the proxy listener and the authorizer listener (each optional) until
+/// `stop` is cancelled, handing each connection to a worker; then waits until the workers
+/// have let their open connections finish. `server.max_connections` bounds both
+/// listeners' connections together.
+pub async fn serve(
+    proxy: Option<TcpListener>,
+    authorizer: Option<TcpListener>,
+    workers: Workers,
+    app: Arc<App>,
+    stop: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(app.settings().server.max_connections));
     let housekeeping = tokio::spawn(return_freed_memory(workers.closed.clone()));
+    let accept = |listener: Option<TcpListener>, role: Role| {
+        let (slots, workers, stop) = (slots.clone(), &workers, stop.clone());
+        async move {
+            if let Some(listener) = listener {
+                accept_loop(listener, role, slots, workers, stop).await;
+            }
+        }
+    };
+    tokio::join!(accept(proxy, Role::Proxy), accept(authorizer, Role::Authorizer));
+    workers.finish().await;
+    housekeeping.abort();
+}
+
+/// One listener's accept loop, until `stop` is cancelled (the listener is closed then).
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    slots: Arc<Semaphore>,
+    workers: &Workers,
+    stop: CancellationToken,
+) {
     loop {
         // Past `max_connections`, new connections wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -215,13 +272,10 @@ pub async fn serve(listener: TcpListener, workers: Workers, app: Arc<App>, stop:
         };
         let _ = stream.set_nodelay(true);
         match stream.into_std() {
-            Ok(stream) => workers.dispatch(Accepted { stream, peer, permit }),
+            Ok(stream) => workers.dispatch(Accepted { stream, peer, permit, role }),
             Err(e) => tracing::warn!(error = %e, "cannot hand an accepted connection to a worker"),
         }
     }
-    drop(listener);
-    workers.finish().await;
-    housekeeping.abort();
 }
 
 /// How often [`return_freed_memory`] looks, and how many times it nudges after a close.
@@ -280,6 +334,7 @@ fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
 async fn serve_connection(
     stream: TcpStream,
     info: ConnectionInfo,
+    role: Role,
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -302,15 +357,16 @@ async fn serve_connection(
                     return;
                 }
             };
-            run_http(ObservedIo::new(stream, activity.clone()), info, app, builder, watcher, activity).await;
+            run_http(ObservedIo::new(stream, activity.clone()), info, role, app, builder, watcher, activity).await;
         }
-        None => run_http(ObservedIo::new(stream, activity.clone()), info, app, builder, watcher, activity).await,
+        None => run_http(ObservedIo::new(stream, activity.clone()), info, role, app, builder, watcher, activity).await,
     }
 }
 
 async fn run_http<IO>(
     io: Tracked<IO>,
     info: ConnectionInfo,
+    role: Role,
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -325,7 +381,7 @@ async fn run_http<IO>(
         let guard = InFlight::start(&service_activity, request.version());
         let (app, info) = (app.clone(), info.clone());
         async move {
-            let response = respond(app, info, request).await;
+            let response = respond(app, info, role, request).await;
             // The request stays in flight until its response body is done.
             Ok::<_, std::convert::Infallible>(response.map(|body| Holding::new(body, guard)))
         }
@@ -374,7 +430,13 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
     request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + line
 }
 
-async fn respond(app: Arc<App>, info: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn respond(app: Arc<App>, info: ConnectionInfo, role: Role, request: Request<Incoming>) -> Response<ProxyBody> {
+    if role == Role::Authorizer {
+        if head_bytes(&request) > app.settings().server.max_header_bytes {
+            return crate::authorizer::refuse(&app, &request, Refusal::HeadersTooLarge);
+        }
+        return Box::pin(crate::authorizer::handle(app, info, request)).await;
+    }
     if head_bytes(&request) > app.settings().server.max_header_bytes {
         return pipeline::refuse(&app, &request, Refusal::HeadersTooLarge);
     }

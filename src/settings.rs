@@ -18,7 +18,8 @@ use crate::toml_check::{deserialize, Checker};
 
 pub(crate) use model::ON_STORE_ERROR;
 pub use model::{
-    default_workers, Admin, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server, Settings, Tls,
+    default_workers, Admin, Authorizer, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server,
+    Settings, Tls,
 };
 
 /// What `keygate check` learns from a `keygate.toml` that may be invalid: every error (or,

@@ -304,7 +304,8 @@ async fn a_kubernetes_configmap_swap_is_reloaded_every_time() {
     assert_eq!(settings.policy_file, map.file());
     let options = keygate::Options { polls: keygate::Polls::events_only(), ..keygate::Options::default() };
     let running = keygate::start(settings, options).await.expect("keygate starts");
-    let url = |path: &str| format!("http://{}{path}", running.proxy_addr);
+    let proxy = running.proxy_addr.expect("the test config has [listen]");
+    let url = |path: &str| format!("http://{proxy}{path}");
     let http = Http::new();
     assert_eq!(status_of(&http, &url("/v1/swap0")).await, 200);
     let successes = reloads(running.admin_addr, "success").await;

@@ -88,10 +88,12 @@ pub fn collect(config: &Path) -> (Vec<Diagnostic>, Option<(Settings, Policy)>) {
         }
     }
     // The certificate and key as `serve` will load them: readable, parsed, matching.
-    if let Some(tls) = &settings.listen.tls {
+    let authorizer_tls = settings.authorizer.as_ref().and_then(|a| a.tls.as_ref());
+    for (what, tls) in [("listen.tls", settings.listen.tls.as_ref()), ("authorizer.tls", authorizer_tls)] {
+        let Some(tls) = tls else { continue };
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         if let Err(e) = crate::tls::Tls::load(tls, metrics) {
-            diagnostics.push(crate::diag::Diagnostic::file_error(&settings.file, format!("listen.tls: {e}")));
+            diagnostics.push(crate::diag::Diagnostic::file_error(&settings.file, format!("{what}: {e}")));
         }
     }
     (diagnostics, policy.map(|policy| (settings, policy)))

@@ -66,7 +66,8 @@ async fn demo() -> Result<(), CliError> {
     drop(store);
 
     let running = app::start(settings, Options::default()).await.map_err(|e| fail("starting", &e))?;
-    let base = format!("http://{}", running.proxy_addr);
+    let proxy = running.proxy_addr.ok_or_else(|| CliError::input("the demo's config serves no proxy".to_string()))?;
+    let base = format!("http://{proxy}");
     let health = format!("http://{}", running.admin_addr);
     println!("keygate demo");
     println!("  proxy:              {base}");

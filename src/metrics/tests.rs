@@ -11,7 +11,7 @@ fn fixed_label_values_exported_at_zero_from_start() {
     let m = Metrics::new();
     let text = m.encode();
     for res in AuthResult::ALL {
-        for mode in RouteMode::ALL {
+        for mode in DecisionMode::ALL {
             let line = format!("keygate_auth_decisions_total{{mode=\"{mode}\",result=\"{res}\"}} 0");
             assert!(has_line(&text, &line), "missing {line}\n{text}");
         }
@@ -49,7 +49,7 @@ fn fixed_label_values_exported_at_zero_from_start() {
     }
     // Exactly the label sets of docs/reference.md §5.1.
     assert_eq!(AuthResult::ALL.len(), 10);
-    assert_eq!(text.lines().filter(|l| l.starts_with("keygate_auth_decisions_total{")).count(), 20);
+    assert_eq!(text.lines().filter(|l| l.starts_with("keygate_auth_decisions_total{")).count(), 30);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_spanned::Spanned;
 
 use super::model::{
-    Admin, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server, Settings, Tls,
+    Admin, Authorizer, KeySource, Keys, LimitBackend, Limits, Listen, OnStoreError, Redis, Server, Settings, Tls,
     ADMIN_MAX_CONNECTIONS, ON_STORE_ERROR,
 };
 use super::raw;
@@ -37,22 +37,24 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
         Some(p) => resolve_path(check, dir, "policy", p).unwrap_or_default(),
     };
 
+    // Without `[listen]` but with `[authorizer]`, keygate is an authorizer only.
+    let serve_proxy = raw.listen.is_some() || raw.authorizer.is_none();
     let raw_listen = raw.listen.unwrap_or_default();
     let listen_address = address(check, "address", raw_listen.address.as_ref(), SocketAddr::from(([0, 0, 0, 0], 8443)));
-    let tls = raw_listen.tls.as_ref().and_then(|t| {
-        let (cert, key) = (t.get_ref().cert.as_ref(), t.get_ref().key.as_ref());
-        if cert.is_none() || key.is_none() {
-            check.error(t.span(), "`tls` needs both `cert` and `key` (PEM files)");
-        }
-        let cert = optional_path(check, dir, "cert", cert)?;
-        let key = optional_path(check, dir, "key", key)?;
-        Some(Tls { cert, key })
-    });
+    let tls = raw_listen.tls.as_ref().and_then(|t| tls_files(check, dir, t));
     let listen = Listen {
         address: listen_address,
         tls,
         trusted_proxies: trusted_proxies(check, raw_listen.trusted_proxies.as_deref().unwrap_or_default()),
     };
+
+    let authorizer = raw.authorizer.as_ref().map(|table| compile_authorizer(table, dir, check));
+    if let (Some(authorizer), Some(table)) = (&authorizer, &raw.authorizer) {
+        if serve_proxy && authorizer.address == listen.address && listen.address.port() != 0 {
+            let at = table.get_ref().address.as_ref().map_or(table.span(), |a| a.span());
+            check.error(at, format!("the authorizer cannot share the proxy's address {}", listen.address));
+        }
+    }
 
     let raw_admin = raw.admin.unwrap_or_default();
     let admin_address = address(check, "address", raw_admin.address.as_ref(), SocketAddr::from(([127, 0, 0, 1], 9090)));
@@ -83,6 +85,12 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
                     hands out secrets, keep it off the network unless it is protected"
                 ),
             );
+        }
+    }
+    if let (Some(authorizer), Some(table)) = (&authorizer, &raw.authorizer) {
+        if authorizer.address == admin_address && admin_address.port() != 0 {
+            let at = table.get_ref().address.as_ref().map_or(table.span(), |a| a.span());
+            check.error(at, format!("the authorizer cannot share the admin listener's address {admin_address}"));
         }
     }
     let admin = Admin {
@@ -218,7 +226,58 @@ pub(super) fn compile(raw: raw::RawSettings, file: &Path, dir: &Path, check: &mu
         }
     };
 
-    Settings { file: file.to_path_buf(), policy_file, listen, admin, server, keys, limits, redis }
+    Settings {
+        file: file.to_path_buf(),
+        policy_file,
+        listen,
+        serve_proxy,
+        authorizer,
+        admin,
+        server,
+        keys,
+        limits,
+        redis,
+    }
+}
+
+/// `tls = { cert, key }` of `[listen]` or `[authorizer]`.
+fn tls_files(check: &mut Checker<'_>, dir: &Path, t: &Spanned<raw::RawTls>) -> Option<Tls> {
+    let (cert, key) = (t.get_ref().cert.as_ref(), t.get_ref().key.as_ref());
+    if cert.is_none() || key.is_none() {
+        check.error(t.span(), "`tls` needs both `cert` and `key` (PEM files)");
+    }
+    let cert = optional_path(check, dir, "cert", cert)?;
+    let key = optional_path(check, dir, "key", key)?;
+    Some(Tls { cert, key })
+}
+
+/// `[authorizer]`.
+fn compile_authorizer(table: &Spanned<raw::RawAuthorizer>, dir: &Path, check: &mut Checker<'_>) -> Authorizer {
+    let a = table.get_ref();
+    let path_prefix = a.path_prefix.as_ref().and_then(|p| {
+        let text = p.get_ref();
+        let valid = text.starts_with('/')
+            && text.len() > 1
+            && !text.ends_with('/')
+            && !text.contains(['?', '#', '%'])
+            && !text.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !valid {
+            check.error(
+                p.span(),
+                format!(
+                    "`path_prefix` is \"{text}\"; write a path that starts with `/` and does not end \
+                    with one, without `?`, `#`, `%` or spaces, e.g. \"/authz\""
+                ),
+            );
+        }
+        valid.then(|| text.clone())
+    });
+    Authorizer {
+        address: address(check, "address", a.address.as_ref(), Authorizer::default().address),
+        tls: a.tls.as_ref().and_then(|t| tls_files(check, dir, t)),
+        trusted_proxies: trusted_proxies(check, a.trusted_proxies.as_deref().unwrap_or_default()),
+        path_prefix,
+    }
 }
 
 /// A per-address budget: 0 (no limit) to [`MAX_PER_MINUTE`].

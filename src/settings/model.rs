@@ -19,6 +19,12 @@ pub struct Settings {
     pub policy_file: PathBuf,
     /// `[listen]`.
     pub listen: Listen,
+    /// Whether the proxy listener is served: false only when the file has `[authorizer]`
+    /// and no `[listen]` table (keygate then only answers decisions). `listen` still holds
+    /// the defaults then, and its `trusted_proxies` (none) are what the budgets read.
+    pub serve_proxy: bool,
+    /// `[authorizer]`: the listener that answers decisions to another proxy. Default: none.
+    pub authorizer: Option<Authorizer>,
     /// `[admin]`.
     pub admin: Admin,
     /// `[server]`.
@@ -40,6 +46,32 @@ pub struct Listen {
     pub tls: Option<Tls>,
     /// Peers whose `X-Forwarded-For` is kept and appended to (docs/reference.md §4.3). Default: none.
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[authorizer]`: keygate as the authorizer of another proxy (nginx `auth_request`,
+/// Traefik ForwardAuth, Envoy `ext_authz` in HTTP mode), on a listener of its own.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    /// Default `0.0.0.0:9191`.
+    pub address: SocketAddr,
+    /// Like `[listen]`'s. Default: none (plain HTTP/1.1 and h2c).
+    pub tls: Option<Tls>,
+    /// Peers whose `X-Original-*` / `X-Forwarded-Method`, `-Uri`, `-Host` name the request
+    /// to decide on, and whose `X-Forwarded-For` names the client. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Stripped from the request line's path (Envoy's `path_prefix`). Default: none.
+    pub path_prefix: Option<String>,
+}
+
+impl Default for Authorizer {
+    fn default() -> Self {
+        Authorizer {
+            address: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            tls: None,
+            trusted_proxies: Vec::new(),
+            path_prefix: None,
+        }
+    }
 }
 
 /// `[listen] tls = { cert, key }`: PEM files, watched and reloaded.

@@ -10,6 +10,7 @@ use serde_spanned::Spanned;
 pub(super) struct RawSettings {
     pub policy: Option<Spanned<String>>,
     pub listen: Option<RawListen>,
+    pub authorizer: Option<Spanned<RawAuthorizer>>,
     pub admin: Option<RawAdmin>,
     pub server: Option<RawServer>,
     pub keys: Option<RawKeys>,
@@ -24,6 +25,16 @@ pub(super) struct RawListen {
     pub address: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+}
+
+/// `[authorizer]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuthorizer {
+    pub address: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub path_prefix: Option<Spanned<String>>,
 }
 
 /// `tls = { cert, key }`.

@@ -325,3 +325,44 @@ fn min_body_rate_is_bytes_a_second_over_its_window_and_zero_turns_it_off() {
     assert!(parse("min_body_rate = -1").is_err());
     assert!(parse("min_body_rate_window = \"0s\"").is_err());
 }
+
+#[test]
+fn the_authorizer_listener_is_optional_and_so_is_the_proxy_with_it() {
+    let (s, _) = ok("");
+    assert!(s.serve_proxy);
+    assert!(s.authorizer.is_none());
+
+    let (s, _) = ok("[authorizer]\n");
+    assert!(!s.serve_proxy, "[authorizer] without [listen]: an authorizer only");
+    let a = s.authorizer.unwrap();
+    assert_eq!(a.address, "0.0.0.0:9191".parse().unwrap());
+    assert!(a.tls.is_none() && a.trusted_proxies.is_empty() && a.path_prefix.is_none());
+
+    let (s, _) = ok(concat!(
+        "[listen]\naddress = \"127.0.0.1:8443\"\n",
+        "[authorizer]\naddress = \"127.0.0.1:9000\"\ntls = { cert = \"a.crt\", key = \"a.key\" }\n",
+        "trusted_proxies = [\"10.0.0.0/8\"]\npath_prefix = \"/authz\"\n",
+    ));
+    assert!(s.serve_proxy);
+    let a = s.authorizer.unwrap();
+    assert_eq!(a.address, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(a.tls, Some(Tls { cert: "/etc/keygate/a.crt".into(), key: "/etc/keygate/a.key".into() }));
+    assert_eq!(a.trusted_proxies, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+    assert_eq!(a.path_prefix.as_deref(), Some("/authz"));
+}
+
+#[test]
+fn authorizer_values_are_checked_with_their_position() {
+    assert_error("[authorizer]\naddress = \"nowhere\"\n", 2, 11, "`address`");
+    assert_error(
+        "[listen]\naddress = \"127.0.0.1:80\"\n[authorizer]\naddress = \"127.0.0.1:80\"\n",
+        4,
+        11,
+        "proxy's address",
+    );
+    assert_error("[authorizer]\naddress = \"127.0.0.1:9090\"\n", 2, 11, "admin listener's address");
+    assert_error("[authorizer]\ntrusted_proxies = [\"ten\"]\n", 2, 20, "ten");
+    assert_error("[authorizer]\npath_prefix = \"authz/\"\n", 2, 15, "path_prefix");
+    assert_error("[authorizer]\ntls = { cert = \"a.crt\" }\n", 2, 7, "both `cert` and `key`");
+    assert_error("[authorizer]\nadress = \"127.0.0.1:1\"\n", 2, 1, "adress");
+}

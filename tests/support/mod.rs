@@ -550,7 +550,7 @@ impl Builder {
         }
         let running = keygate::start(settings, options).await.expect("keygate starts");
         Keygate {
-            addr: running.proxy_addr,
+            addr: running.proxy_addr.expect("the test config has [listen]"),
             admin: running.admin_addr,
             api: running.admin_api_addr,
             running: Some(running),
