@@ -286,7 +286,13 @@ impl Gate {
                 return Err(deny(Refusal::PayloadTooLarge { limit: max }, &principal));
             }
         }
-        let Some(plan_headers) = &plan.rate_headers else {
+        // A key or tenant with limit overrides decides against its effective limits,
+        // built once per record and policy; every other principal takes the plan's.
+        let overridden = principal.has_overrides().then(|| principal.effective_limits(policy, plan));
+        let Some(plan_headers) = (match &overridden {
+            Some(effective) => effective.as_ref(),
+            None => plan.rate_headers.as_ref(),
+        }) else {
             return Ok(Authorized { principal, rate: None });
         };
         let rules = plan_headers.rules();

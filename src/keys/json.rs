@@ -160,6 +160,7 @@ mod tests {
             last_used_at: None,
             replaced_by: Some("key_def".to_string()),
             digest: KeyDigest { pepper_id: "sha256".to_string(), hex: "00".to_string() },
+            overrides: Default::default(),
         }
     }
 
@@ -204,7 +205,7 @@ mod tests {
     #[test]
     fn tenants_carry_their_active_key_count() {
         let mut data = KeysData::empty();
-        let acme = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-01-01 00:00 UTC) };
+        let acme = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-01-01 00:00 UTC), overrides: Default::default() };
         data.tenants.insert("acme".into(), acme.clone());
         let mut active = record();
         active.replaced_by = None;

@@ -87,7 +87,7 @@ pub fn create_tenant(
         return Err(ManageError::TenantExists(id.to_string()));
     }
     check_plan(policy, plan)?;
-    let record = TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now };
+    let record = TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now, overrides: Default::default() };
     data.tenants.insert(id.to_string(), record.clone());
     Ok(record)
 }
@@ -382,6 +382,7 @@ pub fn new_key_record(
         last_used_at: None,
         replaced_by: None,
         digest: peppers.current(&secret),
+        overrides: Default::default(),
     };
     CreatedKey { record, secret }
 }

@@ -78,13 +78,13 @@ impl Counter {
         }
     }
 
-    /// Whether this counter counts for `rule`. A window is one per (requests, window), as
-    /// the Redis keys are; a quota one per kind of period (a day, a month) whatever its
-    /// `requests` or `reset_day`, so that raising a monthly quota keeps what the month
-    /// has counted.
+    /// Whether this counter counts for `rule`. A window is one per window length, as the
+    /// Redis keys are, whatever its `requests`; a quota one per kind of period (a day, a
+    /// month) whatever its `requests` or `reset_day`: changing a limit (a plan edit, an
+    /// override) keeps what has been counted.
     fn counts_for(&self, rule: &Rule) -> bool {
         match (self, rule.kind) {
-            (Counter::Window(w), LimitKind::Window(window)) => w.limit == Limit { requests: rule.requests, window },
+            (Counter::Window(w), LimitKind::Window(window)) => w.limit.window == window,
             (Counter::Quota(q), LimitKind::Day) => q.rule.kind == LimitKind::Day,
             (Counter::Quota(q), LimitKind::Month { .. }) => matches!(q.rule.kind, LimitKind::Month { .. }),
             _ => false,
@@ -94,7 +94,11 @@ impl Counter {
     /// Brings the counter to `now` and says whether `cost` fits.
     fn fits(&mut self, rule: &Rule, now: u64, cost: u64) -> bool {
         match self {
-            Counter::Window(w) => w.fits(now, cost),
+            Counter::Window(w) => {
+                // The limit it was last checked under may have changed; the counts stand.
+                w.limit.requests = rule.requests;
+                w.fits(now, cost)
+            }
             Counter::Quota(q) => q.fits(rule, now, cost),
         }
     }
@@ -376,7 +380,7 @@ impl LocalLimiter {
     /// them (a client that keeps retrying is not locked out).
     ///
     /// A `cost` above `limit.requests` is always refused, with `retry_after` one window.
-    /// Each distinct `limit` of a tenant has its own counters.
+    /// Each window length of a tenant has its own counters, whatever its `requests`.
     pub fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Decision {
         self.check_rules(tenant, &[Rule::window(*limit)], cost)
     }

@@ -50,14 +50,17 @@
 //!
 //! Calling `TIME` before writing needs effect replication, the default since Redis 5.
 //!
-//! A window's key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant,
-//! window), so a change of plan starts a fresh window (docs/reference.md §4.4 leaves that
-//! case out of the guarantee); it is the key, and the hash, of the script before several
-//! limits (tests/fixtures/limiter-before-limits.lua), so replicas of both versions share
-//! a single-window plan's counters during a rolling upgrade and stay exact. A calendar
-//! quota's key is `kg:rq:{<tenant>}:day` or `:month`, without its `requests`: raising a
-//! quota keeps what the period has counted. The `{tenant}` hash tag keeps all of a
-//! tenant's keys on one slot of a Redis Cluster, so that one script may touch them all.
+//! A window's key is `kg:rl:{<tenant>}:<window>` (`60s`, `1500ms`): one per (tenant,
+//! window length), without the limit's `requests`, so that changing a limit (a plan
+//! edit, a tenant's or a key's override) keeps what the window has counted; a plan never
+//! has two limits over one window (the policy and the overrides refuse it), so one key
+//! never stands for two limits of one call. A calendar quota's key is
+//! `kg:rq:{<tenant>}:day` or `:month`, likewise without its `requests`. Keygate before
+//! this scheme keyed windows `kg:rl:{<tenant>}:<requests>:<window seconds>`: on the
+//! upgrade those hashes are abandoned (they expire within a window) and the new keys
+//! start from nothing, so at most one window is counted afresh. The `{tenant}` hash tag
+//! keeps all of a tenant's keys on one slot of a Redis Cluster, so that one script may
+//! touch them all.
 //!
 //! Redis holds integers exactly up to 2^63 but Lua numbers are doubles: limits and costs
 //! are capped at 2^53 (far above any plan; a cost above a plan's limit is refused anyway).
@@ -148,16 +151,17 @@ pub const LUA: &str = include_str!("redis/limits.lua");
 /// The script, with its SHA1 computed once.
 pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
 
-/// The Redis key of `tenant`'s window under `limit`: `kg:rl:{<tenant>}:<requests>:<window>`
-/// with the window in whole seconds (`<n>ms` for a window that is not whole seconds).
+/// The Redis key of `tenant`'s window of `limit`'s length: `kg:rl:{<tenant>}:<window>`,
+/// the window in the duration grammar's largest whole unit of seconds (`60s`; `<n>ms` for
+/// a window that is not whole seconds). It does not hold `limit.requests`: a changed limit
+/// keeps its counts.
 pub fn key(tenant: &str, limit: &Limit) -> String {
-    let (mut requests, mut window) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let requests = requests.format(limit.requests);
+    let mut window = itoa::Buffer::new();
     let whole_seconds = limit.window.subsec_nanos() == 0;
     let window =
         if whole_seconds { window.format(limit.window.as_secs()) } else { window.format(limit.window.as_millis()) };
-    let mut key = String::with_capacity(10 + tenant.len() + requests.len() + window.len() + 2);
-    for part in ["kg:rl:{", tenant, "}:", requests, ":", window, if whole_seconds { "" } else { "ms" }] {
+    let mut key = String::with_capacity(10 + tenant.len() + window.len() + 2);
+    for part in ["kg:rl:{", tenant, "}:", window, if whole_seconds { "s" } else { "ms" }] {
         key.push_str(part);
     }
     key
@@ -644,13 +648,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_carry_the_tenant_as_hash_tag_and_the_limit() {
+    fn keys_carry_the_tenant_as_hash_tag_and_the_window() {
         let per_minute = Limit { requests: 300, window: Duration::from_secs(60) };
-        assert_eq!(key("acme", &per_minute), "kg:rl:{acme}:300:60");
+        assert_eq!(key("acme", &per_minute), "kg:rl:{acme}:60s");
         let odd = Limit { requests: 5, window: Duration::from_millis(1_500) };
-        assert_eq!(key("acme", &odd), "kg:rl:{acme}:5:1500ms");
-        // One key per (tenant, limit): a change of plan starts a fresh window.
-        assert_ne!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+        assert_eq!(key("acme", &odd), "kg:rl:{acme}:1500ms");
+        // Not the limit: changing it keeps what was counted.
+        assert_eq!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+        assert_ne!(key("acme", &per_minute), key("acme", &Limit { window: Duration::from_secs(61), ..per_minute }));
     }
 
     #[test]

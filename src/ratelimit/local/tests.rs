@@ -43,8 +43,25 @@ fn tenants_and_limits_are_independent() {
     assert!(l.check("a", &lim, 1).allowed);
     assert!(!l.check("a", &lim, 1).allowed);
     assert!(l.check("b", &lim, 1).allowed);
-    // The `local` fallback's reduced limit has counters of its own.
-    assert!(l.check("a", &limit(2, 60), 1).allowed);
+    // Another window length has counters of its own.
+    assert!(l.check("a", &limit(1, 30), 1).allowed);
+}
+
+/// Changing a limit's number (a plan edit, an override) keeps what its window counted:
+/// the counters belong to the window's length, not to the limit.
+#[test]
+fn a_changed_limit_keeps_its_count() {
+    let (_, l) = setup(1_000_000);
+    for _ in 0..3 {
+        assert!(l.check("t", &limit(3, 60), 1).allowed);
+    }
+    assert!(!l.check("t", &limit(3, 60), 1).allowed);
+    // Raised to 5: the three admitted still count, two more fit.
+    assert_eq!(l.check("t", &limit(5, 60), 1).remaining, 1);
+    assert!(l.check("t", &limit(5, 60), 1).allowed);
+    assert!(!l.check("t", &limit(5, 60), 1).allowed);
+    // Lowered again: refused at once.
+    assert!(!l.check("t", &limit(3, 60), 1).allowed);
 }
 
 #[test]
