@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::data::{KeysData, StoreError};
 use super::{valid_tenant_id, KeyRecord, KeyState, Peppers, Secret, TenantRecord};
+use crate::policy::overrides::{effective, LimitOverrides};
 use crate::policy::{Plan, Policy};
 
 /// A refused lifecycle operation; each message is one actionable line.
@@ -47,6 +48,8 @@ pub enum ManageError {
     Replaced { id: String, by: String },
     #[error("invalid expiry: {0}")]
     InvalidExpiry(String),
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -99,6 +102,55 @@ pub fn set_plan(data: &mut KeysData, policy: &Policy, id: &str, plan: &str) -> R
     let tenant = data.tenants.get_mut(id).ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
     tenant.plan = plan.to_string();
     Ok(tenant.clone())
+}
+
+/// Checks a tenant's limit overrides against its plan in the policy: the effective set
+/// may not hold two limits of different names over one window or period (they would
+/// share one counter). A plan missing from the policy has no limits to clash with.
+pub fn check_tenant_limits(policy: &Policy, tenant: &TenantRecord, overrides: &LimitOverrides) -> Result<(), ManageError> {
+    let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
+    overrides.check_against(plan).map_err(ManageError::InvalidLimits)
+}
+
+/// Checks a key's limit overrides against its tenant's effective limits (plan and tenant
+/// overrides), as [`check_tenant_limits`] does.
+pub fn check_key_limits(policy: &Policy, tenant: &TenantRecord, overrides: &LimitOverrides) -> Result<(), ManageError> {
+    let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
+    let base: Vec<_> = effective(plan, &tenant.overrides, &LimitOverrides::default()).into_iter().map(|(l, _)| l).collect();
+    overrides.check_against(&base).map_err(ManageError::InvalidLimits)
+}
+
+/// Replaces a tenant's limit overrides (empty overrides clear them).
+pub fn set_tenant_limits(
+    data: &mut KeysData,
+    policy: &Policy,
+    id: &str,
+    overrides: &LimitOverrides,
+) -> Result<TenantRecord, ManageError> {
+    let tenant = data.tenants.get_mut(id).ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
+    check_tenant_limits(policy, tenant, overrides)?;
+    tenant.overrides = overrides.clone();
+    Ok(tenant.clone())
+}
+
+/// Replaces a key's limit overrides (empty overrides clear them). A revoked key is
+/// refused; an expired one is not (it may be un-expired by no command, but its record
+/// is still shown).
+pub fn set_key_limits(
+    data: &mut KeysData,
+    policy: &Policy,
+    id: &str,
+    overrides: &LimitOverrides,
+) -> Result<KeyRecord, ManageError> {
+    let key = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    if key.revoked_at.is_some() {
+        return Err(ManageError::Revoked(id.to_string()));
+    }
+    let tenant = data.tenants.get(&key.tenant).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    check_key_limits(policy, tenant, overrides)?;
+    let key = data.keys.get_mut(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    key.overrides = overrides.clone();
+    Ok(key.clone())
 }
 
 /// Deletes the tenant and revokes (tombstones) all its keys; returns the revoked key ids.

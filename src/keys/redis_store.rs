@@ -25,6 +25,7 @@
 pub mod codec;
 mod invalidation;
 mod key_writes;
+mod limit_writes;
 pub mod layout;
 mod reads;
 mod scripts;
