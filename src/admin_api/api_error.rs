@@ -53,7 +53,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_path",
-            "no such path: the API serves /admin/v1/tenants[/ID] and /admin/v1/keys[/ID[/rotate]]",
+            "no such path: the API serves /admin/v1/tenants[/ID[/limits]] and /admin/v1/keys[/ID[/rotate|/limits]]",
         )
     }
 

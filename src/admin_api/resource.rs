@@ -13,6 +13,10 @@ pub(super) enum Resource {
     Keys,
     Key(String),
     Rotate(String),
+    /// `/admin/v1/tenants/{id}/limits`.
+    TenantLimits(String),
+    /// `/admin/v1/keys/{id}/limits`.
+    KeyLimits(String),
 }
 
 impl Resource {
@@ -31,6 +35,8 @@ impl Resource {
             ["keys"] => Some(Resource::Keys),
             ["keys", id] => Some(Resource::Key((*id).to_string())),
             ["keys", id, "rotate"] => Some(Resource::Rotate((*id).to_string())),
+            ["tenants", id, "limits"] => Some(Resource::TenantLimits((*id).to_string())),
+            ["keys", id, "limits"] => Some(Resource::KeyLimits((*id).to_string())),
             _ => None,
         }
     }
@@ -42,6 +48,7 @@ impl Resource {
             Resource::Tenant(_) => &[Method::GET, Method::PATCH, Method::DELETE],
             Resource::Key(_) => &[Method::GET, Method::DELETE],
             Resource::Rotate(_) => &[Method::POST],
+            Resource::TenantLimits(_) | Resource::KeyLimits(_) => &[Method::GET, Method::PUT, Method::DELETE],
         }
     }
 
