@@ -192,6 +192,11 @@ async fn overrides_over_the_file_store() {
     assert_eq!(k2_next.header("x-ratelimit-remaining"), "1");
     assert_eq!(http.get(&url, Some(&s1)).await.status, 429, "the tenant's other key keeps the tenant's 5");
 
+    // A rotation's new key keeps the old one's overrides.
+    let rotated = run_json(&config, &["keys", "rotate", &k2, "--json"]);
+    let view = run_json(&config, &["keys", "limits", rotated["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(limits(&view), [l("minute", 7, "key"), l("month", 1000, "plan")]);
+
     // Bad input: refused, nothing changed.
     let (code, _, err) = cli(&config, &["tenants", "set-limits", "acme", "--limit", "minute=lots/60s"]);
     assert_ne!(code, 0);
@@ -327,6 +332,12 @@ async fn overrides_reach_every_replica_within_a_second() {
         .expect("the key's override on replica b within a second");
     assert_eq!(sixth.header("x-ratelimit-limit"), "6");
     assert_eq!(sixth.header("x-ratelimit-remaining"), "0");
+
+    // A rotation's new key keeps the old one's overrides.
+    let rotated = run_json(&config, &["keys", "rotate", &k2, "--json"]);
+    let new_id = rotated["id"].as_str().unwrap();
+    let view = run_json(&config, &["keys", "limits", new_id, "--json"]);
+    assert_eq!(limits(&view), [l("minute", 6, "key"), l("month", 1000, "plan")]);
 
     // Cleared: the stored records hold no overrides any more.
     run(&config, &["tenants", "set-limits", "acme", "--clear"]);

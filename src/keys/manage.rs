@@ -204,7 +204,7 @@ pub fn revoke_key(data: &mut KeysData, id: &str, now: OffsetDateTime) -> Result<
 /// `grace` (or sooner, if it already expires sooner) and is marked `replaced_by`.
 ///
 /// The old key must be active and not already rotated. The new key keeps the old one's
-/// absolute expiry, if it had one. The rules of [`create_key`] hold again (tenant, plan
+/// absolute expiry, if it had one, and its limit overrides. The rules of [`create_key`] hold again (tenant, plan
 /// with API access, scopes still in the policy), except `max_keys`: the old key in its
 /// grace does not count, so a rotation never needs a free slot.
 pub fn rotate_key(
@@ -218,11 +218,14 @@ pub fn rotate_key(
     let old = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
     let rotation = check_rotation(policy, old, data.tenants.get(&old.tenant), grace, now)?;
     let (tenant, name, expires_at) = (old.tenant.clone(), old.name.clone(), old.expires_at);
+    let overrides = old.overrides.clone();
     let mut new_id = super::generate_key_id();
     while data.keys.contains_key(&new_id) {
         new_id = super::generate_key_id();
     }
-    let created = new_key_record(peppers, new_id, &tenant, &name, rotation.scopes, expires_at, now);
+    let mut created = new_key_record(peppers, new_id, &tenant, &name, rotation.scopes, expires_at, now);
+    // The new key keeps the old one's limit overrides.
+    created.record.overrides = overrides;
     data.keys.insert(created.record.id.clone(), created.record.clone());
     if let Some(old) = data.keys.get_mut(id) {
         old.replaced_by = Some(created.record.id.clone());
