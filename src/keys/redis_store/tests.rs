@@ -59,6 +59,27 @@ fn records_round_trip_through_hash_fields() {
     assert!(parse_tenant(&broken).is_err());
 }
 
+/// Limit overrides live in a `limits` field, written only when there are some: records
+/// without them are written and read exactly as before.
+#[test]
+fn overrides_round_trip_and_are_absent_when_empty() {
+    let mut tenant = TenantRecord {
+        id: "acme".into(),
+        plan: "pro".into(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
+    };
+    let fields = |t: &TenantRecord| -> Fields { tenant_fields(t).into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    assert_eq!(fields(&tenant).keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(), ["created_at", "id", "plan"].into());
+    tenant.overrides = serde_json::from_str(r#"{"limits":[{"name":"minute","requests":600,"window":"60s"}],"concurrency":20}"#).unwrap();
+    let written = fields(&tenant);
+    assert_eq!(written["limits"], r#"{"limits":[{"name":"minute","requests":600,"window":"1m"}],"concurrency":20}"#);
+    assert_eq!(parse_tenant(&written).unwrap(), Some(tenant));
+    let mut broken = written.clone();
+    broken.insert("limits".into(), r#"{"limits":[{"name":"m","requests":0,"window":"1s"}]}"#.into());
+    assert!(parse_tenant(&broken).unwrap_err().contains("limits"));
+}
+
 #[test]
 fn unreadable_data_is_corrupt_and_reads_as_before() {
     let ManageError::Store(error) = corrupt("a key record has no `id`") else { panic!("not a store error") };
