@@ -90,7 +90,11 @@ fn limits(view: &Value) -> Vec<(String, u64, String)> {
         .unwrap_or_else(|| panic!("no limits: {view}"))
         .iter()
         .map(|l| {
-            (l["name"].as_str().unwrap().to_string(), l["requests"].as_u64().unwrap(), l["source"].as_str().unwrap().into())
+            (
+                l["name"].as_str().unwrap().to_string(),
+                l["requests"].as_u64().unwrap(),
+                l["source"].as_str().unwrap().into(),
+            )
         })
         .collect()
 }
@@ -137,7 +141,8 @@ async fn admitted_within(http: &Http, url: &str, secret: &str, deadline: Duratio
 async fn overrides_over_the_file_store() {
     let upstream = upstream().await;
     let token_dir = tempfile::tempdir().unwrap();
-    let kg = Keygate::builder(&upstream.url()).routes(&routes(&upstream)).admin(&api_lines(token_dir.path())).start().await;
+    let kg =
+        Keygate::builder(&upstream.url()).routes(&routes(&upstream)).admin(&api_lines(token_dir.path())).start().await;
     let config = kg.config_path();
     let api = api_of(&kg);
     let keys = tenant_with_keys(&config, "acme", "metered", 2);
@@ -160,19 +165,30 @@ async fn overrides_over_the_file_store() {
     );
     assert_eq!(limits(&view), [l("minute", 5, "tenant"), l("month", 1000, "plan")]);
     assert_eq!(view["concurrency"], json!({"value": 20, "source": "tenant"}));
-    assert_eq!(view["overrides"]["tenant"], json!({"limits": [{"name": "minute", "requests": 5, "window": "1m"}], "concurrency": 20}));
+    assert_eq!(
+        view["overrides"]["tenant"],
+        json!({"limits": [{"name": "minute", "requests": 5, "window": "1m"}], "concurrency": 20})
+    );
     let shown = api.call("GET", "/admin/v1/tenants/acme/limits", None).await;
     assert_eq!(shown.status, 200, "{}", shown.text());
     assert_eq!(shown.json(), run_json(&config, &["tenants", "limits", "acme", "--json"]));
     assert_eq!(shown.json(), view);
     let text = run(&config, &["tenants", "limits", "acme"]);
-    assert!(text.contains("minute: 5 per 1m (sliding)  [tenant]") && text.contains("concurrency: 20  [tenant]"), "{text}");
+    assert!(
+        text.contains("minute: 5 per 1m (sliding)  [tenant]") && text.contains("concurrency: 20  [tenant]"),
+        "{text}"
+    );
 
     // The proxy applies it within a second, and the three admitted still count.
-    let next = admitted_within(&http, &url, &s1, Duration::from_secs(1)).await.expect("admitted under the raised limit");
+    let next =
+        admitted_within(&http, &url, &s1, Duration::from_secs(1)).await.expect("admitted under the raised limit");
     assert_eq!(next.header("x-ratelimit-remaining"), "1", "the 4th of 5 counted, not the 1st");
     assert_eq!(next.header("x-ratelimit-limit"), "5");
-    assert!(next.header("ratelimit-policy").starts_with("\"minute\";q=5;w=60, \"month\";q=1000;w="), "{}", next.header("ratelimit-policy"));
+    assert!(
+        next.header("ratelimit-policy").starts_with("\"minute\";q=5;w=60, \"month\";q=1000;w="),
+        "{}",
+        next.header("ratelimit-policy")
+    );
     assert_eq!(http.get(&url, Some(&s2)).await.status, 200, "the tenant's other key: the 5th");
     let refused = http.get(&url, Some(&s1)).await;
     assert_eq!(refused.status, 429);
@@ -180,7 +196,11 @@ async fn overrides_over_the_file_store() {
 
     // A key's override, through the API: that key is checked against its own number.
     let put = api
-        .call("PUT", &format!("/admin/v1/keys/{k2}/limits"), Some(r#"{"limits":[{"name":"minute","requests":7,"window":"60s"}]}"#))
+        .call(
+            "PUT",
+            &format!("/admin/v1/keys/{k2}/limits"),
+            Some(r#"{"limits":[{"name":"minute","requests":7,"window":"60s"}]}"#),
+        )
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
     assert_eq!(limits(&put.json()), [l("minute", 7, "key"), l("month", 1000, "plan")]);
@@ -211,7 +231,11 @@ async fn overrides_over_the_file_store() {
     assert_ne!(code, 0);
     assert!(err.contains("--clear"), "{err}");
     let zero = api
-        .call("PUT", "/admin/v1/tenants/acme/limits", Some(r#"{"limits":[{"name":"minute","requests":0,"window":"60s"}]}"#))
+        .call(
+            "PUT",
+            "/admin/v1/tenants/acme/limits",
+            Some(r#"{"limits":[{"name":"minute","requests":0,"window":"60s"}]}"#),
+        )
         .await;
     assert_eq!(zero.status, 422, "{}", zero.text());
     assert_eq!(zero.json()["error"]["code"], "invalid_limits");
@@ -261,10 +285,14 @@ async fn a_legacy_plans_limit_is_overridden_by_the_name_default() {
     assert_eq!(limits(&view), [l("default", 4, "tenant")]);
     let http = Http::new();
     let first = admitted_within(&http, &kg.url("/v1/calls"), &keys[0].1, Duration::from_secs(2)).await.unwrap();
-    assert!(eventually(Duration::from_secs(1), async || {
-        http.get(&kg.url("/v1/calls"), Some(&keys[0].1)).await.header("ratelimit-policy") == "\"legacy\";q=4;w=60"
-    })
-    .await, "first: {}", first.header("ratelimit-policy"));
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            http.get(&kg.url("/v1/calls"), Some(&keys[0].1)).await.header("ratelimit-policy") == "\"legacy\";q=4;w=60"
+        })
+        .await,
+        "first: {}",
+        first.header("ratelimit-policy")
+    );
     kg.stop().await;
 }
 
@@ -321,7 +349,11 @@ async fn overrides_reach_every_replica_within_a_second() {
 
     // A key's override, through the API of replica a: replica b applies it within a second.
     let put = api
-        .call("PUT", &format!("/admin/v1/keys/{k2}/limits"), Some(r#"{"limits":[{"name":"minute","requests":6,"window":"60s"}],"concurrency":2}"#))
+        .call(
+            "PUT",
+            &format!("/admin/v1/keys/{k2}/limits"),
+            Some(r#"{"limits":[{"name":"minute","requests":6,"window":"60s"}],"concurrency":2}"#),
+        )
         .await;
     assert_eq!(put.status, 200, "{}", put.text());
     assert_eq!(limits(&put.json()), [l("minute", 6, "key"), l("month", 1000, "plan")]);

@@ -12,8 +12,8 @@ use super::requests::{parse_duration, CreateKey, CreateTenant, Rotate, SetPlan};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, Replaced};
 use crate::keys::manage::{ManageError, NewKey};
-use crate::policy::overrides::{LimitOverrides, RawOverrides};
 use crate::keys::store::Store;
+use crate::policy::overrides::{LimitOverrides, RawOverrides};
 use crate::state::App;
 
 /// The grace of a rotation that names none, as for `keygate keys rotate`.

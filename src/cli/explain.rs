@@ -94,7 +94,10 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     if let Some(plan) = plan {
         explanation.plan = Some(plan.name.clone());
         let none = Default::default();
-        let (tenant, key) = holder.as_ref().filter(|_| args.plan.is_none()).map_or((&none, &none), |h| (&h.overrides.0, &h.overrides.1));
+        let (tenant, key) = holder
+            .as_ref()
+            .filter(|_| args.plan.is_none())
+            .map_or((&none, &none), |h| (&h.overrides.0, &h.overrides.1));
         explanation.limits = effective(&plan.limits, tenant, key)
             .into_iter()
             .map(|(limit, source)| match source {

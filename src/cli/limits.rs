@@ -107,13 +107,7 @@ fn print(context: &Context, view: &serde_json::Value) {
             (None, Some(period), None) => format!("per {}", text(period)),
             _ => String::new(),
         };
-        let _ = writeln!(
-            out,
-            "  {}: {} {per}  [{}]",
-            text(&limit["name"]),
-            limit["requests"],
-            text(&limit["source"])
-        );
+        let _ = writeln!(out, "  {}: {} {per}  [{}]", text(&limit["name"]), limit["requests"], text(&limit["source"]));
     }
     match view["concurrency"].get("value") {
         Some(n) => {

@@ -250,7 +250,12 @@ mod tests {
     #[test]
     fn tenants_carry_their_active_key_count() {
         let mut data = KeysData::empty();
-        let acme = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-01-01 00:00 UTC), overrides: Default::default() };
+        let acme = TenantRecord {
+            id: "acme".into(),
+            plan: "pro".into(),
+            created_at: datetime!(2025-01-01 00:00 UTC),
+            overrides: Default::default(),
+        };
         data.tenants.insert("acme".into(), acme.clone());
         let mut active = record();
         active.replaced_by = None;

@@ -90,7 +90,8 @@ pub fn create_tenant(
         return Err(ManageError::TenantExists(id.to_string()));
     }
     check_plan(policy, plan)?;
-    let record = TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now, overrides: Default::default() };
+    let record =
+        TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now, overrides: Default::default() };
     data.tenants.insert(id.to_string(), record.clone());
     Ok(record)
 }
@@ -107,7 +108,11 @@ pub fn set_plan(data: &mut KeysData, policy: &Policy, id: &str, plan: &str) -> R
 /// Checks a tenant's limit overrides against its plan in the policy: the effective set
 /// may not hold two limits of different names over one window or period (they would
 /// share one counter). A plan missing from the policy has no limits to clash with.
-pub fn check_tenant_limits(policy: &Policy, tenant: &TenantRecord, overrides: &LimitOverrides) -> Result<(), ManageError> {
+pub fn check_tenant_limits(
+    policy: &Policy,
+    tenant: &TenantRecord,
+    overrides: &LimitOverrides,
+) -> Result<(), ManageError> {
     let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
     overrides.check_against(plan).map_err(ManageError::InvalidLimits)
 }
@@ -116,7 +121,8 @@ pub fn check_tenant_limits(policy: &Policy, tenant: &TenantRecord, overrides: &L
 /// overrides), as [`check_tenant_limits`] does.
 pub fn check_key_limits(policy: &Policy, tenant: &TenantRecord, overrides: &LimitOverrides) -> Result<(), ManageError> {
     let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
-    let base: Vec<_> = effective(plan, &tenant.overrides, &LimitOverrides::default()).into_iter().map(|(l, _)| l).collect();
+    let base: Vec<_> =
+        effective(plan, &tenant.overrides, &LimitOverrides::default()).into_iter().map(|(l, _)| l).collect();
     overrides.check_against(&base).map_err(ManageError::InvalidLimits)
 }
 

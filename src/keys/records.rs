@@ -166,7 +166,8 @@ impl Principal {
     /// values, created at the Unix epoch, with an empty digest.
     pub fn new(key_id: &str, tenant: &str, plan: &str, scopes: Vec<String>) -> Principal {
         let created_at = OffsetDateTime::UNIX_EPOCH;
-        let tenant = TenantRecord { id: tenant.to_string(), plan: plan.to_string(), created_at, overrides: Default::default() };
+        let tenant =
+            TenantRecord { id: tenant.to_string(), plan: plan.to_string(), created_at, overrides: Default::default() };
         let key = KeyRecord {
             id: key_id.to_string(),
             tenant: tenant.id.clone(),

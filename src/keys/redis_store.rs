@@ -25,8 +25,8 @@
 pub mod codec;
 mod invalidation;
 mod key_writes;
-mod limit_writes;
 pub mod layout;
+mod limit_writes;
 mod reads;
 mod scripts;
 mod tenant_writes;

@@ -383,7 +383,8 @@ fn effective_limits_are_built_once_per_policy() {
 
     let created_at = time::OffsetDateTime::UNIX_EPOCH;
     let mut tenant = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at, overrides: Default::default() };
-    tenant.overrides = serde_json::from_str(r#"{"limits":[{"name":"default","requests":600,"window":"60s"}]}"#).unwrap();
+    tenant.overrides =
+        serde_json::from_str(r#"{"limits":[{"name":"default","requests":600,"window":"60s"}]}"#).unwrap();
     let key = KeyRecord {
         id: "key_b".into(),
         tenant: "acme".into(),

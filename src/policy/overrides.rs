@@ -232,18 +232,22 @@ fn limit_to_raw(limit: &PlanLimit) -> RawOverrideLimit {
 /// of whole seconds), `daily=10000/day`, `month=250000/month`, `month=250000/month@15`
 /// (a month resetting on day 15).
 pub fn parse_cli_limit(text: &str) -> Result<RawOverrideLimit, String> {
-    let usage = "write NAME=REQUESTS/WINDOW (e.g. minute=600/60s), NAME=REQUESTS/day, or NAME=REQUESTS/month[@RESET_DAY]";
+    let usage =
+        "write NAME=REQUESTS/WINDOW (e.g. minute=600/60s), NAME=REQUESTS/day, or NAME=REQUESTS/month[@RESET_DAY]";
     let (name, spec) = text.split_once('=').ok_or_else(|| format!("`--limit {text}`: {usage}"))?;
     let (requests, per) = spec.split_once('/').ok_or_else(|| format!("`--limit {text}`: {usage}"))?;
-    let requests: u64 =
-        requests.trim().parse().map_err(|_| format!("`--limit {text}`: `{requests}` is not a whole number; {usage}"))?;
+    let requests: u64 = requests
+        .trim()
+        .parse()
+        .map_err(|_| format!("`--limit {text}`: `{requests}` is not a whole number; {usage}"))?;
     let name = name.trim().to_string();
     let raw = match per.trim() {
         "day" => RawOverrideLimit { name, requests, window: None, period: Some("day".into()), reset_day: None },
         "month" => RawOverrideLimit { name, requests, window: None, period: Some("month".into()), reset_day: None },
         other => match other.strip_prefix("month@") {
             Some(day) => {
-                let day: u8 = day.parse().map_err(|_| format!("`--limit {text}`: `{day}` is not a day of the month"))?;
+                let day: u8 =
+                    day.parse().map_err(|_| format!("`--limit {text}`: `{day}` is not a day of the month"))?;
                 RawOverrideLimit { name, requests, window: None, period: Some("month".into()), reset_day: Some(day) }
             }
             None => RawOverrideLimit { name, requests, window: Some(other.to_string()), period: None, reset_day: None },
@@ -256,11 +260,7 @@ pub fn parse_cli_limit(text: &str) -> Result<RawOverrideLimit, String> {
 /// each with where it comes from. An override replaces the limit of the same name, else
 /// (a clash a later policy edit created: refused when the override was set) the limit over
 /// the same window or period; otherwise it is added at the end.
-pub fn effective(
-    plan: &[PlanLimit],
-    tenant: &LimitOverrides,
-    key: &LimitOverrides,
-) -> Vec<(PlanLimit, LimitSource)> {
+pub fn effective(plan: &[PlanLimit], tenant: &LimitOverrides, key: &LimitOverrides) -> Vec<(PlanLimit, LimitSource)> {
     let mut limits: Vec<(PlanLimit, LimitSource)> =
         plan.iter().map(|limit| (limit.clone(), LimitSource::Plan)).collect();
     for (overrides, source) in [(tenant, LimitSource::Tenant), (key, LimitSource::Key)] {
@@ -317,8 +317,14 @@ mod tests {
             (r#"{"limits":[{"name":"m","requests":1,"period":"week"}]}"#, "\"day\" or \"month\""),
             (r#"{"limits":[{"name":"m","requests":1,"period":"month","reset_day":32}]}"#, "1 to 31"),
             (r#"{"limits":[{"name":"m n","requests":1,"window":"1s"}]}"#, "letters, digits"),
-            (r#"{"limits":[{"name":"a","requests":1,"window":"1s"},{"name":"a","requests":2,"window":"2s"}]}"#, "unique"),
-            (r#"{"limits":[{"name":"a","requests":1,"window":"60s"},{"name":"b","requests":2,"window":"1m"}]}"#, "same window"),
+            (
+                r#"{"limits":[{"name":"a","requests":1,"window":"1s"},{"name":"a","requests":2,"window":"2s"}]}"#,
+                "unique",
+            ),
+            (
+                r#"{"limits":[{"name":"a","requests":1,"window":"60s"},{"name":"b","requests":2,"window":"1m"}]}"#,
+                "same window",
+            ),
             (r#"{"concurrency":0}"#, "at least 1"),
             (r#"{"limits":[],"x":1}"#, "unknown field"),
         ] {
@@ -329,7 +335,8 @@ mod tests {
 
     #[test]
     fn cli_spellings() {
-        let parse = |t: &str| LimitOverrides::from_raw(RawOverrides { limits: vec![parse_cli_limit(t)?], concurrency: None });
+        let parse =
+            |t: &str| LimitOverrides::from_raw(RawOverrides { limits: vec![parse_cli_limit(t)?], concurrency: None });
         assert_eq!(parse("minute=600/60s").unwrap().limits[0], window("minute", 600, 60));
         assert_eq!(parse("d=5/day").unwrap().limits[0].rule.kind, LimitKind::Day);
         assert_eq!(parse("m=5/month").unwrap().limits[0].rule.kind, LimitKind::Month { reset_day: 1 });
@@ -343,7 +350,8 @@ mod tests {
     #[test]
     fn effective_limits_layer_plan_tenant_key() {
         let plan = vec![window("burst", 10, 1), window("minute", 300, 60)];
-        let tenant = LimitOverrides { limits: vec![window("minute", 600, 60), window("hour", 5000, 3600)], concurrency: None };
+        let tenant =
+            LimitOverrides { limits: vec![window("minute", 600, 60), window("hour", 5000, 3600)], concurrency: None };
         let key = LimitOverrides { limits: vec![window("burst", 2, 1)], concurrency: Some(3) };
         let eff = effective(&plan, &tenant, &key);
         let shown: Vec<(&str, u64, &str)> =

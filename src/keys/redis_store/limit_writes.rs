@@ -64,7 +64,8 @@ impl RedisStore {
             .write_limits(layout::tenant(id), overrides, false)
             .await?
             .map_err(|_| ManageError::UnknownTenant(id.to_string()))?;
-        let tenant = parse_tenant(&fields).map_err(corrupt)?.ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
+        let tenant =
+            parse_tenant(&fields).map_err(corrupt)?.ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
         self.publish(vec![Invalidation::Tenant(id.to_string())]).await;
         Ok(tenant)
     }

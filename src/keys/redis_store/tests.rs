@@ -51,7 +51,12 @@ fn records_round_trip_through_hash_fields() {
     assert!(!fields.contains_key("revoked_at"));
     assert_eq!(parse_key(&fields).unwrap(), Some(record));
     assert_eq!(parse_key(&Fields::new()).unwrap(), None);
-    let tenant = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-06-01 12:00 UTC), overrides: Default::default() };
+    let tenant = TenantRecord {
+        id: "acme".into(),
+        plan: "pro".into(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
+    };
     let fields: Fields = tenant_fields(&tenant).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(parse_tenant(&fields).unwrap(), Some(tenant));
     let mut broken = fields.clone();
@@ -69,9 +74,15 @@ fn overrides_round_trip_and_are_absent_when_empty() {
         created_at: datetime!(2025-06-01 12:00 UTC),
         overrides: Default::default(),
     };
-    let fields = |t: &TenantRecord| -> Fields { tenant_fields(t).into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
-    assert_eq!(fields(&tenant).keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(), ["created_at", "id", "plan"].into());
-    tenant.overrides = serde_json::from_str(r#"{"limits":[{"name":"minute","requests":600,"window":"60s"}],"concurrency":20}"#).unwrap();
+    let fields =
+        |t: &TenantRecord| -> Fields { tenant_fields(t).into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    assert_eq!(
+        fields(&tenant).keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+        ["created_at", "id", "plan"].into()
+    );
+    tenant.overrides =
+        serde_json::from_str(r#"{"limits":[{"name":"minute","requests":600,"window":"60s"}],"concurrency":20}"#)
+            .unwrap();
     let written = fields(&tenant);
     assert_eq!(written["limits"], r#"{"limits":[{"name":"minute","requests":600,"window":"1m"}],"concurrency":20}"#);
     assert_eq!(parse_tenant(&written).unwrap(), Some(tenant));
