@@ -214,8 +214,8 @@ async fn overrides_over_the_file_store() {
 
     // A rotation's new key keeps the old one's overrides.
     let rotated = run_json(&config, &["keys", "rotate", &k2, "--json"]);
-    let view = run_json(&config, &["keys", "limits", rotated["id"].as_str().unwrap(), "--json"]);
-    assert_eq!(limits(&view), [l("minute", 7, "key"), l("month", 1000, "plan")]);
+    let rotated_view = run_json(&config, &["keys", "limits", rotated["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(limits(&rotated_view), [l("minute", 7, "key"), l("month", 1000, "plan")]);
 
     // Bad input: refused, nothing changed.
     let (code, _, err) = cli(&config, &["tenants", "set-limits", "acme", "--limit", "minute=lots/60s"]);
@@ -253,8 +253,10 @@ async fn overrides_over_the_file_store() {
     let deleted = api.call("DELETE", &format!("/admin/v1/keys/{k2}/limits"), None).await;
     assert_eq!(limits(&deleted.json()), [l("minute", 3, "plan"), l("month", 1000, "plan")]);
     // Neither the tenant's record nor the key's carries overrides any more.
-    let file = std::fs::read_to_string(kg.dir.path().join("keys.json")).unwrap();
-    assert!(!file.contains("overrides"), "{file}");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(kg.dir.path().join("keys.json")).unwrap()).unwrap();
+    assert_eq!(file["tenants"]["acme"].get("overrides"), None, "{file}");
+    assert_eq!(file["keys"][k2.as_str()]["id"], k2.as_str());
+    assert_eq!(file["keys"][k2.as_str()].get("overrides"), None, "{file}");
     let refused = http.get(&url, Some(&s2)).await;
     let refused = if refused.status == 429 {
         refused
