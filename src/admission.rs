@@ -25,7 +25,7 @@ use crate::keys::{self, Principal};
 use crate::metrics::Metrics;
 use crate::policy::{LimitKind, Policy, Route, RouteAuth, RouteMode};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
-use crate::ratelimit::{Decision, PlanHeaders};
+use crate::ratelimit::{Decision, KeyScope, PlanHeaders};
 use crate::settings::{OnStoreError, Server};
 
 /// A key that authenticated.
@@ -297,7 +297,14 @@ impl Gate {
         };
         let rules = plan_headers.rules();
         let on_store_error = route.on_store_error.unwrap_or(self.on_store_error);
-        let outcome = self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await;
+        let scoped = plan_headers.key_scoped();
+        let outcome = if scoped == 0 {
+            self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await
+        } else {
+            // A key's own limits: counted for it alone, in the same atomic decision.
+            let scope = KeyScope { key: principal.key_id(), mask: scoped };
+            self.limiter.check_scoped(principal.tenant(), Some(scope), rules, route.cost, on_store_error).await
+        };
         if outcome.store_unavailable() {
             // `on_store_error = "deny"` while the shared store is unreachable.
             return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));

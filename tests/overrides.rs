@@ -207,9 +207,18 @@ async fn overrides_over_the_file_store() {
     assert_eq!(put.json()["key"], k2.as_str());
     assert_eq!(put.json()["concurrency"], json!({"value": 20, "source": "tenant"}));
     assert_eq!(put.json(), run_json(&config, &["keys", "limits", &k2, "--json"]));
+    // That key's `minute` is its own counter, fresh: 7 requests of its own, then 429.
     let k2_next = admitted_within(&http, &url, &s2, Duration::from_secs(1)).await.expect("the key's own limit");
     assert_eq!(k2_next.header("x-ratelimit-limit"), "7");
-    assert_eq!(k2_next.header("x-ratelimit-remaining"), "1");
+    assert_eq!(k2_next.header("x-ratelimit-remaining"), "6");
+    for left in (0..6).rev() {
+        let answer = http.get(&url, Some(&s2)).await;
+        assert_eq!((answer.status, answer.header("x-ratelimit-remaining")), (200, left.to_string().as_str()));
+    }
+    let refused = http.get(&url, Some(&s2)).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["limit"], "minute");
+    assert_eq!(refused.header("x-ratelimit-limit"), "7");
     assert_eq!(http.get(&url, Some(&s1)).await.status, 429, "the tenant's other key keeps the tenant's 5");
 
     // A rotation's new key keeps the old one's overrides.
@@ -245,6 +254,13 @@ async fn overrides_over_the_file_store() {
     assert_eq!(api.call("GET", "/admin/v1/keys/key_unknown/limits", None).await.status, 404);
     assert_eq!(api.call("POST", "/admin/v1/tenants/acme/limits", Some("{}")).await.status, 405);
     assert_eq!(run_json(&config, &["tenants", "limits", "acme", "--json"]), view, "unchanged");
+
+    // The key's seven did not count in the tenant's `minute` (still 5 of it): raised to
+    // 6, the tenant's other key gets exactly one more.
+    run(&config, &["tenants", "set-limits", "acme", "--limit", "minute=6/60s"]);
+    let sixth = admitted_within(&http, &url, &s1, Duration::from_secs(1)).await.expect("raised to 6");
+    assert_eq!(sixth.header("x-ratelimit-remaining"), "0");
+    assert_eq!(http.get(&url, Some(&s1)).await.status, 429);
 
     // Cleared: the plan's limits again, everywhere.
     let cleared = run_json(&config, &["tenants", "set-limits", "acme", "--clear", "--json"]);
@@ -365,7 +381,21 @@ async fn overrides_reach_every_replica_within_a_second() {
         .await
         .expect("the key's override on replica b within a second");
     assert_eq!(sixth.header("x-ratelimit-limit"), "6");
-    assert_eq!(sixth.header("x-ratelimit-remaining"), "0");
+    assert_eq!(sixth.header("x-ratelimit-remaining"), "5", "the key's own counter");
+    // Exactly six across both replicas, counted on the tenant's slot in a key of its own.
+    for (i, left) in (0..5).rev().enumerate() {
+        let kg = if i % 2 == 0 { &a } else { &b };
+        let answer = http.get(&kg.url("/v1/calls"), Some(&s2)).await;
+        assert_eq!((answer.status, answer.header("x-ratelimit-remaining")), (200, left.to_string().as_str()));
+    }
+    for kg in [&a, &b] {
+        let refused = http.get(&kg.url("/v1/calls"), Some(&s2)).await;
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.json()["error"]["limit"], "minute");
+    }
+    let mut windows: Vec<String> = redis.cli(&["--scan", "--pattern", "kg:rl:*"]).lines().map(str::to_string).collect();
+    windows.sort();
+    assert_eq!(windows, ["kg:rl:{acme}:60s".to_string(), format!("kg:rl:{{acme}}:key:{k2}:60s")]);
 
     // A rotation's new key keeps the old one's overrides.
     let rotated = run_json(&config, &["keys", "rotate", &k2, "--json"]);

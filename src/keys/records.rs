@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::pepper::KeyDigest;
 use arc_swap::ArcSwapOption;
 
-use crate::policy::overrides::{effective, LimitOverrides};
+use crate::policy::overrides::{effective, LimitOverrides, LimitSource};
 use crate::policy::{Plan, PlanHeaders, Policy, LEGACY_LIMIT_NAME};
 
 /// Whether `id` is a tenant id (docs/reference.md, conventions): 1–63 characters of `a-z 0-9 _ -`,
@@ -240,14 +240,21 @@ impl Principal {
 /// [`crate::policy::overrides::effective`]); `None` if there is no limit at all. A plan
 /// written the legacy way keeps its legacy headers while its one limit is all there is.
 pub fn effective_headers(plan: &Plan, tenant: &LimitOverrides, key: &LimitOverrides) -> Option<Arc<PlanHeaders>> {
-    let limits: Vec<_> = effective(&plan.limits, tenant, key).into_iter().map(|(limit, _)| limit).collect();
+    let layered = effective(&plan.limits, tenant, key);
+    // A key's own limits count for it alone (bit i: limit i, of the first 64).
+    let key_scoped = layered
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, source))| *i < 64 && *source == LimitSource::Key)
+        .fold(0u64, |mask, (i, _)| mask | (1 << i));
+    let limits: Vec<_> = layered.into_iter().map(|(limit, _)| limit).collect();
     if limits.is_empty() {
         return None;
     }
     let legacy = plan.rate_headers.as_ref().is_some_and(|h| h.legacy())
         && limits.len() == 1
         && limits[0].name == LEGACY_LIMIT_NAME;
-    Some(Arc::new(PlanHeaders::with_limits(&plan.name, &limits, legacy)))
+    Some(Arc::new(PlanHeaders::with_limits(&plan.name, &limits, legacy).with_key_scoped(key_scoped)))
 }
 
 impl std::fmt::Debug for Principal {

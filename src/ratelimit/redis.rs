@@ -115,6 +115,7 @@ use tokio::sync::oneshot;
 
 use super::decision::Decision;
 use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use super::KeyScope;
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
 use crate::redis_client::{RedisCallError, RedisClient};
@@ -177,6 +178,44 @@ pub fn rule_key(tenant: &str, rule: &Rule) -> String {
         LimitKind::Day => format!("kg:rq:{{{tenant}}}:day"),
         LimitKind::Month { .. } => format!("kg:rq:{{{tenant}}}:month"),
     }
+}
+
+/// The Redis key of a limit that `key` of `tenant` counts alone (its own override):
+/// `kg:rl:{<tenant>}:key:<key>:<window>`, or `kg:rq:{<tenant>}:key:<key>:day|month`: on
+/// the tenant's slot, so that one script decides it with the tenant's other limits.
+pub fn key_rule_key(tenant: &str, key: &str, rule: &Rule) -> String {
+    let tenant_key = rule_key(tenant, rule);
+    let (head, tail) = tenant_key.split_at(tenant_key.find("}:").map_or(tenant_key.len(), |i| i + 2));
+    format!("{head}key:{key}:{tail}")
+}
+
+/// The name a slot is kept under: the tenant for a check of the tenant's counters alone;
+/// for a check with a [`KeyScope`], the tenant, key and mask (two keys of one tenant with
+/// the same limits have slots, and Redis keys, of their own). `\u{1f}` is in no tenant or
+/// key id.
+fn owner<'t>(tenant: &'t str, scope: Option<KeyScope<'_>>) -> std::borrow::Cow<'t, str> {
+    match scope {
+        None => std::borrow::Cow::Borrowed(tenant),
+        Some(scope) => std::borrow::Cow::Owned(format!("{tenant}\u{1f}{}\u{1f}{}", scope.key, scope.mask)),
+    }
+}
+
+/// The Redis keys of `rules` for the slot named `owner` (see [`owner`]).
+fn owner_keys(owner: &str, rules: &[Rule]) -> Vec<String> {
+    let mut parts = owner.split('\u{1f}');
+    let tenant = parts.next().unwrap_or_default();
+    let scope = match (parts.next(), parts.next().and_then(|m| m.parse::<u64>().ok())) {
+        (Some(key), Some(mask)) => Some(KeyScope { key, mask }),
+        _ => None,
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| match scope {
+            Some(scope) if scope.covers(i) => key_rule_key(tenant, scope.key, rule),
+            _ => rule_key(tenant, rule),
+        })
+        .collect()
 }
 
 /// The proxy worker thread checks run on (see [`crate::worker`]): each worker batches its
@@ -307,6 +346,20 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check_rules(&self, tenant: &str, rules: &[Rule], cost: u64) -> Result<Decision, RedisCallError> {
+        self.check_scoped(tenant, None, rules, cost).await
+    }
+
+    /// [`RedisLimiter::check_rules`] with the rules `scope` covers counted in the key's own
+    /// counters (on the tenant's slot, in the same script call: one atomic decision).
+    pub async fn check_scoped(
+        &self,
+        tenant: &str,
+        scope: Option<KeyScope<'_>>,
+        rules: &[Rule],
+        cost: u64,
+    ) -> Result<Decision, RedisCallError> {
+        let owner = owner(tenant, scope);
+        let tenant: &str = &owner;
         let worker = crate::worker::current();
         let (next, plan) = {
             let mut slots = self.inner.lock();
@@ -322,7 +375,7 @@ impl RedisLimiter {
             };
             let Some(tenants) = plans.get_mut(rules) else { unreachable!("inserted above") };
             if !tenants.contains_key(tenant) {
-                let keys: Arc<[String]> = rules.iter().map(|rule| rule_key(tenant, rule)).collect();
+                let keys: Arc<[String]> = owner_keys(tenant, rules).into();
                 tenants.insert(tenant.into(), Slot::new(keys));
             }
             let Some(slot) = tenants.get_mut(tenant) else { unreachable!("inserted above") };
@@ -552,7 +605,7 @@ impl Inner {
     /// ends), which only ever refuses more.
     async fn hand_back(&self, tenant: &str, plan: &[Rule], back: HandBack) {
         let units = back.units;
-        let keys: Vec<String> = plan.iter().map(|rule| rule_key(tenant, rule)).collect();
+        let keys = owner_keys(tenant, plan);
         if let Err(e) = self.call(&keys, plan, &[], 0, Some(back)).await {
             tracing::debug!(error = %e, units, "a lease's unspent units could not be handed back");
         }
@@ -665,6 +718,17 @@ mod tests {
         assert_eq!(rule_key("acme", &Rule { requests: 7, kind: LimitKind::Day }), "kg:rq:{acme}:day");
         let minute = Limit { requests: 300, window: Duration::from_secs(60) };
         assert_eq!(rule_key("acme", &Rule::window(minute)), key("acme", &minute));
+    }
+
+    #[test]
+    fn a_keys_own_limits_are_keyed_by_the_key_on_the_tenants_slot() {
+        let minute = Rule::window(Limit { requests: 300, window: Duration::from_secs(60) });
+        let month = Rule { requests: 9, kind: LimitKind::Month { reset_day: 1 } };
+        assert_eq!(key_rule_key("acme", "key_1", &minute), "kg:rl:{acme}:key:key_1:60s");
+        assert_eq!(key_rule_key("acme", "key_1", &month), "kg:rq:{acme}:key:key_1:month");
+        assert_eq!(owner_keys("acme", &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:month"]);
+        let scoped = owner("acme", Some(KeyScope { key: "key_1", mask: 0b10 }));
+        assert_eq!(owner_keys(&scoped, &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:key:key_1:month"]);
     }
 
     #[test]
