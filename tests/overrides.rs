@@ -301,6 +301,9 @@ async fn a_legacy_plans_limit_is_overridden_by_the_name_default() {
     let keys = tenant_with_keys(&config, "old", "legacy", 1);
     let view = run_json(&config, &["tenants", "set-limits", "old", "--limit", "default=4/60s", "--json"]);
     assert_eq!(limits(&view), [l("default", 4, "tenant")]);
+    // `explain` lists the effective limits of the key.
+    let (_, out, err) = cli(&config, &["explain", "GET", "/v1/calls", "--key-id", &keys[0].0]);
+    assert!(out.contains("default: 4 requests per 1m (sliding window) (the tenant's override)"), "{out}{err}");
     let http = Http::new();
     let first = admitted_within(&http, &kg.url("/v1/calls"), &keys[0].1, Duration::from_secs(2)).await.unwrap();
     assert!(
