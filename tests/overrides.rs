@@ -415,3 +415,75 @@ async fn overrides_reach_every_replica_within_a_second() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A key's own limit stays exact under concurrent load across two replicas on one Redis
+/// (coalesced calls and leases included): at most its number admitted, all of it in the
+/// end, and every admission also counted in the tenant's month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_own_limit_is_exact_across_replicas_under_load() {
+    let upstream = upstream().await;
+    let redis = RedisServer::start();
+    let start = || {
+        Keygate::builder(&upstream.url())
+            .routes(&routes(&upstream))
+            .redis_keys(&redis.url(), "1s")
+            .settings("[limits]\nbackend = \"redis\"\non_store_error = \"deny\"")
+            .start()
+    };
+    let replicas = [start().await, start().await];
+    let config = replicas[0].config_path();
+    let keys = tenant_with_keys(&config, "busy", "metered", 1);
+    let (id, secret) = keys[0].clone();
+    run(&config, &["keys", "set-limits", &id, "--limit", "minute=40/60s"]);
+    let http = Http::new();
+    let urls: Vec<String> = replicas.iter().map(|kg| kg.url("/v1/calls")).collect();
+    for url in &urls {
+        // The key's first request on each replica reads its record with the override.
+        let first = admitted_within(&http, url, &secret, Duration::from_secs(2)).await.expect("admitted");
+        assert_eq!(first.header("x-ratelimit-limit"), "40");
+    }
+    let before = upstream.count();
+
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (urls, secret, http) = (urls.clone(), secret.clone(), http.clone());
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..12 {
+                statuses.push(http.get(&urls[(client + i) % 2], Some(&secret)).await.status);
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.extend(client.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(upstream.count() - before, admitted);
+    assert!(admitted <= 38, "{admitted} admitted beyond the key's 40 (2 went before)");
+    assert!(admitted > 3, "the key's own limit, not the tenant's 3: {admitted}");
+
+    // Units parked in leases come back when they end: in the end exactly 40 in all.
+    let mut total = 2 + admitted;
+    let mut i = 0;
+    eventually(Duration::from_secs(8), async || {
+        i += 1;
+        if http.get(&urls[i % 2], Some(&secret)).await.status == 200 {
+            total += 1;
+        }
+        total >= 40
+    })
+    .await;
+    assert_eq!(total, 40);
+    for url in &urls {
+        assert_eq!(http.get(url, Some(&secret)).await.status, 429);
+    }
+    assert_eq!(upstream.count() - before + 2, 40);
+    // The tenant's month counted every one of them, in its own key.
+    assert_eq!(redis.cli(&["HGET", "kg:rq:{busy}:month", "n"]).trim(), "40");
+    for kg in replicas {
+        kg.stop().await;
+    }
+}
