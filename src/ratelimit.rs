@@ -72,27 +72,11 @@ pub mod front;
 pub mod lease;
 pub mod local;
 pub mod redis;
+mod scope;
 
 pub use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 pub use decision::{
     Decision, PlanHeaders, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use local::LocalLimiter;
-
-/// The limits of a check that a key counts alone (its own overrides: docs/reference.md
-/// §4.4, "Overrides"): bit `i` of `mask` set means rule `i` is counted in counters of
-/// `key` (kept beside the tenant's, on the tenant's Redis slot), not in the tenant's. A
-/// check without one (`None`) counts every rule in the tenant's counters, as every check
-/// of a principal without key overrides does. Only the first 64 rules can be scoped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyScope<'a> {
-    pub key: &'a str,
-    pub mask: u64,
-}
-
-impl KeyScope<'_> {
-    /// Whether rule `index` is counted for the key alone.
-    pub fn covers(&self, index: usize) -> bool {
-        index < 64 && self.mask & (1 << index) != 0
-    }
-}
+pub use scope::KeyScope;

@@ -30,7 +30,7 @@ use std::time::Duration;
 use super::decision::Decision;
 use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
-use super::KeyScope;
+use super::scope::KeyScope;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::policy::{Limit, Rule};

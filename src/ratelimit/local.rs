@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::decision::Decision;
-use super::KeyScope;
+use super::scope::KeyScope;
 use crate::clock::Clock;
 use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 

@@ -115,7 +115,7 @@ use tokio::sync::oneshot;
 
 use super::decision::Decision;
 use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
-use super::KeyScope;
+use super::scope::KeyScope;
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
 use crate::redis_client::{RedisCallError, RedisClient};
