@@ -148,7 +148,7 @@ impl AdminApi {
             return Err(ApiError::method_not_allowed(resource.methods()));
         }
         let query = query_parameters(parts.uri.query(), resource.query_parameters())?;
-        let body = if parts.method == Method::POST || parts.method == Method::PATCH {
+        let body = if parts.method == Method::POST || parts.method == Method::PATCH || parts.method == Method::PUT {
             let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             read_body(body, declared, self.app.settings().server.body_timeout).await?
         } else {
@@ -195,6 +195,14 @@ impl AdminApi {
             }
             (Resource::Usage, _) => usage::usage(&self.app, &query).await,
             (Resource::Rotate(id), _) => handlers::rotate_key(&self.app, store, &id, parse_body(&body, true)?).await,
+            (Resource::TenantLimits(id), method) => {
+                let put = (method == Method::PUT).then(|| parse_body(&body, true)).transpose()?;
+                handlers::tenant_limits(&self.app, store, &id, method, put).await
+            }
+            (Resource::KeyLimits(id), method) => {
+                let put = (method == Method::PUT).then(|| parse_body(&body, true)).transpose()?;
+                handlers::key_limits(&self.app, store, &id, method, put).await
+            }
         }
     }
 }

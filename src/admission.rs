@@ -9,6 +9,7 @@
 //! are private to this module, so nothing else in the crate can make one: a request that
 //! skipped a phase does not compile.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::{LimitKind, Plan, Policy, Route, RouteAuth, RouteMode};
 use crate::ratelimit::concurrency::{Acquired, Concurrency, Slot};
 use crate::ratelimit::front::{Limiter, STORE_DOWN_RETRY_AFTER};
-use crate::ratelimit::{Decision, PlanHeaders};
+use crate::ratelimit::{Decision, KeyScope, PlanHeaders};
 use crate::settings::{OnStoreError, Server};
 
 /// A key that authenticated.
@@ -319,7 +320,7 @@ impl Gate {
         // and a rate-limit refusal below drops (gives back) the slot at once.
         let slot = match concurrency_cap(plan, &principal) {
             None => None,
-            Some(cap) => match self.concurrency.acquire(principal.tenant(), cap, on_store_error).await {
+            Some((cap, holder)) => match self.concurrency.acquire(&holder, cap, on_store_error).await {
                 Acquired::Admitted(slot) => slot,
                 Acquired::Refused => return Err(deny(Refusal::ConcurrencyLimited { cap }, &principal)),
                 Acquired::Unavailable => {
@@ -328,11 +329,24 @@ impl Gate {
                 }
             },
         };
-        let Some(plan_headers) = &plan.rate_headers else {
+        // A key or tenant with limit overrides decides against its effective limits,
+        // built once per record and policy; every other principal takes the plan's.
+        let overridden = principal.has_overrides().then(|| principal.effective_limits(policy, plan));
+        let Some(plan_headers) = (match &overridden {
+            Some(effective) => effective.as_ref(),
+            None => plan.rate_headers.as_ref(),
+        }) else {
             return Ok(Authorized { principal, rate: None, slot });
         };
         let rules = plan_headers.rules();
-        let outcome = self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await;
+        let scoped = plan_headers.key_scoped();
+        let outcome = if scoped == 0 {
+            self.limiter.check_rules(principal.tenant(), rules, route.cost, on_store_error).await
+        } else {
+            // A key's own limits: counted for it alone, in the same atomic decision.
+            let scope = KeyScope { key: principal.key_id(), mask: scoped };
+            self.limiter.check_scoped(principal.tenant(), Some(scope), rules, route.cost, on_store_error).await
+        };
         if outcome.store_unavailable() {
             // `on_store_error = "deny"` while the shared store is unreachable.
             return Err(deny(Refusal::Unavailable { retry_after: STORE_DOWN_RETRY_AFTER.as_secs() }, &principal));
@@ -368,10 +382,18 @@ impl Gate {
     }
 }
 
-/// The most requests of `principal`'s tenant that may be in flight at once, if capped:
-/// its plan's `concurrency`.
-pub fn concurrency_cap(plan: &Plan, _principal: &Principal) -> Option<u32> {
-    plan.concurrency
+/// The most requests that may be in flight at once for `principal`'s request, if capped,
+/// and whose requests they are: a key's own `concurrency` override counts that key's
+/// requests alone (as a key's own rate limits count for it alone), under
+/// `<tenant>:key:<key id>` (a tenant id has no `:`); else the tenant's override, else the
+/// plan's `concurrency`, counts the tenant's.
+pub fn concurrency_cap<'p>(plan: &Plan, principal: &'p Principal) -> Option<(u32, Cow<'p, str>)> {
+    let (tenant, key) = principal.overrides();
+    if let Some(cap) = key.concurrency {
+        return Some((cap, Cow::Owned(format!("{}:key:{}", principal.tenant(), principal.key_id()))));
+    }
+    let cap = tenant.concurrency.or(plan.concurrency)?;
+    Some((cap, Cow::Borrowed(principal.tenant())))
 }
 
 /// The API key of `Authorization: Bearer <key>`. No header, or another scheme, is a

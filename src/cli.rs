@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo;
 pub mod explain;
 pub mod keys;
+pub mod limits;
 pub mod serve;
 pub mod tenants;
 pub mod usage;

@@ -12,6 +12,7 @@ mod compile_routes;
 mod limit;
 mod model;
 mod overlap;
+pub mod overrides;
 mod rate_headers;
 mod raw;
 pub mod routes;

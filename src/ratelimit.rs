@@ -73,9 +73,11 @@ pub mod front;
 pub mod lease;
 pub mod local;
 pub mod redis;
+mod scope;
 
 pub use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 pub use decision::{
     Decision, PlanHeaders, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use local::LocalLimiter;
+pub use scope::KeyScope;

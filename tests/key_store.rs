@@ -11,7 +11,12 @@ use keygate::keys::{generate_key_id, generate_secret, KeyRecord, Peppers, Tenant
 use time::OffsetDateTime;
 
 fn tenant(id: &str) -> TenantRecord {
-    TenantRecord { id: id.to_string(), plan: "pro".to_string(), created_at: OffsetDateTime::now_utc() }
+    TenantRecord {
+        id: id.to_string(),
+        plan: "pro".to_string(),
+        created_at: OffsetDateTime::now_utc(),
+        overrides: Default::default(),
+    }
 }
 
 fn append_tenant(store: &FileStore, id: &str) {
@@ -93,6 +98,7 @@ fn key_record(id: &str, digest: keygate::keys::KeyDigest) -> KeyRecord {
         last_used_at: None,
         replaced_by: None,
         digest,
+        overrides: Default::default(),
     }
 }
 

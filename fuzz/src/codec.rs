@@ -121,11 +121,23 @@ pub fn key_record(input: &mut Input<'_>) -> KeyRecord {
     let last_used_at = optional_time(input);
     let replaced_by = input.bool().then(|| key_id(input));
     let digest = digest(input);
-    KeyRecord { id, tenant, name, scopes, created_at, expires_at, revoked_at, last_used_at, replaced_by, digest }
+    KeyRecord {
+        id,
+        tenant,
+        name,
+        scopes,
+        created_at,
+        expires_at,
+        revoked_at,
+        last_used_at,
+        replaced_by,
+        digest,
+        overrides: Default::default(),
+    }
 }
 
 pub fn tenant_record(input: &mut Input<'_>) -> TenantRecord {
-    TenantRecord { id: tenant_id(input), plan: input.text(), created_at: time(input) }
+    TenantRecord { id: tenant_id(input), plan: input.text(), created_at: time(input), overrides: Default::default() }
 }
 
 /// A reply of arbitrary strings (field names among them): nothing panics, and what is

@@ -53,7 +53,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_path",
-            "no such path: the API serves /admin/v1/tenants[/ID], /admin/v1/keys[/ID[/rotate]] and /admin/v1/usage",
+            "no such path: the API serves /admin/v1/tenants[/ID[/limits]], /admin/v1/keys[/ID[/rotate|/limits]] and /admin/v1/usage",
         )
     }
 
@@ -86,6 +86,7 @@ impl ApiError {
             StatusCode::REQUEST_TIMEOUT => "request_timeout",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal_error",
         }
@@ -115,6 +116,7 @@ impl From<ManageError> for ApiError {
             ManageError::NoScopes => (StatusCode::BAD_REQUEST, "no_scopes"),
             ManageError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
             ManageError::InvalidExpiry(_) => (StatusCode::BAD_REQUEST, "invalid_expiry"),
+            ManageError::InvalidLimits(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits"),
             ManageError::UnknownTenant(_) => (StatusCode::NOT_FOUND, "unknown_tenant"),
             ManageError::UnknownKey(_) => (StatusCode::NOT_FOUND, "unknown_key"),
             ManageError::TenantExists(_) => (StatusCode::CONFLICT, "tenant_exists"),

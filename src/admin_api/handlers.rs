@@ -4,15 +4,16 @@
 use bytes::Bytes;
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 
 use super::api_error::{created, json_response, ApiError};
 use super::requests::{parse_duration, CreateKey, CreateTenant, Rotate, SetPlan};
 use crate::keys::audit::{self, Via};
 use crate::keys::json::{self, Replaced};
-use crate::keys::manage::NewKey;
+use crate::keys::manage::{ManageError, NewKey};
 use crate::keys::store::Store;
+use crate::policy::overrides::{LimitOverrides, RawOverrides};
 use crate::state::App;
 
 /// The grace of a rotation that names none, as for `keygate keys rotate`.
@@ -77,4 +78,55 @@ pub(super) async fn rotate_key(
     audit::key_rotated(Via::AdminApi, &key.record, id, grace);
     let replaced = Replaced::after_rotation(id, &key, grace);
     Ok(created(&format!("/admin/v1/keys/{}", key.record.id), &json::created_key(&key, Some(&replaced))))
+}
+
+/// The overrides of a `PUT …/limits` body (the policy's shape; an empty body or
+/// `{"limits":[]}` clears), or of a `DELETE` (cleared); `None` for a `GET`.
+fn overrides_of(method: &Method, body: Option<RawOverrides>) -> Result<Option<LimitOverrides>, ApiError> {
+    if *method == Method::DELETE {
+        return Ok(Some(LimitOverrides::default()));
+    }
+    match body {
+        None => Ok(None),
+        Some(raw) => LimitOverrides::from_raw(raw).map(Some).map_err(|e| ManageError::InvalidLimits(e).into()),
+    }
+}
+
+/// `GET|PUT|DELETE /admin/v1/tenants/{id}/limits`: the tenant's effective limits, after
+/// the change for `PUT` and `DELETE`.
+pub(super) async fn tenant_limits(
+    app: &App,
+    store: &Store,
+    id: &str,
+    method: Method,
+    body: Option<RawOverrides>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let policy = app.policy();
+    if let Some(overrides) = overrides_of(&method, body)? {
+        let tenant = store.set_tenant_limits(&policy, id, &overrides).await?;
+        audit::limits_set(Via::AdminApi, &tenant.id, None, &tenant.overrides);
+    }
+    let data = store.tenant_data(id).await?;
+    let tenant = data.tenants.get(id).ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
+    Ok(json_response(StatusCode::OK, &json::effective_limits(&policy, tenant, None)))
+}
+
+/// `GET|PUT|DELETE /admin/v1/keys/{id}/limits`: the key's effective limits, after the
+/// change for `PUT` and `DELETE`.
+pub(super) async fn key_limits(
+    app: &App,
+    store: &Store,
+    id: &str,
+    method: Method,
+    body: Option<RawOverrides>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let policy = app.policy();
+    if let Some(overrides) = overrides_of(&method, body)? {
+        let key = store.set_key_limits(&policy, id, &overrides).await?;
+        audit::limits_set(Via::AdminApi, &key.tenant, Some(&key.id), &key.overrides);
+    }
+    let data = store.key_data(id).await?;
+    let key = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    let tenant = data.tenants.get(&key.tenant).ok_or_else(|| ManageError::UnknownTenant(key.tenant.clone()))?;
+    Ok(json_response(StatusCode::OK, &json::effective_limits(&policy, tenant, Some(key))))
 }

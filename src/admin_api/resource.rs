@@ -15,6 +15,10 @@ pub(super) enum Resource {
     Rotate(String),
     /// `/admin/v1/usage`: a tenant's usage.
     Usage,
+    /// `/admin/v1/tenants/{id}/limits`.
+    TenantLimits(String),
+    /// `/admin/v1/keys/{id}/limits`.
+    KeyLimits(String),
 }
 
 impl Resource {
@@ -34,6 +38,8 @@ impl Resource {
             ["keys", id] => Some(Resource::Key((*id).to_string())),
             ["keys", id, "rotate"] => Some(Resource::Rotate((*id).to_string())),
             ["usage"] => Some(Resource::Usage),
+            ["tenants", id, "limits"] => Some(Resource::TenantLimits((*id).to_string())),
+            ["keys", id, "limits"] => Some(Resource::KeyLimits((*id).to_string())),
             _ => None,
         }
     }
@@ -46,6 +52,7 @@ impl Resource {
             Resource::Key(_) => &[Method::GET, Method::DELETE],
             Resource::Rotate(_) => &[Method::POST],
             Resource::Usage => &[Method::GET],
+            Resource::TenantLimits(_) | Resource::KeyLimits(_) => &[Method::GET, Method::PUT, Method::DELETE],
         }
     }
 

@@ -42,6 +42,8 @@ fn paths() {
     for bad in ["/", "/admin/v1", "/admin/v1/", "/admin/v1/tenants/", "/admin/v1//tenants", "/admin/v2/keys"] {
         assert_eq!(Resource::parse(bad), None, "{bad}");
     }
+    assert_eq!(Resource::parse("/admin/v1/tenants/acme/limits"), Some(Resource::TenantLimits("acme".into())));
+    assert_eq!(Resource::parse("/admin/v1/keys/key_1/limits"), Some(Resource::KeyLimits("key_1".into())));
     assert_eq!(Resource::parse("/admin/v1/keys/key_1/revoke"), None);
     assert_eq!(Resource::parse("/admin/v1/tenants/acme/keys"), None);
 }
@@ -65,6 +67,7 @@ fn manage_errors_map_to_statuses() {
         (ManageError::NoScopes, 400, "no_scopes"),
         (ManageError::InvalidName("".into()), 400, "invalid_name"),
         (ManageError::InvalidExpiry("".into()), 400, "invalid_expiry"),
+        (ManageError::InvalidLimits("".into()), 422, "invalid_limits"),
         (ManageError::UnknownTenant("t".into()), 404, "unknown_tenant"),
         (ManageError::UnknownKey("k".into()), 404, "unknown_key"),
         (ManageError::TenantExists("t".into()), 409, "tenant_exists"),

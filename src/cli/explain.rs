@@ -12,7 +12,8 @@ use super::CliError;
 use crate::keys::KeyState;
 use crate::metrics::Metrics;
 use crate::path;
-use crate::policy::{PlanLimit, Policy, RouteAuth, RouteMatch, RouteMode};
+use crate::policy::overrides::{effective, LimitOverrides, LimitSource};
+use crate::policy::{Policy, RouteAuth, RouteMatch, RouteMode};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +76,12 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     let method = parse_method(&args.method)?;
     let holder = match (&args.key_id, &args.scopes) {
         (Some(id), _) => Some(key_holder(&settings, &policy, id)?),
-        (None, Some(scopes)) => Some(Holder { scopes: known_scopes(&policy, scopes)?, refusal: None, plan: None }),
+        (None, Some(scopes)) => Some(Holder {
+            scopes: known_scopes(&policy, scopes)?,
+            refusal: None,
+            plan: None,
+            overrides: Default::default(),
+        }),
         (None, None) => None,
     };
     let mut explanation = explain(&policy, &method, &args.path, holder.as_ref());
@@ -90,8 +96,19 @@ pub fn run(config: &Path, args: ExplainArgs, json: bool) -> Result<(), CliError>
     };
     if let Some(plan) = plan {
         explanation.plan = Some(plan.name.clone());
-        explanation.limits = plan.limits.iter().map(PlanLimit::describe).collect();
-        explanation.concurrency = plan.concurrency;
+        let none = Default::default();
+        let (tenant, key) = holder
+            .as_ref()
+            .filter(|_| args.plan.is_none())
+            .map_or((&none, &none), |h| (&h.overrides.0, &h.overrides.1));
+        explanation.limits = effective(&plan.limits, tenant, key)
+            .into_iter()
+            .map(|(limit, source)| match source {
+                LimitSource::Plan => limit.describe(),
+                source => format!("{} (the {}'s override)", limit.describe(), source.as_str()),
+            })
+            .collect();
+        explanation.concurrency = key.concurrency.or(tenant.concurrency).or(plan.concurrency);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation).unwrap_or_default());
@@ -179,6 +196,9 @@ pub struct Holder {
     pub refusal: Option<(u16, String)>,
     /// The key's plan (`--key-id`), if its tenant exists.
     pub plan: Option<String>,
+    /// The tenant's and the key's limit overrides (`--key-id`; empty otherwise): the
+    /// limits shown are the effective ones.
+    pub overrides: (LimitOverrides, LimitOverrides),
 }
 
 /// The holder of key `id`, read from the store named in `[keys]` (the file or Redis).
@@ -212,7 +232,8 @@ fn key_holder(settings: &Settings, policy: &Policy, id: &str) -> Result<Holder, 
         },
     };
     let plan = data.tenants.get(&key.tenant).map(|tenant| tenant.plan.clone());
-    Ok(Holder { scopes: key.scopes.clone(), refusal, plan })
+    let tenant_overrides = data.tenants.get(&key.tenant).map(|tenant| tenant.overrides.clone()).unwrap_or_default();
+    Ok(Holder { scopes: key.scopes.clone(), refusal, plan, overrides: (tenant_overrides, key.overrides.clone()) })
 }
 
 /// Explains one request against `policy`.

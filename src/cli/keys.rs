@@ -1,4 +1,4 @@
-//! `keygate keys create|list|show|revoke|rotate`.
+//! `keygate keys create|list|show|revoke|rotate|set-limits|limits`.
 //!
 //! Every change is one operation of the [`Store`] named in `[keys]` (the file or Redis,
 //! with the rules of [`crate::keys::manage`]) and is logged as an audit line (target
@@ -60,6 +60,19 @@ pub enum KeysCommand {
         /// How long the old key keeps working.
         #[arg(long, value_name = "DURATION", default_value = "1h")]
         grace: String,
+    },
+    /// Sets the key's own limits over its tenant's (replacing any set before); takes
+    /// effect on every replica within a second. Counts are kept.
+    SetLimits {
+        /// The key id (`key_…`).
+        id: String,
+        #[command(flatten)]
+        limits: super::limits::LimitArgs,
+    },
+    /// Shows the key's effective limits: plan, tenant and key overrides, with sources.
+    Limits {
+        /// The key id (`key_…`).
+        id: String,
     },
 }
 
@@ -132,6 +145,8 @@ pub fn run(command: KeysCommand, context: &Context) -> Result<(), CliError> {
             audit::key_rotated(Via::Cli, &created.record, &id, grace);
             print_created(context, &created, Some(&Replaced::after_rotation(&id, &created, grace)));
         }
+        KeysCommand::SetLimits { id, limits } => super::limits::set_key(context, &id, &limits)?,
+        KeysCommand::Limits { id } => super::limits::show_key(context, &id)?,
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `keygate tenants create|set-plan|delete|list`.
+//! `keygate tenants create|set-plan|set-limits|limits|delete|list`.
 //!
 //! Every change is one operation of the store named in `[keys]` (the file or Redis, with
 //! the rules of [`crate::keys::manage`]) and is logged as an audit line (target `audit`).
@@ -40,6 +40,19 @@ pub enum TenantsCommand {
         /// The plan of the policy's `[plans]` they move to (with --from).
         #[arg(long, value_name = "NEW", requires = "from")]
         to: Option<String>,
+    },
+    /// Sets the tenant's own limits over its plan's (replacing any set before); takes
+    /// effect on every replica within a second. Counts are kept.
+    SetLimits {
+        /// The tenant id.
+        id: String,
+        #[command(flatten)]
+        limits: super::limits::LimitArgs,
+    },
+    /// Shows the tenant's effective limits: its plan's and its overrides, with sources.
+    Limits {
+        /// The tenant id.
+        id: String,
     },
     /// Deletes a tenant and revokes all its keys.
     Delete {
@@ -86,6 +99,8 @@ pub fn run(command: TenantsCommand, context: &Context) -> Result<(), CliError> {
         TenantsCommand::SetPlan { .. } => {
             return Err(CliError::input("set-plan takes <ID> <PLAN>, or --from <OLD> --to <NEW>"));
         }
+        TenantsCommand::SetLimits { id, limits } => super::limits::set_tenant(context, &id, &limits)?,
+        TenantsCommand::Limits { id } => super::limits::show_tenant(context, &id)?,
         TenantsCommand::Delete { id } => {
             // The record as it was, for `--json`.
             let before = context.block_on(store.tenant_data(&id)).map_err(CliError::input)?;

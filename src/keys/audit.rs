@@ -42,6 +42,29 @@ pub fn plan_set(via: Via, tenant: &TenantRecord, previous: Option<&str>) {
     );
 }
 
+/// `tenant.set_limits` or `key.set_limits`: the overrides after the change (empty:
+/// cleared), as their JSON.
+pub fn limits_set(via: Via, tenant: &str, key_id: Option<&str>, overrides: &crate::policy::overrides::LimitOverrides) {
+    let limits = serde_json::to_string(overrides).unwrap_or_default();
+    match key_id {
+        Some(key_id) => tracing::info!(
+            target: "audit",
+            action = "key.set_limits",
+            key_id = %key_id,
+            tenant = %tenant,
+            limits = %limits,
+            via = via.as_str(),
+        ),
+        None => tracing::info!(
+            target: "audit",
+            action = "tenant.set_limits",
+            tenant = %tenant,
+            limits = %limits,
+            via = via.as_str(),
+        ),
+    }
+}
+
 /// A tenant's deletion: one `key.revoke` line per key it revoked, then the deletion.
 pub fn tenant_deleted(via: Via, tenant: &str, revoked: &[String]) {
     for key_id in revoked {

@@ -10,6 +10,8 @@ use time::OffsetDateTime;
 use super::data::KeysData;
 use super::manage::{CreatedKey, ManageError};
 use super::{KeyRecord, KeyState, TenantRecord};
+use crate::policy::overrides::{effective, LimitOverrides};
+use crate::policy::Policy;
 
 /// RFC 3339, as in the store and every JSON output.
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
@@ -104,6 +106,49 @@ pub(crate) fn tenant(tenant: &TenantRecord, active_keys: Option<usize>) -> Value
     value
 }
 
+/// The effective limits of a tenant (or of one of its keys) under `policy`: each limit in
+/// the policy's shape with where it comes from (`"source": "plan" | "tenant" | "key"`),
+/// the `concurrency` override if any (with its source; `null`: the plan's applies), and
+/// the overrides as stored (`tenants|keys set-limits`, `GET
+/// /admin/v1/{tenants,keys}/…/limits`).
+pub(crate) fn effective_limits(policy: &Policy, tenant: &TenantRecord, key: Option<&KeyRecord>) -> Value {
+    let none = LimitOverrides::default();
+    let key_overrides = key.map_or(&none, |k| &k.overrides);
+    let plan = policy.plans.get(&tenant.plan);
+    let plan_limits = plan.map_or(&[][..], |p| p.limits.as_slice());
+    let limits: Vec<Value> = effective(plan_limits, &tenant.overrides, key_overrides)
+        .into_iter()
+        .map(|(limit, source)| {
+            let raw = LimitOverrides { limits: vec![limit], concurrency: None }.to_raw();
+            let mut value = serde_json::to_value(&raw.limits[0]).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut value {
+                map.insert("source".to_string(), json!(source.as_str()));
+            }
+            value
+        })
+        .collect();
+    let concurrency = match (key_overrides.concurrency, tenant.overrides.concurrency) {
+        (Some(n), _) => json!({"value": n, "source": "key"}),
+        (None, Some(n)) => json!({"value": n, "source": "tenant"}),
+        (None, None) => Value::Null,
+    };
+    let mut value = json!({
+        "tenant": tenant.id,
+        "plan": tenant.plan,
+        "plan_in_policy": plan.is_some(),
+        "limits": limits,
+        "concurrency": concurrency,
+        "overrides": {"tenant": tenant.overrides.to_raw()},
+    });
+    if let (Some(key), Value::Object(map)) = (key, &mut value) {
+        map.insert("key".to_string(), json!(key.id));
+        if let Some(Value::Object(overrides)) = map.get_mut("overrides") {
+            overrides.insert("key".to_string(), serde_json::to_value(key.overrides.to_raw()).unwrap_or(Value::Null));
+        }
+    }
+    value
+}
+
 /// Every tenant with its active key count (`tenants list --json`, `GET /admin/v1/tenants`).
 pub(crate) fn tenants(data: &KeysData, now: OffsetDateTime) -> Value {
     Value::Array(data.tenants.values().map(|t| tenant(t, Some(active_keys(data, &t.id, now)))).collect())
@@ -160,6 +205,7 @@ mod tests {
             last_used_at: None,
             replaced_by: Some("key_def".to_string()),
             digest: KeyDigest { pepper_id: "sha256".to_string(), hex: "00".to_string() },
+            overrides: Default::default(),
         }
     }
 
@@ -204,7 +250,12 @@ mod tests {
     #[test]
     fn tenants_carry_their_active_key_count() {
         let mut data = KeysData::empty();
-        let acme = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-01-01 00:00 UTC) };
+        let acme = TenantRecord {
+            id: "acme".into(),
+            plan: "pro".into(),
+            created_at: datetime!(2025-01-01 00:00 UTC),
+            overrides: Default::default(),
+        };
         data.tenants.insert("acme".into(), acme.clone());
         let mut active = record();
         active.replaced_by = None;

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use super::data::{KeysData, StoreError};
 use super::{valid_tenant_id, KeyRecord, KeyState, Peppers, Secret, TenantRecord};
+use crate::policy::overrides::{effective, LimitOverrides};
 use crate::policy::{Plan, Policy};
 
 /// A refused lifecycle operation; each message is one actionable line.
@@ -47,6 +48,8 @@ pub enum ManageError {
     Replaced { id: String, by: String },
     #[error("invalid expiry: {0}")]
     InvalidExpiry(String),
+    #[error("invalid limits: {0}")]
+    InvalidLimits(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,7 +90,8 @@ pub fn create_tenant(
         return Err(ManageError::TenantExists(id.to_string()));
     }
     check_plan(policy, plan)?;
-    let record = TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now };
+    let record =
+        TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now, overrides: Default::default() };
     data.tenants.insert(id.to_string(), record.clone());
     Ok(record)
 }
@@ -99,6 +103,60 @@ pub fn set_plan(data: &mut KeysData, policy: &Policy, id: &str, plan: &str) -> R
     let tenant = data.tenants.get_mut(id).ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
     tenant.plan = plan.to_string();
     Ok(tenant.clone())
+}
+
+/// Checks a tenant's limit overrides against its plan in the policy: the effective set
+/// may not hold two limits of different names over one window or period (they would
+/// share one counter). A plan missing from the policy has no limits to clash with.
+pub fn check_tenant_limits(
+    policy: &Policy,
+    tenant: &TenantRecord,
+    overrides: &LimitOverrides,
+) -> Result<(), ManageError> {
+    let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
+    overrides.check_against(plan).map_err(ManageError::InvalidLimits)
+}
+
+/// Checks a key's limit overrides against its tenant's effective limits (plan and tenant
+/// overrides), as [`check_tenant_limits`] does.
+pub fn check_key_limits(policy: &Policy, tenant: &TenantRecord, overrides: &LimitOverrides) -> Result<(), ManageError> {
+    let plan = policy.plans.get(&tenant.plan).map_or(&[][..], |plan| plan.limits.as_slice());
+    let base: Vec<_> =
+        effective(plan, &tenant.overrides, &LimitOverrides::default()).into_iter().map(|(l, _)| l).collect();
+    overrides.check_against(&base).map_err(ManageError::InvalidLimits)
+}
+
+/// Replaces a tenant's limit overrides (empty overrides clear them).
+pub fn set_tenant_limits(
+    data: &mut KeysData,
+    policy: &Policy,
+    id: &str,
+    overrides: &LimitOverrides,
+) -> Result<TenantRecord, ManageError> {
+    let tenant = data.tenants.get_mut(id).ok_or_else(|| ManageError::UnknownTenant(id.to_string()))?;
+    check_tenant_limits(policy, tenant, overrides)?;
+    tenant.overrides = overrides.clone();
+    Ok(tenant.clone())
+}
+
+/// Replaces a key's limit overrides (empty overrides clear them). A revoked key is
+/// refused; an expired one is not (it may be un-expired by no command, but its record
+/// is still shown).
+pub fn set_key_limits(
+    data: &mut KeysData,
+    policy: &Policy,
+    id: &str,
+    overrides: &LimitOverrides,
+) -> Result<KeyRecord, ManageError> {
+    let key = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    if key.revoked_at.is_some() {
+        return Err(ManageError::Revoked(id.to_string()));
+    }
+    let tenant = data.tenants.get(&key.tenant).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    check_key_limits(policy, tenant, overrides)?;
+    let key = data.keys.get_mut(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
+    key.overrides = overrides.clone();
+    Ok(key.clone())
 }
 
 /// Deletes the tenant and revokes (tombstones) all its keys; returns the revoked key ids.
@@ -152,7 +210,7 @@ pub fn revoke_key(data: &mut KeysData, id: &str, now: OffsetDateTime) -> Result<
 /// `grace` (or sooner, if it already expires sooner) and is marked `replaced_by`.
 ///
 /// The old key must be active and not already rotated. The new key keeps the old one's
-/// absolute expiry, if it had one. The rules of [`create_key`] hold again (tenant, plan
+/// absolute expiry, if it had one, and its limit overrides. The rules of [`create_key`] hold again (tenant, plan
 /// with API access, scopes still in the policy), except `max_keys`: the old key in its
 /// grace does not count, so a rotation never needs a free slot.
 pub fn rotate_key(
@@ -166,11 +224,14 @@ pub fn rotate_key(
     let old = data.keys.get(id).ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
     let rotation = check_rotation(policy, old, data.tenants.get(&old.tenant), grace, now)?;
     let (tenant, name, expires_at) = (old.tenant.clone(), old.name.clone(), old.expires_at);
+    let overrides = old.overrides.clone();
     let mut new_id = super::generate_key_id();
     while data.keys.contains_key(&new_id) {
         new_id = super::generate_key_id();
     }
-    let created = new_key_record(peppers, new_id, &tenant, &name, rotation.scopes, expires_at, now);
+    let mut created = new_key_record(peppers, new_id, &tenant, &name, rotation.scopes, expires_at, now);
+    // The new key keeps the old one's limit overrides.
+    created.record.overrides = overrides;
     data.keys.insert(created.record.id.clone(), created.record.clone());
     if let Some(old) = data.keys.get_mut(id) {
         old.replaced_by = Some(created.record.id.clone());
@@ -382,6 +443,7 @@ pub fn new_key_record(
         last_used_at: None,
         replaced_by: None,
         digest: peppers.current(&secret),
+        overrides: Default::default(),
     };
     CreatedKey { record, secret }
 }

@@ -26,6 +26,7 @@ pub mod codec;
 mod invalidation;
 mod key_writes;
 pub mod layout;
+mod limit_writes;
 mod reads;
 mod scripts;
 mod tenant_writes;

@@ -12,6 +12,7 @@ use super::file_store::FileStore;
 use super::manage::{self, CreatedKey, ManageError, NewKey};
 use super::redis_store::RedisStore;
 use super::{KeyDigest, KeyRecord, Peppers, TenantRecord};
+use crate::policy::overrides::LimitOverrides;
 use crate::policy::Policy;
 
 /// Where keys and tenants live (`[keys] source`).
@@ -75,6 +76,40 @@ impl Store {
                 update(store, move |data| manage::set_plan(data, &policy, &id, &plan)).await
             }
             Store::Redis(store) => store.set_plan(policy, id, plan).await,
+        }
+    }
+
+    /// Replaces a tenant's limit overrides (empty ones clear them); a running proxy
+    /// applies them within a second (the file store's watcher, Redis's invalidations).
+    pub async fn set_tenant_limits(
+        &self,
+        policy: &Arc<Policy>,
+        id: &str,
+        overrides: &LimitOverrides,
+    ) -> Result<TenantRecord, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, id, overrides) = (Arc::clone(policy), id.to_string(), overrides.clone());
+                update(store, move |data| manage::set_tenant_limits(data, &policy, &id, &overrides)).await
+            }
+            Store::Redis(store) => store.set_tenant_limits(policy, id, overrides).await,
+        }
+    }
+
+    /// Replaces a key's limit overrides (empty ones clear them), as
+    /// [`Self::set_tenant_limits`] does a tenant's.
+    pub async fn set_key_limits(
+        &self,
+        policy: &Arc<Policy>,
+        id: &str,
+        overrides: &LimitOverrides,
+    ) -> Result<KeyRecord, ManageError> {
+        match self {
+            Store::File(store) => {
+                let (policy, id, overrides) = (Arc::clone(policy), id.to_string(), overrides.clone());
+                update(store, move |data| manage::set_key_limits(data, &policy, &id, &overrides)).await
+            }
+            Store::Redis(store) => store.set_key_limits(policy, id, overrides).await,
         }
     }
 

@@ -353,3 +353,57 @@ fn text_carries_a_key_alone_or_inside_longer_text() {
     // No decoding: `kg%5F…` is a query's business, not a request id's (whose grammar has no `%`).
     assert!(!text_carries_key(&k.replacen('_', "%5F", 1)));
 }
+
+/// A keys file written before overrides reads as records without them, and a record
+/// without them is written exactly as before (no `overrides` field).
+#[test]
+fn records_without_overrides_serialize_as_before() {
+    let old = r#"{"id":"acme","plan":"pro","created_at":"2025-06-01T12:00:00Z"}"#;
+    let tenant: TenantRecord = serde_json::from_str(old).unwrap();
+    assert!(tenant.overrides.is_empty());
+    assert_eq!(serde_json::to_string(&tenant).unwrap(), old);
+    let mut with = tenant.clone();
+    with.overrides.concurrency = Some(3);
+    let text = serde_json::to_string(&with).unwrap();
+    assert!(text.ends_with(r#""overrides":{"limits":[],"concurrency":3}}"#), "{text}");
+    assert_eq!(serde_json::from_str::<TenantRecord>(&text).unwrap(), with);
+}
+
+/// A principal with overrides decides against its effective limits, built once per
+/// policy and then shared; one without takes none (the plan's precomputed headers).
+#[test]
+fn effective_limits_are_built_once_per_policy() {
+    let text = "default = \"deny\"\n[scopes]\n\"a\" = \"A\"\n[plans.pro]\nrequests_per_minute = 300\n\
+        [upstreams.app]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nprefix = \"/v1\"\nupstream = \"app\"\nscopes = [\"a\"]\n";
+    let (policy, _) = crate::policy::Policy::parse(text, std::path::Path::new("routes.toml")).expect("a valid policy");
+    let plan = &policy.plans["pro"];
+    let plain = Principal::new("key_a", "acme", "pro", vec![]);
+    assert!(!plain.has_overrides());
+    assert!(plain.effective_limits(&policy, plan).is_none());
+
+    let created_at = time::OffsetDateTime::UNIX_EPOCH;
+    let mut tenant = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at, overrides: Default::default() };
+    tenant.overrides =
+        serde_json::from_str(r#"{"limits":[{"name":"default","requests":600,"window":"60s"}]}"#).unwrap();
+    let key = KeyRecord {
+        id: "key_b".into(),
+        tenant: "acme".into(),
+        name: String::new(),
+        scopes: vec![],
+        created_at,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+        replaced_by: None,
+        digest: KeyDigest { pepper_id: String::new(), hex: String::new() },
+        overrides: Default::default(),
+    };
+    let principal = Principal::of(std::sync::Arc::new(key), std::sync::Arc::new(tenant), None);
+    assert!(principal.has_overrides());
+    let first = principal.effective_limits(&policy, plan).unwrap();
+    assert_eq!(first.rules()[0].requests, 600);
+    assert!(first.legacy(), "a legacy plan's `default` keeps its legacy headers");
+    let again = principal.effective_limits(&policy, plan).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "built once, then shared");
+    assert_eq!(principal.concurrency_override(), None);
+}

@@ -80,6 +80,9 @@ pub struct PlanHeaders {
     monthly: bool,
     /// Whether the plan wrote its one limit the legacy way (the headers name the plan).
     legacy: bool,
+    /// Bit `i`: limit `i` is a key's own override, counted for that key alone (0 for a
+    /// plan's headers; see [`crate::ratelimit::KeyScope`]).
+    key_scoped: u64,
 }
 
 /// Seconds in a day.
@@ -141,7 +144,20 @@ impl PlanHeaders {
             policy,
             monthly,
             legacy,
+            key_scoped: 0,
         }
+    }
+
+    /// The same values, with the limits of bit mask `mask` counted for the request's key
+    /// alone (a key's own overrides).
+    pub fn with_key_scoped(mut self, mask: u64) -> PlanHeaders {
+        self.key_scoped = mask;
+        self
+    }
+
+    /// Bit `i`: limit `i` is counted for the request's key alone (0: all the tenant's).
+    pub fn key_scoped(&self) -> u64 {
+        self.key_scoped
     }
 
     /// Whether `RateLimit-Policy` depends on the month (a plan with a monthly quota).

@@ -30,6 +30,7 @@ use std::time::Duration;
 use super::decision::Decision;
 use super::local::LocalLimiter;
 use super::redis::RedisLimiter;
+use super::scope::KeyScope;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::policy::{Limit, Rule};
@@ -137,16 +138,29 @@ impl Limiter {
         cost: u64,
         on_store_error: OnStoreError,
     ) -> LimitOutcome {
+        self.check_scoped(tenant, None, rules, cost, on_store_error).await
+    }
+
+    /// [`Limiter::check_rules`] with the rules `scope` covers counted for its key alone (a
+    /// key's own limits), in the same atomic step.
+    pub async fn check_scoped(
+        &self,
+        tenant: &str,
+        scope: Option<KeyScope<'_>>,
+        rules: &[Rule],
+        cost: u64,
+        on_store_error: OnStoreError,
+    ) -> LimitOutcome {
         if self.backend == LimitBackend::Local {
-            return LimitOutcome::Decided(self.local.check_rules(tenant, rules, cost));
+            return LimitOutcome::Decided(self.local.check_scoped(tenant, scope, rules, cost));
         }
         if let Some(redis) = &self.redis {
-            match redis.check_rules(tenant, rules, cost).await {
+            match redis.check_scoped(tenant, scope, rules, cost).await {
                 Ok(decision) => return LimitOutcome::Decided(decision),
                 Err(e) => tracing::debug!(error = %e, "rate limit store failed; applying on_store_error"),
             }
         }
-        self.fall_back(tenant, rules, cost, on_store_error)
+        self.fall_back(tenant, scope, rules, cost, on_store_error)
     }
 
     /// The count of `tenant`'s calendar quota `rule` as this process holds it, with
@@ -155,7 +169,14 @@ impl Limiter {
         (self.backend == LimitBackend::Local).then(|| self.local.quota_count(tenant, rule))
     }
 
-    fn fall_back(&self, tenant: &str, rules: &[Rule], cost: u64, action: OnStoreError) -> LimitOutcome {
+    fn fall_back(
+        &self,
+        tenant: &str,
+        scope: Option<KeyScope<'_>>,
+        rules: &[Rule],
+        cost: u64,
+        action: OnStoreError,
+    ) -> LimitOutcome {
         self.metrics.store_fallback(action);
         let decision = match action {
             OnStoreError::Local => {
@@ -163,7 +184,7 @@ impl Limiter {
                     .iter()
                     .map(|rule| Rule { requests: rule.requests.div_ceil(self.replicas), kind: rule.kind })
                     .collect();
-                let mut decision = self.fallback.check_rules(tenant, &shares, cost);
+                let mut decision = self.fallback.check_scoped(tenant, scope, &shares, cost);
                 decision.limit = rules.get(decision.index).map_or(decision.limit, |rule| rule.requests);
                 Some(decision)
             }

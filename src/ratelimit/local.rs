@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::decision::Decision;
+use super::scope::KeyScope;
 use crate::clock::Clock;
 use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 
@@ -56,8 +57,14 @@ impl Default for Shard {
     }
 }
 
-/// The counters of one (tenant, limit): a sliding window, or a calendar quota.
-enum Counter {
+/// The counters of one (tenant, limit): a sliding window, or a calendar quota; with the
+/// key it is counted for alone, for a key's own limit (a [`KeyScope`]).
+struct Counter {
+    of: Of,
+    key: Option<Box<str>>,
+}
+
+enum Of {
     Window(Window),
     Quota(Quota),
 }
@@ -71,53 +78,61 @@ struct Part {
 }
 
 impl Counter {
-    fn new(rule: &Rule, now: u64) -> Counter {
-        match rule.as_window() {
-            Some(limit) => Counter::Window(Window::new(limit, now)),
-            None => Counter::Quota(Quota { rule: *rule, start: 0, end: 0, count: 0 }),
-        }
+    fn new(rule: &Rule, key: Option<&str>, now: u64) -> Counter {
+        let of = match rule.as_window() {
+            Some(limit) => Of::Window(Window::new(limit, now)),
+            None => Of::Quota(Quota { rule: *rule, start: 0, end: 0, count: 0 }),
+        };
+        Counter { of, key: key.map(Box::from) }
     }
 
-    /// Whether this counter counts for `rule`. A window is one per (requests, window), as
-    /// the Redis keys are; a quota one per kind of period (a day, a month) whatever its
-    /// `requests` or `reset_day`, so that raising a monthly quota keeps what the month
-    /// has counted.
-    fn counts_for(&self, rule: &Rule) -> bool {
-        match (self, rule.kind) {
-            (Counter::Window(w), LimitKind::Window(window)) => w.limit == Limit { requests: rule.requests, window },
-            (Counter::Quota(q), LimitKind::Day) => q.rule.kind == LimitKind::Day,
-            (Counter::Quota(q), LimitKind::Month { .. }) => matches!(q.rule.kind, LimitKind::Month { .. }),
+    /// Whether this counter counts for `rule` (of `key` alone, or of the tenant). A window
+    /// is one per window length, as the Redis keys are, whatever its `requests`; a quota
+    /// one per kind of period (a day, a month) whatever its `requests` or `reset_day`:
+    /// changing a limit (a plan edit, an override) keeps what has been counted.
+    fn counts_for(&self, rule: &Rule, key: Option<&str>) -> bool {
+        if self.key.as_deref() != key {
+            return false;
+        }
+        match (&self.of, rule.kind) {
+            (Of::Window(w), LimitKind::Window(window)) => w.limit.window == window,
+            (Of::Quota(q), LimitKind::Day) => q.rule.kind == LimitKind::Day,
+            (Of::Quota(q), LimitKind::Month { .. }) => matches!(q.rule.kind, LimitKind::Month { .. }),
             _ => false,
         }
     }
 
     /// Brings the counter to `now` and says whether `cost` fits.
     fn fits(&mut self, rule: &Rule, now: u64, cost: u64) -> bool {
-        match self {
-            Counter::Window(w) => w.fits(now, cost),
-            Counter::Quota(q) => q.fits(rule, now, cost),
+        match &mut self.of {
+            Of::Window(w) => {
+                // The limit it was last checked under may have changed; the counts stand.
+                w.limit.requests = rule.requests;
+                w.fits(now, cost)
+            }
+            Of::Quota(q) => q.fits(rule, now, cost),
         }
     }
 
     /// Counts `cost` (after [`Counter::fits`] at the same `now`).
     fn add(&mut self, now: u64, cost: u64) {
-        match self {
-            Counter::Window(w) => w.add(now, cost),
-            Counter::Quota(q) => q.count = q.count.saturating_add(cost),
+        match &mut self.of {
+            Of::Window(w) => w.add(now, cost),
+            Of::Quota(q) => q.count = q.count.saturating_add(cost),
         }
     }
 
     fn part(&self, now: u64, cost: u64, fits: bool) -> Part {
-        match self {
-            Counter::Window(w) => w.part(now, cost, fits),
-            Counter::Quota(q) => q.part(now, fits),
+        match &self.of {
+            Of::Window(w) => w.part(now, cost, fits),
+            Of::Quota(q) => q.part(now, fits),
         }
     }
 
     fn is_idle(&self, now: u64) -> bool {
-        match self {
-            Counter::Window(w) => w.is_idle(now),
-            Counter::Quota(q) => q.count == 0 || now >= q.end,
+        match &self.of {
+            Of::Window(w) => w.is_idle(now),
+            Of::Quota(q) => q.count == 0 || now >= q.end,
         }
     }
 }
@@ -280,17 +295,19 @@ impl Window {
 impl Shard {
     /// Decides `cost` against every rule at once: admitted only if each has room, then
     /// counted in each; refused, counted in none.
-    fn check(&mut self, tenant: &str, rules: &[Rule], cost: u64, now: u64) -> Decision {
+    fn check(&mut self, tenant: &str, scope: Option<KeyScope<'_>>, rules: &[Rule], cost: u64, now: u64) -> Decision {
+        let key_of = |i: usize| scope.filter(|s| s.covers(i)).map(|s| s.key);
         if !self.tenants.contains_key(tenant) {
             self.tenants.insert(tenant.to_owned(), Vec::with_capacity(rules.len()));
         }
         let Some(counters) = self.tenants.get_mut(tenant) else { unreachable!("inserted above") };
         let mut allowed = true;
-        for rule in rules {
-            let i = match counters.iter().position(|c| c.counts_for(rule)) {
+        for (index, rule) in rules.iter().enumerate() {
+            let key = key_of(index);
+            let i = match counters.iter().position(|c| c.counts_for(rule, key)) {
                 Some(i) => i,
                 None => {
-                    counters.push(Counter::new(rule, now));
+                    counters.push(Counter::new(rule, key, now));
                     counters.len() - 1
                 }
             };
@@ -301,7 +318,7 @@ impl Shard {
         // whose quota comes back last, then the first).
         let mut reported: Option<(usize, Part)> = None;
         for (index, rule) in rules.iter().enumerate() {
-            let Some(counter) = counters.iter_mut().find(|c| c.counts_for(rule)) else { continue };
+            let Some(counter) = counters.iter_mut().find(|c| c.counts_for(rule, key_of(index))) else { continue };
             if allowed {
                 counter.add(now, cost);
             }
@@ -376,7 +393,7 @@ impl LocalLimiter {
     /// them (a client that keeps retrying is not locked out).
     ///
     /// A `cost` above `limit.requests` is always refused, with `retry_after` one window.
-    /// Each distinct `limit` of a tenant has its own counters.
+    /// Each window length of a tenant has its own counters, whatever its `requests`.
     pub fn check(&self, tenant: &str, limit: &Limit, cost: u64) -> Decision {
         self.check_rules(tenant, &[Rule::window(*limit)], cost)
     }
@@ -388,8 +405,14 @@ impl LocalLimiter {
     /// room comes back last) or, admitted, the one with the least room left; its `index`
     /// says which. Calendar quotas read the UTC date from the limiter's clock.
     pub fn check_rules(&self, tenant: &str, rules: &[Rule], cost: u64) -> Decision {
+        self.check_scoped(tenant, None, rules, cost)
+    }
+
+    /// [`LocalLimiter::check_rules`] with the rules `scope` covers counted in counters of
+    /// the key alone (kept with the tenant's, in the same critical section).
+    pub fn check_scoped(&self, tenant: &str, scope: Option<KeyScope<'_>>, rules: &[Rule], cost: u64) -> Decision {
         let now = self.clock.now_millis();
-        self.shard(tenant).check(tenant, rules, cost, now)
+        self.shard(tenant).check(tenant, scope, rules, cost, now)
     }
 
     /// Drops every tenant whose counters have all left their window. `check` already does
@@ -411,8 +434,8 @@ impl LocalLimiter {
         let counters = shard.tenants.get(tenant).map(Vec::as_slice).unwrap_or_default();
         counters
             .iter()
-            .find_map(|counter| match counter {
-                Counter::Quota(q) if counter.counts_for(rule) && q.start == start => Some(q.count),
+            .find_map(|counter| match &counter.of {
+                Of::Quota(q) if counter.counts_for(rule, None) && q.start == start => Some(q.count),
                 _ => None,
             })
             .unwrap_or(0)

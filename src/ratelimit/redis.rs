@@ -50,14 +50,17 @@
 //!
 //! Calling `TIME` before writing needs effect replication, the default since Redis 5.
 //!
-//! A window's key is `kg:rl:{<tenant>}:<requests>:<window seconds>`: one per (tenant,
-//! window), so a change of plan starts a fresh window (docs/reference.md §4.4 leaves that
-//! case out of the guarantee); it is the key, and the hash, of the script before several
-//! limits (tests/fixtures/limiter-before-limits.lua), so replicas of both versions share
-//! a single-window plan's counters during a rolling upgrade and stay exact. A calendar
-//! quota's key is `kg:rq:{<tenant>}:day` or `:month`, without its `requests`: raising a
-//! quota keeps what the period has counted. The `{tenant}` hash tag keeps all of a
-//! tenant's keys on one slot of a Redis Cluster, so that one script may touch them all.
+//! A window's key is `kg:rl:{<tenant>}:<window>` (`60s`, `1500ms`): one per (tenant,
+//! window length), without the limit's `requests`, so that changing a limit (a plan
+//! edit, a tenant's or a key's override) keeps what the window has counted; a plan never
+//! has two limits over one window (the policy and the overrides refuse it), so one key
+//! never stands for two limits of one call. A calendar quota's key is
+//! `kg:rq:{<tenant>}:day` or `:month`, likewise without its `requests`. Keygate before
+//! this scheme keyed windows `kg:rl:{<tenant>}:<requests>:<window seconds>`: on the
+//! upgrade those hashes are abandoned (they expire within a window) and the new keys
+//! start from nothing, so at most one window is counted afresh. The `{tenant}` hash tag
+//! keeps all of a tenant's keys on one slot of a Redis Cluster, so that one script may
+//! touch them all.
 //!
 //! Redis holds integers exactly up to 2^63 but Lua numbers are doubles: limits and costs
 //! are capped at 2^53 (far above any plan; a cost above a plan's limit is refused anyway).
@@ -116,6 +119,7 @@ use tokio::sync::oneshot;
 
 use super::decision::Decision;
 use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use super::scope::KeyScope;
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
 use crate::redis_client::{RedisCallError, RedisClient};
@@ -158,16 +162,17 @@ pub const LUA: &str = include_str!("redis/limits.lua");
 /// The script, with its SHA1 computed once.
 pub static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
 
-/// The Redis key of `tenant`'s window under `limit`: `kg:rl:{<tenant>}:<requests>:<window>`
-/// with the window in whole seconds (`<n>ms` for a window that is not whole seconds).
+/// The Redis key of `tenant`'s window of `limit`'s length: `kg:rl:{<tenant>}:<window>`,
+/// the window in the duration grammar's largest whole unit of seconds (`60s`; `<n>ms` for
+/// a window that is not whole seconds). It does not hold `limit.requests`: a changed limit
+/// keeps its counts.
 pub fn key(tenant: &str, limit: &Limit) -> String {
-    let (mut requests, mut window) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let requests = requests.format(limit.requests);
+    let mut window = itoa::Buffer::new();
     let whole_seconds = limit.window.subsec_nanos() == 0;
     let window =
         if whole_seconds { window.format(limit.window.as_secs()) } else { window.format(limit.window.as_millis()) };
-    let mut key = String::with_capacity(10 + tenant.len() + requests.len() + window.len() + 2);
-    for part in ["kg:rl:{", tenant, "}:", requests, ":", window, if whole_seconds { "" } else { "ms" }] {
+    let mut key = String::with_capacity(10 + tenant.len() + window.len() + 2);
+    for part in ["kg:rl:{", tenant, "}:", window, if whole_seconds { "s" } else { "ms" }] {
         key.push_str(part);
     }
     key
@@ -183,6 +188,44 @@ pub fn rule_key(tenant: &str, rule: &Rule) -> String {
         LimitKind::Day => format!("kg:rq:{{{tenant}}}:day"),
         LimitKind::Month { .. } => format!("kg:rq:{{{tenant}}}:month"),
     }
+}
+
+/// The Redis key of a limit that `key` of `tenant` counts alone (its own override):
+/// `kg:rl:{<tenant>}:key:<key>:<window>`, or `kg:rq:{<tenant>}:key:<key>:day|month`: on
+/// the tenant's slot, so that one script decides it with the tenant's other limits.
+pub fn key_rule_key(tenant: &str, key: &str, rule: &Rule) -> String {
+    let tenant_key = rule_key(tenant, rule);
+    let (head, tail) = tenant_key.split_at(tenant_key.find("}:").map_or(tenant_key.len(), |i| i + 2));
+    format!("{head}key:{key}:{tail}")
+}
+
+/// The name a slot is kept under: the tenant for a check of the tenant's counters alone;
+/// for a check with a [`KeyScope`], the tenant, key and mask (two keys of one tenant with
+/// the same limits have slots, and Redis keys, of their own). `\u{1f}` is in no tenant or
+/// key id.
+fn owner<'t>(tenant: &'t str, scope: Option<KeyScope<'_>>) -> std::borrow::Cow<'t, str> {
+    match scope {
+        None => std::borrow::Cow::Borrowed(tenant),
+        Some(scope) => std::borrow::Cow::Owned(format!("{tenant}\u{1f}{}\u{1f}{}", scope.key, scope.mask)),
+    }
+}
+
+/// The Redis keys of `rules` for the slot named `owner` (see [`owner`]).
+fn owner_keys(owner: &str, rules: &[Rule]) -> Vec<String> {
+    let mut parts = owner.split('\u{1f}');
+    let tenant = parts.next().unwrap_or_default();
+    let scope = match (parts.next(), parts.next().and_then(|m| m.parse::<u64>().ok())) {
+        (Some(key), Some(mask)) => Some(KeyScope { key, mask }),
+        _ => None,
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| match scope {
+            Some(scope) if scope.covers(i) => key_rule_key(tenant, scope.key, rule),
+            _ => rule_key(tenant, rule),
+        })
+        .collect()
 }
 
 /// The proxy worker thread checks run on (see [`crate::worker`]): each worker batches its
@@ -345,6 +388,20 @@ impl RedisLimiter {
     /// failed may still have been counted by Redis (a reply lost in a timeout), which
     /// only ever refuses more.
     pub async fn check_rules(&self, tenant: &str, rules: &[Rule], cost: u64) -> Result<Decision, RedisCallError> {
+        self.check_scoped(tenant, None, rules, cost).await
+    }
+
+    /// [`RedisLimiter::check_rules`] with the rules `scope` covers counted in the key's own
+    /// counters (on the tenant's slot, in the same script call: one atomic decision).
+    pub async fn check_scoped(
+        &self,
+        tenant: &str,
+        scope: Option<KeyScope<'_>>,
+        rules: &[Rule],
+        cost: u64,
+    ) -> Result<Decision, RedisCallError> {
+        let owner = owner(tenant, scope);
+        let tenant: &str = &owner;
         let worker = crate::worker::current();
         let (next, plan) = {
             let mut slots = self.inner.lock();
@@ -360,7 +417,7 @@ impl RedisLimiter {
             };
             let Some(tenants) = plans.get_mut(rules) else { unreachable!("inserted above") };
             if !tenants.contains_key(tenant) {
-                let keys: Arc<[String]> = rules.iter().map(|rule| rule_key(tenant, rule)).collect();
+                let keys: Arc<[String]> = owner_keys(tenant, rules).into();
                 tenants.insert(tenant.into(), Slot::new(keys));
             }
             let Some(slot) = tenants.get_mut(tenant) else { unreachable!("inserted above") };
@@ -611,7 +668,7 @@ impl Inner {
     /// ends), which only ever refuses more.
     async fn hand_back(&self, tenant: &str, plan: &[Rule], back: HandBack) {
         let units = back.units;
-        let keys: Vec<String> = plan.iter().map(|rule| rule_key(tenant, rule)).collect();
+        let keys = owner_keys(tenant, plan);
         if let Err(e) = self.call(&keys, plan, &[], 0, Some(back)).await {
             tracing::debug!(error = %e, units, "a lease's unspent units could not be handed back");
         }
@@ -707,13 +764,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_carry_the_tenant_as_hash_tag_and_the_limit() {
+    fn keys_carry_the_tenant_as_hash_tag_and_the_window() {
         let per_minute = Limit { requests: 300, window: Duration::from_secs(60) };
-        assert_eq!(key("acme", &per_minute), "kg:rl:{acme}:300:60");
+        assert_eq!(key("acme", &per_minute), "kg:rl:{acme}:60s");
         let odd = Limit { requests: 5, window: Duration::from_millis(1_500) };
-        assert_eq!(key("acme", &odd), "kg:rl:{acme}:5:1500ms");
-        // One key per (tenant, limit): a change of plan starts a fresh window.
-        assert_ne!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+        assert_eq!(key("acme", &odd), "kg:rl:{acme}:1500ms");
+        // Not the limit: changing it keeps what was counted.
+        assert_eq!(key("acme", &per_minute), key("acme", &Limit { requests: 301, ..per_minute }));
+        assert_ne!(key("acme", &per_minute), key("acme", &Limit { window: Duration::from_secs(61), ..per_minute }));
     }
 
     #[test]
@@ -723,6 +781,17 @@ mod tests {
         assert_eq!(rule_key("acme", &Rule { requests: 7, kind: LimitKind::Day }), "kg:rq:{acme}:day");
         let minute = Limit { requests: 300, window: Duration::from_secs(60) };
         assert_eq!(rule_key("acme", &Rule::window(minute)), key("acme", &minute));
+    }
+
+    #[test]
+    fn a_keys_own_limits_are_keyed_by_the_key_on_the_tenants_slot() {
+        let minute = Rule::window(Limit { requests: 300, window: Duration::from_secs(60) });
+        let month = Rule { requests: 9, kind: LimitKind::Month { reset_day: 1 } };
+        assert_eq!(key_rule_key("acme", "key_1", &minute), "kg:rl:{acme}:key:key_1:60s");
+        assert_eq!(key_rule_key("acme", "key_1", &month), "kg:rq:{acme}:key:key_1:month");
+        assert_eq!(owner_keys("acme", &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:month"]);
+        let scoped = owner("acme", Some(KeyScope { key: "key_1", mask: 0b10 }));
+        assert_eq!(owner_keys(&scoped, &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:key:key_1:month"]);
     }
 
     #[test]

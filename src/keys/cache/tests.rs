@@ -18,6 +18,7 @@ fn found(tenant: &str) -> Lookup {
             last_used_at: None,
             replaced_by: None,
             digest: digest.clone(),
+            overrides: Default::default(),
         }),
         None,
         digest,

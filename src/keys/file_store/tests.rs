@@ -6,7 +6,12 @@ use super::*;
 use crate::keys::{generate_secret, KeyRecord, Peppers, Secret, TenantRecord};
 
 fn tenant(id: &str) -> TenantRecord {
-    TenantRecord { id: id.to_string(), plan: "pro".to_string(), created_at: datetime!(2025-06-01 12:00 UTC) }
+    TenantRecord {
+        id: id.to_string(),
+        plan: "pro".to_string(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
+    }
 }
 
 fn key(id: &str, secret: &Secret, peppers: &Peppers) -> KeyRecord {
@@ -21,6 +26,7 @@ fn key(id: &str, secret: &Secret, peppers: &Peppers) -> KeyRecord {
         last_used_at: None,
         replaced_by: None,
         digest: peppers.current(secret),
+        overrides: Default::default(),
     }
 }
 

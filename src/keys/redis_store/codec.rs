@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::keys::{KeyDigest, KeyRecord, TenantRecord};
+use crate::policy::overrides::LimitOverrides;
 use crate::policy::Policy;
 
 /// A hash's fields, as `HGETALL` returns them.
@@ -68,11 +69,37 @@ pub fn key_fields(record: &KeyRecord) -> Vec<(&'static str, String)> {
     if let Some(by) = &record.replaced_by {
         fields.push(("replaced_by", by.clone()));
     }
+    if let Some(limits) = overrides_text(&record.overrides) {
+        fields.push((LIMITS_FIELD, limits));
+    }
     fields
 }
 
 pub fn tenant_fields(tenant: &TenantRecord) -> Vec<(&'static str, String)> {
-    vec![("id", tenant.id.clone()), ("plan", tenant.plan.clone()), ("created_at", format_time(tenant.created_at))]
+    let mut fields =
+        vec![("id", tenant.id.clone()), ("plan", tenant.plan.clone()), ("created_at", format_time(tenant.created_at))];
+    if let Some(limits) = overrides_text(&tenant.overrides) {
+        fields.push((LIMITS_FIELD, limits));
+    }
+    fields
+}
+
+/// The hash field that holds a tenant's or a key's limit overrides, as JSON in the
+/// policy's shape (`{"limits":[...],"concurrency":N}`); absent when there are none, so
+/// records without overrides are what they always were.
+pub const LIMITS_FIELD: &str = "limits";
+
+/// Overrides as [`LIMITS_FIELD`] holds them; `None` for none.
+pub fn overrides_text(overrides: &LimitOverrides) -> Option<String> {
+    (!overrides.is_empty()).then(|| serde_json::to_string(overrides).unwrap_or_default())
+}
+
+/// The overrides of a record's hash: none when the field is absent or empty.
+fn parse_overrides(fields: &Fields) -> Result<LimitOverrides, String> {
+    match fields.get(LIMITS_FIELD).filter(|v| !v.is_empty()) {
+        None => Ok(LimitOverrides::default()),
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("`{LIMITS_FIELD}` is not valid overrides: {e}")),
+    }
 }
 
 /// A key record from its hash; `None` when the hash is empty (missing).
@@ -96,6 +123,7 @@ pub fn parse_key(fields: &Fields) -> Result<Option<KeyRecord>, String> {
         last_used_at: optional_time("last_used_at")?,
         replaced_by: fields.get("replaced_by").filter(|v| !v.is_empty()).cloned(),
         digest: parse_digest(required("digest")?).ok_or("`digest` is not `pepper_id:hex`")?,
+        overrides: parse_overrides(fields)?,
     }))
 }
 
@@ -109,6 +137,7 @@ pub fn parse_tenant(fields: &Fields) -> Result<Option<TenantRecord>, String> {
         id: required("id")?.clone(),
         plan: required("plan")?.clone(),
         created_at: parse_time("created_at", required("created_at")?)?,
+        overrides: parse_overrides(fields)?,
     }))
 }
 

@@ -14,7 +14,7 @@ pub enum Invalidation {
     /// The record of the key with this digest (lower-case hex) changed: revoked, rotated
     /// (the old key), re-stored under another pepper, or its tenant deleted.
     Digest(String),
-    /// The tenant changed plan or was deleted.
+    /// The tenant changed plan or limit overrides, or was deleted.
     Tenant(String),
 }
 

@@ -165,7 +165,7 @@ impl RedisStore {
                 parse_key(&old_fields).map_err(corrupt)?.ok_or_else(|| ManageError::UnknownKey(id.to_string()))?;
             let tenant_record = parse_tenant(&tenant_fields).map_err(corrupt)?;
             let rotation = manage::check_rotation(policy, &old, tenant_record.as_ref(), grace, now)?;
-            let created = manage::new_key_record(
+            let mut created = manage::new_key_record(
                 peppers,
                 generate_key_id(),
                 &old.tenant,
@@ -174,6 +174,8 @@ impl RedisStore {
                 old.expires_at,
                 now,
             );
+            // The new key keeps the old one's limit overrides.
+            created.record.overrides = old.overrides.clone();
             // What the checks read; the script writes only if it is still so.
             let field = |name: &str| old_fields.get(name).cloned().unwrap_or_default();
             let guard = [

@@ -21,6 +21,9 @@ pub(super) static CREATE_TENANT: LazyLock<Script> =
 /// A tenant's plan change.
 pub(super) static SET_PLAN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/set_plan.lua")));
 
+/// A tenant's or a key's limit overrides replaced.
+pub(super) static SET_LIMITS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/set_limits.lua")));
+
 /// The first step of deleting a tenant: its hash gone, its keys revoked.
 pub(super) static DELETE_TENANT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/delete_tenant.lua")));

@@ -27,7 +27,8 @@ impl RedisStore {
         manage::check_tenant_id(id)?;
         // Checked here, reported after the existence check (the file store's order).
         let plan_check = manage::check_plan(policy, plan).map(|_| ());
-        let record = TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now };
+        let record =
+            TenantRecord { id: id.to_string(), plan: plan.to_string(), created_at: now, overrides: Default::default() };
         let fields = tenant_fields(&record);
         let plan_ok = if plan_check.is_ok() { "1" } else { "0" };
         let (tenant_key, keys_key) = (layout::tenant(id), layout::keys(id));

@@ -43,6 +43,7 @@ fn records_round_trip_through_hash_fields() {
         last_used_at: Some(datetime!(2025-06-01 13:00 UTC)),
         replaced_by: Some("key_2".into()),
         digest: KeyDigest { pepper_id: "v1".into(), hex: "00ff".into() },
+        overrides: Default::default(),
     };
     let fields: Fields = key_fields(&record).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(fields["created_at"], "2025-06-01T12:00:00.5Z");
@@ -50,12 +51,44 @@ fn records_round_trip_through_hash_fields() {
     assert!(!fields.contains_key("revoked_at"));
     assert_eq!(parse_key(&fields).unwrap(), Some(record));
     assert_eq!(parse_key(&Fields::new()).unwrap(), None);
-    let tenant = TenantRecord { id: "acme".into(), plan: "pro".into(), created_at: datetime!(2025-06-01 12:00 UTC) };
+    let tenant = TenantRecord {
+        id: "acme".into(),
+        plan: "pro".into(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
+    };
     let fields: Fields = tenant_fields(&tenant).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(parse_tenant(&fields).unwrap(), Some(tenant));
     let mut broken = fields.clone();
     broken.remove("plan");
     assert!(parse_tenant(&broken).is_err());
+}
+
+/// Limit overrides live in a `limits` field, written only when there are some: records
+/// without them are written and read exactly as before.
+#[test]
+fn overrides_round_trip_and_are_absent_when_empty() {
+    let mut tenant = TenantRecord {
+        id: "acme".into(),
+        plan: "pro".into(),
+        created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
+    };
+    let fields =
+        |t: &TenantRecord| -> Fields { tenant_fields(t).into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    assert_eq!(
+        fields(&tenant).keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(),
+        ["created_at", "id", "plan"].into()
+    );
+    tenant.overrides =
+        serde_json::from_str(r#"{"limits":[{"name":"minute","requests":600,"window":"60s"}],"concurrency":20}"#)
+            .unwrap();
+    let written = fields(&tenant);
+    assert_eq!(written["limits"], r#"{"limits":[{"name":"minute","requests":600,"window":"1m"}],"concurrency":20}"#);
+    assert_eq!(parse_tenant(&written).unwrap(), Some(tenant));
+    let mut broken = written.clone();
+    broken.insert("limits".into(), r#"{"limits":[{"name":"m","requests":0,"window":"1s"}]}"#.into());
+    assert!(parse_tenant(&broken).unwrap_err().contains("limits"));
 }
 
 #[test]
@@ -83,6 +116,7 @@ fn times_that_cannot_be_written_back_are_refused() {
         id: "acme".into(),
         plan: "pro".into(),
         created_at: datetime!(2025-06-01 12:00 UTC),
+        overrides: Default::default(),
     })
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

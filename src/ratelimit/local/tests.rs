@@ -43,8 +43,25 @@ fn tenants_and_limits_are_independent() {
     assert!(l.check("a", &lim, 1).allowed);
     assert!(!l.check("a", &lim, 1).allowed);
     assert!(l.check("b", &lim, 1).allowed);
-    // The `local` fallback's reduced limit has counters of its own.
-    assert!(l.check("a", &limit(2, 60), 1).allowed);
+    // Another window length has counters of its own.
+    assert!(l.check("a", &limit(1, 30), 1).allowed);
+}
+
+/// Changing a limit's number (a plan edit, an override) keeps what its window counted:
+/// the counters belong to the window's length, not to the limit.
+#[test]
+fn a_changed_limit_keeps_its_count() {
+    let (_, l) = setup(1_000_000);
+    for _ in 0..3 {
+        assert!(l.check("t", &limit(3, 60), 1).allowed);
+    }
+    assert!(!l.check("t", &limit(3, 60), 1).allowed);
+    // Raised to 5: the three admitted still count, two more fit.
+    assert_eq!(l.check("t", &limit(5, 60), 1).remaining, 1);
+    assert!(l.check("t", &limit(5, 60), 1).allowed);
+    assert!(!l.check("t", &limit(5, 60), 1).allowed);
+    // Lowered again: refused at once.
+    assert!(!l.check("t", &limit(3, 60), 1).allowed);
 }
 
 #[test]
@@ -623,4 +640,29 @@ fn concurrent_checks_of_several_limits_admit_exactly_the_smallest() {
     // Every limit counted the 30 and nothing else.
     assert_eq!(l.check_rules("t", &[window(50, 60)], 20).remaining, 0, "30 + 20 of 50");
     assert_eq!(l.check_rules("t", &[month(1_000, 1)], 0).remaining, 970);
+}
+
+/// A key's own limits (a [`KeyScope`]) have counters of their own beside the tenant's,
+/// decided in the same critical section: the key's request counts in its own `minute`
+/// and in the tenant's other limits, never in the tenant's `minute`.
+#[test]
+fn a_keys_own_limits_count_for_it_alone() {
+    let (_, l) = setup(1_000_000);
+    let tenant_rules = [window(2, 60), day(100)];
+    let key_rules = [window(5, 60), day(100)];
+    let scope = Some(KeyScope { key: "key_a", mask: 0b01 });
+    for left in (0..5).rev() {
+        let d = l.check_scoped("t", scope, &key_rules, 1);
+        assert!(d.allowed);
+        assert_eq!((d.index, d.remaining), (0, left));
+    }
+    let refused = l.check_scoped("t", scope, &key_rules, 1);
+    assert!(!refused.allowed);
+    assert_eq!(refused.index, 0, "the key's own minute refused");
+    // The tenant's minute is untouched; its day counted the key's five.
+    let d = l.check_rules("t", &tenant_rules, 1);
+    assert!(d.allowed);
+    assert_eq!(l.check_rules("t", &[day(100)], 1).remaining, 93);
+    // Another key with the same override has counters of its own.
+    assert!(l.check_scoped("t", Some(KeyScope { key: "key_b", mask: 0b01 }), &key_rules, 1).allowed);
 }

@@ -3,7 +3,7 @@
 -- src/ratelimit/lease.rs the leases', src/ratelimit.rs the proof).
 --
 -- KEYS[i]  one per limit of the plan, in order, all on the tenant's hash slot:
---          a sliding window  kg:rl:{<tenant>}:<requests>:<window>: sub-window index -> count,
+--          a sliding window  kg:rl:{<tenant>}:<window>: sub-window index -> count,
 --                            plus the summary fields '-1' (sum held), '-2' (no counter
 --                            older), '-3' (newest) and '-4' (the hash's nonce: leases
 --                            handed back name it)
