@@ -365,6 +365,54 @@ async fn past_the_cap_429_names_concurrency_and_a_slot_frees_when_a_body_ends_or
     kg.stop().await;
 }
 
+/// Overrides of `concurrency`: a tenant's replaces its plan's cap; a key's caps that key's
+/// requests alone, in slots of their own (they neither take nor need the tenant's).
+#[tokio::test]
+async fn a_tenants_concurrency_override_replaces_the_plans_cap_and_a_keys_caps_its_own_requests() {
+    let upstream = held_upstream().await;
+    let kg = Keygate::builder(&upstream.url()).routes(&routes(&upstream.url())).start().await;
+    let (_, tenant_key) = kg.key("acme", "capped", &["calls:read"]);
+    let (own_id, own_key) = kg.key("acme", "capped", &["calls:read"]);
+    kg.edit_store(|data| {
+        data.tenants.get_mut("acme").expect("acme").overrides.concurrency = Some(3);
+        data.keys.get_mut(&own_id).expect("the key").overrides.concurrency = Some(1);
+    });
+    kg.sync_store().await;
+    let (tenant_key, own_key) = (tenant_key.expose().to_string(), own_key.expose().to_string());
+
+    // Three in flight for the tenant (its plan says two), the fourth refused.
+    let mut held = Vec::new();
+    for id in ["t1", "t2", "t3"] {
+        let answer = send(kg.addr, &format!("/hold/x?id={id}"), &tenant_key, id).await;
+        assert_eq!(answer.status, 200, "{id}: the tenant's override of 3 replaces the plan's 2");
+        held.push(answer);
+    }
+    let refused = send(kg.addr, "/hold/x?id=t4", &tenant_key, "t4").await;
+    assert_concurrency_refusal(&refused);
+    assert!(refused.json().await["error"]["message"].as_str().unwrap().contains("limit of 3 requests in flight"));
+
+    // The key with its own cap of 1: admitted while the tenant is at its cap, once.
+    let own = send(kg.addr, "/hold/x?id=k1", &own_key, "k1").await;
+    assert_eq!(own.status, 200, "a key's own cap counts its own requests, not the tenant's");
+    let second = send(kg.addr, "/hold/x?id=k2", &own_key, "k2").await;
+    assert_concurrency_refusal(&second);
+    assert!(second.json().await["error"]["message"].as_str().unwrap().contains("limit of 1 request in flight"));
+    // And its request in flight takes nothing from the tenant's three.
+    upstream.release("t1");
+    held.remove(0).finish().await;
+    let again = admitted_eventually(kg.addr, &tenant_key, "t5").await.expect("the tenant's slot is free again");
+
+    for id in ["t2", "t3", "t5", "k1"] {
+        upstream.release(id);
+    }
+    for answer in held.into_iter().chain([again, own]) {
+        answer.finish().await;
+    }
+    let ok = eventually(Duration::from_secs(3), async || metric(&kg, "keygate_concurrency_slots_held") == 0).await;
+    assert!(ok, "every slot is given back");
+    kg.stop().await;
+}
+
 #[tokio::test]
 async fn a_concurrency_refusal_counts_nothing_and_a_rate_refusal_gives_the_slot_back() {
     captured_logs();
