@@ -12,10 +12,9 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -262,37 +261,10 @@ on_store_error = "deny"
     )
 }
 
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("access=info")
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        logs
-    })
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 async fn access_line(request_id: &str) -> serde_json::Value {
     let mut found = None;
     let ok = eventually(Duration::from_secs(3), async || {
-        let text = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+        let text = String::from_utf8_lossy(&support::captured_logs().lock().unwrap()).into_owned();
         found = access_lines(&text).into_iter().find(|v| v["fields"]["request_id"] == request_id);
         found.is_some()
     })
@@ -312,7 +284,7 @@ fn metric(kg: &Keygate, name: &str) -> i64 {
 
 #[tokio::test]
 async fn past_the_cap_429_names_concurrency_and_a_slot_frees_when_a_body_ends_or_is_dropped() {
-    captured_logs();
+    support::captured_logs();
     let upstream = held_upstream().await;
     let kg = Keygate::builder(&upstream.url()).routes(&routes(&upstream.url())).start().await;
     let (_, key) = kg.key("acme", "capped", &["calls:read"]);
@@ -415,7 +387,7 @@ async fn a_tenants_concurrency_override_replaces_the_plans_cap_and_a_keys_caps_i
 
 #[tokio::test]
 async fn a_concurrency_refusal_counts_nothing_and_a_rate_refusal_gives_the_slot_back() {
-    captured_logs();
+    support::captured_logs();
     let upstream = held_upstream().await;
     let kg = Keygate::builder(&upstream.url()).routes(&routes(&upstream.url())).start().await;
     let (_, key) = kg.key("acme", "one", &["calls:read"]);

@@ -10,10 +10,9 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -241,36 +240,9 @@ async fn read_to_eof(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // Access-log capture: the in-process keygate logs through this test binary's subscriber.
 
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("access=info")
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        logs
-    })
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The access lines (their `fields`) with this request id, among the captured logs.
 fn access_fields(request_id: &str) -> Vec<serde_json::Value> {
-    let text = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    let text = String::from_utf8_lossy(&support::captured_logs().lock().unwrap()).into_owned();
     access_lines(&text)
         .into_iter()
         .filter(|v| v["fields"]["request_id"] == request_id)
@@ -291,7 +263,7 @@ fn the_test_sha1_is_right() {
 
 #[tokio::test]
 async fn an_authorised_upgrade_tunnels_bytes_both_ways_until_the_client_closes() {
-    captured_logs();
+    support::captured_logs();
     let upstream = ws_upstream().await;
     let kg = Keygate::builder(&upstream.url()).start().await;
     let (key_id, key) = kg.key("acme", "pro", &["calls:read"]);
