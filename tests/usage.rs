@@ -197,6 +197,31 @@ async fn with_the_file_store_usage_equals_what_the_upstream_received() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_quota_is_the_one_its_usage_reports() {
+    let upstream = upstream().await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let kg =
+        Keygate::builder(&upstream.url()).routes(&routes(&upstream)).admin(&api_lines(token_dir.path())).start().await;
+    let (_, a) = kg.key("acme", "metered", &["calls:read"]);
+    let (code, _, err) = cli(&kg.config_path(), &["tenants", "set-limits", "acme", "--limit", "month=20/month"]);
+    assert_eq!(code, 0, "{err}");
+    let http = Http::new();
+    for _ in 0..3 {
+        assert_eq!(http.get(&kg.url("/v1/calls"), Some(a.expose())).await.status, 200);
+    }
+    // The tenant's `month` replaces the plan's 12, in the report as in its admissions.
+    let mut last = Value::Null;
+    let shown = eventually(Duration::from_secs(10), async || {
+        last = api_usage(&kg, "tenant=acme").await.json();
+        last["quotas"][0]["limit"] == 20
+    })
+    .await;
+    assert!(shown, "the tenant's own quota is not reported: {last}");
+    assert_eq!((last["quotas"][0]["name"].as_str(), last["quotas"][0]["count"].as_u64()), (Some("month"), Some(3)));
+    kg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_land_on_the_utc_day_of_the_injected_clock_and_a_shutdown_flushes() {
     let upstream = upstream().await;
     // 2026-12-31T23:59:59Z.

@@ -34,10 +34,7 @@ pub(super) async fn usage(app: &App, query: &[(&str, &str)]) -> Result<Response<
     let policy = app.policy();
     let plan = match data.tenants.get(tenant) {
         None => Err(ManageError::UnknownTenant(tenant.to_string()).to_string()),
-        Some(record) => match policy.plans.get(&record.plan) {
-            Some(plan) => Ok(plan.limits.as_slice()),
-            None => Err(format!("plan {} is not in the policy", record.plan)),
-        },
+        Some(record) => report::tenant_limits(&policy, record),
     };
     let limiter = app.gate().limiter();
     let local = |rule: &Rule| limiter.local_quota_count(tenant, rule);
@@ -50,15 +47,18 @@ pub(super) async fn usage(app: &App, query: &[(&str, &str)]) -> Result<Response<
         Some(usage) => usage.store().clone(),
         None => UsageStore::of(app.settings(), store),
     };
-    let report = report::tenant_report(&usage_store, tenant, key, range, plan, source, now).await.map_err(|e| {
-        tracing::warn!(error = %e, "admin API: the usage could not be read");
-        let mut error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the usage store is unreachable; try again",
-        );
-        error.headers.push((http::header::RETRY_AFTER, "1".to_string()));
-        error
-    })?;
+    let report =
+        report::tenant_report(&usage_store, tenant, key, range, plan.as_deref().map_err(Clone::clone), source, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "admin API: the usage could not be read");
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the usage store is unreachable; try again",
+                );
+                error.headers.push((http::header::RETRY_AFTER, "1".to_string()));
+                error
+            })?;
     Ok(json_response(StatusCode::OK, &report.to_json()))
 }

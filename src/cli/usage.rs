@@ -43,10 +43,7 @@ pub fn run(args: UsageArgs, context: &Context) -> Result<(), CliError> {
     let found = context.block_on(context.store.tenant_data(&args.tenant)).map_err(CliError::input)?;
     let plan = match found.tenants.get(&args.tenant) {
         None => Err(format!("tenant {} is not in the store", args.tenant)),
-        Some(tenant) => match context.policy.plans.get(&tenant.plan) {
-            Some(plan) => Ok(plan.limits.as_slice()),
-            None => Err(format!("plan {} is not in the policy", tenant.plan)),
-        },
+        Some(tenant) => report::tenant_limits(&context.policy, tenant),
     };
     let report = context.block_on(async {
         let redis = match (context.settings.limits.backend, context.store.redis()) {
@@ -61,7 +58,16 @@ pub fn run(args: UsageArgs, context: &Context) -> Result<(), CliError> {
             Some(client) => QuotaSource::Redis(client),
             None => QuotaSource::Offline,
         };
-        report::tenant_report(&usage, &args.tenant, args.key.as_deref(), range, plan, source, now).await
+        report::tenant_report(
+            &usage,
+            &args.tenant,
+            args.key.as_deref(),
+            range,
+            plan.as_deref().map_err(Clone::clone),
+            source,
+            now,
+        )
+        .await
     });
     let report = report.map_err(CliError::input)?;
     if context.json {

@@ -11,8 +11,10 @@ use time::OffsetDateTime;
 
 use super::counts::{day_of, Counts, TenantDay};
 use super::store::{date_string, parse_date, UsageStore, MAX_REPORT_DAYS};
+use crate::keys::TenantRecord;
 use crate::metrics::StoreOp;
-use crate::policy::{LimitKind, PlanLimit, Rule};
+use crate::policy::overrides::{effective, LimitOverrides};
+use crate::policy::{LimitKind, PlanLimit, Policy, Rule};
 use crate::redis_client::RedisClient;
 
 /// The range of a report, in days since the epoch (both included): `from` defaults to
@@ -108,6 +110,15 @@ pub async fn redis_quota_counts(
             0
         }
     }))
+}
+
+/// The limits whose calendar quotas a report of `tenant` shows: its plan's, with the
+/// tenant's own overrides applied (a tenant's `month` override replaces the plan's, as in
+/// its admissions). A key's own limits count in counters of that key alone and are not
+/// the tenant's quota. `Err`: the plan is not in the policy.
+pub fn tenant_limits(policy: &Policy, tenant: &TenantRecord) -> Result<Vec<PlanLimit>, String> {
+    let plan = policy.plans.get(&tenant.plan).ok_or_else(|| format!("plan {} is not in the policy", tenant.plan))?;
+    Ok(effective(&plan.limits, &tenant.overrides, &LimitOverrides::default()).into_iter().map(|(l, _)| l).collect())
 }
 
 /// Where the calendar quotas' current counts are read.
