@@ -3,7 +3,7 @@
 //! lose no write, and read by the proxy into an in-memory snapshot that is re-read when
 //! the file changes.
 
-use std::collections::HashMap;
+use crate::hashing::{FastMap, FastState};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ struct Loaded {
     /// Digest hex → the key and its tenant, shared with every lookup that finds them (a
     /// lookup copies no record). A hash map is fine here: what must be constant-time is
     /// the comparison of the digest once found, which [`FileStore::lookup`] does.
-    by_digest: HashMap<String, Indexed>,
+    by_digest: FastMap<String, Indexed>,
 }
 
 /// A key as the index holds it: its record, its tenant's (`None` when the tenant does
@@ -292,7 +292,7 @@ fn index(path: &Path, data: KeysData) -> Result<Loaded, StoreError> {
             return Err(file_error(path, format!("tenant `{id}` has id `{}`", tenant.id)));
         }
     }
-    let mut by_digest = HashMap::with_capacity(data.keys.len());
+    let mut by_digest = FastMap::with_capacity_and_hasher(data.keys.len(), FastState::default());
     for (id, key) in &data.keys {
         if &key.id != id {
             return Err(file_error(path, format!("key `{id}` has id `{}`", key.id)));

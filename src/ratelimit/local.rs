@@ -5,15 +5,15 @@
 //! (tenant, calendar quota) with the period it counts. It serves
 //! `limits.backend = "local"` and the `on_store_error = "local"` fallback.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::decision::Decision;
 use super::scope::KeyScope;
 use crate::clock::Clock;
+use crate::hashing::{FastMap, FastState};
 use crate::policy::{Limit, LimitKind, Rule, SUB_WINDOWS};
 
 /// Counters kept per (tenant, limit): every sub-window the count can include.
@@ -36,7 +36,7 @@ const SWEEP_MIN_CHECKS: usize = 1024;
 pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
     /// Picks a tenant's shard.
-    hasher: RandomState,
+    hasher: FastState,
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -44,7 +44,7 @@ struct Shard {
     /// Tenant → one counter per limit it was checked against: one per limit of its plan,
     /// a few more right after a change of plan. Keyed by the tenant alone so that a
     /// lookup borrows `&str` and a request allocates nothing once its tenant is known.
-    tenants: HashMap<String, Vec<Counter>>,
+    tenants: FastMap<String, Vec<Counter>>,
     /// Checks since the last sweep.
     checks: usize,
     /// Checks after which the next sweep runs.
@@ -53,7 +53,7 @@ struct Shard {
 
 impl Default for Shard {
     fn default() -> Self {
-        Shard { tenants: HashMap::new(), checks: 0, sweep_after: SWEEP_MIN_CHECKS }
+        Shard { tenants: FastMap::default(), checks: 0, sweep_after: SWEEP_MIN_CHECKS }
     }
 }
 
@@ -378,7 +378,7 @@ impl LocalLimiter {
     /// An empty limiter reading time from `clock` ([`crate::clock::SystemClock`] in production,
     /// [`crate::clock::ManualClock`] in tests).
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        LocalLimiter { clock, hasher: RandomState::new(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+        LocalLimiter { clock, hasher: FastState::default(), shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
     }
 
     fn shard(&self, tenant: &str) -> MutexGuard<'_, Shard> {
