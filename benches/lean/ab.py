@@ -33,6 +33,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # The load benchmark's helpers (ports, templates, /proc), not copies of them.
 sys.path.insert(0, str(LOAD))
 from bench import cpu_ticks_split as ticks, proc_children as children, render  # noqa: E402
+from bench import context_switches  # noqa: E402
 from bench import wait_port as _wait_port, free_port as _free_port  # noqa: E402
 
 _taken = set()
@@ -144,14 +145,29 @@ def pids_of(setup, target):
     return [main] + children(main)
 
 
+def minor_faults(pids):
+    """Minor page faults of `pids` (all threads), from /proc/PID/stat."""
+    faults = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        faults += int(stat[stat.rindex(")") + 2:].split()[7])
+    return faults
+
+
 def measure(setup, target, args):
+    """(requests, CPU µs/req, user µs/req, minor faults/req, context switches/req)."""
     wrk(setup.urls[target], setup.key, 1, args.connections, args.threads)
     pids = pids_of(setup, target)
     u0, s0 = ticks(pids)
+    f0, c0 = minor_faults(pids), context_switches(pids)
     n = wrk(setup.urls[target], setup.key, args.duration, args.connections, args.threads)
     u1, s1 = ticks(pids)
+    f1, c1 = minor_faults(pids), context_switches(pids)
     per = lambda t: t / TICK * 1e6 / n
-    return n, per(u1 - u0 + s1 - s0), per(u1 - u0)
+    return n, per(u1 - u0 + s1 - s0), per(u1 - u0), (f1 - f0) / n, (c1 - c0) / n
 
 
 def median(xs):
@@ -166,8 +182,8 @@ def ab(setup, args):
     for r in range(args.rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
         for t in order:
-            n, us, user = measure(setup, t, args)
-            rows[t].append((n / args.duration, us, user))
+            n, us, user, faults, switches = measure(setup, t, args)
+            rows[t].append((n / args.duration, us, user, faults, switches))
         load = os.getloadavg()
         print(f"round {r + 1}: " + ", ".join(f"{t} {rows[t][-1][0]:,.0f} req/s {rows[t][-1][1]:.1f} µs "
                                             f"({rows[t][-1][2]:.1f} user)"
@@ -175,15 +191,16 @@ def ab(setup, args):
     base = targets[0] if not args.nginx else "nginx"
     print()
     print(f"| target | req/s median | CPU µs/req median (min – max) | of which user space | "
-          f"CPU ÷ {base} (median of per-round ratios) |")
-    print("|---|---|---|---|---|")
+          f"CPU ÷ {base} (median of per-round ratios) | minor faults / req | context switches / req |")
+    print("|---|---|---|---|---|---|---|")
     for t in targets:
         us = [r[1] for r in rows[t]]
         user = [r[2] for r in rows[t]]
         ratios = [r[1] / b[1] for r, b in zip(rows[t], rows[base])]
         print(f"| {t} | {median([r[0] for r in rows[t]]):,.0f} | {median(us):.1f} ({min(us):.1f} – {max(us):.1f}) "
               f"| {median(user):.1f} ({min(user):.1f} – {max(user):.1f}) "
-              f"| {median(ratios):.3f} ({min(ratios):.3f} – {max(ratios):.3f}) |")
+              f"| {median(ratios):.3f} ({min(ratios):.3f} – {max(ratios):.3f}) "
+              f"| {median([r[3] for r in rows[t]]):.4f} | {median([r[4] for r in rows[t]]):.3f} |")
     names = [name for name, _ in args.bin]
     if len(names) == 2:
         a, b = names
