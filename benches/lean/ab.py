@@ -7,6 +7,8 @@ and callgrind instructions per request (zeroed once ready, dumped after the load
     python3 benches/lean/ab.py --bin before=/path/a --bin after=/path/b --rounds 5
     python3 benches/lean/ab.py --bin after=target/release/keygate --callgrind after
     python3 benches/lean/ab.py --bin after=target/release/keygate --strace
+    python3 benches/lean/ab.py --bin head=target/release/keygate --nginx \
+        --relay target/release/examples/relay_floor     # the floor: a byte relay on keygate's runtime
 
 Uses the configuration files of benches/load (read only): nginx `return 200` upstream
 with one worker, nginx as a plain proxy with two, keygate with key auth, one scoped
@@ -86,6 +88,12 @@ class Setup:
             wait_port(port)
             self.urls["nginx"] = f"http://127.0.0.1:{port}/bench/items/42"
             self.pids["nginx"] = p.pid
+        if self.args.relay:
+            port = free_port()
+            p = self.start([self.args.relay, str(port), str(self.upstream), str(self.args.workers)], "relay.out")
+            wait_port(port)
+            self.urls["relay"] = f"http://127.0.0.1:{port}/bench/items/42"
+            self.pids["relay"] = p.pid
         env = dict(os.environ, RUST_LOG="warn")
         pepper = "p1=" + os.urandom(24).hex() + "\n"
         first = None
@@ -177,7 +185,7 @@ def median(xs):
 
 
 def ab(setup, args):
-    targets = (["nginx"] if args.nginx else []) + [name for name, _ in args.bin]
+    targets = (["nginx"] if args.nginx else []) + (["relay"] if args.relay else []) + [name for name, _ in args.bin]
     rows = {t: [] for t in targets}
     for r in range(args.rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]
@@ -212,7 +220,7 @@ def ab(setup, args):
 
 def strace_count(setup, args):
     """System calls per request: strace -c -f on every target in turn, the same load."""
-    targets = (["nginx"] if args.nginx else []) + [name for name, _ in args.bin]
+    targets = (["nginx"] if args.nginx else []) + (["relay"] if args.relay else []) + [name for name, _ in args.bin]
     for t in targets:
         pids = pids_of(setup, t)
         tids = []
@@ -268,6 +276,8 @@ def main():
     ap.add_argument("--bin", action="append", type=lambda s: tuple(s.split("=", 1)), required=True,
                     help="NAME=PATH of a keygate binary (give two for an A/B)")
     ap.add_argument("--nginx", action="store_true", help="also measure nginx as a plain proxy")
+    ap.add_argument("--relay", help="PATH of benches/floor/relay.rs built (--example relay_floor): also measure "
+                    "the floor under any proxy built like keygate, a byte relay")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
