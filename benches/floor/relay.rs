@@ -31,14 +31,14 @@ fn main() -> std::io::Result<()> {
     let workers: usize = args.get(3).map_or(Some(2), |w| w.parse().ok()).ok_or_else(usage)?;
     let listen = SocketAddr::from(([127, 0, 0, 1], listen));
     let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
-    let threads: Vec<_> = (0..workers)
-        .map(|_| {
-            std::thread::spawn(move || {
+    let threads: Vec<std::thread::JoinHandle<std::io::Result<()>>> = (0..workers)
+        .map(|index| {
+            std::thread::Builder::new().name(format!("relay-worker-{index}")).spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 runtime.block_on(serve(listen, upstream))
             })
         })
-        .collect();
+        .collect::<std::io::Result<_>>()?;
     for thread in threads {
         thread.join().map_err(|_| std::io::Error::other("a worker panicked"))??;
     }

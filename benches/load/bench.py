@@ -13,6 +13,9 @@ gets --workers worker processes/threads, 2 by default, checked in /proc at start
   keygate-local  keygate: key auth + scope check + local limiter (server.workers)
   keygate-redis  keygate: key auth + scope check + Redis limiter (a Redis of our own)
   keygate-tls    keygate-local's setup behind TLS (self-signed certificate)
+  relay          (with --relay PATH) the floor: a byte relay on keygate's runtime layout
+                 (benches/floor/relay.rs), no HTTP, no auth; what two loopback hops and
+                 the runtime cost any proxy built like keygate
   keygate-3limits-redis  (with --three-limits) keygate-redis with a plan of three limits
                  (a 1 s burst, a minute, a monthly quota, none reached): what a plan as
                  SaaS sells it costs against the one-limit plan, in the same rounds
@@ -278,6 +281,15 @@ class Setup:
         self.urls["haproxy"] = f"http://127.0.0.1:{port}/bench/items/42"
         self.pids["haproxy"] = p.pid
 
+        if self.args.relay:
+            # The floor (benches/floor/relay.rs): bytes moved, nothing else.
+            port = free_port(self.ports)
+            p = self.procs.start("relay", [self.args.relay, str(port), str(up), str(self.args.workers)],
+                                 log_path=d / "relay.out")
+            wait_port(port)
+            self.urls["relay"] = f"http://127.0.0.1:{port}/bench/items/42"
+            self.pids["relay"] = p.pid
+
         # Redis for keygate-redis: ours, on a free port, no persistence.
         self.redis_port = free_port(self.ports)
         (d / "redis").mkdir()
@@ -401,6 +413,15 @@ class Setup:
             elif target == "haproxy":
                 n = len(os.listdir(f"/proc/{pid}/task"))
                 kind = "threads"
+            elif target == "relay":
+                n = 0
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    try:
+                        if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("relay-worker"):
+                            n += 1
+                    except OSError:
+                        pass
+                kind = "relay-worker threads"
             else:
                 n = 0
                 for tid in os.listdir(f"/proc/{pid}/task"):
@@ -1097,6 +1118,8 @@ def main():
                     help="also run keygate-3limits-redis: keygate-redis with a plan of three limits (burst, "
                          "minute, monthly quota), interleaved in the same rounds")
     ap.add_argument("--oha", default=shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha"))
+    ap.add_argument("--relay", help="PATH of the floor relay (cargo build --release --example relay_floor): "
+                    "also measure a byte relay on keygate's runtime layout, the floor under any such proxy")
     ap.add_argument("--name", default=datetime.date.today().isoformat(), help="results file stem")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
@@ -1106,6 +1129,9 @@ def main():
     ap.add_argument("--profile-only", action="store_true",
                     help="no rounds: only the profiles (written to <out>/<name>-profile-<target>.txt)")
     args = ap.parse_args()
+    if args.relay:
+        TARGETS.append("relay")
+        PROXIES[:] = TARGETS[1:]
     if args.three_limits:
         TARGETS.append("keygate-3limits-redis")
         KEYGATES.append("keygate-3limits-redis")

@@ -48,7 +48,8 @@ if ! command -v oha >/dev/null; then
     cargo install oha --locked
 fi
 
-echo "building keygate (release)" >&2
-(cd "$root" && cargo build --release --locked --bin keygate)
+echo "building keygate and the floor relay (release)" >&2
+(cd "$root" && cargo build --release --locked --bin keygate --example relay_floor)
 
-exec python3 "$here/bench.py" --keygate "$root/target/release/keygate" --oha "$(command -v oha)" "$@"
+exec python3 "$here/bench.py" --keygate "$root/target/release/keygate" --oha "$(command -v oha)" \
+    --relay "$root/target/release/examples/relay_floor" "$@"
