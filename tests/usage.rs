@@ -115,6 +115,15 @@ fn check_against_upstream(report: &Value, upstream: &Upstream, a_id: &str, b_id:
     assert_eq!(keys.as_object().unwrap().len(), 2, "no other key, and no keyless request: {report}");
 }
 
+/// keygate with the embedded store and the admin API on (the token's folder lives as long
+/// as the test keeps it).
+async fn with_the_admin_api(upstream: &Upstream) -> (Keygate, tempfile::TempDir) {
+    let token_dir = tempfile::tempdir().unwrap();
+    let kg =
+        Keygate::builder(&upstream.url()).routes(&routes(upstream)).admin(&api_lines(token_dir.path())).start().await;
+    (kg, token_dir)
+}
+
 /// The admin API's usage answer.
 async fn api_usage(kg: &Keygate, query: &str) -> Answer {
     let url = format!("http://{}/admin/v1/usage?{query}", kg.api.expect("the admin API is on"));
@@ -137,9 +146,7 @@ async fn wait_for_flush(kg: &Keygate, query: &str, requests: u64) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_file_store_usage_equals_what_the_upstream_received() {
     let upstream = upstream().await;
-    let token_dir = tempfile::tempdir().unwrap();
-    let kg =
-        Keygate::builder(&upstream.url()).routes(&routes(&upstream)).admin(&api_lines(token_dir.path())).start().await;
+    let (kg, _token_dir) = with_the_admin_api(&upstream).await;
     let (a_id, a) = kg.key("acme", "metered", &["calls:read", "webhooks:manage"]);
     let (b_id, b) = kg.key("acme", "metered", &["calls:read"]);
     drive(&kg, a.expose(), b.expose()).await;
@@ -199,9 +206,7 @@ async fn with_the_file_store_usage_equals_what_the_upstream_received() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_own_quota_is_the_one_its_usage_reports() {
     let upstream = upstream().await;
-    let token_dir = tempfile::tempdir().unwrap();
-    let kg =
-        Keygate::builder(&upstream.url()).routes(&routes(&upstream)).admin(&api_lines(token_dir.path())).start().await;
+    let (kg, _token_dir) = with_the_admin_api(&upstream).await;
     let (_, a) = kg.key("acme", "metered", &["calls:read"]);
     let (code, _, err) = cli(&kg.config_path(), &["tenants", "set-limits", "acme", "--limit", "month=20/month"]);
     assert_eq!(code, 0, "{err}");

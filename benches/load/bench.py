@@ -119,6 +119,18 @@ def proc_children(pid):
     return kids
 
 
+def threads_named(pid, prefix):
+    """How many threads of `pid` have a name (comm) starting with `prefix`."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(prefix):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 def cpu_ticks_split(pids):
     """(utime, stime) of `pids` (every thread of each), in clock ticks."""
     user = system = 0
@@ -413,24 +425,10 @@ class Setup:
             elif target == "haproxy":
                 n = len(os.listdir(f"/proc/{pid}/task"))
                 kind = "threads"
-            elif target == "relay":
-                n = 0
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    try:
-                        if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("relay-worker"):
-                            n += 1
-                    except OSError:
-                        pass
-                kind = "relay-worker threads"
             else:
-                n = 0
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    try:
-                        if Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith("keygate-worker"):
-                            n += 1
-                    except OSError:
-                        pass
-                kind = "keygate-worker threads"
+                prefix = "relay-worker" if target == "relay" else "keygate-worker"
+                n = threads_named(pid, prefix)
+                kind = f"{prefix} threads"
             self.workers[target] = {"count": n, "kind": kind}
             if n != self.args.workers:
                 raise SystemExit(f"{target} runs {n} {kind}, not --workers {self.args.workers}")
@@ -981,6 +979,12 @@ def goals(rounds, setup, args):
     for t in ("haproxy", "nginx-keymap"):
         goal(f"({t} CPU µs per request ÷ nginx)", ratio(t, "cpu_us_per_request"), 1.0, "lower", "×",
              reference=True)
+    if "relay" in TARGETS:
+        # The floor: what any proxy built like keygate costs before it does any work.
+        goal("(relay CPU µs per request ÷ nginx: the floor)", ratio("relay", "cpu_us_per_request"), 1.0, "lower",
+             "×", reference=True)
+        goal("(keygate-local CPU µs per request ÷ relay's)",
+             ratio("keygate-local", "cpu_us_per_request", ref="relay"), 1.0, "lower", "×", reference=True)
     return out
 
 
