@@ -10,6 +10,9 @@
 //!
 //! - `--mode grpc`: Envoy's `Authorization/Check` (envoy-types' generated client, one
 //!   HTTP/2 connection per `--connections`, as Envoy keeps them);
+//! - `--mode grpc-h2`: the same Check as a bare HTTP/2 request (the h2 crate, the message
+//!   encoded once with prost, the answer decoded): what the server takes, without tonic's
+//!   client machinery in the latency;
 //! - `--mode http`: an HTTP/1.1 `GET <path>` on kept-alive connections (the authorizer's
 //!   HTTP mode, Envoy's `http_service` convention; or the proxy listener, forwarding);
 //! - `--rate N`: N requests a second in all, spread over the connections, each sent at
@@ -43,7 +46,8 @@ struct Args {
     connections: usize,
 }
 
-const USAGE: &str = "usage: authorizer_load --mode grpc|http --addr HOST:PORT --key KEY [--path /bench/items/42] \
+const USAGE: &str =
+    "usage: authorizer_load --mode grpc|grpc-h2|http --addr HOST:PORT --key KEY [--path /bench/items/42] \
                      [--rate N (0: saturation)] [--duration SECONDS] [--connections N]";
 
 fn args() -> Option<Args> {
@@ -114,12 +118,30 @@ fn check_request(args: &Args) -> CheckRequest {
 /// One connection's client.
 enum Client {
     Grpc(AuthorizationClient<Channel>, Box<CheckRequest>),
+    /// A bare HTTP/2 client and the gRPC-framed CheckRequest.
+    GrpcH2(h2::client::SendRequest<Bytes>, http::Request<()>, Bytes),
     Http(hyper::client::conn::http1::SendRequest<Empty<Bytes>>, http::Request<()>),
 }
 
 impl Client {
     async fn open(args: &Args) -> Client {
-        if args.mode == "grpc" {
+        if args.mode == "grpc-h2" {
+            let stream = tokio::net::TcpStream::connect(args.addr).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            let (send, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+            tokio::spawn(connection);
+            let head = http::Request::post(format!("http://{}/envoy.service.auth.v3.Authorization/Check", args.addr))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let message = prost::Message::encode_to_vec(&check_request(args));
+            let mut framed = Vec::with_capacity(message.len() + 5);
+            framed.push(0);
+            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&message);
+            Client::GrpcH2(send, head, Bytes::from(framed))
+        } else if args.mode == "grpc" {
             let channel = Endpoint::from_shared(format!("http://{}", args.addr))
                 .unwrap()
                 .tcp_nodelay(true)
@@ -147,6 +169,32 @@ impl Client {
         match self {
             Client::Grpc(client, check) => {
                 let answer = client.check((**check).clone()).await.expect("Check").into_inner();
+                match answer.http_response {
+                    Some(HttpResponse::DeniedResponse(denied)) => denied.status.map_or(403, |s| s.code as u16),
+                    _ if answer.status.is_some_and(|s| s.code == 0) => 200,
+                    _ => 403,
+                }
+            }
+            Client::GrpcH2(send, head, framed) => {
+                let mut request = http::Request::new(());
+                *request.method_mut() = head.method().clone();
+                *request.uri_mut() = head.uri().clone();
+                *request.headers_mut() = head.headers().clone();
+                let ready = send.clone().ready().await.expect("connection");
+                *send = ready;
+                let (response, mut body) = send.send_request(request, false).expect("request");
+                body.send_data(framed.clone(), true).expect("body");
+                let mut body = response.await.expect("response").into_body();
+                let mut data = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("data");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+                assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]), "{trailers:?}");
+                let answer: envoy_types::ext_authz::v3::pb::CheckResponse =
+                    prost::Message::decode(&data[5.min(data.len())..]).expect("a CheckResponse");
                 match answer.http_response {
                     Some(HttpResponse::DeniedResponse(denied)) => denied.status.map_or(403, |s| s.code as u16),
                     _ if answer.status.is_some_and(|s| s.code == 0) => 200,

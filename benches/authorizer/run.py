@@ -7,7 +7,9 @@ a cache-hit key (the file store: the key is looked up in memory) and the Redis l
     cargo build --release --locked --bin keygate --bench authorizer_load
     python3 benches/authorizer/run.py [--rounds 3] [--duration 8] [--rates 1000,5000] [--out FILE.md]
 
-For each round and each target (grpc: Check on the authorizer listener; http: `GET` on the
+For each round and each target (grpc: Check on the authorizer listener, from tonic's
+client; grpc-h2: the same Check from a bare HTTP/2 client, so that the latency is less
+the client's; http: `GET` on the
 authorizer listener, Envoy's HTTP-mode convention; proxy: `GET` through the proxy
 listener to an nginx upstream), the load client (benches/authorizer/load.rs) runs at a
 fixed rates well below saturation, then closed-loop (saturation). keygate's CPU per
@@ -32,7 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGETS = ["grpc", "http", "proxy"]
+TARGETS = ["grpc", "grpc-h2", "http", "proxy"]
+MODES = {"grpc": "grpc", "grpc-h2": "grpc-h2", "http": "http", "proxy": "http"}
 
 
 def free_port():
@@ -157,7 +160,7 @@ url = "redis://127.0.0.1:{redis_port}/0"
                 raise SystemExit(f"keygate not ready; see {work / 'keygate.out'}")
             time.sleep(0.1)
 
-        addr = {"grpc": authz_port, "http": authz_port, "proxy": proxy_port}
+        addr = {"grpc": authz_port, "grpc-h2": authz_port, "http": authz_port, "proxy": proxy_port}
         runs = []
         load_before = loadavg()
         # keygate's own CPU with nothing to do (timers, background tasks): the floor under
@@ -169,7 +172,7 @@ url = "redis://127.0.0.1:{redis_port}/0"
         for round_ in range(args.rounds):
             for target in TARGETS:
                 for phase, rate, connections in phases(args):
-                    argv = [load, "--mode", "grpc" if target == "grpc" else "http",
+                    argv = [load, "--mode", MODES[target],
                             "--addr", f"127.0.0.1:{addr[target]}", "--key", key, "--rate", str(rate),
                             "--duration", str(args.duration), "--connections", str(connections)]
                     before = cpu_seconds(keygate.pid)
