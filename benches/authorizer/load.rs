@@ -262,8 +262,15 @@ fn main() {
     runtime.block_on(async move {
         let args = std::sync::Arc::new(args);
         // Warm the connections up (and check the request is allowed) before the clock runs.
+        // (A 503 is a Redis call that timed out on a loaded machine: try again.)
         let mut warm = Client::open(&args).await;
-        let status = warm.send().await;
+        let mut status = warm.send().await;
+        for _ in 0..20 {
+            if status != 503 {
+                break;
+            }
+            status = warm.send().await;
+        }
         assert_eq!(status, 200, "the benchmark request is not allowed");
         drop(warm);
         let start = Instant::now() + Duration::from_millis(200);
