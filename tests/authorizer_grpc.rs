@@ -245,6 +245,10 @@ async fn check_allows_with_the_identity_and_denies_exactly_as_the_proxy_does() {
     let forbidden = check(&mut grpc, "GET", "/v1/webhooks", &[("authorization", &auth)]).await;
     assert!(forbidden.header("www-authenticate").contains("insufficient_scope"), "{forbidden:?}");
     assert_eq!(check(&mut grpc, "GET", "/v1/calls/%2F..", &[("authorization", &auth)]).await.status, 400);
+    // A CheckRequest far over the headers keygate reads is not decoded at all.
+    let huge = "x".repeat(1 << 20);
+    let oversized = grpc.check(check_request("GET", "/v1/calls", &[("x-huge", &huge)], "203.0.113.7")).await;
+    assert!(oversized.is_err(), "a 1 MiB CheckRequest was decoded");
 
     // 429: the tiny plan's 3 requests, spent by Checks; the proxy refuses the next one
     // too, and a Check answers its Retry-After, RateLimit headers and JSON body.

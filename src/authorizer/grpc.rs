@@ -23,8 +23,8 @@
 //! Each Check is one decision, counted (`auth_decisions_total{mode="authorizer"}`,
 //! `requests_total` by route, with keygate's HTTP status) and access-logged
 //! (`listener: "authorizer"`, `protocol: "grpc"`) as an HTTP check is. A malformed call
-//! (not a `CheckRequest`, an unknown method) is answered by tonic with a gRPC error and
-//! is no decision.
+//! (not a `CheckRequest`, one over [`max_message_bytes`], an unknown method) is answered
+//! by tonic with a gRPC error and is no decision.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -64,11 +64,19 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
     pipeline::is_grpc(request)
 }
 
+/// The largest CheckRequest read (tonic's default is 4 MiB): the headers it carries are
+/// held to `server.max_header_bytes` anyway, so a few times that leaves room for the rest
+/// of the attributes without letting a call make keygate buffer megabytes.
+fn max_message_bytes(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(4).max(64 * 1024)
+}
+
 /// Answers one gRPC call on the authorizer listener: tonic decodes it and encodes the
 /// answer; `Check` is [`Checker::check`].
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    let limit = max_message_bytes(app.settings().server.max_header_bytes);
     let checker = Checker { app, peer: connection.peer.ip(), started: Instant::now() };
-    let mut server = AuthorizationServer::new(checker);
+    let mut server = AuthorizationServer::new(checker).max_decoding_message_size(limit);
     match server.call(request).await {
         Ok(response) => response.map(body::boxed),
         Err(never) => match never {},
