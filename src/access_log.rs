@@ -65,6 +65,8 @@ pub struct AccessLog {
     /// Answered on the authorizer listener: a decision, not a forwarded request (the
     /// line's `listener` is `authorizer`, the decision's metric mode `authorizer`).
     pub authorizer: bool,
+    /// On the authorizer listener: the protocol of the check (`http` or `grpc`).
+    pub protocol: Option<&'static str>,
     pub principal: Option<Principal>,
     /// The upstream's configured name.
     pub upstream: Option<Arc<Upstream>>,
@@ -97,6 +99,7 @@ impl AccessLog {
             limit: None,
             mode: RouteMode::Enforce,
             authorizer: false,
+            protocol: None,
             principal: None,
             upstream: None,
             concurrency: None,
@@ -167,6 +170,7 @@ impl Drop for AccessLog {
             limit = self.limit.as_deref(),
             mode = self.mode.as_str(),
             listener = self.authorizer.then_some("authorizer"),
+            protocol = self.protocol,
             key_id = self.principal.as_ref().map(Principal::key_id),
             tenant = self.principal.as_ref().map(Principal::tenant),
             upstream = self.upstream.as_ref().map(|upstream| upstream.name.as_str()),

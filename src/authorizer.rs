@@ -31,6 +31,11 @@
 //! 403 into 500. Each decision is counted (`auth_decisions_total{mode="authorizer"}`,
 //! `requests_total` by route) and access-logged (`listener: "authorizer"`) like a
 //! proxied request.
+//!
+//! The same listener answers Envoy's `ext_authz` gRPC API ([`grpc`]): an HTTP/2 request
+//! with a gRPC content type is a `Check` call, decided by [`decide`] as well.
+
+pub mod grpc;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -54,7 +59,7 @@ use crate::state::App;
 
 /// On every answer: the status keygate decided, for proxies that cannot pass it through.
 pub const X_KEYGATE_STATUS: HeaderName = HeaderName::from_static("x-keygate-status");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 const X_KEYGATE_TENANT: HeaderName = HeaderName::from_static("x-keygate-tenant");
 const X_KEYGATE_PLAN: HeaderName = HeaderName::from_static("x-keygate-plan");
@@ -90,6 +95,9 @@ pub struct Allowed {
 /// Answers one request on the authorizer listener. Never fails: every outcome is an
 /// answer.
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    if grpc::is_grpc(&request) {
+        return grpc::handle(app, connection, request).await;
+    }
     let started = Instant::now();
     let policy = app.policy();
     let no_settings = Authorizer::default();
@@ -98,6 +106,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
     let method = original.as_ref().map_or(request.method(), |o| o.request.method()).clone();
     let mut record = AccessLog::new(pipeline::request_id(request.headers()), method, started, app.metrics().clone());
     record.authorizer = true;
+    record.protocol = Some("http");
     record.usage = app.usage().cloned();
     drop(request);
 
@@ -271,6 +280,13 @@ fn write_identity(principal: &Principal, headers: &mut HeaderMap) {
 /// and keygate, as when keygate forwards) and every `x-keygate-*` the client sent that
 /// `answer` does not set, so that no client-made identity reaches the upstream.
 fn headers_to_remove(client: &HeaderMap, answer: &HeaderMap) -> HeaderValue {
+    let names = names_to_remove(client, answer);
+    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("authorization"))
+}
+
+/// The names [`headers_to_remove`] lists: `authorization` first, then the client's
+/// `x-keygate-*` that `answer` does not set, sorted.
+fn names_to_remove<'a>(client: &'a HeaderMap, answer: &HeaderMap) -> Vec<&'a str> {
     let mut names: Vec<&str> = client
         .keys()
         .map(HeaderName::as_str)
@@ -280,7 +296,7 @@ fn headers_to_remove(client: &HeaderMap, answer: &HeaderMap) -> HeaderValue {
     names.sort_unstable();
     names.dedup();
     names.insert(0, "authorization");
-    HeaderValue::from_str(&names.join(", ")).unwrap_or(HeaderValue::from_static("authorization"))
+    names
 }
 
 /// The headers every answer gets, the request metrics, and the access line handed to

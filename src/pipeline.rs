@@ -385,7 +385,7 @@ pub fn request_id(headers: &HeaderMap) -> RequestId {
 /// A gRPC request: HTTP/2 with a gRPC content type. gRPC runs over HTTP/2 only, so an
 /// HTTP/1.1 request that says `application/grpc` gets an ordinary HTTP refusal (a
 /// gRPC-shaped one would be an `HTTP/1.1 200` that every HTTP client reads as success).
-fn is_grpc<B>(request: &Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_2
         && request
             .headers()
