@@ -49,7 +49,7 @@
 //! spent when one ends with units left, back to none after [`IDLE_MS`] without a request
 //! (or sooner: the limiter forgets a tenant's demand with its slot, once nothing is in
 //! flight, queued or leased), never more than [`MAX_LEASE`]; each limit's demand is its own
-//! (a lease renewed early, nearly spent, grows it: [`Demand::renewed`]). The script caps
+//! (a lease renewed early, nearly spent, counts as spent out: [`Demand::renewed`]). The script caps
 //! every lease at `1/`[`LEASE_SHARE`] of its limit's quota still free, so leases shrink to nothing (one unit per request, today's
 //! decision) as the quota nears its end, and a lease parked on one replica can hold back
 //! at most that share from the others.
@@ -276,17 +276,16 @@ impl Demand {
     }
 
     /// `lease` was renewed at `now` before it ran out or ended, because it was
-    /// [`Lease::low`]: spent nearly out, its size follows the rate it was spent at (and
-    /// does not shrink).
+    /// [`Lease::low`] (or could not serve a batch): nearly spent, it is taken as spent out
+    /// (the size doubles, or follows the rate); low on time only, as ended.
     pub fn renewed(&mut self, lease: &Lease, now: u64) {
         if lease.units.saturating_mul(4) >= lease.granted {
-            // Low on time, not on units: it ends as at its deadline.
             return self.ended(lease, now);
         }
         let spent = lease.granted - lease.units;
         let elapsed = now.saturating_sub(lease.granted_at).max(1);
         let rate_size = spent.saturating_mul(HORIZON_MS).div_ceil(elapsed);
-        self.size = self.size.max(rate_size).clamp(1, MAX_LEASE);
+        self.size = self.size.saturating_mul(2).max(rate_size).clamp(1, MAX_LEASE);
     }
 }
 
@@ -387,12 +386,12 @@ mod tests {
         // Ended with units left: shrinks to the rate it was spent at.
         demand.ended(&lease(1_024, 1_000, 0), 100);
         assert_eq!(demand.want(1), 12);
-        // Renewed early, nearly spent: follows the rate, up, never down; with units left
-        // (its time ran low), as at its end.
+        // Renewed early, nearly spent: as spent out; with units left (its time ran low), as
+        // at its end.
         demand.renewed(&lease(100, 10, 0), 10);
         assert_eq!(demand.want(1), 450, "90 in 10 ms is 450 per 50 ms");
         demand.renewed(&lease(100, 20, 0), 1_000);
-        assert_eq!(demand.want(1), 450, "not down");
+        assert_eq!(demand.want(1), 900, "doubles");
         demand.renewed(&lease(100, 80, 0), 100);
         assert_eq!(demand.want(1), 10, "20 in 100 ms, with units left");
         demand.checked(900);

@@ -620,6 +620,15 @@ impl RedisLimiter {
         self.sum_over_slots(Slot::leased_units)
     }
 
+    /// [`RedisLimiter::leased_units`] of the limits at position `index` of their plans
+    /// alone.
+    pub fn leased_units_in(&self, index: usize) -> u64 {
+        self.sum_over_slots(|slot| {
+            let lease = slot.leases.get(index).and_then(Option::as_ref).map_or(0, |lease| lease.units);
+            lease + slot.pending.get(index).and_then(Option::as_ref).map_or(0, |(back, _)| back.units)
+        })
+    }
+
     fn sum_over_slots(&self, units: impl Fn(&Slot) -> u64) -> u64 {
         let slots = self.inner.lock();
         slots.values().flat_map(HashMap::values).flat_map(HashMap::values).map(units).sum()
@@ -989,6 +998,71 @@ mod tests {
         assert_eq!(owner_keys("acme", &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:month"]);
         let scoped = owner("acme", Some(KeyScope { key: "key_1", mask: 0b10 }));
         assert_eq!(owner_keys(&scoped, &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:key:key_1:month"]);
+    }
+
+    fn lease(units: u64, granted: u64, deadline: u64, sub_window: i64) -> Lease {
+        let grant =
+            Grant { units: granted, sub_window_left: 100_000, sub_window, nonce: 9, free_after: 1_000, reset: 0 };
+        let mut lease = Lease::new(&grant, 0, 0).expect("a lease");
+        (lease.units, lease.deadline, lease.reset_at) = (units, deadline, 60_000);
+        lease
+    }
+
+    /// A plan of a burst, a minute and a month: the burst's lease has ended, the minute's
+    /// holds plenty, the month's is low. The call carries the burst and the month (their
+    /// old leases handed back with it), takes the minute's part from its lease, and gives
+    /// the units of a refused cost back to it.
+    #[test]
+    fn a_call_carries_only_the_limits_whose_lease_needs_renewing() {
+        let rules: Arc<[Rule]> = vec![
+            Rule::window(Limit { requests: 100_000, window: Duration::from_secs(1) }),
+            Rule::window(Limit { requests: 100_000, window: Duration::from_secs(60) }),
+            Rule { requests: 1_000_000, kind: LimitKind::Month { reset_day: 1 } },
+        ]
+        .into();
+        let mut slot = Slot::new(owner_keys("acme", &rules).into());
+        slot.leases =
+            vec![Some(lease(30, 100, 50, 1)), Some(lease(500, 1_000, 3_000, 2)), Some(lease(200, 1_000, 900, 3))];
+        slot.checked(60);
+        let call = slot.plan_call(&[1, 2], 60);
+        assert_eq!(call.carried, [0, 2]);
+        assert_eq!(call.keys, ["kg:rl:{acme}:1s", "kg:rq:{acme}:month"]);
+        assert_eq!(
+            call.backs,
+            [
+                Some(HandBack { units: 30, sub_window: 1, nonce: 9 }),
+                Some(HandBack { units: 200, sub_window: 3, nonce: 9 })
+            ]
+        );
+        assert_eq!(call.reserved.len(), 1);
+        assert_eq!((call.reserved[0].index, call.reserved[0].units_before), (1, 500));
+        assert_eq!(slot.leases[1].as_ref().map(|l| l.units), Some(497), "both costs taken from the minute's lease");
+        assert!(slot.leases[0].is_none() && slot.leases[2].is_none(), "ended, handed back with the call");
+
+        // The script admitted the first cost (the month's room, 40, the least among those
+        // carried) and refused the second (by the burst).
+        let decision = |allowed: bool, index: usize, remaining: u64| Decision {
+            allowed,
+            limit: 0,
+            index,
+            remaining,
+            reset: Duration::from_millis(1_000),
+            retry_after: (!allowed).then_some(Duration::from_millis(20)),
+        };
+        let (decisions, refunded) =
+            merge(&call, &rules, &[1, 2], vec![decision(true, 1, 40), decision(false, 0, 0)], 100);
+        assert_eq!((decisions[0].index, decisions[0].remaining), (2, 40), "the month, by its position in the plan");
+        assert_eq!((decisions[1].index, decisions[1].allowed), (0, false), "the burst refused");
+        assert_eq!(refunded, 2);
+        assert_eq!(slot.refund(&call.reserved[0], refunded), None);
+        assert_eq!(slot.leases[1].as_ref().map(|l| l.units), Some(499), "the refused cost's units are back");
+        // The minute's lease describes the decision when its room is the least.
+        let (decisions, _) = merge(&call, &rules, &[1, 2], vec![decision(true, 1, 5_000)], 100);
+        assert_eq!((decisions[0].index, decisions[0].remaining, decisions[0].limit), (1, 1_499, 100_000));
+        assert_eq!(decisions[0].reset, Duration::from_millis(59_900));
+        // A lease gone since: the units go back to Redis.
+        slot.leases[1] = None;
+        assert_eq!(slot.refund(&call.reserved[0], 2), Some(HandBack { units: 2, sub_window: 2, nonce: 9 }));
     }
 
     #[test]
