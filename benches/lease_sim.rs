@@ -375,12 +375,17 @@ impl Sim {
                 self.schedule(deadline * 1_000, Event::LeaseEnd { replica, tenant, generation });
             }
             None if grant.units > 0 => {
-                // Over before it arrived: straight back.
-                self.out.calls += 1;
-                self.out.hand_backs += 1;
-                let back: HandBack = grant.hand_back();
-                self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
-                self.parked[tenant as usize] -= grant.units;
+                // Over before it arrived: its units wait for the next call (the queue's,
+                // at once, if checks are queued), or go back alone after the grace.
+                let (back, sent_ms): (HandBack, u64) = (grant.hand_back(), slot.sent_ms);
+                if slot.pending.is_none() {
+                    let tag = slot.generation | 1 << 63;
+                    slot.pending = Some((back, tag, sent_ms));
+                    let at = self.now_us + HAND_BACK_GRACE.as_micros() as u64;
+                    self.schedule(at, Event::GraceEnd { replica, tenant, generation: tag });
+                } else {
+                    self.hand_back_alone(tenant, back, sent_ms);
+                }
             }
             None => {}
         }

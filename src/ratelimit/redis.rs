@@ -812,8 +812,11 @@ impl Inner {
     fn install(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, i: usize, grant: &Grant, sent: u64) {
         let Some(lease) = Lease::new(grant, sent, self.now()) else {
             if grant.units > 0 {
-                // Over before it arrived: straight back.
-                self.spawn_hand_back(tenant, plan, i, grant.hand_back());
+                // Over before it arrived (granted at its sub-window's very end): its units
+                // wait for the next call carrying the limit, as a lease's that ran to its
+                // end do (a busy tenant's comes at once: the checks queued behind this
+                // one), instead of a call of their own.
+                self.park(worker, plan, tenant, i, grant.hand_back());
             }
             return;
         };
@@ -852,6 +855,41 @@ impl Inner {
             // No call took them: they go back alone.
             let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending[i].take() {
                 Some((back, from)) if from == generation => Some(back),
+                other => {
+                    slot.pending[i] = other;
+                    None
+                }
+            });
+            if let Some(back) = back.flatten() {
+                inner.hand_back(&tenant, &plan, i, back).await;
+            }
+        });
+    }
+
+    /// Keeps `back` (the units of a lease of limit `i` that ended before it arrived) for the
+    /// next call carrying the limit, and hands them back alone after [`HAND_BACK_GRACE`] if
+    /// none took them; at once if units are already waiting.
+    fn park(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, i: usize, back: HandBack) {
+        // A tag no lease's timer uses: theirs are the generations themselves.
+        const PARKED: u64 = 1 << 63;
+        let parked = self.with_slot(worker, plan, tenant, |slot, _| {
+            if slot.pending[i].is_some() {
+                return None;
+            }
+            let tag = slot.generations[i] | PARKED;
+            slot.pending[i] = Some((back, tag));
+            Some(tag)
+        });
+        let Some(Some(tag)) = parked else {
+            self.spawn_hand_back(tenant, plan, i, back);
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (inner, plan, tenant) = (self.clone(), plan.clone(), Box::<str>::from(tenant));
+        runtime.spawn(async move {
+            tokio::time::sleep(inner.grace).await;
+            let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending[i].take() {
+                Some((back, from)) if from == tag => Some(back),
                 other => {
                     slot.pending[i] = other;
                     None
