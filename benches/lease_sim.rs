@@ -112,8 +112,7 @@ impl Window {
         }
         let grant = Grant {
             units,
-            // The model's clock is whole milliseconds: the µs left are whole milliseconds.
-            sub_window_left_us: ((current as u64 + 1) * sub - now_ms) * 1_000,
+            sub_window_left: (current as u64 + 1) * sub - now_ms,
             sub_window: current,
             nonce: 1,
             free_after: requests - count,

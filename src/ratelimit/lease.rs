@@ -33,10 +33,10 @@
 //! Handing back only lowers a counter to what was really admitted in it.
 //!
 //! The replica cannot read Redis's clock, so it ends a lease early rather than late: the
-//! script answers how long its sub-window still runs *at the moment the script ran*, in µs
-//! (from `TIME`'s µs), and the replica counts that from the moment it *sent* the call
-//! (earlier; its clock's whole millisecond not after it), minus 1/256 for clocks that tick
-//! at slightly different rates, rounded down to whole milliseconds ([`Lease::new`]).
+//! script answers how long its sub-window still runs *at the moment the script ran*, and
+//! the replica counts that from the moment it *sent* the call (earlier), minus 1 ms for
+//! the script's whole milliseconds and 1/256 for clocks that tick at slightly different
+//! rates ([`Lease::new`]).
 //!
 //! # Sizes
 //!
@@ -120,8 +120,8 @@ pub struct HandBack {
 pub struct Grant {
     pub units: u64,
     /// How long its sub-window (at most a second, for a calendar quota) still ran when
-    /// the script ran, in µs.
-    pub sub_window_left_us: u64,
+    /// the script ran, in ms.
+    pub sub_window_left: u64,
     pub sub_window: i64,
     pub nonce: i64,
     pub free_after: u64,
@@ -179,11 +179,9 @@ impl Lease {
     /// The lease of `grant`, for a call sent at `sent` (received at `received`), or
     /// `None` if it carries no unit or ends before it could be used.
     pub fn new(grant: &Grant, sent: u64, received: u64) -> Option<Lease> {
-        // Counted from the sending (the script ran later; `sent` is a whole millisecond
-        // not after it), shortened for clock rates and to whole milliseconds: the lease
-        // ends before its sub-window.
-        let left_us = grant.sub_window_left_us;
-        let left = left_us.saturating_sub(left_us.div_ceil(256)) / 1_000;
+        // Counted from the sending (the script ran later) and shortened for the script's
+        // whole milliseconds and for clock rates: the lease ends before its sub-window.
+        let left = grant.sub_window_left.saturating_sub(1 + grant.sub_window_left / 256);
         let deadline = sent.saturating_add(left);
         (grant.units > 0 && deadline > received).then_some(Lease {
             units: grant.units,
@@ -299,21 +297,21 @@ mod tests {
     use crate::policy::{Limit, LimitKind};
 
     fn grant(units: u64, left: u64) -> Grant {
-        Grant { units, sub_window_left_us: left * 1_000, sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 }
+        Grant { units, sub_window_left: left, sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 }
     }
 
     #[test]
     fn a_lease_ends_before_its_sub_window_and_spends_only_what_it_holds() {
         let plan = [Rule::window(Limit { requests: 1_000, window: Duration::from_secs(60) })];
-        // Sent at 100, the script saw 2,560 ms left: the lease ends at 100 + 2,560 - 10.
+        // Sent at 100, the script saw 2,560 ms left: the lease ends at 100 + 2,560 - 1 - 10.
         let mut lease = Lease::new(&grant(3, 2_560), 100, 105).expect("a lease");
-        assert_eq!(lease.deadline, 2_650);
+        assert_eq!(lease.deadline, 2_649);
         let d = lease.spend(2, &plan, 200).expect("admitted");
         assert_eq!((d.allowed, d.remaining, d.limit, d.index), (true, 501, 1_000, 0));
         assert_eq!(d.reset, Duration::from_millis(105 + 60_000 - 200));
         assert_eq!(lease.spend(2, &plan, 201), None, "one unit left");
-        assert_eq!(lease.spend(1, &plan, 2_650), None, "its sub-window may have ended");
-        let d = lease.spend(1, &plan, 2_649).expect("admitted");
+        assert_eq!(lease.spend(1, &plan, 2_649), None, "its sub-window may have ended");
+        let d = lease.spend(1, &plan, 2_648).expect("admitted");
         assert_eq!(d.remaining, 500);
         assert_eq!(lease.hand_back(), None);
         assert!(Lease::new(&grant(0, 2_560), 100, 105).is_none(), "no units");
@@ -326,18 +324,11 @@ mod tests {
             Rule::window(Limit { requests: 10, window: Duration::from_secs(1) }),
             Rule { requests: 100_000, kind: LimitKind::Month { reset_day: 1 } },
         ];
-        let burst =
-            Grant { units: 4, sub_window_left_us: 40_000, sub_window: 9, nonce: 1, free_after: 3, reset: 1_000 };
-        let month = Grant {
-            units: 2,
-            sub_window_left_us: 999_500,
-            sub_window: 20_820,
-            nonce: 2,
-            free_after: 50,
-            reset: 86_400_000,
-        };
+        let burst = Grant { units: 4, sub_window_left: 40, sub_window: 9, nonce: 1, free_after: 3, reset: 1_000 };
+        let month =
+            Grant { units: 2, sub_window_left: 1_000, sub_window: 20_820, nonce: 2, free_after: 50, reset: 86_400_000 };
         let mut leases = [Lease::new(&burst, 0, 1), Lease::new(&month, 0, 1)];
-        assert_eq!((leases[0].as_ref().unwrap().deadline, leases[1].as_ref().unwrap().deadline), (39, 995));
+        assert_eq!((leases[0].as_ref().unwrap().deadline, leases[1].as_ref().unwrap().deadline), (39, 996));
         let d = spend(&mut leases, 1, &plan, 2).expect("admitted");
         assert_eq!((d.index, d.limit, d.remaining), (0, 10, 6), "the burst: 3 free + 3 leased");
         // The month's lease holds 1: a cost of 2 is admitted by neither, taken from neither.

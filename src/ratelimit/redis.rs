@@ -159,7 +159,7 @@ const ARGS_PER_LIMIT: usize = 7;
 /// or period, nonce), then one cost per request, in arrival order. Returns `allowed,
 /// limit, remaining, reset_ms, retry_after_ms` per cost, flattened (`limit` is the
 /// position of the limit described among those carried; `retry_after_ms` is `-1` when
-/// admitted), then per limit the lease granted: units, µs left in its sub-window (at most
+/// admitted), then per limit the lease granted: units, ms left in its sub-window (at most
 /// a second for a quota), where it is counted (sub-window or period, nonce), the quota
 /// free after it and the reset.
 pub const LUA: &str = include_str!("redis/limits.lua");
@@ -797,7 +797,7 @@ impl Inner {
             .chunks_exact(LEASE_FIELDS)
             .map(|l| Grant {
                 units: whole(l[0]),
-                sub_window_left_us: whole(l[1]),
+                sub_window_left: whole(l[1]),
                 sub_window: l[2],
                 nonce: l[3],
                 free_after: whole(l[4]),
@@ -1039,14 +1039,8 @@ mod tests {
     }
 
     fn lease(units: u64, granted: u64, deadline: u64, sub_window: i64) -> Lease {
-        let grant = Grant {
-            units: granted,
-            sub_window_left_us: 100_000_000,
-            sub_window,
-            nonce: 9,
-            free_after: 1_000,
-            reset: 0,
-        };
+        let grant =
+            Grant { units: granted, sub_window_left: 100_000, sub_window, nonce: 9, free_after: 1_000, reset: 0 };
         let mut lease = Lease::new(&grant, 0, 0).expect("a lease");
         (lease.units, lease.deadline, lease.reset_at) = (units, deadline, 60_000);
         lease

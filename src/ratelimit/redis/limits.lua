@@ -27,7 +27,7 @@
 -- Returns, per cost and flattened: allowed (1 or 0), the limit the answer describes (its
 -- position, from 0: the one that refused whose room comes back last, or, admitted, the
 -- one with the least room left), its remaining, reset_ms and retry_after_ms (-1 when
--- admitted); then per limit its lease: units granted, µs until its sub-window (or, for a
+-- admitted); then per limit its lease: units granted, ms until its sub-window (or, for a
 -- quota, at most a second) ends, the sub-window or period it is counted in, the hash's
 -- nonce, the quota free after the lease, reset_ms after it.
 --
@@ -48,10 +48,6 @@ local first_cost = 3 + n * PER_LIMIT
 -- Redis's clock, in ms: one clock for every replica.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The µs past `now`: a lease's time left is answered in µs, so that the replica's lease
--- ends no earlier than it must.
-local now_frac = tonumber(t[2]) % 1000
-local now_global = now
 local DAY = 86400000
 local QUOTA_LEASE_MS = 1000
 
@@ -265,13 +261,7 @@ local function open_window(key, requests, sub, window, back_units, back, back_no
     return math.max(requests - count, 0), L.reset(), retry
   end
   function L.free() return math.max(requests - count, 0) end
-  -- In µs; a clock that stepped back (this window's `now` moved on) counts from the moved
-  -- `now`, which is later: it only answers less.
-  function L.left()
-    local left = ((current + 1) * sub - now) * 1000
-    if now == now_global then left = left - now_frac end
-    return left
-  end
+  function L.left() return (current + 1) * sub - now end
   -- The sub-window a lease is counted in, and the hash's nonce (a new one if it has
   -- none and a lease was granted).
   function L.lease(granted)
@@ -351,11 +341,7 @@ local function open_quota(key, requests, rd, back_units, back, back_nonce)
   -- A lease of a quota lasts at most QUOTA_LEASE_MS (a window's sub-window bounds it
   -- too): units parked on a replica that went quiet come back within about a second,
   -- not at the end of the month.
-  function L.left()
-    local us = left * 1000
-    if at == now then us = us - now_frac end
-    return math.min(us, QUOTA_LEASE_MS * 1000)
-  end
+  function L.left() return math.min(left, QUOTA_LEASE_MS) end
   function L.lease(granted)
     if granted > 0 and nonce == false then
       nonce = new_nonce()
