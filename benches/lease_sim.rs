@@ -23,7 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use keygate::ratelimit::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use keygate::ratelimit::lease::{Demand, Grant, HandBack, Lease, LEASE_SHARE};
 use keygate::ratelimit::redis::HAND_BACK_GRACE;
 use keygate::ratelimit::{Limit, Rule, SUB_WINDOWS};
 
@@ -83,10 +83,10 @@ impl Window {
         let current = (now_ms / sub) as i64;
         let oldest = (now_ms.saturating_sub(self.limit.window_millis()) / sub) as i64;
         self.counters.retain(|&k, _| k >= oldest);
-        // One limit: the hand-back names its one sub-window (a plan of several limits
-        // hands the same units back to each, in one call).
-        if let Some((back, &(sub_window, _))) = back.as_ref().and_then(|b| Some((b, b.limits.first()?))) {
-            if let Some(held) = self.counters.get_mut(&sub_window) {
+        // One limit: the hand-back names its sub-window (a plan of several limits has a
+        // lease, and hands back, per limit).
+        if let Some(back) = &back {
+            if let Some(held) = self.counters.get_mut(&back.sub_window) {
                 *held -= back.units.min(*held);
             }
         }
@@ -113,12 +113,10 @@ impl Window {
         let grant = Grant {
             units,
             sub_window_left: (current as u64 + 1) * sub - now_ms,
-            limits: vec![GrantLimit {
-                sub_window: current,
-                nonce: 1,
-                free_after: requests - count,
-                reset: (current as u64 + 1) * sub + self.limit.window_millis() - now_ms,
-            }],
+            sub_window: current,
+            nonce: 1,
+            free_after: requests - count,
+            reset: (current as u64 + 1) * sub + self.limit.window_millis() - now_ms,
         };
         (admitted, grant)
     }
@@ -377,12 +375,17 @@ impl Sim {
                 self.schedule(deadline * 1_000, Event::LeaseEnd { replica, tenant, generation });
             }
             None if grant.units > 0 => {
-                // Over before it arrived: straight back.
-                self.out.calls += 1;
-                self.out.hand_backs += 1;
-                let back: HandBack = grant.hand_back();
-                self.windows[tenant as usize].script(now_ms, Some(back), &[], 0);
-                self.parked[tenant as usize] -= grant.units;
+                // Over before it arrived: its units wait for the next call (the queue's,
+                // at once, if checks are queued), or go back alone after the grace.
+                let (back, sent_ms): (HandBack, u64) = (grant.hand_back(), slot.sent_ms);
+                if slot.pending.is_none() {
+                    let tag = slot.generation | 1 << 63;
+                    slot.pending = Some((back, tag, sent_ms));
+                    let at = self.now_us + HAND_BACK_GRACE.as_micros() as u64;
+                    self.schedule(at, Event::GraceEnd { replica, tenant, generation: tag });
+                } else {
+                    self.hand_back_alone(tenant, back, sent_ms);
+                }
             }
             None => {}
         }

@@ -63,7 +63,7 @@
 //! is counted in none, decided in one step (one critical section in the local limiter,
 //! one script call in Redis). The argument above holds for each window on its own: every
 //! admission, and every lease's units, is counted in each window's sub-window before it
-//! is admitted, and a lease ends before the first of those sub-windows does. A quota
+//! is admitted, and each window's lease ends before that window's sub-window does. A quota
 //! admits at most `requests` per period for the same reason: whatever a period admitted
 //! was counted in that period's count first.
 

@@ -640,7 +640,7 @@ fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
                 if sha == now_script {
                     // One limit, no lease wanted, none handed back: the decisions of the
                     // scripts before.
-                    command.arg(1).arg(0).arg(8).arg(0).arg(requests).arg(sub).arg(window).arg(-1).arg(0);
+                    command.arg(1).arg(8).arg(requests).arg(sub).arg(window).arg(0).arg(0).arg(-1).arg(0);
                 } else if sha == before_limits {
                     command.arg(requests).arg(sub).arg(window).arg(0).arg(8).arg(-1).arg(0).arg(0);
                 } else {
@@ -648,7 +648,7 @@ fn the_script_decides_exactly_as_the_script_before_the_summary_did() {
                 }
                 let reply: Vec<i64> = command.arg(&costs).query(&mut con).expect("EVALSHA");
                 if sha == now_script {
-                    assert_eq!(reply.len(), costs.len() * 5 + 2 + 4, "the decisions, then the lease");
+                    assert_eq!(reply.len(), costs.len() * 5 + 6, "the decisions, then the lease");
                     assert_eq!(reply[costs.len() * 5], 0, "no lease granted when none is wanted");
                     // Per cost: allowed, the limit (the only one), remaining, reset, retry.
                     return reply[..costs.len() * 5]
@@ -1254,12 +1254,12 @@ fn the_script_resets_calendar_quotas_on_its_clock_as_the_local_limiter_does() {
             .arg(1)
             .arg(key)
             .arg(1)
-            .arg(0)
             .arg(8)
-            .arg(0)
             .arg(requests)
             .arg(0)
             .arg(reset_day)
+            .arg(0)
+            .arg(0)
             .arg(-1)
             .arg(0)
             .arg(costs)

@@ -5,18 +5,31 @@
 //!
 //! # Leases
 //!
-//! A script call that decides a batch of checks may also grant a **lease**: `units` more,
-//! counted in Redis at once in every limit of the plan, in the sub-window the call ran in
-//! (its counter, like any admission's; a calendar quota's current period), which this
-//! replica may then admit locally, without asking Redis, until the first of those
-//! sub-windows ends (a quota-only plan's lease lasts at most a second). A lease is at
-//! most `1/`[`LEASE_SHARE`] of the least room among the limits, granted and handed back
-//! for all of them by one script call. What is left when the sub-window ends (or when a request needs
-//! more than is left) is handed back in the next call, or by a timer [`super::redis::HAND_BACK_GRACE`] after the sub-window's
-//! end when no call comes: the script takes the unspent units off that sub-window's
-//! counter. Every admission from a lease is therefore counted in Redis before it happens,
-//! in the sub-window it happens in, which is all the proof of [`crate::ratelimit`] needs:
-//! no window-long span ever admits more than the limit, across any number of replicas.
+//! A script call that decides a batch of checks may also grant, for each limit of the plan
+//! it carries, a **lease**: `units` more, counted in Redis at once in that limit, in the
+//! sub-window the call ran in (its counter, like any admission's; a calendar quota's
+//! current period), which this replica may then spend locally, without asking Redis, until
+//! that sub-window ends (a quota's lease lasts at most a second). Each limit of a plan has
+//! a lease of its own, with its own size and deadline: a request is admitted from the
+//! leases only if every one of them still runs and holds its cost ([`spend`]), and then
+//! takes it from each. A lease is at most `1/`[`LEASE_SHARE`] of its limit's free quota.
+//!
+//! A call goes to Redis when some limit's lease cannot serve a check, and carries only the
+//! limits whose lease cannot serve it (none, spent, ended) or is [`Lease::low`] (a quarter
+//! of its units or time left: renewed while a call goes anyway, to save it a call of its
+//! own); the other limits' parts of the call's decisions are taken from their leases when
+//! the call is sent (while they still run), and given back to them for a refused cost. With
+//! a plan of a 1 s burst, a minute and a month, the burst's lease (50 ms sub-windows) is
+//! renewed by calls on its one key, and the minute's and month's join a call only when
+//! they run low, instead of every call touching all three keys.
+//!
+//! What is left of a lease when its sub-window ends (or when a request needs more than is
+//! left, or it is renewed early) is handed back in the next call carrying its limit, or by
+//! a timer [`super::redis::HAND_BACK_GRACE`] after the sub-window's end when no call comes:
+//! the script takes the unspent units off that sub-window's counter. Every admission from a
+//! lease is therefore counted in Redis, in every limit, before it happens, in the sub-window
+//! of that limit it happens in, which is all the proof of [`crate::ratelimit`] needs: no
+//! window-long span ever admits more than the limit, across any number of replicas.
 //! Handing back only lowers a counter to what was really admitted in it.
 //!
 //! The replica cannot read Redis's clock, so it ends a lease early rather than late: the
@@ -35,20 +48,23 @@
 //! this replica's recent rate, doubling while leases run out early, shrinking to what was
 //! spent when one ends with units left, back to none after [`IDLE_MS`] without a request
 //! (or sooner: the limiter forgets a tenant's demand with its slot, once nothing is in
-//! flight, queued or leased), never more than [`MAX_LEASE`]. The script caps every lease at `1/`[`LEASE_SHARE`] of
-//! the quota still free, so leases shrink to nothing (one unit per request, today's
-//! decision) as the quota nears its end, and a lease parked on one replica can hold back
-//! at most that share from the others.
+//! flight, queued or leased), never more than [`MAX_LEASE`]; each limit's demand is its
+//! own (a lease renewed early, nearly spent, counts as spent out: [`Demand::renewed`]).
+//! The script caps every lease at `1/`[`LEASE_SHARE`] of its limit's quota still free, so
+//! leases shrink to nothing (one unit per request, today's decision) as the quota nears
+//! its end, and a lease parked on one replica can hold back at most that share from the
+//! others.
 //!
 //! # What leases cost the tenant (under-admission)
 //!
 //! A lease's unspent units are counted in Redis but admit nothing until they are handed
-//! back: at most `min(MAX_LEASE, free / LEASE_SHARE)` units per lease, one lease per
-//! (replica, worker thread, tenant, limit), for at most the rest of one sub-window (the
-//! window / 20: 3 s for a one-minute plan) plus [`super::redis::HAND_BACK_GRACE`] (50 ms) and
-//! one call to hand them back. A replica
-//! that dies holding a lease loses its units until their sub-window leaves the window
-//! (at most one window plus one sub-window); they are never spent twice.
+//! back: at most `min(MAX_LEASE, free / LEASE_SHARE)` units of its limit per lease, one
+//! lease per (replica, worker thread, tenant, limit), for at most the rest of one of that
+//! limit's sub-windows (the window / 20: 3 s for a one-minute plan; a second for a quota)
+//! plus [`super::redis::HAND_BACK_GRACE`] (50 ms) and one call to hand them back (a lease
+//! that arrives already ended waits likewise). A replica that dies holding a lease loses
+//! its units until their sub-window leaves the window (at most one window plus one
+//! sub-window); they are never spent twice.
 
 use std::time::Duration;
 
@@ -64,9 +80,11 @@ pub const HORIZON_MS: u64 = 50;
 /// A tenant with no request on this replica for this long is no longer busy here.
 pub const IDLE_MS: u64 = 1_000;
 
-/// Units of one tenant's quota, counted in Redis for this replica in every limit of its
-/// plan at once, spendable here until `deadline`. Times are milliseconds of the caller's
-/// monotonic clock.
+/// Units of one limit of a tenant's plan, counted in Redis for this replica in that
+/// limit's current sub-window (or period), spendable here until `deadline`. Times are
+/// milliseconds of the caller's monotonic clock. A plan of several limits holds one per
+/// limit, each with its own size and deadline: a request is admitted from them when every
+/// one of them holds its cost (see [`spend`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Units left.
@@ -75,16 +93,8 @@ pub struct Lease {
     pub granted: u64,
     /// When it was granted (the call was sent).
     pub granted_at: u64,
-    /// Spendable while `now < deadline`: before the first of its sub-windows (or
-    /// periods) ends.
+    /// Spendable while `now < deadline`: before its sub-window (or period) ends.
     pub deadline: u64,
-    /// Per limit of the plan, in order: where its units are counted.
-    pub limits: Vec<LeaseLimit>,
-}
-
-/// One limit's side of a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseLimit {
     /// The sub-window (Redis's index; a calendar quota's period) its units are counted in.
     pub sub_window: i64,
     /// The nonce of the hash that counted them: a hand-back names it.
@@ -95,28 +105,23 @@ pub struct LeaseLimit {
     pub reset_at: u64,
 }
 
-/// A lease's unspent units on their way back to Redis, for every limit it was counted in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A lease's unspent units on their way back to Redis, to the limit it was counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandBack {
     pub units: u64,
-    /// Per limit, in order: the sub-window (or period) and the hash's nonce.
-    pub limits: Vec<(i64, i64)>,
+    /// The sub-window (or period) they were counted in.
+    pub sub_window: i64,
+    /// The nonce of the hash that counted them.
+    pub nonce: i64,
 }
 
-/// What the script answered about the lease of one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the script answered about the lease of one limit in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     pub units: u64,
-    /// How long the first of its sub-windows (or periods) to end still ran when the
-    /// script ran, in ms.
+    /// How long its sub-window (at most a second, for a calendar quota) still ran when
+    /// the script ran, in ms.
     pub sub_window_left: u64,
-    /// Per limit, in order.
-    pub limits: Vec<GrantLimit>,
-}
-
-/// One limit's side of a [`Grant`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GrantLimit {
     pub sub_window: i64,
     pub nonce: i64,
     pub free_after: u64,
@@ -127,8 +132,47 @@ pub struct GrantLimit {
 impl Grant {
     /// Its units as a hand-back (a grant that arrived too late to be used).
     pub fn hand_back(&self) -> HandBack {
-        HandBack { units: self.units, limits: self.limits.iter().map(|l| (l.sub_window, l.nonce)).collect() }
+        HandBack { units: self.units, sub_window: self.sub_window, nonce: self.nonce }
     }
+}
+
+/// One limit's part of a decision: its position in the plan, its `remaining` and its
+/// reset (ms).
+pub type Part = (usize, u64, u64);
+
+/// Of the parts of an admitted request, the one its decision describes: the least room,
+/// of equals the one whose quota comes back last, then the first (as the script chooses).
+pub fn least_room(parts: impl IntoIterator<Item = Part>) -> Option<Part> {
+    parts.into_iter().min_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)))
+}
+
+/// The decision of a request admitted with `best` ([`least_room`]) describing it.
+pub fn admitted(best: Part, rules: &[Rule]) -> Decision {
+    let (index, remaining, reset) = best;
+    Decision {
+        allowed: true,
+        limit: rules.get(index).map_or(0, |rule| rule.requests),
+        index,
+        remaining,
+        reset: Duration::from_millis(reset),
+        retry_after: None,
+    }
+}
+
+/// Admits `cost` at `now` from `leases` (one per limit of `rules`, in order) if every one
+/// of them is still spendable and holds it: takes it from each, and describes the limit
+/// with the least room, as the script does. Else takes nothing.
+pub fn spend(leases: &mut [Option<Lease>], cost: u64, rules: &[Rule], now: u64) -> Option<Decision> {
+    if leases.is_empty() || !leases.iter().all(|l| l.as_ref().is_some_and(|l| l.holds(cost, now))) {
+        return None;
+    }
+    let parts = leases.iter_mut().enumerate().filter_map(|(i, l)| {
+        let l = l.as_mut()?;
+        l.units -= cost;
+        Some(l.part(i, now))
+    });
+    let parts: Vec<Part> = parts.collect();
+    least_room(parts).map(|best| admitted(best, rules))
 }
 
 impl Lease {
@@ -139,55 +183,38 @@ impl Lease {
         // whole milliseconds and for clock rates: the lease ends before its sub-window.
         let left = grant.sub_window_left.saturating_sub(1 + grant.sub_window_left / 256);
         let deadline = sent.saturating_add(left);
-        (grant.units > 0 && deadline > received && !grant.limits.is_empty()).then(|| Lease {
+        (grant.units > 0 && deadline > received).then_some(Lease {
             units: grant.units,
             granted: grant.units,
             granted_at: sent,
             deadline,
-            limits: grant
-                .limits
-                .iter()
-                .map(|l| LeaseLimit {
-                    sub_window: l.sub_window,
-                    nonce: l.nonce,
-                    free_after: l.free_after,
-                    // Counted from the receiving: a client is never told the quota is back early.
-                    reset_at: received.saturating_add(l.reset),
-                })
-                .collect(),
+            sub_window: grant.sub_window,
+            nonce: grant.nonce,
+            free_after: grant.free_after,
+            // Counted from the receiving: a client is never told the quota is back early.
+            reset_at: received.saturating_add(grant.reset),
         })
     }
 
-    /// Admits `cost` from the lease at `now` if it is still spendable and holds enough.
-    /// `rules` are the plan's limits, in the lease's order; the decision describes the
-    /// one with the least room (of equals, the one whose quota comes back last), as the
-    /// script's do.
+    /// Whether it can still serve `cost` at `now`.
+    pub fn holds(&self, cost: u64, now: u64) -> bool {
+        now < self.deadline && self.units >= cost
+    }
+
+    /// Its limit's part of a decision at `now` (the limit at `index` of the plan): what
+    /// Redis had free after the grant plus what this lease still holds.
+    pub fn part(&self, index: usize, now: u64) -> Part {
+        (index, self.free_after.saturating_add(self.units), self.reset_at.saturating_sub(now))
+    }
+
+    /// Admits `cost` from the lease at `now` if it is still spendable and holds enough:
+    /// [`spend`] for a plan of one limit.
     pub fn spend(&mut self, cost: u64, rules: &[Rule], now: u64) -> Option<Decision> {
-        if now >= self.deadline || self.units < cost {
+        if !self.holds(cost, now) {
             return None;
         }
         self.units -= cost;
-        let mut best: Option<(usize, u64, u64)> = None;
-        for (i, l) in self.limits.iter().enumerate() {
-            let remaining = l.free_after.saturating_add(self.units);
-            let reset = l.reset_at.saturating_sub(now);
-            let better = match best {
-                None => true,
-                Some((_, r, t)) => remaining < r || (remaining == r && reset > t),
-            };
-            if better {
-                best = Some((i, remaining, reset));
-            }
-        }
-        let (index, remaining, reset) = best?;
-        Some(Decision {
-            allowed: true,
-            limit: rules.get(index).map_or(0, |rule| rule.requests),
-            index,
-            remaining,
-            reset: Duration::from_millis(reset),
-            retry_after: None,
-        })
+        Some(admitted(self.part(0, now), rules))
     }
 
     /// Whether the lease can no longer be spent at `now` (its sub-window ended).
@@ -195,12 +222,17 @@ impl Lease {
         now >= self.deadline
     }
 
+    /// Whether the lease is worth renewing in a call that goes to Redis anyway (for
+    /// another limit of the plan) at `now`: it holds less than a quarter of its units or
+    /// of its time. Renewing it then saves the call of its own it would soon need.
+    pub fn low(&self, now: u64) -> bool {
+        self.units.saturating_mul(4) < self.granted
+            || self.deadline.saturating_sub(now).saturating_mul(4) < self.deadline.saturating_sub(self.granted_at)
+    }
+
     /// Its unspent units, to hand back (`None` when all were spent).
     pub fn hand_back(&self) -> Option<HandBack> {
-        (self.units > 0).then(|| HandBack {
-            units: self.units,
-            limits: self.limits.iter().map(|l| (l.sub_window, l.nonce)).collect(),
-        })
+        (self.units > 0).then_some(HandBack { units: self.units, sub_window: self.sub_window, nonce: self.nonce })
     }
 }
 
@@ -244,6 +276,19 @@ impl Demand {
             self.size.min(rate_size)
         };
     }
+
+    /// `lease` was renewed at `now` before it ran out or ended, because it was
+    /// [`Lease::low`] (or could not serve a batch): nearly spent, it is taken as spent out
+    /// (the size doubles, or follows the rate); low on time only, as ended.
+    pub fn renewed(&mut self, lease: &Lease, now: u64) {
+        if lease.units.saturating_mul(4) >= lease.granted {
+            return self.ended(lease, now);
+        }
+        let spent = lease.granted - lease.units;
+        let elapsed = now.saturating_sub(lease.granted_at).max(1);
+        let rate_size = spent.saturating_mul(HORIZON_MS).div_ceil(elapsed);
+        self.size = self.size.saturating_mul(2).max(rate_size).clamp(1, MAX_LEASE);
+    }
 }
 
 #[cfg(test)]
@@ -252,8 +297,7 @@ mod tests {
     use crate::policy::{Limit, LimitKind};
 
     fn grant(units: u64, left: u64) -> Grant {
-        let limit = GrantLimit { sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 };
-        Grant { units, sub_window_left: left, limits: vec![limit] }
+        Grant { units, sub_window_left: left, sub_window: 7, nonce: 42, free_after: 500, reset: 60_000 }
     }
 
     #[test]
@@ -275,24 +319,45 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_of_several_limits_reports_the_least_room_and_hands_back_to_each() {
+    fn leases_of_several_limits_admit_only_together_report_the_least_room_and_hand_back_each() {
         let plan = [
             Rule::window(Limit { requests: 10, window: Duration::from_secs(1) }),
             Rule { requests: 100_000, kind: LimitKind::Month { reset_day: 1 } },
         ];
-        let grant = Grant {
-            units: 4,
-            sub_window_left: 40,
-            limits: vec![
-                GrantLimit { sub_window: 9, nonce: 1, free_after: 3, reset: 1_000 },
-                GrantLimit { sub_window: 20_820, nonce: 2, free_after: 50, reset: 86_400_000 },
-            ],
-        };
-        let mut lease = Lease::new(&grant, 0, 1).expect("a lease");
-        let d = lease.spend(1, &plan, 2).expect("admitted");
+        let burst = Grant { units: 4, sub_window_left: 40, sub_window: 9, nonce: 1, free_after: 3, reset: 1_000 };
+        let month =
+            Grant { units: 2, sub_window_left: 1_000, sub_window: 20_820, nonce: 2, free_after: 50, reset: 86_400_000 };
+        let mut leases = [Lease::new(&burst, 0, 1), Lease::new(&month, 0, 1)];
+        assert_eq!((leases[0].as_ref().unwrap().deadline, leases[1].as_ref().unwrap().deadline), (39, 996));
+        let d = spend(&mut leases, 1, &plan, 2).expect("admitted");
         assert_eq!((d.index, d.limit, d.remaining), (0, 10, 6), "the burst: 3 free + 3 leased");
-        assert_eq!(lease.hand_back(), Some(HandBack { units: 3, limits: vec![(9, 1), (20_820, 2)] }));
-        assert_eq!(grant.hand_back().limits, vec![(9, 1), (20_820, 2)]);
+        // The month's lease holds 1: a cost of 2 is admitted by neither, taken from neither.
+        assert_eq!(spend(&mut leases, 2, &plan, 2), None);
+        assert_eq!((leases[0].as_ref().unwrap().units, leases[1].as_ref().unwrap().units), (3, 1));
+        // Past the burst's deadline, the month's lease alone admits nothing.
+        assert_eq!(spend(&mut leases, 1, &plan, 39), None);
+        let d = spend(&mut leases, 1, &plan, 38).expect("admitted");
+        assert_eq!((d.index, d.remaining), (0, 5));
+        assert_eq!(leases[0].as_ref().unwrap().hand_back(), Some(HandBack { units: 2, sub_window: 9, nonce: 1 }));
+        assert_eq!(leases[1].as_ref().unwrap().hand_back(), None, "the month's lease is spent");
+        assert_eq!(month.hand_back(), HandBack { units: 2, sub_window: 20_820, nonce: 2 });
+        // Of equal room, the limit whose quota comes back last, then the first.
+        assert_eq!(least_room([(0, 5, 100), (1, 5, 200), (2, 5, 200)]), Some((1, 5, 200)));
+        assert_eq!(least_room([(0, 4, 100), (1, 5, 200)]), Some((0, 4, 100)));
+    }
+
+    #[test]
+    fn a_lease_is_low_with_a_quarter_of_its_units_or_time_left() {
+        let mut lease = Lease::new(&grant(100, 1_000), 0, 1).expect("a lease");
+        let deadline = lease.deadline;
+        assert!(!lease.low(0));
+        lease.units = 25;
+        assert!(!lease.low(0), "a quarter left");
+        lease.units = 24;
+        assert!(lease.low(0));
+        lease.units = 100;
+        assert!(!lease.low(deadline - deadline / 4));
+        assert!(lease.low(deadline - deadline / 4 + 1));
     }
 
     #[test]
@@ -306,7 +371,10 @@ mod tests {
             granted,
             granted_at: at,
             deadline: at + 3_000,
-            limits: vec![LeaseLimit { sub_window: 0, nonce: 1, free_after: 0, reset_at: 0 }],
+            sub_window: 0,
+            nonce: 1,
+            free_after: 0,
+            reset_at: 0,
         };
         // Spent out fast: the size doubles at least, or follows the rate.
         demand.ended(&lease(4, 0, 0), 10);
@@ -320,6 +388,14 @@ mod tests {
         // Ended with units left: shrinks to the rate it was spent at.
         demand.ended(&lease(1_024, 1_000, 0), 100);
         assert_eq!(demand.want(1), 12);
+        // Renewed early, nearly spent: as spent out; with units left (its time ran low), as
+        // at its end.
+        demand.renewed(&lease(100, 10, 0), 10);
+        assert_eq!(demand.want(1), 450, "90 in 10 ms is 450 per 50 ms");
+        demand.renewed(&lease(100, 20, 0), 1_000);
+        assert_eq!(demand.want(1), 900, "doubles");
+        demand.renewed(&lease(100, 80, 0), 100);
+        assert_eq!(demand.want(1), 10, "20 in 100 ms, with units left");
         demand.checked(900);
         demand.checked(1_901);
         assert_eq!(demand.want(1), 0);

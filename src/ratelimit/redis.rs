@@ -89,25 +89,30 @@
 //!
 //! # Leases
 //!
-//! A call of a tenant that is busy on this worker also asks for a lease (see
-//! [`super::lease`]): units counted in Redis now, in every limit of the plan at once (in
-//! each window's current sub-window, in each quota's period), at most `1/LEASE_SHARE` of
-//! the least room among the limits, that later
-//! checks on this worker admit without a round trip until the sub-window ends. The
-//! checks queued behind a call are first served from the lease it brought back; only
-//! what the lease cannot cover goes to Redis. Unspent units go back to Redis with the
-//! next call of the tenant. A lease that runs to its end is ended by a timer, which then
-//! keeps its unspent units for the tenant's next call for [`HAND_BACK_GRACE`] and sends
-//! them alone only if no call comes by then: a busy tenant's next request, just past
-//! the sub-window's end, carries them with its own call (one call at each sub-window's
-//! end, not two). At saturation a worker therefore asks Redis about once per lease
-//! ([`super::lease::MAX_LEASE`] requests) and once per sub-window, instead of once per
-//! batch.
+//! A call of a tenant that is busy on this worker also asks for leases (see
+//! [`super::lease`]): per limit of the plan the call carries, units counted in Redis now
+//! in that limit (in the window's current sub-window, or the quota's period), at most
+//! `1/LEASE_SHARE` of that limit's room, that later checks on this worker admit without a
+//! round trip, each limit's lease until its own sub-window ends, a check needing its cost
+//! in every limit's lease. The checks queued behind a call are first served from the
+//! leases; only what they cannot cover goes to Redis, and that call carries only the
+//! limits whose lease is spent, ended or low (a quarter of its units or time left): the
+//! other limits' parts of its decisions are taken from their leases when it is sent, and
+//! each decision describes, of all the plan's limits, the one with the least room, the
+//! script's answer for those it carried and the lease's for the others (what Redis had
+//! free after the grant plus the lease's units still unspent). A refused cost's units go
+//! back to the leases they were taken from. Unspent units go back to Redis with the next
+//! call carrying their limit. A lease that runs to its end is ended by a timer, which
+//! then keeps its unspent units for that call for [`HAND_BACK_GRACE`] and sends them
+//! alone (on the limit's one key) only if no call comes by then: a busy tenant's next
+//! request, just past the sub-window's end, carries them with its own call (one call at
+//! each sub-window's end, not two). At saturation a worker therefore asks Redis about once
+//! per lease ([`super::lease::MAX_LEASE`] requests) and once per sub-window of its plan's
+//! shortest window, each call touching only the keys whose lease it renews, instead of
+//! once per batch.
 //!
-//! A lease ends before the first of its limits' sub-windows does (a quota's lease lasts
-//! at most a second), and its unspent units go back to every limit in one call. A lease's
-//! state lives beside the coalescing queue, in one [`Slot`] per (worker, plan's limits,
-//! tenant), forgotten as soon as nothing is in flight, queued or leased.
+//! A lease's state lives beside the coalescing queue, in one [`Slot`] per (worker, plan's
+//! limits, tenant), forgotten as soon as nothing is in flight, queued or leased.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -118,7 +123,7 @@ use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::lease::{Demand, Grant, GrantLimit, HandBack, Lease, LEASE_SHARE};
+use super::lease::{self, Demand, Grant, HandBack, Lease, LEASE_SHARE};
 use super::scope::KeyScope;
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
@@ -142,21 +147,21 @@ const MAX_EXACT: u64 = 1 << 53;
 /// The fields the script answers per cost; about the lease, before and per limit; and
 /// the arguments it takes before its limits, and per limit.
 const PER_COST: usize = 5;
-const LEASE_FIELDS: usize = 2;
-const LEASE_FIELDS_PER_LIMIT: usize = 4;
-const HEAD_ARGS: usize = 4;
-const ARGS_PER_LIMIT: usize = 5;
+const LEASE_FIELDS: usize = 6;
+const HEAD_ARGS: usize = 2;
+const ARGS_PER_LIMIT: usize = 7;
 
 /// The limiter script (`redis/limits.lua`: its header lists `KEYS` and `ARGV`). `KEYS`:
-/// one per limit of the plan, in order ([`rule_key`]); `ARGV`: the number of limits, the
-/// lease wanted and its share, the units of a lease handed back, then per limit its
-/// `requests`, sub-window and window lengths (ms; `0` and the reset day, `0` for a day,
-/// for a calendar quota) and where the lease handed back was counted (sub-window or
-/// period, nonce), then one cost per request, in arrival order. Returns `allowed, limit,
-/// remaining, reset_ms, retry_after_ms` per cost, flattened (`limit` is the position of
-/// the limit described; `retry_after_ms` is `-1` when admitted), then the lease granted
-/// (units, ms left in the first of its sub-windows to end) and per limit where it is
-/// counted (sub-window or period, nonce), the quota free after it and the reset.
+/// one per limit the call carries, in the plan's order ([`rule_key`]); `ARGV`: the number
+/// of limits and a lease's share, then per limit its `requests`, sub-window and window
+/// lengths (ms; `0` and the reset day, `0` for a day, for a calendar quota), the lease
+/// wanted, and the units of a lease handed back with where they were counted (sub-window
+/// or period, nonce), then one cost per request, in arrival order. Returns `allowed,
+/// limit, remaining, reset_ms, retry_after_ms` per cost, flattened (`limit` is the
+/// position of the limit described among those carried; `retry_after_ms` is `-1` when
+/// admitted), then per limit the lease granted: units, ms left in its sub-window (at most
+/// a second for a quota), where it is counted (sub-window or period, nonce), the quota
+/// free after it and the reset.
 pub const LUA: &str = include_str!("redis/limits.lua");
 
 /// The script, with its SHA1 computed once.
@@ -239,34 +244,67 @@ type Plans = HashMap<Arc<[Rule]>, HashMap<Box<str>, Slot>>;
 type Slots = HashMap<Worker, Plans>;
 
 /// One (worker, plan's limits, tenant): the call in flight, the checks queued behind it,
-/// the lease, and the demand that sizes the next one.
+/// and per limit of the plan its lease and the demand that sizes the next one.
 struct Slot {
     /// The tenant's Redis keys, one per limit.
     keys: Arc<[String]>,
     /// A call is in flight (or about to be sent); checks that cannot be served from the
-    /// lease queue behind it.
+    /// leases queue behind it.
     calling: bool,
     queue: Vec<Waiter>,
-    lease: Option<Lease>,
-    /// Tells a lease's end timer whether the lease it watches is still this one.
-    generation: u64,
-    /// The unspent units of a lease that ran to its end, for the tenant's next call (or,
-    /// after [`HAND_BACK_GRACE`], a call of their own), with the generation of the lease
-    /// they came from.
-    pending: Option<(HandBack, u64)>,
-    demand: Demand,
+    /// Per limit, in the plan's order: its lease.
+    leases: Vec<Option<Lease>>,
+    /// Per limit: tells a lease's end timer whether the lease it watches is still this one.
+    generations: Vec<u64>,
+    /// Per limit: the unspent units of a lease that ran to its end, for the next call that
+    /// carries the limit (or, after [`HAND_BACK_GRACE`], a call of their own), with the
+    /// generation of the lease they came from.
+    pending: Vec<Option<(HandBack, u64)>>,
+    /// Per limit: the demand that sizes its next lease.
+    demand: Vec<Demand>,
+}
+
+/// What one call carries to Redis, and what it took from the leases of the limits it
+/// does not carry.
+struct CallPlan {
+    /// The positions in the plan of the limits the call carries, in order.
+    carried: Vec<usize>,
+    /// Their Redis keys.
+    keys: Vec<String>,
+    /// Per carried limit: the lease it asks for.
+    wants: Vec<u64>,
+    /// Per carried limit: the unspent units of its last lease it hands back.
+    backs: Vec<Option<HandBack>>,
+    /// The limits served from their leases for every cost of the call.
+    reserved: Vec<Reserved>,
+}
+
+/// The units a call took from the lease of a limit it does not carry: the sum of its
+/// costs, taken when the call is sent (the lease still spendable then), so that the
+/// limit's part of each decision is the lease's, as it would be without a call; those of
+/// refused costs go back to the lease (or to Redis).
+#[derive(Clone, Copy)]
+struct Reserved {
+    index: usize,
+    /// The lease's units before the call took its costs.
+    units_before: u64,
+    sub_window: i64,
+    nonce: i64,
+    free_after: u64,
+    reset_at: u64,
 }
 
 impl Slot {
     fn new(keys: Arc<[String]>) -> Slot {
+        let n = keys.len();
         Slot {
             keys,
             calling: false,
             queue: Vec::new(),
-            lease: None,
-            generation: 0,
-            pending: None,
-            demand: Demand::default(),
+            leases: vec![None; n],
+            generations: vec![0; n],
+            pending: vec![None; n],
+            demand: vec![Demand::default(); n],
         }
     }
 
@@ -274,28 +312,105 @@ impl Slot {
     /// tenant still busy here shows it again by the next queue), so that a slot never
     /// outlives its last call or lease.
     fn is_idle(&self) -> bool {
-        !self.calling && self.queue.is_empty() && self.lease.is_none() && self.pending.is_none()
+        !self.calling
+            && self.queue.is_empty()
+            && self.leases.iter().all(Option::is_none)
+            && self.pending.iter().all(Option::is_none)
     }
 
     fn pending_units(&self) -> u64 {
-        self.pending.as_ref().map_or(0, |(back, _)| back.units)
+        self.pending.iter().flatten().map(|(back, _)| back.units).sum()
     }
 
-    /// What the next call hands back: the lease it ends, else the units a lease that ran
-    /// to its end left pending (one hand-back per call; the other waits for the next).
-    fn hand_back_with_call(&mut self, now: u64) -> Option<HandBack> {
-        self.end_lease(now).or_else(|| self.pending.take().map(|(back, _)| back))
+    fn leased_units(&self) -> u64 {
+        self.leases.iter().flatten().map(|lease| lease.units).sum::<u64>() + self.pending_units()
     }
 
-    /// Ends the lease if it cannot serve `cost` at `now`, and returns what is left of it
-    /// to hand back.
-    fn end_lease(&mut self, now: u64) -> Option<HandBack> {
-        let lease = self.lease.take()?;
-        self.demand.ended(&lease, now);
+    /// A check arrived at `now`.
+    fn checked(&mut self, now: u64) {
+        for demand in &mut self.demand {
+            demand.checked(now);
+        }
+    }
+
+    /// Ends limit `i`'s lease at `now`, and returns what is left of it to hand back.
+    fn end_lease(&mut self, i: usize, now: u64) -> Option<HandBack> {
+        let lease = self.leases[i].take()?;
+        if lease.expired(now) {
+            self.demand[i].ended(&lease, now);
+        } else {
+            self.demand[i].renewed(&lease, now);
+        }
         lease.hand_back()
     }
 
-    /// Serves queued checks from the lease, in order, while it holds enough, and drops
+    /// What the next call carrying limit `i` hands back: the lease it ends, else the units
+    /// a lease that ran to its end left pending (one hand-back per limit and call; the
+    /// other waits for the next).
+    fn hand_back_with_call(&mut self, i: usize, now: u64) -> Option<HandBack> {
+        self.end_lease(i, now).or_else(|| self.pending[i].take().map(|(back, _)| back))
+    }
+
+    /// Plans a call deciding `costs` at `now`: it carries the limits whose lease cannot
+    /// serve them all (none, spent, ended) and those whose lease is [`Lease::low`] (renewed
+    /// while a call goes anyway), asking each for a lease and handing its old one back;
+    /// the others serve every cost from their leases (taken now).
+    fn plan_call(&mut self, costs: &[u64], now: u64) -> CallPlan {
+        let total = costs.iter().fold(0u64, |sum, &cost| sum.saturating_add(cost));
+        let n = self.leases.len();
+        let serves =
+            |lease: &Option<Lease>| lease.as_ref().is_some_and(|lease| lease.holds(total, now) && !lease.low(now));
+        let mut carried: Vec<usize> = (0..n).filter(|&i| !serves(&self.leases[i])).collect();
+        if carried.is_empty() {
+            // Not called for by any limit (a check the leases could serve): all go.
+            carried = (0..n).collect();
+        }
+        let mut plan = CallPlan {
+            keys: carried.iter().map(|&i| self.keys[i].clone()).collect(),
+            wants: Vec::with_capacity(carried.len()),
+            backs: Vec::with_capacity(carried.len()),
+            reserved: Vec::new(),
+            carried,
+        };
+        let mut next = plan.carried.iter().copied().peekable();
+        for i in 0..n {
+            if next.peek() == Some(&i) {
+                next.next();
+                plan.backs.push(self.hand_back_with_call(i, now));
+                plan.wants.push(self.demand[i].want(costs.len()));
+            } else if let Some(lease) = self.leases[i].as_mut() {
+                plan.reserved.push(Reserved {
+                    index: i,
+                    units_before: lease.units,
+                    sub_window: lease.sub_window,
+                    nonce: lease.nonce,
+                    free_after: lease.free_after,
+                    reset_at: lease.reset_at,
+                });
+                lease.units -= total;
+            }
+        }
+        plan
+    }
+
+    /// Gives `units` taken by a call for costs it did not admit back to limit `reserved`'s
+    /// lease, or to the hand-back pending from it; `Some` if neither is held any more
+    /// (they go back to Redis).
+    fn refund(&mut self, reserved: &Reserved, units: u64) -> Option<HandBack> {
+        let i = reserved.index;
+        let same = |sub_window: i64, nonce: i64| (sub_window, nonce) == (reserved.sub_window, reserved.nonce);
+        if let Some(lease) = self.leases[i].as_mut().filter(|l| same(l.sub_window, l.nonce)) {
+            lease.units += units;
+            return None;
+        }
+        if let Some((back, _)) = self.pending[i].as_mut().filter(|(b, _)| same(b.sub_window, b.nonce)) {
+            back.units += units;
+            return None;
+        }
+        Some(HandBack { units, sub_window: reserved.sub_window, nonce: reserved.nonce })
+    }
+
+    /// Serves queued checks from the leases, in order, while they hold enough, and drops
     /// checks whose caller has gone away (they count nothing). Returns whether checks are
     /// left for a call; if none are, the slot has no call in flight any more.
     fn settle(&mut self, rules: &[Rule], now: u64) -> bool {
@@ -304,8 +419,7 @@ impl Slot {
             if waiter.tx.is_closed() {
                 continue;
             }
-            let spent =
-                if rest.is_empty() { self.lease.as_mut().and_then(|l| l.spend(waiter.cost, rules, now)) } else { None };
+            let spent = if rest.is_empty() { lease::spend(&mut self.leases, waiter.cost, rules, now) } else { None };
             match spent {
                 // A receiver gone just now costs its unit of the lease: it only refuses more.
                 Some(decision) => drop(waiter.tx.send(Ok(decision))),
@@ -316,6 +430,42 @@ impl Slot {
         self.calling = !self.queue.is_empty();
         self.calling
     }
+}
+
+/// The decisions of a call planned as `plan`, from the script's answers about the limits
+/// it carried (`decisions`, their `index` a position among those) and the leases it took
+/// the other limits' parts from; and the units of refused costs, to give back to those
+/// leases.
+fn merge(plan: &CallPlan, rules: &[Rule], costs: &[u64], decisions: Vec<Decision>, now: u64) -> (Vec<Decision>, u64) {
+    let mut spent = 0u64;
+    let mut refunded = 0u64;
+    let decisions = decisions
+        .into_iter()
+        .zip(costs)
+        .map(|(mut d, &cost)| {
+            d.index = plan.carried.get(d.index).copied().unwrap_or(d.index);
+            if !d.allowed {
+                refunded = refunded.saturating_add(cost);
+                return d;
+            }
+            spent = spent.saturating_add(cost);
+            let ms = u64::try_from(d.reset.as_millis()).unwrap_or(u64::MAX);
+            let leased = plan.reserved.iter().map(|r| {
+                let remaining = r.free_after.saturating_add(r.units_before.saturating_sub(spent));
+                (r.index, remaining, r.reset_at.saturating_sub(now))
+            });
+            if let Some((index, remaining, reset)) = lease::least_room(leased.chain([(d.index, d.remaining, ms)])) {
+                if index != d.index {
+                    d.index = index;
+                    d.limit = rules.get(index).map_or(0, |rule| rule.requests);
+                    d.remaining = remaining;
+                    d.reset = Duration::from_millis(reset);
+                }
+            }
+            d
+        })
+        .collect();
+    (decisions, refunded)
 }
 
 /// A queued check: its cost and where its answer goes.
@@ -352,7 +502,7 @@ impl fmt::Debug for RedisLimiter {
 enum Next {
     Decided(Decision),
     Wait(oneshot::Receiver<Result<Decision, RedisCallError>>),
-    Call { keys: Arc<[String]>, back: Option<HandBack>, want: u64 },
+    Call(CallPlan),
 }
 
 impl RedisLimiter {
@@ -421,8 +571,8 @@ impl RedisLimiter {
                 tenants.insert(tenant.into(), Slot::new(keys));
             }
             let Some(slot) = tenants.get_mut(tenant) else { unreachable!("inserted above") };
-            slot.demand.checked(now);
-            let next = if let Some(decision) = slot.lease.as_mut().and_then(|lease| lease.spend(cost, rules, now)) {
+            slot.checked(now);
+            let next = if let Some(decision) = lease::spend(&mut slot.leases, cost, rules, now) {
                 Next::Decided(decision)
             } else if slot.calling {
                 let (tx, rx) = oneshot::channel();
@@ -430,31 +580,26 @@ impl RedisLimiter {
                 Next::Wait(rx)
             } else {
                 slot.calling = true;
-                let back = slot.hand_back_with_call(now);
-                Next::Call { keys: slot.keys.clone(), back, want: slot.demand.want(1) }
+                Next::Call(slot.plan_call(&[cost], now))
             };
             (next, plan)
         };
-        let (keys, back, want) = match next {
+        let call = match next {
             Next::Decided(decision) => return Ok(decision),
             // The sender is only dropped without an answer if the task sending the batch
             // died (a panic, or the runtime shutting down).
             Next::Wait(rx) => return rx.await.unwrap_or(Err(RedisCallError::Unavailable)),
-            Next::Call { keys, back, want } => (keys, back, want),
+            Next::Call(call) => call,
         };
 
         // Nothing was in flight: this check goes now, alone, and hands whatever queued
         // behind it to a batch when it is done (or dropped).
         let mut leader = Leader { inner: self.inner.clone(), worker, plan, tenant: tenant.into(), failed: None };
         let sent = self.inner.now();
-        let result = self.inner.call(&keys, rules, &[cost], want, back).await;
-        let result = match result {
-            Ok((mut decisions, grant)) => {
-                self.inner.install(worker, &leader.plan, tenant, &grant, sent);
-                decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.inner.run_call(worker, &leader.plan, tenant, &call, &[cost], sent).await;
+        let result = result.and_then(|mut decisions| {
+            decisions.pop().ok_or_else(|| RedisCallError::Redis(unexpected("an empty reply")))
+        });
         if let Err(e) = &result {
             leader.failed = Some(e.clone());
         }
@@ -469,10 +614,19 @@ impl RedisLimiter {
     }
 
     /// Units held in leases on this replica and not yet spent or handed back, those of
-    /// leases that ended and wait for a call to go back with included (a lease's units
-    /// count once, whatever the number of limits they are counted in).
+    /// leases that ended and wait for a call to go back with included, summed over the
+    /// limits of each plan (each limit has leases of its own).
     pub fn leased_units(&self) -> u64 {
-        self.sum_over_slots(|slot| slot.lease.as_ref().map_or(0, |lease| lease.units) + slot.pending_units())
+        self.sum_over_slots(Slot::leased_units)
+    }
+
+    /// [`RedisLimiter::leased_units`] of the limits at position `index` of their plans
+    /// alone.
+    pub fn leased_units_in(&self, index: usize) -> u64 {
+        self.sum_over_slots(|slot| {
+            let lease = slot.leases.get(index).and_then(Option::as_ref).map_or(0, |lease| lease.units);
+            lease + slot.pending.get(index).and_then(Option::as_ref).map_or(0, |(back, _)| back.units)
+        })
     }
 
     fn sum_over_slots(&self, units: impl Fn(&Slot) -> u64) -> u64 {
@@ -516,24 +670,68 @@ impl Inner {
         Some(result)
     }
 
-    /// One script call deciding `costs` in order (one decision each) against every limit
-    /// of `rules` (their `keys`), asking for a lease of `want` more units and handing
-    /// `back` a lease's unspent units.
+    /// A call planned as `call` (sent at `sent`) deciding `costs` in order, for the slot
+    /// of (`worker`, `plan`, `tenant`): installs the leases it brought back, gives the
+    /// units of refused costs back to the leases it took them from, and returns one
+    /// decision per cost, every limit of the plan in it. If it fails, every unit it took
+    /// goes back.
+    async fn run_call(
+        self: &Arc<Self>,
+        worker: Worker,
+        plan: &Arc<[Rule]>,
+        tenant: &str,
+        call: &CallPlan,
+        costs: &[u64],
+        sent: u64,
+    ) -> Result<Vec<Decision>, RedisCallError> {
+        let rules: Vec<Rule> = call.carried.iter().map(|&i| plan[i]).collect();
+        let result = self.call(&call.keys, &rules, costs, &call.wants, &call.backs).await;
+        let (decisions, refunded) = match result {
+            Ok((decisions, grants)) => {
+                for (&i, grant) in call.carried.iter().zip(&grants) {
+                    self.install(worker, plan, tenant, i, grant, sent);
+                }
+                merge(call, plan, costs, decisions, self.now())
+            }
+            Err(e) => {
+                let all = costs.iter().fold(0u64, |sum, &cost| sum.saturating_add(cost));
+                self.refund(worker, plan, tenant, call, all);
+                return Err(e);
+            }
+        };
+        self.refund(worker, plan, tenant, call, refunded);
+        Ok(decisions)
+    }
+
+    /// Gives `units` back to every lease `call` took them from (or to Redis).
+    fn refund(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, call: &CallPlan, units: u64) {
+        if units == 0 {
+            return;
+        }
+        for reserved in &call.reserved {
+            let lost = HandBack { units, sub_window: reserved.sub_window, nonce: reserved.nonce };
+            let back =
+                self.with_slot(worker, plan, tenant, |slot, _| slot.refund(reserved, units)).unwrap_or(Some(lost));
+            if let Some(back) = back {
+                self.spawn_hand_back(tenant, plan, reserved.index, back);
+            }
+        }
+    }
+
+    /// One script call deciding `costs` in order (one decision each, its `index` a
+    /// position in `rules`) against every limit of `rules` (their `keys`), asking for a
+    /// lease of `wants` more units of each and handing `backs` leases' unspent units.
     async fn call(
         &self,
         keys: &[String],
         rules: &[Rule],
         costs: &[u64],
-        want: u64,
-        back: Option<HandBack>,
-    ) -> Result<(Vec<Decision>, Grant), RedisCallError> {
+        wants: &[u64],
+        backs: &[Option<HandBack>],
+    ) -> Result<(Vec<Decision>, Vec<Grant>), RedisCallError> {
         let n = rules.len();
-        let back = back.filter(|back| back.limits.len() == n);
         let mut args: Vec<i64> = Vec::with_capacity(HEAD_ARGS + n * ARGS_PER_LIMIT + costs.len());
-        let units_back = back.as_ref().map_or(0, |back| back.units.min(MAX_EXACT));
-        for v in [n as u64, want.min(MAX_EXACT), LEASE_SHARE, units_back] {
-            args.push(v as i64);
-        }
+        args.extend([n as i64, LEASE_SHARE as i64]);
         for (i, rule) in rules.iter().enumerate() {
             let (sub, third) = match rule.kind {
                 LimitKind::Window(window) => {
@@ -543,8 +741,11 @@ impl Inner {
                 LimitKind::Day => (0, 0),
                 LimitKind::Month { reset_day } => (0, u64::from(reset_day)),
             };
-            let (back_at, back_nonce) = back.as_ref().map_or((-1, 0), |back| back.limits[i]);
-            args.extend([rule.requests.min(MAX_EXACT) as i64, sub as i64, third as i64, back_at, back_nonce]);
+            let want = wants.get(i).copied().unwrap_or(0).min(MAX_EXACT);
+            let back = backs.get(i).copied().flatten();
+            let (units, at, nonce) = back.map_or((0, -1, 0), |b| (b.units.min(MAX_EXACT), b.sub_window, b.nonce));
+            args.extend([rule.requests.min(MAX_EXACT) as i64, sub as i64, third as i64, want as i64, units as i64]);
+            args.extend([at, nonce]);
         }
         args.extend(costs.iter().map(|&cost| cost.min(MAX_EXACT) as i64));
         let keys = keys.to_vec();
@@ -572,7 +773,7 @@ impl Inner {
                 }
             })
             .await?;
-        if reply.len() != costs.len() * PER_COST + LEASE_FIELDS + n * LEASE_FIELDS_PER_LIMIT {
+        if reply.len() != costs.len() * PER_COST + n * LEASE_FIELDS {
             return Err(RedisCallError::Redis(unexpected("a reply of the wrong length")));
         }
         let (per_cost, lease) = reply.split_at(costs.len() * PER_COST);
@@ -592,91 +793,136 @@ impl Inner {
                 }
             })
             .collect();
-        let grant = Grant {
-            units: whole(lease[0]),
-            sub_window_left: whole(lease[1]),
-            limits: lease[LEASE_FIELDS..]
-                .chunks_exact(LEASE_FIELDS_PER_LIMIT)
-                .map(|l| GrantLimit { sub_window: l[0], nonce: l[1], free_after: whole(l[2]), reset: whole(l[3]) })
-                .collect(),
-        };
-        Ok((decisions, grant))
+        let grants = lease
+            .chunks_exact(LEASE_FIELDS)
+            .map(|l| Grant {
+                units: whole(l[0]),
+                sub_window_left: whole(l[1]),
+                sub_window: l[2],
+                nonce: l[3],
+                free_after: whole(l[4]),
+                reset: whole(l[5]),
+            })
+            .collect();
+        Ok((decisions, grants))
     }
 
-    /// Installs the lease of `grant` (for a call sent at `sent`) in its slot, with a timer
-    /// that hands its unspent units back when it ends.
-    fn install(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, grant: &Grant, sent: u64) {
+    /// Installs the lease of limit `i` of `grant` (for a call sent at `sent`) in its slot,
+    /// with a timer that hands its unspent units back when it ends.
+    fn install(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, i: usize, grant: &Grant, sent: u64) {
         let Some(lease) = Lease::new(grant, sent, self.now()) else {
             if grant.units > 0 {
-                // Over before it arrived: straight back.
-                self.spawn_hand_back(tenant, plan, grant.hand_back());
+                // Over before it arrived (granted at its sub-window's very end): its units
+                // wait for the next call carrying the limit, as a lease's that ran to its
+                // end do (a busy tenant's comes at once: the checks queued behind this
+                // one), instead of a call of their own.
+                self.park(worker, plan, tenant, i, grant.hand_back());
             }
             return;
         };
         let deadline = lease.deadline;
         let installed = self.with_slot(worker, plan, tenant, |slot, now| {
             // A lease still held (a call raced past it) goes back at once.
-            let back = slot.end_lease(now);
-            slot.lease = Some(lease);
-            slot.generation += 1;
-            (slot.generation, back)
+            let back = slot.end_lease(i, now);
+            slot.leases[i] = Some(lease);
+            slot.generations[i] += 1;
+            (slot.generations[i], back)
         });
-        let Some((generation, back)) = installed else { return };
+        let Some((generation, back)) = installed else {
+            // No slot (cannot happen while its call is in flight): the units go back.
+            self.spawn_hand_back(tenant, plan, i, grant.hand_back());
+            return;
+        };
         if let Some(back) = back {
-            self.spawn_hand_back(tenant, plan, back);
+            self.spawn_hand_back(tenant, plan, i, back);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (inner, plan, tenant) = (self.clone(), plan.clone(), Box::<str>::from(tenant));
         runtime.spawn(async move {
             tokio::time::sleep_until((inner.epoch + Duration::from_millis(deadline)).into()).await;
             // Replaced (generation moved on): its units went back with what replaced it.
-            // Else it ends here, and its units wait for the tenant's next call; one still
-            // pending from an earlier lease (no call came, and its own grace has not yet
-            // run out) goes back now.
+            // Else it ends here, and its units wait for the next call carrying its limit;
+            // one still pending from an earlier lease (no call came, and its own grace has
+            // not yet run out) goes back now.
             let earlier = inner.with_slot(worker, &plan, &tenant, |slot, now| {
-                let back = (slot.generation == generation).then(|| slot.end_lease(now)).flatten()?;
-                slot.pending.replace((back, generation)).map(|(earlier, _)| earlier)
+                let back = (slot.generations[i] == generation).then(|| slot.end_lease(i, now)).flatten()?;
+                slot.pending[i].replace((back, generation)).map(|(earlier, _)| earlier)
             });
             if let Some(earlier) = earlier.flatten() {
-                inner.hand_back(&tenant, &plan, earlier).await;
+                inner.hand_back(&tenant, &plan, i, earlier).await;
             }
             tokio::time::sleep(inner.grace).await;
             // No call took them: they go back alone.
-            let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending.take() {
+            let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending[i].take() {
                 Some((back, from)) if from == generation => Some(back),
                 other => {
-                    slot.pending = other;
+                    slot.pending[i] = other;
                     None
                 }
             });
             if let Some(back) = back.flatten() {
-                inner.hand_back(&tenant, &plan, back).await;
+                inner.hand_back(&tenant, &plan, i, back).await;
             }
         });
     }
 
-    /// Hands `back` to Redis from a task of its own.
-    fn spawn_hand_back(self: &Arc<Self>, tenant: &str, plan: &Arc<[Rule]>, back: HandBack) {
+    /// Keeps `back` (the units of a lease of limit `i` that ended before it arrived) for the
+    /// next call carrying the limit, and hands them back alone after [`HAND_BACK_GRACE`] if
+    /// none took them; at once if units are already waiting.
+    fn park(self: &Arc<Self>, worker: Worker, plan: &Arc<[Rule]>, tenant: &str, i: usize, back: HandBack) {
+        // A tag no lease's timer uses: theirs are the generations themselves.
+        const PARKED: u64 = 1 << 63;
+        let parked = self.with_slot(worker, plan, tenant, |slot, _| {
+            if slot.pending[i].is_some() {
+                return None;
+            }
+            let tag = slot.generations[i] | PARKED;
+            slot.pending[i] = Some((back, tag));
+            Some(tag)
+        });
+        let Some(Some(tag)) = parked else {
+            self.spawn_hand_back(tenant, plan, i, back);
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (inner, plan, tenant) = (self.clone(), plan.clone(), Box::<str>::from(tenant));
+        runtime.spawn(async move {
+            tokio::time::sleep(inner.grace).await;
+            let back = inner.with_slot(worker, &plan, &tenant, |slot, _| match slot.pending[i].take() {
+                Some((back, from)) if from == tag => Some(back),
+                other => {
+                    slot.pending[i] = other;
+                    None
+                }
+            });
+            if let Some(back) = back.flatten() {
+                inner.hand_back(&tenant, &plan, i, back).await;
+            }
+        });
+    }
+
+    /// Hands `back` to limit `i` of `plan` in Redis from a task of its own.
+    fn spawn_hand_back(self: &Arc<Self>, tenant: &str, plan: &Arc<[Rule]>, i: usize, back: HandBack) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (inner, tenant, plan) = (self.clone(), Box::<str>::from(tenant), plan.clone());
-            runtime.spawn(async move { inner.hand_back(&tenant, &plan, back).await });
+            runtime.spawn(async move { inner.hand_back(&tenant, &plan, i, back).await });
         }
     }
 
-    /// A call that only hands a lease's unspent units back, to every limit at once. If it
-    /// fails they stay counted until their sub-window leaves the window (or their period
-    /// ends), which only ever refuses more.
-    async fn hand_back(&self, tenant: &str, plan: &[Rule], back: HandBack) {
+    /// A call that only hands a lease's unspent units back to limit `i` of `plan` (its one
+    /// key). If it fails they stay counted until their sub-window leaves the window (or
+    /// their period ends), which only ever refuses more.
+    async fn hand_back(&self, tenant: &str, plan: &[Rule], i: usize, back: HandBack) {
         let units = back.units;
-        let keys = owner_keys(tenant, plan);
-        if let Err(e) = self.call(&keys, plan, &[], 0, Some(back)).await {
+        let (Some(key), Some(rule)) = (owner_keys(tenant, plan).into_iter().nth(i), plan.get(i)) else { return };
+        if let Err(e) = self.call(&[key], &[*rule], &[], &[0], &[Some(back)]).await {
             tracing::debug!(error = %e, units, "a lease's unspent units could not be handed back");
         }
     }
 
-    /// Serves the checks queued for a slot from its lease, and sends the rest, batch after
-    /// batch, until none is left; then the slot has no call in flight (and is forgotten if
-    /// idle).
+    /// Serves the checks queued for a slot from its leases, and sends the rest, batch
+    /// after batch, until none is left; then the slot has no call in flight (and is
+    /// forgotten if idle).
     async fn drain(self: Arc<Self>, worker: Worker, plan: Arc<[Rule]>, tenant: Box<str>) {
         loop {
             let next = self.with_slot(worker, &plan, &tenant, |slot, now| {
@@ -685,15 +931,13 @@ impl Inner {
                 }
                 let n = slot.queue.len().min(MAX_BATCH);
                 let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
-                let back = slot.hand_back_with_call(now);
-                let want = slot.demand.want(batch.len());
-                Some((slot.keys.clone(), batch, back, want, now))
+                let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
+                let call = slot.plan_call(&costs, now);
+                Some((batch, costs, call, now))
             });
-            let Some((keys, batch, back, want, sent)) = next.flatten() else { return };
-            let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-            match self.call(&keys, &plan, &costs, want, back).await {
-                Ok((decisions, grant)) => {
-                    self.install(worker, &plan, &tenant, &grant, sent);
+            let Some((batch, costs, call, sent)) = next.flatten() else { return };
+            match self.run_call(worker, &plan, &tenant, &call, &costs, sent).await {
+                Ok(decisions) => {
                     for (waiter, decision) in batch.into_iter().zip(decisions) {
                         let _ = waiter.tx.send(Ok(decision));
                     }
@@ -792,6 +1036,71 @@ mod tests {
         assert_eq!(owner_keys("acme", &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:month"]);
         let scoped = owner("acme", Some(KeyScope { key: "key_1", mask: 0b10 }));
         assert_eq!(owner_keys(&scoped, &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:key:key_1:month"]);
+    }
+
+    fn lease(units: u64, granted: u64, deadline: u64, sub_window: i64) -> Lease {
+        let grant =
+            Grant { units: granted, sub_window_left: 100_000, sub_window, nonce: 9, free_after: 1_000, reset: 0 };
+        let mut lease = Lease::new(&grant, 0, 0).expect("a lease");
+        (lease.units, lease.deadline, lease.reset_at) = (units, deadline, 60_000);
+        lease
+    }
+
+    /// A plan of a burst, a minute and a month: the burst's lease has ended, the minute's
+    /// holds plenty, the month's is low. The call carries the burst and the month (their
+    /// old leases handed back with it), takes the minute's part from its lease, and gives
+    /// the units of a refused cost back to it.
+    #[test]
+    fn a_call_carries_only_the_limits_whose_lease_needs_renewing() {
+        let rules: Arc<[Rule]> = vec![
+            Rule::window(Limit { requests: 100_000, window: Duration::from_secs(1) }),
+            Rule::window(Limit { requests: 100_000, window: Duration::from_secs(60) }),
+            Rule { requests: 1_000_000, kind: LimitKind::Month { reset_day: 1 } },
+        ]
+        .into();
+        let mut slot = Slot::new(owner_keys("acme", &rules).into());
+        slot.leases =
+            vec![Some(lease(30, 100, 50, 1)), Some(lease(500, 1_000, 3_000, 2)), Some(lease(200, 1_000, 900, 3))];
+        slot.checked(60);
+        let call = slot.plan_call(&[1, 2], 60);
+        assert_eq!(call.carried, [0, 2]);
+        assert_eq!(call.keys, ["kg:rl:{acme}:1s", "kg:rq:{acme}:month"]);
+        assert_eq!(
+            call.backs,
+            [
+                Some(HandBack { units: 30, sub_window: 1, nonce: 9 }),
+                Some(HandBack { units: 200, sub_window: 3, nonce: 9 })
+            ]
+        );
+        assert_eq!(call.reserved.len(), 1);
+        assert_eq!((call.reserved[0].index, call.reserved[0].units_before), (1, 500));
+        assert_eq!(slot.leases[1].as_ref().map(|l| l.units), Some(497), "both costs taken from the minute's lease");
+        assert!(slot.leases[0].is_none() && slot.leases[2].is_none(), "ended, handed back with the call");
+
+        // The script admitted the first cost (the month's room, 40, the least among those
+        // carried) and refused the second (by the burst).
+        let decision = |allowed: bool, index: usize, remaining: u64| Decision {
+            allowed,
+            limit: 0,
+            index,
+            remaining,
+            reset: Duration::from_millis(1_000),
+            retry_after: (!allowed).then_some(Duration::from_millis(20)),
+        };
+        let (decisions, refunded) =
+            merge(&call, &rules, &[1, 2], vec![decision(true, 1, 40), decision(false, 0, 0)], 100);
+        assert_eq!((decisions[0].index, decisions[0].remaining), (2, 40), "the month, by its position in the plan");
+        assert_eq!((decisions[1].index, decisions[1].allowed), (0, false), "the burst refused");
+        assert_eq!(refunded, 2);
+        assert_eq!(slot.refund(&call.reserved[0], refunded), None);
+        assert_eq!(slot.leases[1].as_ref().map(|l| l.units), Some(499), "the refused cost's units are back");
+        // The minute's lease describes the decision when its room is the least.
+        let (decisions, _) = merge(&call, &rules, &[1, 2], vec![decision(true, 1, 5_000)], 100);
+        assert_eq!((decisions[0].index, decisions[0].remaining, decisions[0].limit), (1, 1_499, 100_000));
+        assert_eq!(decisions[0].reset, Duration::from_millis(59_900));
+        // A lease gone since: the units go back to Redis.
+        slot.leases[1] = None;
+        assert_eq!(slot.refund(&call.reserved[0], 2), Some(HandBack { units: 2, sub_window: 2, nonce: 9 }));
     }
 
     #[test]

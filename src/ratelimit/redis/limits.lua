@@ -11,26 +11,28 @@
 --                            first day, days since 1970-01-01 UTC), 'n' its count, 'o' the
 --                            hash's nonce
 -- ARGV[1]  n: the number of limits (KEYS)
--- ARGV[2]  lease: units wanted beyond the costs, granted only if every cost is admitted
---          (0: none)
--- ARGV[3]  share: a lease takes at most 1/share of the quota still free in every limit
--- ARGV[4]  units of a lease handed back, never spent (0: none)
--- then 5 per limit, in KEYS' order:
+-- ARGV[2]  share: a lease takes at most 1/share of the quota still free in its limit
+-- then 7 per limit, in KEYS' order:
 --          requests (at most 2^53);
 --          a window: the length of one sub-window in ms; a calendar quota: 0;
 --          a window: its length in ms (SUB_WINDOWS sub-windows); a quota: 0 for a day,
 --            the reset day (1..31) for a month;
---          the lease handed back: the sub-window (window) or period (quota) it was
---            counted in (-1: none);
---          the nonce of the hash that counted it
+--          lease: units of this limit wanted beyond the costs, granted only if every
+--            cost is admitted (0: none);
+--          units of a lease of this limit handed back, never spent (0: none);
+--          the sub-window (window) or period (quota) they were counted in (-1: none);
+--          the nonce of the hash that counted them
 -- then one cost per request, in arrival order (a batch of coalesced checks)
 --
 -- Returns, per cost and flattened: allowed (1 or 0), the limit the answer describes (its
 -- position, from 0: the one that refused whose room comes back last, or, admitted, the
 -- one with the least room left), its remaining, reset_ms and retry_after_ms (-1 when
--- admitted); then the lease: units granted, ms until the first of its sub-windows or
--- periods ends; then per limit: the sub-window or period it is counted in, the hash's
+-- admitted); then per limit its lease: units granted, ms until its sub-window (or, for a
+-- quota, at most a second) ends, the sub-window or period it is counted in, the hash's
 -- nonce, the quota free after the lease, reset_ms after it.
+--
+-- A call may carry only some of a plan's limits (the others served from leases of their
+-- own on the replica): it decides the costs against those it carries.
 --
 -- A request is admitted only if every limit has room for its cost; then it counts in
 -- all of them, and a refusal counts in none. A script, not MULTI/EXEC: every decision
@@ -39,11 +41,9 @@
 -- one step, on Redis's own clock (TIME), in one round trip.
 
 local n = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local share = tonumber(ARGV[3])
-local back_units = tonumber(ARGV[4])
-local PER_LIMIT = 5
-local first_cost = 5 + n * PER_LIMIT
+local share = tonumber(ARGV[2])
+local PER_LIMIT = 7
+local first_cost = 3 + n * PER_LIMIT
 
 -- Redis's clock, in ms: one clock for every replica.
 local t = redis.call('TIME')
@@ -105,7 +105,7 @@ end
 
 -- A sliding window: the algorithm of the script before several limits
 -- (tests/fixtures/limiter-before-limits.lua), on one key.
-local function open_window(key, requests, sub, window, back, back_nonce)
+local function open_window(key, requests, sub, window, back_units, back, back_nonce)
   local L = { added = 0 }
   -- This window's own reading of the clock (one that stepped back moves it on).
   local now = now
@@ -294,7 +294,7 @@ local function open_window(key, requests, sub, window, back, back_nonce)
 end
 
 -- A calendar quota: one count per period, reset at the period's first instant.
-local function open_quota(key, requests, rd, back, back_nonce)
+local function open_quota(key, requests, rd, back_units, back, back_nonce)
   local L = { added = 0 }
   local first, next_first = period(math.floor(now / DAY), rd)
   local read = redis.call('HMGET', key, 'p', 'n', 'o')
@@ -361,17 +361,20 @@ local function open_quota(key, requests, rd, back, back_nonce)
 end
 
 local limits = {}
+local wants = {}
 for i = 1, n do
-  local base = 4 + (i - 1) * PER_LIMIT
+  local base = 2 + (i - 1) * PER_LIMIT
   local requests = tonumber(ARGV[base + 1])
   local sub = tonumber(ARGV[base + 2])
   local third = tonumber(ARGV[base + 3])
-  local back = tonumber(ARGV[base + 4])
-  local back_nonce = ARGV[base + 5]
+  wants[i] = tonumber(ARGV[base + 4])
+  local back_units = tonumber(ARGV[base + 5])
+  local back = tonumber(ARGV[base + 6])
+  local back_nonce = ARGV[base + 7]
   if sub > 0 then
-    limits[i] = open_window(KEYS[i], requests, sub, third, back, back_nonce)
+    limits[i] = open_window(KEYS[i], requests, sub, third, back_units, back, back_nonce)
   else
-    limits[i] = open_quota(KEYS[i], requests, third, back, back_nonce)
+    limits[i] = open_quota(KEYS[i], requests, third, back_units, back, back_nonce)
   end
 end
 
@@ -411,24 +414,16 @@ for c = first_cost, #ARGV do
   out[#out + 1] = bx
 end
 
--- The lease: counted now in every limit, at most 1/share of what each has free.
-local granted = 0
-if want > 0 and not refused then
-  granted = want
-  for i = 1, n do granted = math.min(granted, math.floor(limits[i].free() / share)) end
-  if granted > 0 then
-    for i = 1, n do limits[i].add(granted) end
+-- The leases: each limit's counted now in that limit, at most 1/share of what it has free.
+for i = 1, n do
+  local granted = 0
+  if wants[i] > 0 and not refused then
+    granted = math.min(wants[i], math.floor(limits[i].free() / share))
+    if granted > 0 then limits[i].add(granted) end
   end
-end
-local left = nil
-for i = 1, n do
-  local l = limits[i].left()
-  if left == nil or l < left then left = l end
-end
-out[#out + 1] = granted
-out[#out + 1] = left or 0
-for i = 1, n do
   local counted_in, nonce = limits[i].lease(granted)
+  out[#out + 1] = granted
+  out[#out + 1] = limits[i].left()
   out[#out + 1] = counted_in
   out[#out + 1] = nonce
   out[#out + 1] = limits[i].free()
