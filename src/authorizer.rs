@@ -129,13 +129,7 @@ pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<
         }
         Err(denial) => {
             let Denial { refusal, principal, rate } = *denial;
-            record.decision = refusal.decision();
-            if let Some(limit) = refusal.limit_name() {
-                record.limit = Some(limit.to_string());
-            }
-            if principal.is_some() {
-                record.principal = principal;
-            }
+            note_denial(&mut record, &refusal, principal);
             let status = refusal.status();
             // Never gRPC-shaped: the fronting proxy reads an HTTP status.
             let response = refusal.into_response(&record.request_id, false);
@@ -151,6 +145,18 @@ pub fn refuse<B>(app: &App, request: &Request<B>, refusal: Refusal) -> Response<
     let mut response = pipeline::refuse(app, request, refusal);
     response.headers_mut().insert(X_KEYGATE_STATUS, status_value(status));
     response
+}
+
+/// Notes a refused decision in its access line: why, which limit refused, and who asked
+/// (when the key was known).
+pub(crate) fn note_denial(record: &mut AccessLog, refusal: &Refusal, principal: Option<Principal>) {
+    record.decision = refusal.decision();
+    if let Some(limit) = refusal.limit_name() {
+        record.limit = Some(limit.to_string());
+    }
+    if principal.is_some() {
+        record.principal = principal;
+    }
 }
 
 /// The decision on `original`: the proxy's phases 1–7, exactly. The admission is

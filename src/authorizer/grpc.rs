@@ -242,13 +242,7 @@ async fn check_response(
         }
         Err(denial) => {
             let Denial { refusal, principal, rate } = *denial;
-            record.decision = refusal.decision();
-            if let Some(limit) = refusal.limit_name() {
-                record.limit = Some(limit.to_string());
-            }
-            if principal.is_some() {
-                record.principal = principal;
-            }
+            super::note_denial(&mut record, &refusal, principal);
             let status = refusal.status();
             let message = refusal.message();
             let response = refusal.into_response(&record.request_id, false);
