@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::{Limit, LimitKind, Rule};
-use support::eventually;
 use support::redis::{client, RedisServer};
+use support::{eventually, most_in_one_window};
 
 /// Generous per-call timeout: a loaded machine must not turn a slow reply into an error.
 const RELAXED: Duration = Duration::from_secs(3);
@@ -204,13 +204,7 @@ async fn three_limits_with_leases_are_exact_across_three_replicas() {
     }
     let mut admitted = admitted.lock().unwrap().clone();
     admitted.sort();
-    let worst = |window: Duration| {
-        admitted
-            .iter()
-            .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + window).count())
-            .max()
-            .unwrap_or(0)
-    };
+    let worst = |window: Duration| most_in_one_window(&admitted, window);
     let refused_by = refused_by.lock().unwrap().clone();
     let leased = *leased.lock().unwrap();
     println!(

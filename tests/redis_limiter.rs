@@ -19,8 +19,8 @@ use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::{Decision, Limit, LimitKind, LocalLimiter, PlanHeaders, Rule};
 use keygate::settings::{LimitBackend, Limits, OnStoreError};
-use support::eventually;
 use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
+use support::{eventually, most_in_one_window};
 
 /// Generous per-call timeout for the tests that are not about timeouts: a loaded CI
 /// machine must not turn a slow reply into a fallback (500 ms was not enough beside a
@@ -177,14 +177,7 @@ async fn exactness(url: &str, tenant: &str) {
 
     let mut admitted = admitted.lock().unwrap().clone();
     admitted.sort();
-    // The largest number of admissions certainly decided within one window-long span: a
-    // span [a, a + W] certainly holds admission j iff sent_j >= a and received_j <= a + W,
-    // and the best a is one of the sent times.
-    let worst = admitted
-        .iter()
-        .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + WINDOW).count())
-        .max()
-        .unwrap_or(0);
+    let worst = most_in_one_window(&admitted, WINDOW);
     let latency = admitted.iter().map(|&(s, r)| r - s).max().unwrap_or_default();
     let allowed = REQUESTS as f64 * elapsed.as_secs_f64() / WINDOW.as_secs_f64();
     println!(
@@ -1157,13 +1150,7 @@ async fn several_limits_are_exact_across_three_replicas_and_refusals_count_in_no
     }
     let mut admitted = admitted.lock().unwrap().clone();
     admitted.sort();
-    let worst = |window: Duration| {
-        admitted
-            .iter()
-            .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + window).count())
-            .max()
-            .unwrap_or(0)
-    };
+    let worst = |window: Duration| most_in_one_window(&admitted, window);
     let refused_by = refused_by.lock().unwrap().clone();
     println!(
         "several limits: {} admitted, at most {} in 1 s, {} in 3 s; refused by limit: {refused_by:?}",

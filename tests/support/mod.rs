@@ -35,6 +35,18 @@ use keygate::{Options, Polls, Running, Settings};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
+/// The most admissions certainly decided within one `window`-long span, of admissions
+/// given as (sent, received) times sorted by sent time: a span [a, a + window] certainly
+/// holds admission j iff sent_j >= a and received_j <= a + window, and the best a is one
+/// of the sent times. The exactness tests compare it with the limit.
+pub fn most_in_one_window(admitted: &[(Instant, Instant)], window: Duration) -> usize {
+    admitted
+        .iter()
+        .map(|&(a, _)| admitted.iter().filter(|&&(sent, received)| sent >= a && received <= a + window).count())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Polls `check` (every 20 ms) until it is true or `deadline` passes; tells whether it
 /// became true. The one way tests wait for something to happen.
 pub async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
