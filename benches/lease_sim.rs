@@ -23,7 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
-use keygate::ratelimit::lease::{Demand, Grant, HandBack, Lease, LEASE_SHARE};
+use keygate::ratelimit::lease::{Demand, Grant, HandBack, Lease, BUSY_CHECKS, LEASE_SHARE};
 use keygate::ratelimit::redis::HAND_BACK_GRACE;
 use keygate::ratelimit::{Limit, Rule, SUB_WINDOWS};
 
@@ -327,7 +327,7 @@ impl Sim {
             Some(back)
         });
         let batch = std::mem::take(&mut slot.queue);
-        let want = if leases { slot.demand.want(batch.len()) } else { 0 };
+        let want = if leases { slot.demand.want(batch.len(), BUSY_CHECKS) } else { 0 };
         slot.calling = true;
         slot.batch = batch.len();
         slot.sent_ms = now_ms;

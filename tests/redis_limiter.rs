@@ -696,7 +696,8 @@ async fn memory_per_tenant_is_bounded_whatever_the_limit() {
         assert!(replica.check("big", &plan, 1).await.unwrap().allowed);
     }
     let key = shared_window::key("big", &plan);
-    assert_eq!(stored_count(&server, &key), 1_500);
+    // Back to back, the tenant is busy by its rate: what its lease holds is counted too.
+    assert_eq!(stored_count(&server, &key), 1_500 + replica.leased_units());
     let big = memory_usage(&server, &key);
 
     // The same plan over a 1 s window, the requests spread over more than a window so
@@ -762,8 +763,11 @@ async fn coalescing_cuts_round_trips_per_request() {
     // conservative side, until it is back; tested on its own below).
     let plan = limit(1_000_000, Duration::from_secs(86_400));
 
-    // Sequential checks: one round trip each.
-    let replica = limiter(&relay.url(), RELAXED).await;
+    // Sequential checks: one round trip each. (Back to back, as here, they would make the
+    // tenant busy by its rate alone, tested on its own below: these limiters count only
+    // queues as busy, so that coalescing is what is measured.)
+    let queues_only = |client| RedisLimiter::tuned(client, shared_window::HAND_BACK_GRACE, 0);
+    let replica = queues_only(client(&relay.url(), RELAXED).await.0);
     assert!(replica.check("acme", &plan, 1).await.unwrap().allowed); // loads the script
     relay.reset();
     for _ in 0..200 {
@@ -774,7 +778,7 @@ async fn coalescing_cuts_round_trips_per_request() {
     // 32 concurrent clients, each through a limiter of its own (on one client): nothing
     // shares a round trip — the uncoalesced figure under the same concurrency.
     let (client, _) = client(&relay.url(), RELAXED).await;
-    let alone: Vec<RedisLimiter> = (0..CLIENTS).map(|_| RedisLimiter::new(client.clone())).collect();
+    let alone: Vec<RedisLimiter> = (0..CLIENTS).map(|_| queues_only(client.clone())).collect();
     assert!(alone[0].check("acme", &plan, 1).await.unwrap().allowed);
     relay.reset();
     let mut tasks = Vec::new();
@@ -823,6 +827,52 @@ async fn coalescing_cuts_round_trips_per_request() {
     assert_eq!(remaining.len() as u64, total);
     assert_eq!(remaining.first().copied(), Some(before - total));
     assert_eq!(remaining.last().copied(), Some(before - 1));
+}
+
+/// A tenant whose checks come one at a time, never queued, is busy by its rate: once it
+/// made the busy number of checks in one horizon, its calls ask for leases and most checks
+/// are admitted from them, still exact (every request its own `remaining`, counting down
+/// by one); below that rate (`busy_checks` 0 here) every check is a round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_checks_at_a_busy_rate_are_leased_without_a_queue() {
+    const CHECKS: u64 = 1_000;
+    let server = RedisServer::start();
+    let relay = CountingRelay::start(server.addr()).await;
+    // A day's window: no lease of the run meets the end of its sub-window (72 minutes).
+    let plan = limit(1_000_000, Duration::from_secs(86_400));
+    // Busy at 4 checks in 50 ms (the default is 32): a loaded machine's round trips of
+    // up to 12 ms still make the tenant busy, so the test never depends on speed.
+    let (redis, _) = client(&relay.url(), RELAXED).await;
+    let replica = RedisLimiter::tuned(redis.clone(), shared_window::HAND_BACK_GRACE, 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica.leased_units() == 0 {
+        assert!(Instant::now() < deadline, "no lease after 20 s of back-to-back checks");
+        assert!(replica.check("acme", &plan, 1).await.unwrap().allowed);
+    }
+
+    let before = replica.check("acme", &plan, 1).await.unwrap().remaining;
+    relay.reset();
+    let mut remaining = Vec::new();
+    for _ in 0..CHECKS {
+        let d = replica.check("acme", &plan, 1).await.unwrap();
+        assert!(d.allowed);
+        remaining.push(d.remaining);
+    }
+    let leased = relay.commands() as f64 / CHECKS as f64;
+    println!("Redis round trips per request, back to back once busy by rate: {leased:.3}");
+    assert!(leased <= 0.25, "{leased} round trips per check once busy");
+    let expected: Vec<u64> = (0..CHECKS).map(|i| before - 1 - i).collect();
+    assert_eq!(remaining, expected, "one replica's remaining counts down by one, leased or not");
+
+    // The same checks through a limiter that takes only queues as busy: a round trip each.
+    let never = RedisLimiter::tuned(redis, shared_window::HAND_BACK_GRACE, 0);
+    assert!(never.check("other", &plan, 1).await.unwrap().allowed);
+    relay.reset();
+    for _ in 0..200 {
+        assert!(never.check("other", &plan, 1).await.unwrap().allowed);
+    }
+    assert_eq!(relay.commands(), 200);
+    assert_eq!(never.leased_units(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -43,13 +43,18 @@
 //! A tenant that is not busy on this replica gets no lease: every check is its own script
 //! call (or shares one with the checks queued behind it), exactly as without leases, so
 //! sequential requests spread over replicas see `remaining` fall by one each. "Busy" is
-//! seen, not guessed ([`Demand`]): checks queued behind a call in flight, or a lease spent
-//! before its sub-window ended. Then the size follows the demand: about [`HORIZON_MS`] of
-//! this replica's recent rate, doubling while leases run out early, shrinking to what was
-//! spent when one ends with units left, back to none after [`IDLE_MS`] without a request
-//! (or sooner: the limiter forgets a tenant's demand with its slot, once nothing is in
-//! flight, queued or leased), never more than [`MAX_LEASE`]; each limit's demand is its
-//! own (a lease renewed early, nearly spent, counts as spent out: [`Demand::renewed`]).
+//! seen, not guessed ([`Demand`]): checks queued behind a call in flight, a lease spent
+//! before its sub-window ended, or at least [`BUSY_CHECKS`] checks within one
+//! [`HORIZON_MS`] on this worker (a tenant whose requests come one at a time, back to
+//! back: at 640 a second or more a round trip each costs Redis as much as a queue does,
+//! and a lease of 50 ms of the tenant's own rate hides no more of its `remaining` than 50
+//! ms of its traffic moves it anyway). Then the size follows the demand: about
+//! [`HORIZON_MS`] of this replica's recent rate, doubling while leases run out early,
+//! shrinking to what was spent when one ends with units left, back to none after
+//! [`IDLE_MS`] without a request (or sooner: the limiter forgets a tenant's demand with
+//! its slot, once nothing is in flight, queued or leased and no check came for a
+//! [`HORIZON_MS`]), never more than [`MAX_LEASE`]; each limit's demand is its own (a lease
+//! renewed early, nearly spent, counts as spent out: [`Demand::renewed`]).
 //! The script caps every lease at `1/`[`LEASE_SHARE`] of its limit's quota still free, so
 //! leases shrink to nothing (one unit per request, today's decision) as the quota nears
 //! its end, and a lease parked on one replica can hold back at most that share from the
@@ -79,6 +84,9 @@ pub const LEASE_SHARE: u64 = 8;
 pub const HORIZON_MS: u64 = 50;
 /// A tenant with no request on this replica for this long is no longer busy here.
 pub const IDLE_MS: u64 = 1_000;
+/// A tenant making this many checks within [`HORIZON_MS`] on one worker is busy there,
+/// queue or no queue (640 checks a second).
+pub const BUSY_CHECKS: u64 = 32;
 
 /// Units of one limit of a tenant's plan, counted in Redis for this replica in that
 /// limit's current sub-window (or period), spendable here until `deadline`. Times are
@@ -243,6 +251,11 @@ pub struct Demand {
     size: u64,
     /// When the last check arrived.
     last_check: u64,
+    /// Checks since `counted_from` (the horizon being counted).
+    counted: u64,
+    counted_from: u64,
+    /// Checks per [`HORIZON_MS`] in the last horizon counted to its end.
+    rate: u64,
 }
 
 impl Demand {
@@ -251,15 +264,32 @@ impl Demand {
         if now.saturating_sub(self.last_check) > IDLE_MS {
             self.size = 0;
         }
+        let elapsed = now.saturating_sub(self.counted_from);
+        if elapsed >= HORIZON_MS {
+            // Per horizon, over however long the last count ran (longer after a pause).
+            self.rate = self.counted.saturating_mul(HORIZON_MS) / elapsed;
+            (self.counted, self.counted_from) = (0, now);
+        }
+        self.counted += 1;
         self.last_check = now;
+    }
+
+    /// Whether no check came within the last [`HORIZON_MS`] before `now`: a slot with
+    /// nothing in flight, queued or leased can then go, and its demand with it.
+    pub fn quiet(&self, now: u64) -> bool {
+        now.saturating_sub(self.last_check) >= HORIZON_MS
     }
 
     /// The units to ask for beyond the costs of a call deciding `batch` checks (the
     /// script grants at most `1/LEASE_SHARE` of what is free). Checks queued behind a
-    /// call are the sign of a busy tenant.
-    pub fn want(&mut self, batch: usize) -> u64 {
+    /// call are the sign of a busy tenant, and so is a rate of `busy_checks` or more per
+    /// [`HORIZON_MS`] (0: never on its own): the lease then holds one horizon of it.
+    pub fn want(&mut self, batch: usize, busy_checks: u64) -> u64 {
         if batch > 1 {
             self.size = self.size.max(batch as u64);
+        }
+        if self.size == 0 && busy_checks > 0 && self.rate >= busy_checks {
+            self.size = self.rate;
         }
         self.size.min(MAX_LEASE)
     }
@@ -361,11 +391,45 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_checking_back_to_back_at_the_busy_rate_is_busy_without_a_queue() {
+        let mut demand = Demand::default();
+        // 31 checks in the first horizon (0 - 49 ms): below the busy rate.
+        for t in 0..31 {
+            demand.checked(t);
+        }
+        demand.checked(50);
+        assert_eq!(demand.want(1, BUSY_CHECKS), 0, "31 per 50 ms is not busy");
+        // 40 in the next: busy, and the lease holds one horizon of that rate.
+        for t in 51..90 {
+            demand.checked(t);
+        }
+        demand.checked(100);
+        assert_eq!(demand.want(1, BUSY_CHECKS), 40);
+        assert_eq!(demand.want(1, 0), 40, "once busy, the leases' own use sizes the next ones");
+        // Fast once, then a pause: the count is spread over the whole pause.
+        let mut paused = Demand::default();
+        for t in 0..40 {
+            paused.checked(t);
+        }
+        paused.checked(5_000);
+        assert_eq!(paused.want(1, BUSY_CHECKS), 0);
+        assert!(!paused.quiet(5_049) && paused.quiet(5_050), "quiet a horizon after its last check");
+        // A busy rate of 0 never makes a tenant busy on its own.
+        let mut off = Demand::default();
+        for t in 0..100 {
+            off.checked(t / 2);
+        }
+        off.checked(50);
+        assert_eq!(off.want(1, 0), 0);
+        assert_eq!(off.want(1, BUSY_CHECKS), 100);
+    }
+
+    #[test]
     fn demand_grows_while_leases_run_out_and_shrinks_to_none_when_idle() {
         let mut demand = Demand::default();
         demand.checked(0);
-        assert_eq!(demand.want(1), 0, "one check at a time: no lease");
-        assert_eq!(demand.want(4), 4, "checks queued: busy");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 0, "one check at a time: no lease");
+        assert_eq!(demand.want(4, BUSY_CHECKS), 4, "checks queued: busy");
         let lease = |granted: u64, units: u64, at: u64| Lease {
             units,
             granted,
@@ -378,26 +442,26 @@ mod tests {
         };
         // Spent out fast: the size doubles at least, or follows the rate.
         demand.ended(&lease(4, 0, 0), 10);
-        assert_eq!(demand.want(1), 20, "4 in 10 ms is 20 per 50 ms");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 20, "4 in 10 ms is 20 per 50 ms");
         demand.ended(&lease(20, 0, 10), 1_000);
-        assert_eq!(demand.want(1), 40, "doubles");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 40, "doubles");
         for _ in 0..20 {
             demand.ended(&lease(40, 0, 0), 1);
         }
-        assert_eq!(demand.want(1), MAX_LEASE);
+        assert_eq!(demand.want(1, BUSY_CHECKS), MAX_LEASE);
         // Ended with units left: shrinks to the rate it was spent at.
         demand.ended(&lease(1_024, 1_000, 0), 100);
-        assert_eq!(demand.want(1), 12);
+        assert_eq!(demand.want(1, BUSY_CHECKS), 12);
         // Renewed early, nearly spent: as spent out; with units left (its time ran low), as
         // at its end.
         demand.renewed(&lease(100, 10, 0), 10);
-        assert_eq!(demand.want(1), 450, "90 in 10 ms is 450 per 50 ms");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 450, "90 in 10 ms is 450 per 50 ms");
         demand.renewed(&lease(100, 20, 0), 1_000);
-        assert_eq!(demand.want(1), 900, "doubles");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 900, "doubles");
         demand.renewed(&lease(100, 80, 0), 100);
-        assert_eq!(demand.want(1), 10, "20 in 100 ms, with units left");
+        assert_eq!(demand.want(1, BUSY_CHECKS), 10, "20 in 100 ms, with units left");
         demand.checked(900);
         demand.checked(1_901);
-        assert_eq!(demand.want(1), 0);
+        assert_eq!(demand.want(1, BUSY_CHECKS), 0);
     }
 }

@@ -89,8 +89,9 @@
 //!
 //! # Leases
 //!
-//! A call of a tenant that is busy on this worker also asks for leases (see
-//! [`super::lease`]): per limit of the plan the call carries, units counted in Redis now
+//! A call of a tenant that is busy on this worker (checks queued behind a call, or at
+//! least [`super::lease::BUSY_CHECKS`] checks in 50 ms, one at a time or not) also asks
+//! for leases (see [`super::lease`]): per limit of the plan the call carries, units counted in Redis now
 //! in that limit (in the window's current sub-window, or the quota's period), at most
 //! `1/LEASE_SHARE` of that limit's room, that later checks on this worker admit without a
 //! round trip, each limit's lease until its own sub-window ends, a check needing its cost
@@ -112,7 +113,10 @@
 //! once per batch.
 //!
 //! A lease's state lives beside the coalescing queue, in one [`Slot`] per (worker, plan's
-//! limits, tenant), forgotten as soon as nothing is in flight, queued or leased.
+//! limits, tenant), with the tenant's recent rate, forgotten once nothing is in flight,
+//! queued or leased and no check came for 50 ms: at once when its last call or lease
+//! ends later than that, else by a sweep of the quiet slots, at most once a
+//! [`SWEEP_EVERY`], on the next check.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -123,7 +127,7 @@ use redis::{ErrorKind, RedisError, Script};
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::lease::{self, Grant, HandBack, Lease, LEASE_SHARE};
+use super::lease::{self, Grant, HandBack, Lease, BUSY_CHECKS, LEASE_SHARE};
 use super::scope::KeyScope;
 use crate::metrics::StoreOp;
 use crate::policy::{Limit, LimitKind, Rule};
@@ -138,6 +142,9 @@ use slot::{merge, CallPlan, Slot, Waiter};
 /// ever refuse more (counted, admitted by no one); the script ignores a hand-back whose
 /// sub-window has left the window since, or whose period has ended.
 pub const HAND_BACK_GRACE: Duration = Duration::from_millis(50);
+
+/// How often, at most, the slots of tenants gone quiet are swept away (on a check).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The most checks one script call decides. A burst larger than this takes several calls
 /// (in a row, each carrying up to this many); it bounds the size of one command and the
@@ -245,7 +252,31 @@ type Worker = Option<usize>;
 /// One worker's slots, by plan (its limits) and tenant: looked up by `&[Rule]` and `&str`,
 /// without building the Redis keys on every check.
 type Plans = HashMap<Arc<[Rule]>, HashMap<Box<str>, Slot>>;
-type Slots = HashMap<Worker, Plans>;
+
+/// Every worker's slots, and when the quiet ones were last swept away.
+#[derive(Default)]
+struct Slots {
+    workers: HashMap<Worker, Plans>,
+    swept_at: u64,
+}
+
+impl Slots {
+    /// Forgets the slots that are idle at `now` ([`Slot::is_idle`]), if the last sweep
+    /// was [`SWEEP_EVERY`] ago: a tenant's slot stays while it checks, so that its rate
+    /// is seen, and goes when it stops.
+    fn sweep(&mut self, now: u64) {
+        if now.saturating_sub(self.swept_at) < SWEEP_EVERY.as_millis() as u64 {
+            return;
+        }
+        self.swept_at = now;
+        for plans in self.workers.values_mut() {
+            plans.retain(|_, tenants| {
+                tenants.retain(|_, slot| !slot.is_idle(now));
+                !tenants.is_empty()
+            });
+        }
+    }
+}
 
 struct Inner {
     client: RedisClient,
@@ -254,6 +285,8 @@ struct Inner {
     slots: Mutex<Slots>,
     /// [`HAND_BACK_GRACE`], unless a test set another.
     grace: Duration,
+    /// [`BUSY_CHECKS`], unless a test set another.
+    busy_checks: u64,
 }
 
 /// The shared limiter over Redis: one [`SCRIPT`] call per round trip deciding every limit
@@ -289,7 +322,15 @@ impl RedisLimiter {
     /// [`HAND_BACK_GRACE`]) for the tenant's next call before going back alone: for tests,
     /// which must not depend on a check arriving within 50 ms.
     pub fn with_hand_back_grace(client: RedisClient, grace: Duration) -> Self {
-        let inner = Inner { client, epoch: Instant::now(), slots: Mutex::new(HashMap::new()), grace };
+        RedisLimiter::tuned(client, grace, BUSY_CHECKS)
+    }
+
+    /// A limiter with the hand-back grace `grace` and a tenant making `busy_checks`
+    /// checks in 50 ms on one worker taken as busy without a queue (0: only a queue makes
+    /// a tenant busy): for tests, which compare with and without.
+    pub fn tuned(client: RedisClient, grace: Duration, busy_checks: u64) -> Self {
+        let slots = Mutex::new(Slots::default());
+        let inner = Inner { client, epoch: Instant::now(), slots, grace, busy_checks };
         RedisLimiter { inner: Arc::new(inner) }
     }
 
@@ -329,7 +370,8 @@ impl RedisLimiter {
         let (next, plan) = {
             let mut slots = self.inner.lock();
             let now = self.inner.now();
-            let plans = slots.entry(worker).or_default();
+            slots.sweep(now);
+            let plans = slots.workers.entry(worker).or_default();
             let plan: Arc<[Rule]> = match plans.get_key_value(rules) {
                 Some((plan, _)) => plan.clone(),
                 None => {
@@ -353,7 +395,7 @@ impl RedisLimiter {
                 Next::Wait(rx)
             } else {
                 slot.calling = true;
-                Next::Call(slot.plan_call(&[cost], now))
+                Next::Call(slot.plan_call(&[cost], now, self.inner.busy_checks))
             };
             (next, plan)
         };
@@ -404,7 +446,7 @@ impl RedisLimiter {
 
     fn sum_over_slots(&self, units: impl Fn(&Slot) -> u64) -> u64 {
         let slots = self.inner.lock();
-        slots.values().flat_map(HashMap::values).flat_map(HashMap::values).map(units).sum()
+        slots.workers.values().flat_map(HashMap::values).flat_map(HashMap::values).map(units).sum()
     }
 }
 
@@ -430,11 +472,11 @@ impl Inner {
     ) -> Option<R> {
         let mut slots = self.lock();
         let now = self.now();
-        let plans = slots.get_mut(&worker)?;
+        let plans = slots.workers.get_mut(&worker)?;
         let tenants = plans.get_mut(plan)?;
         let slot = tenants.get_mut(tenant)?;
         let result = f(slot, now);
-        if slot.is_idle() {
+        if slot.is_idle(now) {
             tenants.remove(tenant);
             if tenants.is_empty() {
                 plans.remove(plan);
@@ -705,7 +747,7 @@ impl Inner {
                 let n = slot.queue.len().min(MAX_BATCH);
                 let batch: Vec<Waiter> = slot.queue.drain(..n).collect();
                 let costs: Vec<u64> = batch.iter().map(|w| w.cost).collect();
-                let call = slot.plan_call(&costs, now);
+                let call = slot.plan_call(&costs, now, self.busy_checks);
                 Some((batch, costs, call, now))
             });
             let Some((batch, costs, call, sent)) = next.flatten() else { return };
@@ -835,7 +877,7 @@ mod tests {
         slot.leases =
             vec![Some(lease(30, 100, 50, 1)), Some(lease(500, 1_000, 3_000, 2)), Some(lease(200, 1_000, 900, 3))];
         slot.checked(60);
-        let call = slot.plan_call(&[1, 2], 60);
+        let call = slot.plan_call(&[1, 2], 60, BUSY_CHECKS);
         assert_eq!(call.carried, [0, 2]);
         assert_eq!(call.keys, ["kg:rl:{acme}:1s", "kg:rq:{acme}:month"]);
         assert_eq!(

@@ -78,14 +78,16 @@ impl Slot {
         }
     }
 
-    /// Nothing in flight, queued or leased: the slot can go. Its demand goes with it (a
-    /// tenant still busy here shows it again by the next queue), so that a slot never
-    /// outlives its last call or lease.
-    pub(super) fn is_idle(&self) -> bool {
+    /// Nothing in flight, queued or leased, and no check for a horizon
+    /// ([`Demand::quiet`]): the slot can go. Its demand goes with it (a tenant still busy
+    /// here shows it again, by the next queue or its rate), so that a slot outlives its
+    /// last call, lease and check by at most a horizon (and the parent module's sweep).
+    pub(super) fn is_idle(&self, now: u64) -> bool {
         !self.calling
             && self.queue.is_empty()
             && self.leases.iter().all(Option::is_none)
             && self.pending.iter().all(Option::is_none)
+            && self.demand.iter().all(|demand| demand.quiet(now))
     }
 
     pub(super) fn pending_units(&self) -> u64 {
@@ -124,8 +126,9 @@ impl Slot {
     /// Plans a call deciding `costs` at `now`: it carries the limits whose lease cannot
     /// serve them all (none, spent, ended) and those whose lease is [`Lease::low`] (renewed
     /// while a call goes anyway), asking each for a lease and handing its old one back;
-    /// the others serve every cost from their leases (taken now).
-    pub(super) fn plan_call(&mut self, costs: &[u64], now: u64) -> CallPlan {
+    /// the others serve every cost from their leases (taken now). A tenant making
+    /// `busy_checks` checks a horizon is busy without a queue ([`Demand::want`]).
+    pub(super) fn plan_call(&mut self, costs: &[u64], now: u64, busy_checks: u64) -> CallPlan {
         let total = costs.iter().fold(0u64, |sum, &cost| sum.saturating_add(cost));
         let n = self.leases.len();
         let serves =
@@ -147,7 +150,7 @@ impl Slot {
             if next.peek() == Some(&i) {
                 next.next();
                 plan.backs.push(self.hand_back_with_call(i, now));
-                plan.wants.push(self.demand[i].want(costs.len()));
+                plan.wants.push(self.demand[i].want(costs.len(), busy_checks));
             } else if let Some(lease) = self.leases[i].as_mut() {
                 plan.reserved.push(Reserved {
                     index: i,
