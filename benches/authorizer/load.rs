@@ -16,7 +16,12 @@
 //! - `--mode http`: an HTTP/1.1 `GET <path>` on kept-alive connections (the authorizer's
 //!   HTTP mode, Envoy's `http_service` convention; or the proxy listener, forwarding);
 //! - `--rate N`: N requests a second in all, spread over the connections, each sent at
-//!   its scheduled time (an open loop: a late answer delays no later request's start);
+//!   its scheduled time, or as soon as its connection's previous request is answered if
+//!   that is later (one request at a time per connection, as Envoy's ext_authz client
+//!   sends on a connection when not loaded). The times come from a pacer thread that
+//!   sleeps to each one (to within the kernel's timer slack, about 50 µs), not from
+//!   tokio's timer, whose 1 ms granularity would send a 0.4 ms schedule as bursts of
+//!   back-to-back requests every millisecond;
 //!   `--rate 0`: every connection sends its next request as soon as the last is answered
 //!   (a closed loop: saturation).
 //!
@@ -25,6 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,6 +40,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use http_body_util::{BodyExt, Empty};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tonic::transport::{Channel, Endpoint};
 
 struct Args {
@@ -221,17 +228,24 @@ struct Outcome {
     statuses: BTreeMap<u16, u64>,
 }
 
-async fn connection(args: std::sync::Arc<Args>, index: usize, start: Instant) -> Outcome {
+/// One connection's requests: when `ticks` is given (a fixed rate), one per tick from
+/// the pacer, else back to back (saturation) from `start` until `end`.
+async fn connection(
+    args: Arc<Args>,
+    start: Instant,
+    end: Instant,
+    mut ticks: Option<UnboundedReceiver<()>>,
+) -> Outcome {
     let mut client = Client::open(&args).await;
     let mut outcome = Outcome { latencies_us: Vec::new(), statuses: BTreeMap::new() };
-    let end = start + args.duration;
-    // Open loop: this connection's share of the rate, offset so the connections interleave.
-    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
-    let mut next = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / args.connections as f64));
+    if ticks.is_none() {
+        tokio::time::sleep_until(start.into()).await;
+    }
     loop {
-        if let Some(interval) = interval {
-            tokio::time::sleep_until(next.into()).await;
-            next += interval;
+        if let Some(ticks) = ticks.as_mut() {
+            if ticks.recv().await.is_none() {
+                break;
+            }
         }
         let sent = Instant::now();
         if sent >= end {
@@ -242,6 +256,28 @@ async fn connection(args: std::sync::Arc<Args>, index: usize, start: Instant) ->
         *outcome.statuses.entry(status).or_default() += 1;
     }
     outcome
+}
+
+/// The fixed rate's clock: a thread that sleeps to each connection's next scheduled time
+/// and then tells it to send (its share of the rate, the connections offset so that they
+/// interleave), from `start` until `end`.
+fn pacer(rate: u64, start: Instant, end: Instant, connections: Vec<UnboundedSender<()>>) {
+    let n = connections.len();
+    let interval = Duration::from_secs_f64(n as f64 / rate as f64);
+    let mut next: Vec<Instant> = (0..n).map(|i| start + interval.mul_f64(i as f64 / n as f64)).collect();
+    loop {
+        let (i, &at) = next.iter().enumerate().min_by_key(|(_, at)| **at).expect("a connection");
+        if at >= end {
+            return;
+        }
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        // A connection still waiting on its last answer gets the tick when it is done.
+        let _ = connections[i].send(());
+        next[i] += interval;
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -260,7 +296,7 @@ fn main() {
     // One thread: the client must leave the machine's other core to keygate.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let args = std::sync::Arc::new(args);
+        let args = Arc::new(args);
         // Warm the connections up (and check the request is allowed) before the clock runs.
         // (A 503 is a Redis call that timed out on a loaded machine: try again.)
         let mut warm = Client::open(&args).await;
@@ -274,8 +310,24 @@ fn main() {
         assert_eq!(status, 200, "the benchmark request is not allowed");
         drop(warm);
         let start = Instant::now() + Duration::from_millis(200);
-        let tasks: Vec<_> =
-            (0..args.connections).map(|i| tokio::spawn(connection(args.clone(), i, start))).collect();
+        let end = start + args.duration;
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..args.connections {
+            let ticks = (args.rate > 0).then(|| {
+                let (tx, rx) = unbounded_channel();
+                senders.push(tx);
+                rx
+            });
+            tasks.push(tokio::spawn(connection(args.clone(), start, end, ticks)));
+        }
+        if args.rate > 0 {
+            let rate = args.rate;
+            std::thread::Builder::new()
+                .name("pacer".into())
+                .spawn(move || pacer(rate, start, end, senders))
+                .expect("the pacer thread");
+        }
         let mut latencies = Vec::new();
         let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
         for task in tasks {
