@@ -853,6 +853,47 @@ mod tests {
         assert_eq!(owner_keys(&scoped, &[minute, month]), ["kg:rl:{acme}:60s", "kg:rq:{acme}:key:key_1:month"]);
     }
 
+    /// A slot with nothing in flight, queued or leased stays while its tenant checks (its
+    /// rate is seen), and is swept away once 50 ms quiet, at most once a second.
+    #[test]
+    fn quiet_idle_slots_are_swept_and_busy_or_recent_ones_kept() {
+        let rules: Arc<[Rule]> = vec![Rule::window(Limit { requests: 100, window: Duration::from_secs(60) })].into();
+        let slot_checked_at = |at: u64| {
+            let mut slot = Slot::new(owner_keys("t", &rules).into());
+            slot.checked(at);
+            slot
+        };
+        let mut slots = Slots::default();
+        let mut calling = slot_checked_at(0);
+        calling.calling = true;
+        let tenants: HashMap<Box<str>, Slot> = [
+            ("quiet".into(), slot_checked_at(0)),
+            ("recent".into(), slot_checked_at(990)),
+            ("calling".into(), calling),
+        ]
+        .into_iter()
+        .collect();
+        slots.workers.entry(Some(0)).or_default().insert(rules.clone(), tenants);
+        let names = |slots: &Slots| -> Vec<String> {
+            let mut names: Vec<String> =
+                slots.workers.values().flat_map(|p| p.values()).flat_map(|t| t.keys()).map(|k| k.to_string()).collect();
+            names.sort();
+            names
+        };
+        slots.sweep(999);
+        assert_eq!(names(&slots), ["calling", "quiet", "recent"], "not a second since the last sweep");
+        slots.sweep(1_000);
+        assert_eq!(names(&slots), ["calling", "recent"]);
+        slots
+            .workers
+            .values_mut()
+            .for_each(|p| p.values_mut().for_each(|t| t.values_mut().for_each(|s| s.calling = false)));
+        slots.sweep(1_500);
+        assert_eq!(names(&slots), ["calling", "recent"], "swept at most once a second");
+        slots.sweep(2_000);
+        assert!(names(&slots).is_empty() && slots.workers.values().all(HashMap::is_empty));
+    }
+
     fn lease(units: u64, granted: u64, deadline: u64, sub_window: i64) -> Lease {
         let grant =
             Grant { units: granted, sub_window_left: 100_000, sub_window, nonce: 9, free_after: 1_000, reset: 0 };
