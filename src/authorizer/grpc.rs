@@ -24,8 +24,9 @@
 //! `requests_total` by route, with keygate's HTTP status) and access-logged
 //! (`listener: "authorizer"`, `protocol: "grpc"`) as an HTTP check is.
 //!
-//! The call is served directly on hyper's HTTP/2 request ([`wire`]), with envoy-types'
-//! prost messages decoded and encoded here: no gRPC server framework sits in between.
+//! The call is served directly on hyper's HTTP/2 request (the `wire` module), with
+//! envoy-types' prost messages decoded and encoded here: no gRPC server framework sits in
+//! between.
 //! The message is read with a bound (5 bytes + [`max_message_bytes`]); the answer is one
 //! DATA frame then the trailers `grpc-status: 0`. A malformed call is a trailers-only
 //! gRPC error and no decision: a method other than POST HTTP 405 with `INTERNAL` (13),
@@ -82,8 +83,8 @@ fn max_message_bytes(max_header_bytes: usize) -> usize {
 }
 
 /// Answers one gRPC call on the authorizer listener: a Check call read off hyper's
-/// request ([`wire`]), decided, and its CheckResponse framed; a malformed call is a gRPC
-/// error and no decision.
+/// request (the `wire` module), decided, and its CheckResponse framed; a malformed call
+/// is a gRPC error and no decision.
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     if let Err(refused) = wire::check_call(&request) {
