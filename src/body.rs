@@ -1,5 +1,6 @@
-//! Body types: the one boxed body type that flows through the proxy both ways, and the
-//! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering).
+//! Body types: the one boxed body type that flows through the proxy both ways, the
+//! wrapper that enforces a route's `max_body_bytes` while streaming (never buffering),
+//! and the body of a unary gRPC answer (one data frame, then trailers).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,43 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body of at most one data frame and then trailers: a unary gRPC answer (the
+/// length-prefixed message, then `grpc-status`), built once and never copied. Its size is
+/// not announced (no `content-length`): gRPC answers carry none.
+pub struct DataThenTrailers {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl DataThenTrailers {
+    pub fn new(data: Bytes, trailers: http::HeaderMap) -> Self {
+        DataThenTrailers { data: Some(data).filter(|d| !d.is_empty()), trailers: Some(trailers) }
+    }
+}
+
+impl Body for DataThenTrailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(this.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = SizeHint::new();
+        hint.set_lower(self.data.as_ref().map_or(0, |d| d.len() as u64));
+        hint
+    }
 }
 
 /// The error a [`Limited`] body fails with once more than its limit has arrived.
@@ -239,6 +277,21 @@ where
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    #[tokio::test]
+    async fn data_then_trailers_yields_one_data_frame_then_the_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut body = DataThenTrailers::new(Bytes::from_static(b"\0\0\0\0\x01x"), trailers);
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), None, "no content-length");
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"\0\0\0\0\x01x");
+        let trailers = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
 
     #[tokio::test]
     async fn limited_passes_bodies_within_the_limit() {

@@ -1,7 +1,9 @@
 //! Envoy `ext_authz` over gRPC on the authorizer listener, driven by the tonic client
 //! that envoy-types generates: the Check API answers the proxy's own decision (status,
 //! JSON body, headers) in Envoy's shapes, reads the client address from trusted peers
-//! only, and spends the same (Redis) rate limits as a proxied request.
+//! only, and spends the same (Redis) rate limits as a proxied request. A bare HTTP/2
+//! client (the h2 crate) checks the wire: a decided Check's framing, and the gRPC errors
+//! of calls keygate cannot read.
 
 mod support;
 
@@ -404,4 +406,200 @@ async fn the_binary_serves_both_protocols_on_one_port_and_logs_each_check() {
     assert_eq!(line["method"], "GET", "{line}");
     let line = &lines.iter().find(|l| l["fields"]["request_id"] == "grpc-line-2").unwrap()["fields"];
     assert_eq!((line["status"].as_u64(), line["decision"].as_str()), (Some(401), Some("missing")), "{line}");
+}
+
+/// A call's answer as a bare HTTP/2 client sees it: the head, each DATA frame, the
+/// trailers.
+#[derive(Debug)]
+struct Wire {
+    status: u16,
+    headers: http::HeaderMap,
+    frames: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Wire {
+    /// The `grpc-status` and `grpc-message` of a trailers-only answer (checked to be one).
+    fn error(&self) -> (u32, String) {
+        assert_eq!(self.headers["content-type"], "application/grpc", "{self:?}");
+        assert!(self.frames.is_empty() && self.trailers.is_none(), "not trailers-only: {self:?}");
+        let code = self.headers.get("grpc-status").expect("a grpc-status").to_str().unwrap().parse().unwrap();
+        let message = self.headers.get("grpc-message").map_or("", |m| m.to_str().unwrap()).to_string();
+        (code, message)
+    }
+}
+
+/// A length-prefixed gRPC message with its compressed flag.
+fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+fn encoded(check: &CheckRequest) -> Vec<u8> {
+    prost::Message::encode_to_vec(check)
+}
+
+/// One call over a new bare HTTP/2 connection (the h2 crate): `method` on `path` with a
+/// gRPC content type and `headers`, the body sent as `chunks` (a DATA frame each), the
+/// stream ended after them only if `end`. The answer must come while the request stream
+/// is still as the client left it.
+async fn raw_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    end: bool,
+) -> Wire {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(stream).await.expect("an HTTP/2 connection");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let mut head = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        head = head.header(*name, *value);
+    }
+    let (response, mut body) = send.send_request(head.body(()).unwrap(), end && chunks.is_empty()).unwrap();
+    for (i, chunk) in chunks.iter().enumerate() {
+        body.send_data(Bytes::copy_from_slice(chunk), end && i + 1 == chunks.len()).unwrap();
+    }
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer, with the request stream as the client left it")
+        .expect("a response");
+    let (head, mut answer) = response.into_parts();
+    let mut frames = Vec::new();
+    while let Some(frame) = answer.data().await {
+        let frame = frame.expect("the answer's data");
+        let _ = answer.flow_control().release_capacity(frame.len());
+        frames.push(frame);
+    }
+    let trailers = answer.trailers().await.expect("the answer's trailers");
+    drop(body);
+    Wire { status: head.status.as_u16(), headers: head.headers, frames, trailers }
+}
+
+const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// A decided Check on the wire: HTTP 200 and `application/grpc`, one DATA frame holding
+/// the length-prefixed CheckResponse, then the trailers `grpc-status: 0`; a message that
+/// arrives in several DATA frames (its prefix split) is read whole.
+#[tokio::test]
+async fn a_decided_check_is_one_data_frame_then_grpc_status_0() {
+    let upstream = upstream().await;
+    let kg = start(&upstream, None, AUTHORIZER).await;
+    let (_, secret) = kg.key("acme", "pro", &["calls:read"]);
+    let auth = bearer(&secret);
+    let message = framed(0, &encoded(&check_request("GET", "/v1/calls", &[("authorization", &auth)], "203.0.113.7")));
+
+    for chunks in [vec![&message[..]], vec![&message[..2], &message[2..4], &message[4..]]] {
+        let wire = raw_call(authorizer_addr(&kg), "POST", CHECK, &[], &chunks, true).await;
+        assert_eq!(wire.status, 200, "{wire:?}");
+        assert_eq!(wire.headers["content-type"], "application/grpc", "{wire:?}");
+        assert!(!wire.headers.contains_key("grpc-status"), "not trailers-only: {wire:?}");
+        assert_eq!(wire.frames.len(), 1, "one DATA frame: {wire:?}");
+        let data = &wire.frames[0];
+        assert_eq!(data[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize, data.len() - 5, "one whole message");
+        let answer: CheckResponse = prost::Message::decode(&data[5..]).expect("a CheckResponse");
+        let answer = flatten(answer);
+        assert_eq!((answer.code, answer.status), (OK, 200), "{answer:?}");
+        assert_eq!(answer.header("x-keygate-tenant"), "acme");
+        let trailers = wire.trailers.as_ref().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0", "{wire:?}");
+    }
+    kg.stop().await;
+}
+
+/// A call keygate cannot read is a trailers-only gRPC error with a message, and no
+/// decision: an unknown method 12, a method other than POST HTTP 405 with 13, a
+/// compressed message 12, and no message, a truncated one, two, or bytes that are no
+/// CheckRequest 13.
+#[tokio::test]
+async fn malformed_calls_are_grpc_errors_and_no_decision() {
+    let upstream = upstream().await;
+    let kg = start(&upstream, None, AUTHORIZER).await;
+    let addr = authorizer_addr(&kg);
+    let (_, secret) = kg.key("acme", "pro", &["calls:read"]);
+    let auth = bearer(&secret);
+    let message = encoded(&check_request("GET", "/v1/calls", &[("authorization", &auth)], "203.0.113.7"));
+    let one = framed(0, &message);
+
+    let unknown = raw_call(addr, "POST", "/envoy.service.auth.v3.Authorization/Nope", &[], &[&one], true).await;
+    assert_eq!(unknown.status, 200);
+    let (code, text) = unknown.error();
+    assert_eq!(code, 12, "{text}");
+    assert!(text.contains("/envoy.service.auth.v3.Authorization/Nope"), "{text}");
+
+    // gRPC is POST only: grpc-go answers 405 with INTERNAL.
+    let get = raw_call(addr, "GET", CHECK, &[], &[], true).await;
+    assert_eq!((get.status, get.error().0), (405, 13), "{get:?}");
+
+    for encoding in [&[("grpc-encoding", "gzip")][..], &[]] {
+        let compressed = raw_call(addr, "POST", CHECK, encoding, &[&framed(1, &message)], true).await;
+        assert_eq!(compressed.status, 200);
+        let (code, text) = compressed.error();
+        assert_eq!(code, 12, "{encoding:?}: {text}");
+        assert!(text.contains("compressed"), "{text}");
+        assert_eq!(compressed.headers["grpc-accept-encoding"], "identity");
+    }
+
+    let two = [one.clone(), one.clone()].concat();
+    let garbage = framed(0, b"\xff\xff\xff\xff");
+    let cases: [(&str, &[u8]); 4] = [
+        ("two messages", &two),
+        ("garbage", &garbage),
+        ("truncated", &one[..one.len() - 1]),
+        ("a bare prefix", &one[..3]),
+    ];
+    for (what, body) in cases {
+        let wire = raw_call(addr, "POST", CHECK, &[], &[body], true).await;
+        assert_eq!(wire.status, 200, "{what}");
+        let (code, text) = wire.error();
+        assert_eq!(code, 13, "{what}: {text}");
+        assert!(!text.is_empty(), "{what}: a message says why");
+    }
+    let empty = raw_call(addr, "POST", CHECK, &[], &[], true).await;
+    assert_eq!(empty.error().0, 13, "{empty:?}");
+
+    // None of these was a decision; the next Check is the first.
+    let text = metrics_text(kg.admin).await;
+    let decided = metric(&text, "keygate_auth_decisions_total", &[("result", "ok"), ("mode", "authorizer")]);
+    assert_eq!(decided.unwrap_or(0.0), 0.0, "a malformed call was decided");
+    let wire = raw_call(addr, "POST", CHECK, &[], &[&one], true).await;
+    let status = wire.trailers.as_ref().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes());
+    assert_eq!(status, Some(&b"0"[..]), "{wire:?}");
+    let text = metrics_text(kg.admin).await;
+    let decided = metric(&text, "keygate_auth_decisions_total", &[("result", "ok"), ("mode", "authorizer")]);
+    assert_eq!(decided, Some(1.0));
+    kg.stop().await;
+}
+
+/// A message declared over the limit (4 × `server.max_header_bytes`, at least 64 KiB) is
+/// refused RESOURCE_EXHAUSTED as soon as its prefix arrives: the answer comes while the
+/// client still holds the rest of the body back.
+#[tokio::test]
+async fn a_message_declared_over_the_limit_is_refused_from_its_prefix() {
+    let upstream = upstream().await;
+    let kg = start(&upstream, None, AUTHORIZER).await;
+    let addr = authorizer_addr(&kg);
+    for declared in [16u32 << 20, u32::MAX] {
+        let mut start = vec![0];
+        start.extend_from_slice(&declared.to_be_bytes());
+        start.extend_from_slice(&[b'x'; 1024]);
+        let wire = raw_call(addr, "POST", CHECK, &[], &[&start], false).await;
+        assert_eq!(wire.status, 200);
+        let (code, text) = wire.error();
+        assert_eq!(code, 8, "{text}");
+        assert!(text.contains(&declared.to_string()), "{text}");
+    }
+    kg.stop().await;
 }

@@ -22,17 +22,26 @@
 //!
 //! Each Check is one decision, counted (`auth_decisions_total{mode="authorizer"}`,
 //! `requests_total` by route, with keygate's HTTP status) and access-logged
-//! (`listener: "authorizer"`, `protocol: "grpc"`) as an HTTP check is. A malformed call
-//! (not a `CheckRequest`, one over [`max_message_bytes`], an unknown method) is answered
-//! by tonic with a gRPC error and is no decision.
+//! (`listener: "authorizer"`, `protocol: "grpc"`) as an HTTP check is.
+//!
+//! The call is served directly on hyper's HTTP/2 request (the `wire` module), with
+//! envoy-types' prost messages decoded and encoded here: no gRPC server framework sits in
+//! between.
+//! The message is read with a bound (5 bytes + [`max_message_bytes`]); the answer is one
+//! DATA frame then the trailers `grpc-status: 0`. A malformed call is a trailers-only
+//! gRPC error and no decision: a method other than POST HTTP 405 with `INTERNAL` (13),
+//! another path `UNIMPLEMENTED` (12), a compressed message `UNIMPLEMENTED` (12), a
+//! message declared over the limit `RESOURCE_EXHAUSTED` (8, from its prefix, the rest
+//! unread), and no message, a truncated one, more than one, or one that is no
+//! `CheckRequest` `INTERNAL` (13).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
-    Address, Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue as EnvoyHeader, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    Address, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue as EnvoyHeader,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -41,17 +50,19 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tonic::codegen::Service;
+use prost::Message;
 
 use super::{Allowed, Original, X_KEYGATE_STATUS, X_REQUEST_ID};
 use crate::access_log::AccessLog;
 use crate::admission::Denial;
-use crate::body::{self, ProxyBody};
+use crate::body::ProxyBody;
 use crate::connection::ConnectionInfo;
 use crate::error::Refusal;
 use crate::pipeline;
 use crate::settings::Authorizer;
 use crate::state::App;
+
+mod wire;
 
 /// gRPC status codes (google.rpc.Code) a CheckResponse carries.
 const RPC_OK: i32 = 0;
@@ -64,41 +75,36 @@ pub fn is_grpc<B>(request: &Request<B>) -> bool {
     pipeline::is_grpc(request)
 }
 
-/// The largest CheckRequest read (tonic's default is 4 MiB): the headers it carries are
+/// The largest CheckRequest read (tonic's default was 4 MiB): the headers it carries are
 /// held to `server.max_header_bytes` anyway, so a few times that leaves room for the rest
 /// of the attributes without letting a call make keygate buffer megabytes.
 fn max_message_bytes(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(4).max(64 * 1024)
 }
 
-/// Answers one gRPC call on the authorizer listener: tonic decodes it and encodes the
-/// answer; `Check` is [`Checker::check`].
+/// Answers one gRPC call on the authorizer listener: a Check call read off hyper's
+/// request (the `wire` module), decided, and its CheckResponse framed; a malformed call
+/// is a gRPC error and no decision.
 pub async fn handle(app: Arc<App>, connection: ConnectionInfo, request: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    if let Err(refused) = wire::check_call(&request) {
+        return refused.into_response();
+    }
     let limit = max_message_bytes(app.settings().server.max_header_bytes);
-    let checker = Checker { app, peer: connection.peer.ip(), started: Instant::now() };
-    let mut server = AuthorizationServer::new(checker).max_decoding_message_size(limit);
-    match server.call(request).await {
-        Ok(response) => response.map(body::boxed),
-        Err(never) => match never {},
-    }
-}
-
-/// One call's service: the app, and the peer it came from.
-struct Checker {
-    app: Arc<App>,
-    peer: IpAddr,
-    started: Instant,
-}
-
-#[tonic::async_trait]
-impl Authorization for Checker {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let check = request.into_inner();
-        Ok(tonic::Response::new(decide_check(&self.app, self.peer, self.started, &check).await))
-    }
+    let (head, mut body) = request.into_parts();
+    let check = match wire::read_message(&mut body, &head.headers, limit).await {
+        Ok(message) => CheckRequest::decode(message),
+        Err(refused) => return refused.into_response(),
+    };
+    drop(body);
+    let check = match check {
+        Ok(check) => check,
+        Err(error) => {
+            return wire::CallError::internal(format!("the message is not a CheckRequest: {error}")).into_response();
+        }
+    };
+    let answer = decide_check(&app, connection.peer.ip(), started, &check).await;
+    wire::message_response(&answer)
 }
 
 /// The decision on `check` from `peer`, as the CheckResponse Envoy applies.
