@@ -31,6 +31,20 @@ pub fn push_percent_encoded(out: &mut String, byte: u8) {
     }
 }
 
+/// A `grpc-message` value: printable ASCII but `%` as is, every other byte of the UTF-8
+/// percent-encoded (gRPC over HTTP/2, "Responses").
+pub fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            push_percent_encoded(&mut out, byte);
+        }
+    }
+    out
+}
+
 /// The value of one hex digit (either case).
 pub fn hex_value(b: u8) -> Option<u8> {
     match b {
@@ -49,6 +63,11 @@ mod tests {
     fn lower_hex_is_what_the_hex_crate_gives() {
         assert_eq!(lower_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         assert_eq!(lower_hex(&[]), "");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_message("a b%é"), "a b%25%C3%A9");
     }
 
     #[test]

@@ -485,7 +485,7 @@ impl Refusal {
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/grpc")
                 .header("grpc-status", self.grpc_status().to_string())
-                .header("grpc-message", grpc_percent_encode(&self.message()))
+                .header("grpc-message", crate::encoding::grpc_message(&self.message()))
                 .body(empty_body())
         } else {
             let mut error = serde_json::json!({
@@ -552,19 +552,6 @@ fn window_phrase(secs: u64) -> String {
         s if s % 60 == 0 => format!("{} minutes", s / 60),
         s => format!("{s} seconds"),
     }
-}
-
-/// gRPC's `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
-fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            crate::encoding::push_percent_encoded(&mut out, byte);
-        }
-    }
-    out
 }
 
 fn full_body(text: String) -> ProxyBody {

@@ -186,11 +186,6 @@ fn grpc_refusals_carry_a_message() {
 }
 
 #[test]
-fn grpc_message_is_percent_encoded() {
-    assert_eq!(grpc_percent_encode("a b%é"), "a b%25%C3%A9");
-}
-
-#[test]
 fn the_detail_of_a_missing_or_malformed_key_changes_the_message_not_the_label() {
     let details = [
         AuthFailure::Missing(NoKey::NoHeader),

@@ -73,7 +73,7 @@ impl CallError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, GRPC);
         headers.insert(GRPC_STATUS, HeaderValue::from(self.code));
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.message)) {
+        if let Ok(message) = HeaderValue::from_str(&crate::encoding::grpc_message(&self.message)) {
             headers.insert(GRPC_MESSAGE, message);
         }
         if self.compressed {
@@ -227,19 +227,6 @@ fn check_prefix(prefix: [u8; PREFIX], headers: &HeaderMap, limit: usize) -> Resu
     Ok(declared)
 }
 
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
-fn percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            crate::encoding::push_percent_encoded(&mut out, byte);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,10 +270,5 @@ mod tests {
         assert_eq!(code(read(vec![framed(0, &[7; 65])], 64).await), RESOURCE_EXHAUSTED);
         assert_eq!(read(vec![framed(0, &[7; 64])], 64).await.unwrap().len(), 64);
         assert_eq!(read(vec![framed(0, b"")], 64).await.unwrap().len(), 0, "an empty message is a message");
-    }
-
-    #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(percent_encode("a b%é"), "a b%25%C3%A9");
     }
 }
