@@ -20,7 +20,8 @@
 //! `trusted_proxies` is noticed at once rather than judged on the wrong path.
 //!
 //! The body is never part of a decision (the fronting proxy does not send it): a
-//! route's `max_body_bytes` is not checked here. An admitted request's admission is
+//! route's `max_body_bytes` is not checked here (the check request's framing is its own,
+//! not the original's), only over gRPC, on the length Envoy declares ([`grpc`]). An admitted request's admission is
 //! dropped as soon as it is decided: nothing it holds outlives the answer, since the
 //! request itself is forwarded by another proxy.
 //!

@@ -276,6 +276,24 @@ async fn check_allows_with_the_identity_and_denies_exactly_as_the_proxy_does() {
     let calls =
         metric(&text, "keygate_requests_total", &[("route", "/v1/calls"), ("status", "200"), ("method", "GET")]);
     assert_eq!(calls, Some(4.0), "1 + 3 allowed Checks on the route: {calls:?}");
+
+    // A body declared over the route's max_body_bytes (1 KiB for POST /v1/calls): 413, as
+    // the proxy answers it from the Content-Length before reading the body; from the
+    // header, or from Envoy's `size` when no header says it. Within the limit: allowed.
+    let (_, writer) = kg.key("acme", "pro", &["calls:write"]);
+    let writer = bearer(&writer);
+    let body = Bytes::from(vec![b'x'; 2048]);
+    let proxied = Http::new().send("POST", &kg.url("/v1/calls"), &[("authorization", &writer)], body).await;
+    assert_eq!(proxied.status, 413);
+    let declared = [("authorization", writer.as_str()), ("content-length", "2048")];
+    let decided = check(&mut grpc, "POST", "/v1/calls", &declared).await;
+    assert_same_refusal(&proxied, &decided, "a declared body over max_body_bytes");
+    let mut sized = check_request("POST", "/v1/calls", &declared[..1], "203.0.113.7");
+    sized.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().size = 2048;
+    let decided = flatten(grpc.check(sized).await.expect("Check answers").into_inner());
+    assert_same_refusal(&proxied, &decided, "Envoy's size over max_body_bytes");
+    let within = [("authorization", writer.as_str()), ("content-length", "1024")];
+    assert_eq!(check(&mut grpc, "POST", "/v1/calls", &within).await.code, OK);
     kg.stop().await;
 }
 

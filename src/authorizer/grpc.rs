@@ -7,7 +7,9 @@
 //! `CheckRequest.attributes.request.http` ([`original_request`]): its method, its path
 //! (the request target, query included, normalised and refused by keygate's own rules
 //! like every other), its host and its headers (the `headers` map, or `header_map` when
-//! Envoy sends raw headers). The client address is `attributes.source.address` when the
+//! Envoy sends raw headers), and the body's declared length (its `content-length`, or
+//! else `size`), which a route's `max_body_bytes` refuses with 413 as the proxy does; the
+//! body itself stays Envoy's. The client address is `attributes.source.address` when the
 //! peer (Envoy) is in `authorizer.trusted_proxies`, else the peer's own address.
 //!
 //! The answer ([`check_response`]) carries the decision in the shapes Envoy applies:
@@ -178,9 +180,14 @@ pub fn original_request(
     if head_bytes > max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
-    // The body is Envoy's to keep: its framing is no part of the decision.
+    // The body is Envoy's to keep: only its declared length is part of the decision (a
+    // route's `max_body_bytes`, checked as the proxy checks a declared Content-Length).
+    let declared = declared_length(&headers, http.size)?;
     headers.remove(CONTENT_LENGTH);
     headers.remove(TRANSFER_ENCODING);
+    if let Some(length) = declared {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     if !http.host.is_empty() {
         let host = HeaderValue::from_str(&http.host)
             .map_err(|_| Refusal::BadRequest("attributes.request.http.host is not a host".into()))?;
@@ -199,6 +206,23 @@ pub fn original_request(
         _ => peer,
     };
     Ok(Original { request: view, client })
+}
+
+/// The original body's declared length: its `content-length` header (every value the
+/// same number, as the proxy's HTTP parser requires; else a 400), or else
+/// `attributes.request.http.size` when Envoy knows it (it is -1 when not). `None` for a
+/// body of unknown length (chunked), which no decision here can measure.
+fn declared_length(headers: &HeaderMap, size: i64) -> Result<Option<u64>, Refusal> {
+    let mut declared = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+        match (length, declared) {
+            (Some(length), None) => declared = Some(length),
+            (Some(length), Some(seen)) if length == seen => {}
+            _ => return Err(Refusal::BadRequest("the Check request's content-length is not one length".into())),
+        }
+    }
+    Ok(declared.or_else(|| u64::try_from(size).ok().filter(|&size| size > 0)))
 }
 
 /// The original request's HTTP version, as Envoy names it.
@@ -352,8 +376,26 @@ mod tests {
         assert_eq!(o.request.uri(), "/v1/calls?x=1");
         assert_eq!(o.request.headers()[HOST], "api.example");
         assert_eq!(o.request.headers()["authorization"], "Bearer k");
-        assert!(!o.request.headers().contains_key(CONTENT_LENGTH));
+        assert_eq!(o.request.headers()[CONTENT_LENGTH], "3", "the declared length is decided on");
         assert_eq!(o.client, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_declared_length_is_the_header_or_else_envoys_size() {
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let s = trusting(&[]);
+        let length = |headers: &[(&str, &str)], size: i64| {
+            let mut c = check("POST", "/v1/calls", headers, "");
+            c.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().size = size;
+            let o = original_request(&s, peer, &c, 32 * 1024).map_err(|r| r.status())?;
+            Ok::<_, StatusCode>(o.request.headers().get(CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_string()))
+        };
+        assert_eq!(length(&[("content-length", "2048")], -1), Ok(Some("2048".into())));
+        assert_eq!(length(&[], 4096), Ok(Some("4096".into())), "Envoy's size when no header says it");
+        assert_eq!(length(&[], -1), Ok(None), "unknown (chunked): nothing to decide on");
+        assert_eq!(length(&[], 0), Ok(None));
+        assert_eq!(length(&[("transfer-encoding", "chunked")], -1), Ok(None));
+        assert_eq!(length(&[("content-length", "12x")], -1), Err(StatusCode::BAD_REQUEST));
     }
 
     #[test]
