@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::{Limit, LimitKind, Rule};
-use support::redis::{client, RedisServer};
+use support::redis::{client, leases_returned, RedisServer};
 use support::{eventually, most_in_one_window};
 
 /// Generous per-call timeout: a loaded machine must not turn a slow reply into an error.
@@ -39,21 +39,6 @@ fn window_count(server: &RedisServer, key: &str) -> u64 {
         .filter(|(field, _)| *field >= 0)
         .map(|(_, count)| count)
         .sum()
-}
-
-/// A calendar quota's count (`n`), 0 if it has none.
-fn quota_count(server: &RedisServer, key: &str) -> u64 {
-    server.cli(&["HGET", key, "n"]).trim().parse().unwrap_or(0)
-}
-
-/// Waits until no replica holds leased units and their hand-backs have landed.
-async fn leases_returned(replicas: &[RedisLimiter]) {
-    let returned =
-        eventually(Duration::from_secs(10), async || replicas.iter().map(RedisLimiter::leased_units).sum::<u64>() == 0)
-            .await;
-    assert!(returned, "leases still held");
-    // The hand-back calls run in tasks of their own: give the last ones time to land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// `redis-cli MONITOR` on `server`: every command Redis runs, one line each, collected by
@@ -221,7 +206,7 @@ async fn three_limits_with_leases_are_exact_across_three_replicas() {
     assert!(refused_by.contains_key(&2), "the day refused at the end: {refused_by:?}");
 
     leases_returned(&replicas).await;
-    assert_eq!(quota_count(&server, &shared_window::rule_key("acme", &rules[2])), 2_500, "refusals counted in none");
+    assert_eq!(server.quota_count(&shared_window::rule_key("acme", &rules[2])), 2_500, "refusals counted in none");
 }
 
 /// One replica is busy for a moment on a plan of a 1 s burst (never reached) and 200 per

@@ -19,7 +19,7 @@ use keygate::ratelimit::lease::{LEASE_SHARE, MAX_LEASE};
 use keygate::ratelimit::redis::{self as shared_window, RedisLimiter};
 use keygate::ratelimit::{Decision, Limit, LimitKind, LocalLimiter, PlanHeaders, Rule};
 use keygate::settings::{LimitBackend, Limits, OnStoreError};
-use support::redis::{client, CountingRelay, RedisCluster, RedisServer};
+use support::redis::{client, leases_returned, CountingRelay, RedisCluster, RedisServer};
 use support::{eventually, most_in_one_window};
 
 /// Generous per-call timeout for the tests that are not about timeouts: a loaded CI
@@ -1134,21 +1134,6 @@ fn window_rule(requests: u64, window: Duration) -> Rule {
     Rule::window(limit(requests, window))
 }
 
-/// `key`'s calendar quota count (`n`), 0 if it has none.
-fn quota_count(server: &RedisServer, key: &str) -> u64 {
-    server.cli(&["HGET", key, "n"]).trim().parse().unwrap_or(0)
-}
-
-/// Waits until no replica holds leased units (their hand-backs have reached Redis).
-async fn leases_returned(replicas: &[RedisLimiter]) {
-    let returned =
-        eventually(Duration::from_secs(10), async || replicas.iter().map(RedisLimiter::leased_units).sum::<u64>() == 0)
-            .await;
-    assert!(returned, "leases still held");
-    // The hand-back calls run in tasks of their own: give the last ones time to land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 /// Three replicas, four clients each, one tenant whose plan has a burst of 5 a second, 10
 /// per 3 s and 20 a day, for 8 s (random moments, then saturation): no second-long span
 /// admits more than 5, no 3 s span more than 10, the day exactly 20, and what Redis
@@ -1215,7 +1200,7 @@ async fn several_limits_are_exact_across_three_replicas_and_refusals_count_in_no
     assert!(refused_by.contains_key(&0) && refused_by.contains_key(&1), "each window refused too: {refused_by:?}");
 
     leases_returned(&replicas).await;
-    assert_eq!(quota_count(&server, &shared_window::rule_key("acme", &rules[2])), 20, "refusals counted in none");
+    assert_eq!(server.quota_count(&shared_window::rule_key("acme", &rules[2])), 20, "refusals counted in none");
 }
 
 /// A month's quota shared by three replicas at saturation: exactly the quota is admitted,
@@ -1259,13 +1244,13 @@ async fn a_month_quota_is_shared_exactly_across_three_replicas() {
     assert_eq!(key, "kg:rq:{acme}:month");
     // Units handed back after the last admissions may be admitted by no one: what was
     // admitted is what Redis counts, and no more than the quota.
-    let stored = quota_count(&server, &key);
+    let stored = server.quota_count(&key);
     let admitted = admitted.load(Ordering::SeqCst);
     assert_eq!(stored, admitted, "Redis counts exactly what was admitted");
     assert_eq!(admitted, 200, "the whole quota, and no more");
     let d = replicas[0].check_rules("acme", &rules, 1).await.unwrap();
     assert!(!d.allowed);
-    assert_eq!(quota_count(&server, &key), 200, "a refusal counts nothing");
+    assert_eq!(server.quota_count(&key), 200, "a refusal counts nothing");
     // Its TTL runs to the end of the month (and a minute).
     let ttl: u64 = server.cli(&["PTTL", &key]).trim().parse().unwrap();
     assert!(ttl > 60_000 && ttl <= 31 * 86_400_000 + 60_000, "{ttl}");

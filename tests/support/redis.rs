@@ -87,6 +87,11 @@ impl RedisServer {
         Self::spawn_in(dir, Vec::new(), None, false, true)
     }
 
+    /// A calendar quota's count (`n` of the hash at `key`), 0 if it has none.
+    pub fn quota_count(&self, key: &str) -> u64 {
+        self.cli(&["HGET", key, "n"]).trim().parse().unwrap_or(0)
+    }
+
     /// The TLS port, for `start_tls` servers.
     pub fn tls_port(&self) -> Option<u16> {
         self.tls_port
@@ -699,4 +704,13 @@ async fn relay(
     });
     let downstream = forward(server_read, client_write, silent, |_| {});
     tokio::join!(upstream, downstream);
+}
+
+/// Waits (up to 10 s) until no replica holds leased units, then a little longer for the
+/// hand-back calls, which run in tasks of their own, to land.
+pub async fn leases_returned(replicas: &[keygate::ratelimit::redis::RedisLimiter]) {
+    let held = || replicas.iter().map(|r| r.leased_units()).sum::<u64>();
+    let returned = super::eventually(Duration::from_secs(10), async || held() == 0).await;
+    assert!(returned, "leases still held");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
